@@ -1,0 +1,112 @@
+"""One settings object for the whole platform, read from ``CRUCIBLE_*`` variables.
+
+Limits have a default (applied when a request names none) and a ceiling (a request
+above it is rejected, never silently clamped).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class LimitBounds(BaseModel):
+    """Default and ceiling for every per-run limit."""
+
+    timeout_s: tuple[float, float] = (10.0, 300.0)
+    cpu_s: tuple[float, float] = (10.0, 300.0)
+    memory_mb: tuple[int, int] = (256, 4096)
+    pids: tuple[int, int] = (64, 1024)
+    cpus: tuple[float, float] = (1.0, 4.0)
+    output_bytes: tuple[int, int] = (1 << 20, 64 << 20)
+    disk_mb: tuple[int, int] = (64, 1024)
+
+    # Floors: below these nothing useful can run (a JVM needs ~64 MB to start).
+    minimum: dict[str, float] = Field(
+        default_factory=lambda: {
+            "timeout_s": 0.1,
+            "cpu_s": 0.1,
+            "memory_mb": 16,
+            "pids": 4,
+            "cpus": 0.1,
+            "output_bytes": 1,
+            "disk_mb": 1,
+        }
+    )
+
+
+class Settings(BaseSettings):
+    """Every tunable of the platform. ``CRUCIBLE_<NAME>`` overrides ``<name>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CRUCIBLE_", env_nested_delimiter="__")
+
+    environment: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    # Runtime state (bundles, workspaces, runtime roots). tmpfs-backed /run by default.
+    state_dir: Path = Path("/run/crucible")
+    # Prefix of every container id, cgroup and bundle this platform creates; the
+    # start-up sweep removes leftovers carrying it and nothing else.
+    prefix: str = "crucible"
+
+    runc_path: str = "runc"
+    runsc_path: str = "runsc"
+    default_runtime: Literal["runc", "gvisor"] = "runc"
+    runtime_timeout_s: float = 30.0  # for create/start/kill/delete, not for the program
+
+    max_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    limits: LimitBounds = Field(default_factory=LimitBounds)
+    compile_limits: dict[str, float] = Field(
+        default_factory=lambda: {
+            "timeout_s": 60.0,
+            "cpu_s": 60.0,
+            "memory_mb": 1024,
+            "pids": 128,
+            "cpus": 2.0,
+            "output_bytes": 1 << 20,
+        }
+    )
+    max_code_bytes: int = 1 << 20
+    max_files: int = 100  # produced files reported per run
+    max_file_bytes: int = 10 << 20  # a produced file larger than this is listed, not kept
+    output_chunk_bytes: int = 4096  # live output granularity
+
+    database_url: str | None = None  # default: sqlite under data_dir
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str | None = None
+    dispatcher: Literal["embedded", "celery"] = "embedded"
+    max_queue: int = 100_000
+    max_attempts: int = 3
+    inline_output_bytes: int = 64 << 10  # preview kept in the record; the rest is a blob
+    max_batch_items: int = 10_000
+
+    @model_validator(mode="after")
+    def _check_ceilings(self) -> Settings:
+        for name in LimitBounds.model_fields:
+            if name == "minimum":
+                continue
+            default, ceiling = getattr(self.limits, name)
+            if default > ceiling:
+                raise ValueError(f"limits.{name}: default {default} above ceiling {ceiling}")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+            return url
+        return f"sqlite:///{(self.data_dir / 'crucible.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,63 @@
+"""Platform failures, as one hierarchy.
+
+What the untrusted program did is *data* (a :class:`crucible.sandbox.models.Result`);
+what went wrong with the platform is an *exception* from this module. The API maps
+these to HTTP status codes in one place (``crucible.api.errors``).
+
+    CrucibleError
+    ├── SandboxError              the sandbox could not run the program
+    │   ├── SandboxUnavailable    runtime binary missing, not root, cgroups unusable
+    │   └── RuntimeFailure        the OCI runtime itself failed (create/start/delete)
+    ├── InvalidSubmission         the request cannot be run as given (bad language, paths)
+    ├── NotFound                  no such evaluation, batch, file
+    ├── Conflict                  illegal state transition, idempotency key reuse
+    └── Overloaded                the queue is full; retry later
+"""
+
+from __future__ import annotations
+
+
+class CrucibleError(Exception):
+    """Base class of every platform failure."""
+
+
+class SandboxError(CrucibleError):
+    """The sandbox could not run the program (not the program's fault)."""
+
+
+class SandboxUnavailable(SandboxError):
+    """A runtime is missing or unusable on this host."""
+
+
+class RuntimeFailure(SandboxError):
+    """The OCI runtime returned an error for one of its verbs."""
+
+    def __init__(self, verb: str, returncode: int | None, stderr: str) -> None:
+        super().__init__(f"{verb} failed (exit {returncode}): {stderr.strip()[:500]}")
+        self.verb = verb
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class InvalidSubmission(CrucibleError):
+    """The submission cannot be run as given; ``field`` names the culprit."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotFound(CrucibleError):
+    """The named resource does not exist."""
+
+
+class Conflict(CrucibleError):
+    """The request conflicts with the resource's current state."""
+
+
+class Overloaded(CrucibleError):
+    """The platform is at capacity; ``retry_after`` seconds is a hint."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

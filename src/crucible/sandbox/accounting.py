@@ -1,0 +1,101 @@
+"""Reads a run's cgroup counters, on cgroup v1 and v2 hosts alike.
+
+The runtime creates the cgroup at ``cgroupsPath``; it survives the container's exit
+until ``delete``, so the final counters are read between the two. The files differ by
+version:
+
+=================  ==============================  ==========================
+counter            v1                              v2
+=================  ==============================  ==========================
+CPU time           cpuacct/cpuacct.usage (ns)      cpu.stat usage_usec
+peak memory        memory/memory.max_usage_in_bytes memory.peak (5.19+)
+OOM kills          memory/memory.oom_control        memory.events oom_kill
+pids limit hits    pids/pids.events max             pids.events max
+=================  ==============================  ==========================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_v2_unified(root: Path = CGROUP_ROOT) -> bool:
+    """True on a pure cgroup v2 host (what runc itself checks)."""
+    return (root / "cgroup.controllers").exists()
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_ns: int = 0
+    peak_memory_bytes: int = 0
+    oom_kill: int = 0
+    pids_limit: int = 0
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _read_keyed(path: Path) -> dict[str, int]:
+    values: dict[str, int] = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return values
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            values[key] = int(value)
+    return values
+
+
+class CgroupCounters:
+    """Counters of the cgroup at ``cgroups_path`` (the bundle's ``linux.cgroupsPath``)."""
+
+    def __init__(self, cgroups_path: str, *, root: Path = CGROUP_ROOT) -> None:
+        rel = cgroups_path.lstrip("/")
+        self.v2 = cgroup_v2_unified(root)
+        if self.v2:
+            self._dir = root / rel
+        else:
+            self._cpu = root / "cpuacct" / rel
+            self._mem = root / "memory" / rel
+            self._pids = root / "pids" / rel
+
+    def cpu_ns(self) -> int:
+        """CPU time used by every process of the run so far (0 if unreadable)."""
+        if self.v2:
+            usec = _read_keyed(self._dir / "cpu.stat").get("usage_usec", 0)
+            return usec * 1000
+        return _read_int(self._cpu / "cpuacct.usage") or 0
+
+    def read(self) -> Usage:
+        if self.v2:
+            peak = _read_int(self._dir / "memory.peak")
+            if peak is None:  # kernels before 5.19 have no memory.peak
+                peak = _read_int(self._dir / "memory.current") or 0
+            events = _read_keyed(self._dir / "memory.events")
+            pids = _read_keyed(self._dir / "pids.events")
+            return Usage(self.cpu_ns(), peak, events.get("oom_kill", 0), pids.get("max", 0))
+        peak = _read_int(self._mem / "memory.max_usage_in_bytes") or 0
+        oom = _read_keyed(self._mem / "memory.oom_control").get("oom_kill", 0)
+        pids = _read_keyed(self._pids / "pids.events").get("max", 0)
+        return Usage(self.cpu_ns(), peak, oom, pids)
+
+
+def remove_cgroup(cgroups_path: str, *, root: Path = CGROUP_ROOT) -> None:
+    """Remove a leftover (empty) cgroup in every hierarchy; used by the start-up sweep."""
+    rel = cgroups_path.lstrip("/")
+    dirs = [root / rel] if cgroup_v2_unified(root) else [p / rel for p in root.iterdir()]
+    for d in dirs:
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass

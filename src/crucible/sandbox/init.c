@@ -1,0 +1,80 @@
+/*
+ * crucible-init: PID 1 of every sandbox.
+ *
+ * Why an init at all: the kernel drops signals that a pid namespace's init sends
+ * itself unless it installed a handler, so a program running as PID 1 cannot
+ * raise(SIGSEGV) or be killed by its own kill(0, ...); nor would anything reap
+ * its orphans. This init forks the program, reaps every process of the
+ * namespace, and when the program ends reports *exactly* how (exit code or
+ * signal; an exit status of 137 and SIGKILL are different things) as a trailer on
+ * stderr framed by a per-run nonce the program cannot read:
+ *
+ *     \x1e crucible-status:<nonce>:exit:<code>\n   or   ...:signal:<number>\n
+ *
+ * The nonce comes in CRUCIBLE_STATUS_NONCE; it is removed from the environment
+ * before exec and the init makes itself non-dumpable first, so a program running
+ * as the same uid cannot read it from /proc/1/environ. When this process exits
+ * the kernel SIGKILLs everything left in the namespace, so daemonised children
+ * die with the run.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    char nonce[128] = "";
+    const char *env_nonce = getenv("CRUCIBLE_STATUS_NONCE");
+
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    if (env_nonce != NULL) {
+        strncpy(nonce, env_nonce, sizeof(nonce) - 1);
+    }
+    unsetenv("CRUCIBLE_STATUS_NONCE");
+    if (argc < 2) {
+        fprintf(stderr, "usage: crucible-init PROGRAM [ARGS...]\n");
+        return 125;
+    }
+
+    pid_t child = fork();
+    if (child < 0) {
+        perror("crucible-init: fork");
+        return 125;
+    }
+    if (child == 0) {
+        execvp(argv[1], argv + 1);
+        fprintf(stderr, "crucible-init: cannot execute %s: %s\n", argv[1], strerror(errno));
+        _exit(127);
+    }
+
+    int status = 0;
+    for (;;) {
+        int st;
+        pid_t pid = wait(&st);
+        if (pid == child) {
+            status = st;
+            break;
+        }
+        if (pid < 0 && errno != EINTR) {
+            break;
+        }
+    }
+    char trailer[256];
+    int n;
+    if (WIFSIGNALED(status)) {
+        n = snprintf(trailer, sizeof trailer, "\x1e" "crucible-status:%s:signal:%d\n", nonce,
+                     WTERMSIG(status));
+    } else {
+        n = snprintf(trailer, sizeof trailer, "\x1e" "crucible-status:%s:exit:%d\n", nonce,
+                     WEXITSTATUS(status));
+    }
+    /* One write below PIPE_BUF is atomic: the trailer never interleaves. */
+    ssize_t ignored = write(STDERR_FILENO, trailer, (size_t)n);
+    (void)ignored;
+    return 0;
+}

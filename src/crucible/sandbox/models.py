@@ -1,0 +1,100 @@
+"""The sandbox's data: what to run (:class:`RunRequest`) and what happened (:class:`Result`).
+
+A ``Result`` is data about the untrusted program, whatever it did; platform failures
+are exceptions (``crucible.errors``), never a ``Result``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RuntimeName = Literal["runc", "gvisor"]
+
+
+class Termination(StrEnum):
+    """Why the program stopped; see the verdict table in the README."""
+
+    exited = "exited"
+    timeout = "timeout"
+    memory_limit = "memory_limit"
+    output_limit = "output_limit"
+    compile_error = "compile_error"
+    cancelled = "cancelled"
+
+
+class Limits(BaseModel):
+    """Limits as applied to one run (every field resolved, none optional)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    timeout_s: float = Field(description="wall-clock limit, seconds")
+    cpu_s: float = Field(description="CPU-time limit over all processes, seconds")
+    memory_mb: int = Field(description="memory limit (no swap), MiB")
+    pids: int = Field(description="maximum number of processes and threads")
+    cpus: float = Field(description="CPU cores quota")
+    output_bytes: int = Field(description="cap on stdout+stderr, bytes")
+    disk_mb: int = Field(description="size of the /workspace and /tmp tmpfs, MiB")
+
+
+class RunRequest(BaseModel):
+    """One program to run. ``files`` maps relative paths to contents."""
+
+    model_config = ConfigDict(frozen=True)
+
+    language: str = "python"
+    code: str | None = None
+    files: dict[str, str] | None = None
+    entrypoint: str | None = None
+    stdin: str = ""
+    args: list[str] = Field(default_factory=list)
+    limits: Limits
+    runtime: RuntimeName = "runc"
+
+
+class FileInfo(BaseModel):
+    """A file the program left in /workspace."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    size: int
+
+
+class RuntimeInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: RuntimeName
+    version: str
+
+
+class Events(BaseModel):
+    """Counters read from the run's own cgroup (the kernel's, not guessed)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    oom_kill: int = 0
+    pids_limit: int = 0
+
+
+class Result(BaseModel):
+    """Everything the sandbox observed about one run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    termination: Termination
+    exit_code: int | None
+    signal: str | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    wall_ms: int
+    cpu_ms: int
+    peak_memory_bytes: int
+    files: list[FileInfo]
+    runtime: RuntimeInfo
+    limits: Limits
+    events: Events

@@ -1,0 +1,108 @@
+"""Collects a run's stdout and stderr: capped, streamed live, status trailer removed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+OutputCallback = Callable[[str, bytes], None]
+"""Called as ``on_output(stream, chunk)`` with ``stream`` "stdout" or "stderr"."""
+
+
+@dataclass
+class ExitStatus:
+    exit_code: int | None = None
+    signal: int | None = None
+
+
+@dataclass
+class OutputCollector:
+    """Keeps up to ``cap`` bytes of stdout+stderr; sets ``exceeded`` past it.
+
+    stderr also carries the init's status trailer (see init.c), framed by ``nonce``:
+    it is cut out before anything is stored or forwarded.
+    """
+
+    cap: int
+    nonce: str
+    on_output: OutputCallback | None = None
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    exceeded: asyncio.Event = field(default_factory=asyncio.Event)
+    status: ExitStatus | None = None
+    _carry: bytes = b""
+
+    def __post_init__(self) -> None:
+        self._marker = b"\x1ecrucible-status:" + self.nonce.encode() + b":"
+        self._trailer = re.compile(re.escape(self._marker) + rb"(exit|signal):(\d+)\n")
+
+    @property
+    def total(self) -> int:
+        return len(self.stdout) + len(self.stderr)
+
+    def _store(self, stream: str, data: bytes) -> None:
+        if not data:
+            return
+        buf = self.stdout if stream == "stdout" else self.stderr
+        room = self.cap - self.total
+        kept = data[: max(room, 0)]
+        if len(kept) < len(data):
+            setattr(self, f"{stream}_truncated", True)
+            self.exceeded.set()
+        if kept:
+            buf.extend(kept)
+            if self.on_output is not None:
+                self.on_output(stream, kept)
+
+    def feed(self, stream: str, data: bytes) -> None:
+        if stream == "stdout":
+            self._store(stream, data)
+            return
+        data = self._carry + data
+        self._carry = b""
+        match = self._trailer.search(data)
+        if match:
+            kind, number = match.group(1), int(match.group(2))
+            self.status = ExitStatus(
+                exit_code=number if kind == b"exit" else None,
+                signal=number if kind == b"signal" else None,
+            )
+            data = data[: match.start()] + data[match.end() :]
+        else:
+            # Hold back a possible partial trailer at the end of this read.
+            start = data.rfind(b"\x1e")
+            if start != -1 and len(data) - start < len(self._marker) + 24:
+                self._carry, data = data[start:], data[:start]
+        self._store(stream, data)
+
+    def finish(self) -> None:
+        if self._carry:
+            carry, self._carry = self._carry, b""
+            self._store("stderr", carry)
+
+
+async def pump(fd: int, stream: str, collector: OutputCollector, chunk: int) -> None:
+    """Read ``fd`` until EOF into ``collector``; closes ``fd``."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    readable = asyncio.Event()
+    loop.add_reader(fd, readable.set)
+    try:
+        while True:
+            try:
+                data = os.read(fd, chunk)
+            except BlockingIOError:
+                readable.clear()
+                await readable.wait()
+                continue
+            if not data:
+                return
+            collector.feed(stream, data)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)

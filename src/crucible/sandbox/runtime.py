@@ -1,0 +1,115 @@
+"""Drives the OCI runtimes (runc, and gVisor's runsc) through their command lines.
+
+Each function is named after the runtime verb it wraps. Both runtimes take the same
+bundle; they differ only in their global flags, collected in :class:`Runtime`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from crucible.errors import RuntimeFailure, SandboxUnavailable
+from crucible.sandbox.models import RuntimeName
+from crucible.sandbox.process import run_tool
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: RuntimeName
+    binary: str
+    root: Path  # the runtime's state directory, private to this platform
+    timeout: float = 30.0
+
+    @property
+    def argv(self) -> list[str]:
+        base = [self.binary, "--root", str(self.root)]
+        if self.name == "gvisor":
+            # ptrace: the KVM platform hangs on the project's machines. network=none:
+            # the sandbox gets no network stack beyond its own loopback. oci-seccomp:
+            # the bundle's seccomp profile is applied inside the sandbox as well.
+            base += ["--platform=ptrace", "--network=none", "--oci-seccomp"]
+        return base
+
+
+def make_runtime(name: RuntimeName, *, runc: str, runsc: str, state_dir: Path) -> Runtime:
+    """Resolve a runtime's binary; raises SandboxUnavailable when it is not installed."""
+    binary = runc if name == "runc" else runsc
+    path = shutil.which(binary)
+    if path is None:
+        raise SandboxUnavailable(f"{binary} not found on PATH (install Debian's {binary})")
+    return Runtime(name=name, binary=path, root=state_dir / f"{name}-root")
+
+
+async def _verb(rt: Runtime, args: list[str], **kwargs: object) -> str:
+    try:
+        done = await run_tool(rt.argv + args, timeout=rt.timeout, **kwargs)  # type: ignore[arg-type]
+    except TimeoutError:
+        raise RuntimeFailure(args[0], None, f"timed out after {rt.timeout}s") from None
+    if done.returncode != 0:
+        raise RuntimeFailure(args[0], done.returncode, done.stderr or done.stdout)
+    return done.stdout
+
+
+async def runtime_create(
+    rt: Runtime, container_id: str, bundle: Path, pid_file: Path, stdio: tuple[int, int, int]
+) -> None:
+    """Create the container; its init waits for ``runtime_start``.
+
+    The three fds become the container's stdin, stdout and stderr (runc's
+    pass-through mode). The runtime's own error text also lands on that stderr, so
+    on failure it is read back by the caller.
+    """
+    try:
+        done = await run_tool(
+            [*rt.argv, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id],
+            timeout=rt.timeout,
+            stdin=stdio[0],
+            stdout=stdio[1],
+            stderr=stdio[2],
+        )
+    except TimeoutError:
+        raise RuntimeFailure("create", None, f"timed out after {rt.timeout}s") from None
+    if done.returncode != 0:
+        raise RuntimeFailure("create", done.returncode, "see the run's stderr")
+
+
+async def runtime_start(rt: Runtime, container_id: str) -> None:
+    await _verb(rt, ["start", container_id])
+
+
+async def runtime_kill(rt: Runtime, container_id: str, signal: str = "KILL") -> None:
+    """Signal the container's init; when it dies the kernel kills the whole pid namespace."""
+    await _verb(rt, ["kill", container_id, signal])
+
+
+async def runtime_delete(rt: Runtime, container_id: str) -> None:
+    """Delete the container, killing it first if it still runs (idempotent)."""
+    try:
+        await _verb(rt, ["delete", "--force", container_id])
+    except RuntimeFailure as exc:
+        if "does not exist" not in exc.stderr and "not exist" not in exc.stderr:
+            raise
+
+
+async def runtime_list(rt: Runtime) -> list[str]:
+    """Ids of every container in this runtime's state directory."""
+    if not rt.root.exists():
+        return []
+    out = await _verb(rt, ["list", "--format", "json"])
+    entries = json.loads(out or "[]") or []
+    return [e["id"] for e in entries]
+
+
+_versions: dict[str, str] = {}
+
+
+async def runtime_version(rt: Runtime) -> str:
+    """First line of ``--version``, e.g. ``runc version 1.1.5`` → ``1.1.5``."""
+    if rt.binary not in _versions:
+        done = await run_tool([rt.binary, "--version"], timeout=rt.timeout)
+        first = (done.stdout.splitlines() or ["unknown"])[0]
+        _versions[rt.binary] = first.split("version", 1)[-1].strip() or first
+    return _versions[rt.binary]

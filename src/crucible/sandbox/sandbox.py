@@ -1,0 +1,420 @@
+"""The sandbox engine: code in, :class:`Result` out.
+
+One :class:`Sandbox` per process drives any number of runs concurrently (bounded by
+``max_concurrency``). A run is: fresh workspace tmpfs → optional compile container →
+run container → counters → cleanup. Each container goes through the runtime's
+``create`` / ``start`` / ``kill`` / ``delete`` verbs; its end is observed through a
+pidfd on the container's init, and its cgroup is read before ``delete`` removes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import signal as signals
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from crucible.config import Settings, get_settings
+from crucible.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
+from crucible.sandbox import accounting, runtime, spec, workspace
+from crucible.sandbox.languages import Language, get_language
+from crucible.sandbox.models import (
+    Events,
+    Limits,
+    Result,
+    RunRequest,
+    RuntimeInfo,
+    RuntimeName,
+    Termination,
+)
+from crucible.sandbox.output import OutputCallback, OutputCollector, pump
+from crucible.sandbox.process import run_tool
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.05  # how often CPU time, the deadline and cancellation are checked
+_KILL_GRACE_S = 2.0  # after `kill`, how long before the host pid is killed directly
+_DRAIN_S = 1.0  # after the init's exit, how long to wait for the pipes' EOF
+
+
+@dataclass
+class _Phase:
+    """What one container run observed."""
+
+    collector: OutputCollector
+    reason: Termination | None  # set when the supervisor stopped it
+    wall_ms: int
+    usage: accounting.Usage
+
+
+class Sandbox:
+    """Runs untrusted programs under runc or runsc.
+
+    ``run`` raises :class:`~crucible.errors.SandboxError` subclasses for platform
+    failures and :class:`~crucible.errors.InvalidSubmission` for requests that cannot
+    run as given; whatever the program does is reported in the returned Result.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, max_concurrency: int | None = None):
+        self.settings = settings or get_settings()
+        self.state_dir = self.settings.state_dir.resolve()
+        self._bundles = self.state_dir / "bundles"
+        self._limit = asyncio.Semaphore(max_concurrency or self.settings.max_concurrency)
+        self._rootfs: Path | None = None
+        self._init: Path | None = None
+
+    # -- set-up ---------------------------------------------------------------
+
+    def runtime(self, name: RuntimeName) -> runtime.Runtime:
+        s = self.settings
+        rt = runtime.make_runtime(name, runc=s.runc_path, runsc=s.runsc_path, state_dir=self.state_dir)
+        return runtime.Runtime(rt.name, rt.binary, rt.root, timeout=s.runtime_timeout_s)
+
+    async def prepare(self) -> None:
+        """Build the shared root file system and the init binary (idempotent)."""
+        if self._rootfs is not None and self._init is not None:
+            return
+        if os.geteuid() != 0:
+            raise SandboxUnavailable("the sandbox needs root to drive runc/runsc")
+        self._bundles.mkdir(parents=True, exist_ok=True)
+        self._rootfs = spec.ensure_rootfs(self.state_dir / "rootfs")
+        self._init = await self._build_init()
+
+    async def _build_init(self) -> Path:
+        source = resources.files("crucible.sandbox").joinpath("init.c").read_bytes()
+        digest = hashlib.sha256(source).hexdigest()[:16]
+        binary = self.state_dir / f"init-{digest}"
+        if binary.exists():
+            return binary
+        src = self.state_dir / f"init-{digest}.c"
+        src.write_bytes(source)
+        tmp = binary.with_suffix(".tmp")
+        done = await run_tool(
+            ["gcc", "-static", "-O2", "-o", str(tmp), str(src)], timeout=120
+        )
+        if done.returncode != 0:
+            raise SandboxUnavailable(f"cannot build crucible-init: {done.stderr[:500]}")
+        tmp.rename(binary)  # atomic: concurrent builders race harmlessly
+        return binary
+
+    # -- one run --------------------------------------------------------------
+
+    async def run(
+        self,
+        request: RunRequest,
+        *,
+        on_output: OutputCallback | None = None,
+        cancel: asyncio.Event | None = None,
+        files_dir: Path | None = None,
+    ) -> Result:
+        """Run ``request`` and report what happened.
+
+        ``on_output(stream, chunk)`` receives output while the program runs;
+        setting ``cancel`` kills the run (termination ``cancelled``); produced files
+        are copied to ``files_dir`` when given.
+        """
+        lang = get_language(request.language)
+        files = _source_files(request, lang)
+        rt = self.runtime(request.runtime)
+        await self.prepare()
+        cancel = cancel or asyncio.Event()
+        async with self._limit:
+            version = await runtime.runtime_version(rt)
+            run_id = f"{self.settings.prefix}-{secrets.token_hex(8)}"
+            bundle = self._bundles / run_id
+            ws = bundle / "workspace"
+            bundle.mkdir(parents=True)
+            (bundle / "owner").write_text(f"{os.getpid()}\n")
+            try:
+                workspace.mount_tmpfs(ws, request.limits.disk_mb)
+                workspace.write_files(ws, files)
+                return await self._run_phases(
+                    request, lang, rt, version, run_id, bundle, ws, on_output, cancel, files_dir
+                )
+            finally:
+                workspace.unmount(ws)
+                shutil.rmtree(bundle, ignore_errors=True)
+
+    async def _run_phases(
+        self,
+        request: RunRequest,
+        lang: Language,
+        rt: runtime.Runtime,
+        version: str,
+        run_id: str,
+        bundle: Path,
+        ws: Path,
+        on_output: OutputCallback | None,
+        cancel: asyncio.Event,
+        files_dir: Path | None,
+    ) -> Result:
+        limits = request.limits
+        entry = request.entrypoint or lang.file_name
+        info = RuntimeInfo(name=rt.name, version=version)
+        wall_ms = cpu_ms = 0
+        if lang.compile is not None:
+            c = self.settings.compile_limits
+            compile_limits = Limits(
+                timeout_s=c["timeout_s"],
+                cpu_s=c["cpu_s"],
+                memory_mb=int(c["memory_mb"]),
+                pids=int(c["pids"]),
+                cpus=c["cpus"],
+                output_bytes=int(c["output_bytes"]),
+                disk_mb=limits.disk_mb,
+            )
+            argv = [a.replace("{entrypoint}", entry) for a in lang.compile]
+            phase = await self._container(
+                rt, f"{run_id}-c", bundle, ws, argv, "", compile_limits, lang, None, cancel
+            )
+            wall_ms, cpu_ms = phase.wall_ms, phase.usage.cpu_ns // 1_000_000
+            status = phase.collector.status
+            failed = phase.reason is not None or status is None or status.exit_code != 0
+            if phase.reason is Termination.cancelled or failed:
+                out = phase.collector
+                termination = (
+                    Termination.cancelled if phase.reason is Termination.cancelled else Termination.compile_error
+                )
+                stderr = bytes(out.stderr).decode("utf-8", "replace")
+                if phase.reason is Termination.timeout:
+                    stderr += f"\n[crucible] compilation stopped after {compile_limits.timeout_s:g}s\n"
+                return Result(
+                    termination=termination,
+                    exit_code=status.exit_code if status else None,
+                    signal=_signal_name(status.signal if status else None),
+                    stdout=bytes(out.stdout).decode("utf-8", "replace"),
+                    stderr=stderr,
+                    stdout_truncated=out.stdout_truncated,
+                    stderr_truncated=out.stderr_truncated,
+                    wall_ms=wall_ms,
+                    cpu_ms=cpu_ms,
+                    peak_memory_bytes=phase.usage.peak_memory_bytes,
+                    files=[],
+                    runtime=info,
+                    limits=limits,
+                    events=Events(oom_kill=phase.usage.oom_kill, pids_limit=phase.usage.pids_limit),
+                )
+        before = {f.path for f in workspace.list_files(ws, exclude=set(), max_files=10_000)}
+        argv = [a.replace("{entrypoint}", entry) for a in lang.run] + list(request.args)
+        phase = await self._container(
+            rt, f"{run_id}-r", bundle, ws, argv, request.stdin, limits, lang, on_output, cancel
+        )
+        produced = workspace.list_files(ws, exclude=before, max_files=self.settings.max_files)
+        if files_dir is not None:
+            workspace.copy_files(ws, produced, files_dir, max_bytes=self.settings.max_file_bytes)
+        status = phase.collector.status
+        usage = phase.usage
+        if phase.reason is not None:
+            termination = phase.reason
+        elif usage.oom_kill > 0 and (status is None or status.signal == signals.SIGKILL):
+            termination = Termination.memory_limit
+        elif status is None:
+            raise RuntimeFailure("run", None, "the sandbox ended without reporting a status")
+        else:
+            termination = Termination.exited
+        out = phase.collector
+        return Result(
+            termination=termination,
+            exit_code=status.exit_code if status else None,
+            signal=_signal_name(status.signal if status else None),
+            stdout=bytes(out.stdout).decode("utf-8", "replace"),
+            stderr=bytes(out.stderr).decode("utf-8", "replace"),
+            stdout_truncated=out.stdout_truncated,
+            stderr_truncated=out.stderr_truncated,
+            wall_ms=wall_ms + phase.wall_ms,
+            cpu_ms=cpu_ms + usage.cpu_ns // 1_000_000,
+            peak_memory_bytes=usage.peak_memory_bytes,
+            files=produced,
+            runtime=info,
+            limits=limits,
+            events=Events(oom_kill=usage.oom_kill, pids_limit=usage.pids_limit),
+        )
+
+    async def _container(
+        self,
+        rt: runtime.Runtime,
+        cid: str,
+        bundle: Path,
+        ws: Path,
+        argv: list[str],
+        stdin: str,
+        limits: Limits,
+        lang: Language,
+        on_output: OutputCallback | None,
+        cancel: asyncio.Event,
+    ) -> _Phase:
+        assert self._rootfs is not None and self._init is not None
+        nonce = secrets.token_hex(16)
+        env = {
+            "PATH": spec.PATH,
+            "HOME": spec.WORKSPACE,
+            "LANG": "C.UTF-8",
+            "TMPDIR": "/tmp",
+            **lang.env,
+            "CRUCIBLE_STATUS_NONCE": nonce,
+        }
+        cgroups_path = f"/{self.settings.prefix}/{cid}"
+        config = spec.build_config(
+            args=argv,
+            env=env,
+            limits=limits,
+            rootfs=self._rootfs,
+            workspace=ws,
+            init_binary=self._init,
+            cgroups_path=cgroups_path,
+            extra_mounts=lang.host_mounts(),
+        )
+        cbundle = bundle / cid
+        cbundle.mkdir()
+        import json
+
+        (cbundle / "config.json").write_text(json.dumps(config))
+        stdin_path = cbundle / "stdin"
+        stdin_path.write_bytes(stdin.encode("utf-8", "surrogateescape"))
+        collector = OutputCollector(cap=limits.output_bytes, nonce=nonce, on_output=on_output)
+        counters = accounting.CgroupCounters(cgroups_path)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        stdin_fd = os.open(stdin_path, os.O_RDONLY)
+        pidfd = -1
+        pumps: list[asyncio.Task[None]] = []
+        created = False
+        try:
+            try:
+                await runtime.runtime_create(
+                    rt, cid, cbundle, cbundle / "pid", (stdin_fd, out_w, err_w)
+                )
+                created = True
+            except RuntimeFailure as exc:
+                os.close(out_w)
+                os.close(err_w)
+                out_w = err_w = -1
+                os.set_blocking(err_r, False)
+                with contextlib.suppress(BlockingIOError):
+                    detail = os.read(err_r, 4096).decode("utf-8", "replace")
+                    raise RuntimeFailure("create", exc.returncode, detail) from exc
+                raise
+            finally:
+                os.close(stdin_fd)
+                for fd in (out_w, err_w):
+                    if fd != -1:
+                        os.close(fd)
+            pumps = [
+                asyncio.create_task(pump(out_r, "stdout", collector, self.settings.output_chunk_bytes)),
+                asyncio.create_task(pump(err_r, "stderr", collector, self.settings.output_chunk_bytes)),
+            ]
+            out_r = err_r = -1
+            pid = int((cbundle / "pid").read_text().strip())
+            pidfd = os.pidfd_open(pid)
+            exited = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            loop.add_reader(pidfd, exited.set)
+            started = time.monotonic()
+            await runtime.runtime_start(rt, cid)
+            reason = await self._supervise(limits, started, exited, collector, counters, cancel)
+            if reason is not None:
+                await self._kill(rt, cid, pidfd, exited)
+            wall_ms = int((time.monotonic() - started) * 1000)
+            loop.remove_reader(pidfd)
+            # The pipes reach EOF once every process holding them is gone.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*pumps), _DRAIN_S)
+            collector.finish()
+            usage = counters.read()
+            cpu_over = usage.cpu_ns > limits.cpu_s * 1e9
+            if reason is None and cpu_over and collector.status is None:
+                reason = Termination.timeout
+            if reason is None and collector.exceeded.is_set():
+                reason = Termination.output_limit
+            return _Phase(collector, reason, wall_ms, usage)
+        finally:
+            for task in pumps:
+                task.cancel()
+            for fd in (out_r, err_r, pidfd):
+                if fd != -1:
+                    with contextlib.suppress(OSError):
+                        if fd == pidfd:
+                            asyncio.get_running_loop().remove_reader(fd)
+                        os.close(fd)
+            if created:
+                await runtime.runtime_delete(rt, cid)
+            shutil.rmtree(cbundle, ignore_errors=True)
+
+    async def _supervise(
+        self,
+        limits: Limits,
+        started: float,
+        exited: asyncio.Event,
+        collector: OutputCollector,
+        counters: accounting.CgroupCounters,
+        cancel: asyncio.Event,
+    ) -> Termination | None:
+        """Wait for the container's end, enforcing the limits; say why it was stopped."""
+        deadline = started + limits.timeout_s
+        cpu_ns_limit = limits.cpu_s * 1e9
+        waiters = [
+            asyncio.ensure_future(exited.wait()),
+            asyncio.ensure_future(collector.exceeded.wait()),
+            asyncio.ensure_future(cancel.wait()),
+        ]
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                await asyncio.wait(waiters, timeout=max(0.0, min(_POLL_S, remaining)), return_when=asyncio.FIRST_COMPLETED)
+                if cancel.is_set():
+                    return Termination.cancelled
+                if exited.is_set():
+                    return None
+                if collector.exceeded.is_set():
+                    return Termination.output_limit
+                if time.monotonic() >= deadline or counters.cpu_ns() > cpu_ns_limit:
+                    return Termination.timeout
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _kill(self, rt: runtime.Runtime, cid: str, pidfd: int, exited: asyncio.Event) -> None:
+        """Kill the container; fall back to SIGKILL on the host pid if the runtime is slow."""
+        if exited.is_set():
+            return
+        with contextlib.suppress(RuntimeFailure):
+            await asyncio.wait_for(runtime.runtime_kill(rt, cid), _KILL_GRACE_S)
+        try:
+            await asyncio.wait_for(exited.wait(), _KILL_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                signals.pidfd_send_signal(pidfd, signals.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(exited.wait(), _KILL_GRACE_S)
+
+
+def _signal_name(number: int | None) -> str | None:
+    if number is None:
+        return None
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+def _source_files(request: RunRequest, lang: Language) -> dict[str, str]:
+    if request.code is not None and request.files:
+        raise InvalidSubmission("give either code or files, not both", field="code")
+    if request.code is not None:
+        if request.entrypoint and request.entrypoint != lang.file_name:
+            return {request.entrypoint: request.code}
+        return {lang.file_name: request.code}
+    if not request.files:
+        raise InvalidSubmission("give code or files", field="code")
+    entry = request.entrypoint or lang.file_name
+    if entry not in request.files:
+        raise InvalidSubmission(f"entrypoint {entry!r} is not among the files", field="entrypoint")
+    return dict(request.files)

@@ -1,0 +1,199 @@
+"""Builds a run's OCI bundle: the shared read-only root file system and config.json.
+
+The root is a skeleton directory (empty mount points, a two-line /etc/passwd,
+symlinks for a merged /usr) shared by every run and mounted read-only. The
+toolchain comes in through read-only binds of host paths: /usr, and on hosts
+without a merged /usr also /bin, /lib, /lib64 and /sbin; plus the few /etc files a
+toolchain reads. Nothing else of the host is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from crucible.sandbox.models import Limits
+
+SANDBOX_UID = 65534
+SANDBOX_GID = 65534
+INIT_PATH = "/.crucible/init"
+WORKSPACE = "/workspace"
+PATH = "/usr/local/bin:/usr/bin:/bin"
+
+# Top-level host directories a toolchain lives in. On a merged-/usr host the
+# last four are symlinks into /usr and are recreated as symlinks in the skeleton.
+TOOLCHAIN_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/sbin")
+# The only host files from /etc a toolchain reads: the dynamic loader's cache,
+# Debian's alternatives (/usr/bin/java -> /etc/alternatives/java), the time zone.
+ETC_FILES = ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime")
+
+_PASSWD = "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\nsandbox:x:65534:65534:sandbox:/workspace:/bin/sh\n"
+_GROUP = "root:x:0:\nsandbox:x:65534:\n"
+
+# OCI defaults (runc spec): host information under /proc the program must not see
+# or change.
+MASKED_PATHS = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
+READONLY_PATHS = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+]
+
+
+def ensure_rootfs(path: Path) -> Path:
+    """Create (idempotently) the skeleton root file system shared by all runs."""
+    for d in ("proc", "dev", "tmp", "workspace", "etc", ".crucible", "usr"):
+        (path / d).mkdir(parents=True, exist_ok=True)
+    for top in TOOLCHAIN_DIRS[1:]:
+        host, target = Path(top), path / top.lstrip("/")
+        if target.exists() or target.is_symlink():
+            continue
+        if host.is_symlink():
+            target.symlink_to(os.readlink(host))
+        elif host.is_dir():
+            target.mkdir()
+    (path / "etc" / "passwd").write_text(_PASSWD)
+    (path / "etc" / "group").write_text(_GROUP)
+    (path / "etc" / "hostname").write_text("sandbox\n")
+    (path / "etc" / "hosts").write_text("127.0.0.1 localhost sandbox\n")
+    for etc in ETC_FILES:
+        target = path / etc.lstrip("/")
+        if Path(etc).is_dir():
+            target.mkdir(exist_ok=True)
+        elif Path(etc).exists() and not target.exists():
+            target.touch()
+    (path / INIT_PATH.lstrip("/")).touch()
+    return path
+
+
+@cache
+def seccomp_profile() -> dict[str, Any]:
+    """The shipped seccomp profile: Docker's default, resolved for a container
+    with no capabilities (see scripts/gen_seccomp.py)."""
+    text = resources.files("crucible.sandbox").joinpath("seccomp.json").read_text()
+    profile: dict[str, Any] = json.loads(text)
+    return profile
+
+
+def _bind(dest: str, source: str, *, readonly: bool = True) -> dict[str, Any]:
+    options = ["bind", "nosuid", "nodev", "ro" if readonly else "rw"]
+    return {"destination": dest, "type": "bind", "source": source, "options": options}
+
+
+def _host_binds(rootfs: Path, extra: list[str]) -> list[dict[str, Any]]:
+    mounts = []
+    for top in TOOLCHAIN_DIRS:
+        host = Path(top)
+        if host.is_dir() and not host.is_symlink():
+            mounts.append(_bind(top, top))
+    for etc in (*ETC_FILES, *extra):
+        if Path(etc).exists():
+            if not (rootfs / etc.lstrip("/")).exists():
+                continue  # no mount point in the read-only skeleton
+            mounts.append(_bind(etc, etc))
+    return mounts
+
+
+def build_config(
+    *,
+    args: list[str],
+    env: dict[str, str],
+    limits: Limits,
+    rootfs: Path,
+    workspace: Path,
+    init_binary: Path,
+    cgroups_path: str,
+    extra_mounts: list[str] = (),  # type: ignore[assignment]
+    pids: int | None = None,
+) -> dict[str, Any]:
+    """The OCI runtime configuration (config.json) of one container."""
+    memory = limits.memory_mb << 20
+    disk = f"size={limits.disk_mb}m"
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": SANDBOX_UID, "gid": SANDBOX_GID, "additionalGids": []},
+            "args": [INIT_PATH, *args],
+            "env": [f"{k}={v}" for k, v in env.items()],
+            "cwd": WORKSPACE,
+            "capabilities": {
+                "bounding": [],
+                "effective": [],
+                "inheritable": [],
+                "permitted": [],
+                "ambient": [],
+            },
+            "rlimits": [
+                {"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
+                {"type": "RLIMIT_FSIZE", "hard": limits.disk_mb << 20, "soft": limits.disk_mb << 20},
+                {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+            ],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(rootfs), "readonly": True},
+        "hostname": "sandbox",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", disk],
+            },
+            {
+                "destination": "/tmp",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777", disk],
+            },
+            *_host_binds(rootfs, list(extra_mounts)),
+            _bind(INIT_PATH, str(init_binary)),
+            _bind(WORKSPACE, str(workspace), readonly=False),
+        ],
+        "linux": {
+            "namespaces": [
+                {"type": "pid"},
+                {"type": "network"},
+                {"type": "ipc"},
+                {"type": "uts"},
+                {"type": "mount"},
+                {"type": "cgroup"},
+            ],
+            "cgroupsPath": cgroups_path,
+            "resources": {
+                "devices": [{"allow": False, "access": "rwm"}],
+                # swap == limit: memory+swap capped at the same value, i.e. no swap.
+                "memory": {"limit": memory, "swap": memory},
+                "pids": {"limit": pids if pids is not None else limits.pids},
+                "cpu": {"quota": max(1000, int(limits.cpus * 100_000)), "period": 100_000},
+            },
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+            "seccomp": seccomp_profile(),
+        },
+    }
