@@ -1,0 +1,106 @@
+"""The ``crucible`` command line (Typer + Rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from crucible.config import get_settings
+from crucible.errors import CrucibleError
+from crucible.sandbox.languages import LANGUAGES
+from crucible.sandbox.models import Limits, Result, RunRequest, RuntimeName, Termination
+
+app = typer.Typer(help="Crucible: run untrusted, model-written code safely.", no_args_is_help=True)
+err = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """Crucible: run untrusted, model-written code safely, observably and at scale."""
+
+_EXTENSIONS = {".py": "python", ".js": "javascript", ".sh": "bash", ".c": "c", ".cpp": "cpp", ".cc": "cpp", ".java": "java"}
+
+
+def guess_language(path: Path) -> str:
+    return _EXTENSIONS.get(path.suffix, "python")
+
+
+def verdict_line(result: Result) -> str:
+    """A one-line human summary of a Result, e.g. ``exited 0 · 12 ms · 7.0 MB``."""
+    t = result.termination
+    if t is Termination.exited:
+        how = f"killed by {result.signal}" if result.signal else f"exit {result.exit_code}"
+    else:
+        how = {
+            Termination.timeout: f"timeout (wall {result.limits.timeout_s:g}s / CPU {result.limits.cpu_s:g}s)",
+            Termination.memory_limit: f"memory limit ({result.limits.memory_mb} MB)",
+            Termination.output_limit: f"output limit ({result.limits.output_bytes} bytes)",
+            Termination.compile_error: "compile error",
+            Termination.cancelled: "cancelled",
+        }[t]
+    mem = result.peak_memory_bytes / 1e6
+    return f"{t.value}: {how} · wall {result.wall_ms} ms · cpu {result.cpu_ms} ms · peak {mem:.1f} MB"
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="program to run")],
+    language: Annotated[str | None, typer.Option("--language", "-l", help=f"one of {', '.join(LANGUAGES)}")] = None,
+    timeout: Annotated[float | None, typer.Option(help="wall-clock limit, seconds")] = None,
+    cpu: Annotated[float | None, typer.Option(help="CPU-time limit, seconds")] = None,
+    memory: Annotated[int | None, typer.Option(help="memory limit, MB")] = None,
+    cpus: Annotated[float | None, typer.Option(help="CPU cores")] = None,
+    pids: Annotated[int | None, typer.Option(help="process/thread limit")] = None,
+    runtime: Annotated[str, typer.Option(help="runc or gvisor")] = "runc",
+    stdin: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="file fed to stdin")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the Result as JSON")] = False,
+) -> None:
+    """Run FILE in a sandbox here (no server) and exit with the program's exit code."""
+    from crucible.limits import resolve_limits
+    from crucible.sandbox import Sandbox
+
+    settings = get_settings()
+    if runtime not in ("runc", "gvisor"):
+        err.print(f"[red]--runtime must be runc or gvisor, not {runtime!r}")
+        raise typer.Exit(2)
+    rt: RuntimeName = "gvisor" if runtime == "gvisor" else "runc"
+    try:
+        limits: Limits = resolve_limits(
+            {"timeout_s": timeout, "cpu_s": cpu, "memory_mb": memory, "cpus": cpus, "pids": pids},
+            settings,
+        )
+        request = RunRequest(
+            language=language or guess_language(file),
+            code=file.read_text(errors="surrogateescape"),
+            stdin=stdin.read_text() if stdin else "",
+            limits=limits,
+            runtime=rt,
+        )
+
+        def live(stream: str, chunk: bytes) -> None:
+            if not json_out:
+                target = sys.stdout if stream == "stdout" else sys.stderr
+                target.buffer.write(chunk)
+                target.flush()
+
+        result = asyncio.run(Sandbox(settings).run(request, on_output=live))
+    except CrucibleError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if json_out:
+        print(result.model_dump_json(indent=2))
+    else:
+        style = "green" if result.termination is Termination.exited and result.exit_code == 0 else "yellow"
+        err.print(f"[{style}]{verdict_line(result)}")
+    if result.exit_code is not None:
+        raise typer.Exit(result.exit_code)
+    raise typer.Exit(128 + 9 if result.signal == "SIGKILL" else 1)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
