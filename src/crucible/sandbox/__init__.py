@@ -1,6 +1,23 @@
 """The sandbox engine: run untrusted code under runc or gVisor; knows nothing of HTTP or databases."""
 
-from crucible.sandbox.models import Events, FileInfo, Limits, Result, RunRequest, RuntimeInfo, Termination
+from crucible.sandbox.models import (
+    Events,
+    FileInfo,
+    Limits,
+    Result,
+    RunRequest,
+    RuntimeInfo,
+    Termination,
+)
 from crucible.sandbox.sandbox import Sandbox
 
-__all__ = ["Events", "FileInfo", "Limits", "Result", "RunRequest", "RuntimeInfo", "Sandbox", "Termination"]
+__all__ = [
+    "Events",
+    "FileInfo",
+    "Limits",
+    "Result",
+    "RunRequest",
+    "RuntimeInfo",
+    "Sandbox",
+    "Termination",
+]

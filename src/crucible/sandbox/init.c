@@ -76,5 +76,11 @@ int main(int argc, char **argv) {
     /* One write below PIPE_BUF is atomic: the trailer never interleaves. */
     ssize_t ignored = write(STDERR_FILENO, trailer, (size_t)n);
     (void)ignored;
-    return 0;
+    /* Also exit with the shell's encoding (code, or 128+signal): gVisor's sandbox
+     * process exits with this status, a fallback for the rare gVisor run whose
+     * last write is lost at teardown. */
+    if (WIFSIGNALED(status)) {
+        return 128 + WTERMSIG(status);
+    }
+    return WEXITSTATUS(status);
 }

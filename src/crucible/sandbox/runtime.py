@@ -64,7 +64,15 @@ async def runtime_create(
     """
     try:
         done = await run_tool(
-            [*rt.argv, "create", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id],
+            [
+                *rt.argv,
+                "create",
+                "--bundle",
+                str(bundle),
+                "--pid-file",
+                str(pid_file),
+                container_id,
+            ],
             timeout=rt.timeout,
             stdin=stdio[0],
             stdout=stdio[1],

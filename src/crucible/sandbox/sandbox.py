@@ -24,7 +24,7 @@ from pathlib import Path
 
 from crucible.config import Settings, get_settings
 from crucible.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
-from crucible.sandbox import accounting, runtime, spec, workspace
+from crucible.sandbox import accounting, reaper, runtime, spec, workspace
 from crucible.sandbox.languages import Language, get_language
 from crucible.sandbox.models import (
     Events,
@@ -75,7 +75,9 @@ class Sandbox:
 
     def runtime(self, name: RuntimeName) -> runtime.Runtime:
         s = self.settings
-        rt = runtime.make_runtime(name, runc=s.runc_path, runsc=s.runsc_path, state_dir=self.state_dir)
+        rt = runtime.make_runtime(
+            name, runc=s.runc_path, runsc=s.runsc_path, state_dir=self.state_dir
+        )
         return runtime.Runtime(rt.name, rt.binary, rt.root, timeout=s.runtime_timeout_s)
 
     async def prepare(self) -> None:
@@ -84,6 +86,7 @@ class Sandbox:
             return
         if os.geteuid() != 0:
             raise SandboxUnavailable("the sandbox needs root to drive runc/runsc")
+        reaper.become_subreaper()
         self._bundles.mkdir(parents=True, exist_ok=True)
         self._rootfs = spec.ensure_rootfs(self.state_dir / "rootfs")
         self._init = await self._build_init()
@@ -97,9 +100,7 @@ class Sandbox:
         src = self.state_dir / f"init-{digest}.c"
         src.write_bytes(source)
         tmp = binary.with_suffix(".tmp")
-        done = await run_tool(
-            ["gcc", "-static", "-O2", "-o", str(tmp), str(src)], timeout=120
-        )
+        done = await run_tool(["gcc", "-static", "-O2", "-o", str(tmp), str(src)], timeout=120)
         if done.returncode != 0:
             raise SandboxUnavailable(f"cannot build crucible-init: {done.stderr[:500]}")
         tmp.rename(binary)  # atomic: concurrent builders race harmlessly
@@ -181,11 +182,15 @@ class Sandbox:
             if phase.reason is Termination.cancelled or failed:
                 out = phase.collector
                 termination = (
-                    Termination.cancelled if phase.reason is Termination.cancelled else Termination.compile_error
+                    Termination.cancelled
+                    if phase.reason is Termination.cancelled
+                    else Termination.compile_error
                 )
                 stderr = bytes(out.stderr).decode("utf-8", "replace")
                 if phase.reason is Termination.timeout:
-                    stderr += f"\n[crucible] compilation stopped after {compile_limits.timeout_s:g}s\n"
+                    stderr += (
+                        f"\n[crucible] compilation stopped after {compile_limits.timeout_s:g}s\n"
+                    )
                 return Result(
                     termination=termination,
                     exit_code=status.exit_code if status else None,
@@ -271,6 +276,7 @@ class Sandbox:
             init_binary=self._init,
             cgroups_path=cgroups_path,
             extra_mounts=lang.host_mounts(),
+            gvisor=rt.name == "gvisor",
         )
         cbundle = bundle / cid
         cbundle.mkdir()
@@ -287,12 +293,15 @@ class Sandbox:
         pidfd = -1
         pumps: list[asyncio.Task[None]] = []
         created = False
+        helpers: list[int] = []
         try:
             try:
                 await runtime.runtime_create(
                     rt, cid, cbundle, cbundle / "pid", (stdin_fd, out_w, err_w)
                 )
                 created = True
+                if rt.name == "gvisor":
+                    helpers = reaper.runtime_children(cid)
             except RuntimeFailure as exc:
                 os.close(out_w)
                 os.close(err_w)
@@ -308,8 +317,12 @@ class Sandbox:
                     if fd != -1:
                         os.close(fd)
             pumps = [
-                asyncio.create_task(pump(out_r, "stdout", collector, self.settings.output_chunk_bytes)),
-                asyncio.create_task(pump(err_r, "stderr", collector, self.settings.output_chunk_bytes)),
+                asyncio.create_task(
+                    pump(out_r, "stdout", collector, self.settings.output_chunk_bytes)
+                ),
+                asyncio.create_task(
+                    pump(err_r, "stderr", collector, self.settings.output_chunk_bytes)
+                ),
             ]
             out_r = err_r = -1
             pid = int((cbundle / "pid").read_text().strip())
@@ -324,6 +337,10 @@ class Sandbox:
                 await self._kill(rt, cid, pidfd, exited)
             wall_ms = int((time.monotonic() - started) * 1000)
             loop.remove_reader(pidfd)
+            host_status = reaper.reap(pid)
+            if rt.name == "gvisor" and host_status is not None:
+                # runsc's sandbox process exits with the init's status (init.c).
+                collector.fallback_status(host_status)
             # The pipes reach EOF once every process holding them is gone.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*pumps), _DRAIN_S)
@@ -345,6 +362,9 @@ class Sandbox:
                             asyncio.get_running_loop().remove_reader(fd)
                         os.close(fd)
             if created:
+                # runsc delete waits until its sandbox and gofer are gone: reap them.
+                await reaper.reap_all(helpers)
+                reaper.reap_orphans()
                 await runtime.runtime_delete(rt, cid)
             shutil.rmtree(cbundle, ignore_errors=True)
 
@@ -368,7 +388,11 @@ class Sandbox:
         try:
             while True:
                 remaining = deadline - time.monotonic()
-                await asyncio.wait(waiters, timeout=max(0.0, min(_POLL_S, remaining)), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    waiters,
+                    timeout=max(0.0, min(_POLL_S, remaining)),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 if cancel.is_set():
                     return Termination.cancelled
                 if exited.is_set():

@@ -23,6 +23,7 @@ SANDBOX_GID = 65534
 INIT_PATH = "/.crucible/init"
 WORKSPACE = "/workspace"
 PATH = "/usr/local/bin:/usr/bin:/bin"
+GVISOR_PIDS_OVERHEAD = 512
 
 # Top-level host directories a toolchain lives in. On a merged-/usr host the
 # last four are symlinks into /usr and are recreated as symlinks in the skeleton.
@@ -122,10 +123,20 @@ def build_config(
     init_binary: Path,
     cgroups_path: str,
     extra_mounts: list[str] = (),  # type: ignore[assignment]
-    pids: int | None = None,
+    gvisor: bool = False,
 ) -> dict[str, Any]:
-    """The OCI runtime configuration (config.json) of one container."""
+    """The OCI runtime configuration (config.json) of one container.
+
+    Under gVisor the host pids cgroup counts the sentry's own threads and ptrace
+    stubs, not the program's processes (with 64 pids the sentry itself fails with
+    "error initializing first thread: resource temporarily unavailable"). There the
+    cgroup gets ``GVISOR_PIDS_OVERHEAD`` more, and the program's own count is
+    bounded by RLIMIT_NPROC, which gVisor's kernel enforces per sandbox (under runc
+    RLIMIT_NPROC would count every sandbox's uid-65534 processes host-wide).
+    """
     memory = limits.memory_mb << 20
+    pids = limits.pids + GVISOR_PIDS_OVERHEAD if gvisor else limits.pids
+    nproc = [{"type": "RLIMIT_NPROC", "hard": limits.pids, "soft": limits.pids}] if gvisor else []
     disk = f"size={limits.disk_mb}m"
     return {
         "ociVersion": "1.0.2",
@@ -144,15 +155,25 @@ def build_config(
             },
             "rlimits": [
                 {"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
-                {"type": "RLIMIT_FSIZE", "hard": limits.disk_mb << 20, "soft": limits.disk_mb << 20},
+                {
+                    "type": "RLIMIT_FSIZE",
+                    "hard": limits.disk_mb << 20,
+                    "soft": limits.disk_mb << 20,
+                },
                 {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+                *nproc,
             ],
             "noNewPrivileges": True,
         },
         "root": {"path": str(rootfs), "readonly": True},
         "hostname": "sandbox",
         "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {
+                "destination": "/proc",
+                "type": "proc",
+                "source": "proc",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
             {
                 "destination": "/dev",
                 "type": "tmpfs",
@@ -189,7 +210,7 @@ def build_config(
                 "devices": [{"allow": False, "access": "rwm"}],
                 # swap == limit: memory+swap capped at the same value, i.e. no swap.
                 "memory": {"limit": memory, "swap": memory},
-                "pids": {"limit": pids if pids is not None else limits.pids},
+                "pids": {"limit": pids},
                 "cpu": {"quota": max(1000, int(limits.cpus * 100_000)), "period": 100_000},
             },
             "maskedPaths": MASKED_PATHS,

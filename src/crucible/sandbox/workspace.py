@@ -29,7 +29,9 @@ def mount_tmpfs(target: Path, size_mb: int) -> None:
     """Mount a tmpfs of ``size_mb`` MiB owned by the sandbox user at ``target``."""
     target.mkdir(parents=True, exist_ok=True)
     opts = f"size={size_mb}m,nr_inodes=65536,uid={SANDBOX_UID},gid={SANDBOX_GID},mode=0700"
-    rc = _libc.mount(b"tmpfs", str(target).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts.encode())
+    rc = _libc.mount(
+        b"tmpfs", str(target).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts.encode()
+    )
     if rc != 0:
         err = ctypes.get_errno()
         raise SandboxUnavailable(f"mount tmpfs on {target}: {os.strerror(err)} (root required)")
@@ -47,7 +49,9 @@ def safe_relative(path: str) -> PurePosixPath:
     """Validate a submitted file name: relative, normalised, inside /workspace."""
     p = PurePosixPath(path)
     if not path or p.is_absolute() or ".." in p.parts or "\x00" in path or p.parts[:1] == (".",):
-        raise InvalidSubmission(f"file path {path!r} must be relative and stay inside /workspace", field="files")
+        raise InvalidSubmission(
+            f"file path {path!r} must be relative and stay inside /workspace", field="files"
+        )
     if len(path) > 255:
         raise InvalidSubmission(f"file path {path[:40]!r}... is too long", field="files")
     return p
