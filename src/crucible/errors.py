@@ -9,6 +9,7 @@ these to HTTP status codes in one place (``crucible.api.errors``).
     │   ├── SandboxUnavailable    runtime binary missing, not root, cgroups unusable
     │   └── RuntimeFailure        the OCI runtime itself failed (create/start/delete)
     ├── InvalidSubmission         the request cannot be run as given (bad language, paths)
+    │   └── PayloadTooLarge       the submitted code or files exceed max_code_bytes
     ├── NotFound                  no such evaluation, batch, file
     ├── Conflict                  illegal state transition, idempotency key reuse
     └── Overloaded                the queue is full; retry later
@@ -45,6 +46,10 @@ class InvalidSubmission(CrucibleError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class PayloadTooLarge(InvalidSubmission):
+    """The submission is larger than the platform accepts."""
 
 
 class NotFound(CrucibleError):

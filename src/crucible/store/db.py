@@ -1,0 +1,66 @@
+"""Engines and migrations: SQLite (WAL) by default, PostgreSQL by URL.
+
+SQLite notes, because its defaults bite a multi-threaded server:
+
+* WAL lets readers proceed while one writer writes; ``busy_timeout`` makes a second
+  writer wait for the lock instead of failing at once.
+* pysqlite opens transactions lazily with a plain ``BEGIN`` (deferred): a transaction
+  that reads and then writes can find the lock taken at the upgrade and fail with
+  SQLITE_BUSY *without* waiting (the busy handler is skipped to avoid deadlock).
+  Writers therefore start with ``BEGIN IMMEDIATE``; the store marks its write
+  sessions with the ``crucible_write`` execution option.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection
+
+WRITE_OPTION = "crucible_write"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url`` with the SQLite pragmas and locking described above."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves, below
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic's configuration pointing at the packaged migrations."""
+    cfg = Config()
+    location = resources.files("crucible.store").joinpath("migrations")
+    cfg.set_main_option("script_location", str(location))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the latest revision (idempotent)."""
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.execution_options(**{WRITE_OPTION: True}).connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        conn.commit()

@@ -1,0 +1,443 @@
+"""Repository functions: the only code that reads or writes the tables.
+
+The database is the single source of truth for an evaluation's state and the queue
+itself. Methods are synchronous (call them from async code through a thread);
+records come back detached and safe to read anywhere.
+
+Claims are fenced: a claim is ``UPDATE … SET status='running', attempts=attempts+1
+WHERE … status='queued'``, and the attempt number it returns is the fence — finishing
+or re-queuing requires ``status='running' AND attempts=<that number>``, so a stale
+executor (one whose run was recovered and re-claimed meanwhile) cannot overwrite a
+newer result, and two dispatchers can never both run one evaluation.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, exists, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from crucible.errors import Conflict, NotFound
+from crucible.lifecycle import TERMINAL, Priority, Status, check_transition
+from crucible.store.db import WRITE_OPTION, make_engine, migrate
+from crucible.store.tables import Batch, Evaluation, Label
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to run one attempt of one evaluation."""
+
+    id: str
+    attempt: int
+
+
+@dataclass
+class NewEvaluation:
+    """An evaluation ready to be inserted (validated by ``crucible.submissions``)."""
+
+    id: str
+    priority: Priority
+    language: str
+    request: dict[str, Any]
+    request_hash: str
+    labels: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationFilter:
+    status: Status | None = None
+    language: str | None = None
+    verdict: str | None = None
+    termination: str | None = None
+    label: tuple[str, str] | None = None
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    total: int
+    by_status: dict[str, int]
+    by_termination: dict[str, int]
+    by_verdict: dict[str, int]
+
+
+class Store:
+    """Evaluations, batches and the queue, on SQLite or PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = make_engine(url)
+        self.dialect = self.engine.dialect.name
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        )
+
+    def migrate(self) -> None:
+        migrate(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raise when the database is unusable."""
+        with self._read() as s:
+            s.execute(text("SELECT 1"))
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._write() as s, s.begin():
+            yield s
+
+    # -- submission -------------------------------------------------------------
+
+    def queued_count(self) -> int:
+        with self._read() as s:
+            q = select(func.count()).where(Evaluation.status == Status.queued)
+            return int(s.scalar(q) or 0)
+
+    def create_evaluation(self, new: NewEvaluation) -> tuple[Evaluation, bool]:
+        """Insert ``new``; returns (record, created).
+
+        With an idempotency key already used for the same request, returns the
+        original (created False); for a different request raises Conflict.
+        """
+        try:
+            with self._tx() as s:
+                self._insert(s, [new], batch_id=None)
+        except IntegrityError:
+            if new.idempotency_key is None:
+                raise
+            with self._read() as s:
+                q = select(Evaluation).where(Evaluation.idempotency_key == new.idempotency_key)
+                original = s.scalars(q).one_or_none()
+            if original is None:
+                raise
+            if original.request_hash != new.request_hash:
+                raise Conflict(
+                    "Idempotency-Key already used for a different request body"
+                ) from None
+            return original, False
+        return self.get(new.id), True
+
+    def create_batch(
+        self, batch_id: str, items: Sequence[NewEvaluation], labels: dict[str, str]
+    ) -> Batch:
+        """Insert a batch and all its evaluations in one transaction."""
+        with self._tx() as s:
+            batch = Batch(
+                id=batch_id,
+                created_at=now(),
+                count=len(items),
+                labels=labels,
+                cancel_requested=False,
+            )
+            s.add(batch)
+            s.flush()
+            self._insert(s, items, batch_id=batch_id)
+        return batch
+
+    def _insert(self, s: Session, items: Sequence[NewEvaluation], batch_id: str | None) -> None:
+        created = now()
+        rows = [
+            {
+                "id": n.id,
+                "batch_id": batch_id,
+                "status": Status.queued.value,
+                "priority": n.priority.rank,
+                "language": n.language,
+                "request": n.request,
+                "idempotency_key": n.idempotency_key,
+                "request_hash": n.request_hash,
+                "created_at": created,
+                "attempts": 0,
+                "cancel_requested": False,
+                "blobs": {},
+            }
+            for n in items
+        ]
+        stmt = insert(Evaluation).returning(Evaluation.seq, sort_by_parameter_order=True)
+        seqs = list(s.scalars(stmt, rows))
+        labels = [
+            {"evaluation_seq": seq, "key": k, "value": v}
+            for seq, n in zip(seqs, items, strict=True)
+            for k, v in n.labels.items()
+        ]
+        if labels:
+            s.execute(insert(Label), labels)
+
+    # -- reading ----------------------------------------------------------------
+
+    def get(self, evaluation_id: str) -> Evaluation:
+        """The evaluation; raises NotFound."""
+        with self._read() as s:
+            row = s.scalars(select(Evaluation).where(Evaluation.id == evaluation_id)).one_or_none()
+        if row is None:
+            raise NotFound(f"no evaluation {evaluation_id!r}")
+        return row
+
+    def labels_of(self, seqs: Sequence[int]) -> dict[int, dict[str, str]]:
+        out: dict[int, dict[str, str]] = collections.defaultdict(dict)
+        if not seqs:
+            return out
+        with self._read() as s:
+            for label in s.scalars(select(Label).where(Label.evaluation_seq.in_(seqs))):
+                out[label.evaluation_seq][label.key] = label.value
+        return out
+
+    def list_evaluations(
+        self, where: EvaluationFilter, *, cursor: int | None, limit: int
+    ) -> tuple[list[Evaluation], int | None]:
+        """Newest first; returns (page, cursor of the next page or None)."""
+        q = select(Evaluation).order_by(Evaluation.seq.desc()).limit(limit + 1)
+        if cursor is not None:
+            q = q.where(Evaluation.seq < cursor)
+        if where.status is not None:
+            q = q.where(Evaluation.status == where.status.value)
+        if where.language is not None:
+            q = q.where(Evaluation.language == where.language)
+        if where.verdict is not None:
+            q = q.where(Evaluation.verdict == where.verdict)
+        if where.termination is not None:
+            q = q.where(Evaluation.termination == where.termination)
+        if where.batch_id is not None:
+            q = q.where(Evaluation.batch_id == where.batch_id)
+        if where.label is not None:
+            key, value = where.label
+            q = q.where(
+                exists().where(
+                    Label.evaluation_seq == Evaluation.seq, Label.key == key, Label.value == value
+                )
+            )
+        with self._read() as s:
+            rows = list(s.scalars(q))
+        if len(rows) > limit:
+            return rows[:limit], rows[limit - 1].seq
+        return rows, None
+
+    def cancel_requested(self, evaluation_id: str) -> bool:
+        with self._read() as s:
+            q = select(Evaluation.cancel_requested).where(Evaluation.id == evaluation_id)
+            return bool(s.scalar(q))
+
+    def queue_stats(self) -> tuple[dict[str, int], int]:
+        """(queued count by priority name, running count)."""
+        names = {p.rank: p.value for p in Priority}
+        depth = dict.fromkeys(names.values(), 0)
+        with self._read() as s:
+            q = (
+                select(Evaluation.priority, func.count())
+                .where(Evaluation.status == Status.queued)
+                .group_by(Evaluation.priority)
+            )
+            for rank, count in s.execute(q):
+                depth[names.get(rank, str(rank))] = int(count)
+            running = s.scalar(select(func.count()).where(Evaluation.status == Status.running))
+        return depth, int(running or 0)
+
+    # -- the queue --------------------------------------------------------------
+
+    def claim(self, evaluation_id: str) -> Claim | None:
+        """Claim one queued evaluation; None when it is not (or no longer) queued."""
+        return self._claim(Evaluation.id == evaluation_id)
+
+    def claim_next(self) -> Claim | None:
+        """Claim the next queued evaluation: highest priority, then oldest."""
+        nxt = (
+            select(Evaluation.seq)
+            .where(Evaluation.status == Status.queued)
+            .order_by(Evaluation.priority, Evaluation.seq)
+            .limit(1)
+            # PostgreSQL: concurrent claimers skip each other's row instead of
+            # queueing behind it. SQLite serialises writers (BEGIN IMMEDIATE).
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        return self._claim(Evaluation.seq == nxt)
+
+    def _claim(self, which: Any) -> Claim | None:
+        # Not through _move: the evaluation is picked by the UPDATE itself.
+        check_transition(Status.queued, Status.running)
+        stmt = (
+            update(Evaluation)
+            .where(which, Evaluation.status == Status.queued)
+            .values(
+                status=Status.running.value,
+                attempts=Evaluation.attempts + 1,
+                started_at=now(),
+            )
+            .returning(Evaluation.id, Evaluation.attempts)
+        )
+        with self._tx() as s:
+            row = s.execute(stmt).one_or_none()
+        return Claim(row[0], row[1]) if row else None
+
+    def _move(
+        self,
+        s: Session,
+        evaluation_id: str,
+        source: Status,
+        target: Status,
+        values: dict[str, Any],
+        *,
+        attempt: int | None = None,
+    ) -> bool:
+        """``source`` → ``target`` if the evaluation is (still) in ``source``.
+
+        With ``attempt``, only for that claim (the fence). Returns whether it moved.
+        """
+        check_transition(source, target)
+        stmt = (
+            update(Evaluation)
+            .where(Evaluation.id == evaluation_id, Evaluation.status == source.value)
+            .values(status=target.value, **values)
+        )
+        if attempt is not None:
+            stmt = stmt.where(Evaluation.attempts == attempt)
+        return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+    def finish(
+        self,
+        claim: Claim,
+        status: Status,
+        *,
+        result: dict[str, Any] | None = None,
+        termination: str | None = None,
+        verdict: str | None = None,
+        blobs: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Record the end of ``claim``'s run; False when the claim is stale (fenced out)."""
+        if status not in TERMINAL:
+            raise ValueError(f"{status} is not a final status")
+        values = {
+            "finished_at": now(),
+            "result": result,
+            "termination": termination,
+            "verdict": verdict,
+            "blobs": blobs or {},
+            "error": error,
+        }
+        with self._tx() as s:
+            return self._move(s, claim.id, Status.running, status, values, attempt=claim.attempt)
+
+    def requeue(self, claim: Claim, error: str) -> bool:
+        """Put ``claim``'s evaluation back in the queue after a platform fault."""
+        with self._tx() as s:
+            values = {"error": error, "started_at": None}
+            return self._move(
+                s, claim.id, Status.running, Status.queued, values, attempt=claim.attempt
+            )
+
+    def cancel(self, evaluation_id: str) -> Status:
+        """Cancel: queued → cancelled at once; running → flagged (the executor stops it).
+
+        Returns the status after the call; raises NotFound, or Conflict when finished.
+        """
+        with self._tx() as s:
+            done = {"finished_at": now(), "cancel_requested": True}
+            if self._move(s, evaluation_id, Status.queued, Status.cancelled, done):
+                return Status.cancelled
+            current = s.scalar(select(Evaluation.status).where(Evaluation.id == evaluation_id))
+            if current is None:
+                raise NotFound(f"no evaluation {evaluation_id!r}")
+            status = Status(current)
+            check_transition(status, Status.cancelled)  # Conflict when already finished
+            s.execute(
+                update(Evaluation)
+                .where(Evaluation.id == evaluation_id)
+                .values(cancel_requested=True)
+            )
+            return status
+
+    def recover(self, max_attempts: int) -> tuple[int, int]:
+        """After a crash: re-queue interrupted runs, or fail those out of attempts.
+
+        Returns (re-queued, failed). Only for a single embedded server: it treats
+        every ``running`` evaluation as orphaned.
+        """
+        check_transition(Status.running, Status.error)
+        check_transition(Status.running, Status.queued)
+        running = [Status.running.value]
+        with self._tx() as s:
+            failed = s.execute(
+                update(Evaluation)
+                .where(Evaluation.status.in_(running), Evaluation.attempts >= max_attempts)
+                .values(
+                    status=Status.error.value,
+                    finished_at=now(),
+                    error=f"interrupted {max_attempts} times (server restarts); giving up",
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            requeued = s.execute(
+                update(Evaluation)
+                .where(Evaluation.status.in_(running))
+                .values(status=Status.queued.value, started_at=None, error="interrupted; re-queued")
+            ).rowcount  # type: ignore[attr-defined]
+        return int(requeued), int(failed)
+
+    # -- batches ----------------------------------------------------------------
+
+    def get_batch(self, batch_id: str) -> Batch:
+        with self._read() as s:
+            row = s.scalars(select(Batch).where(Batch.id == batch_id)).one_or_none()
+        if row is None:
+            raise NotFound(f"no batch {batch_id!r}")
+        return row
+
+    def batch_counts(self, batch_id: str) -> BatchCounts:
+        q = (
+            select(Evaluation.status, Evaluation.termination, Evaluation.verdict, func.count())
+            .where(Evaluation.batch_id == batch_id)
+            .group_by(Evaluation.status, Evaluation.termination, Evaluation.verdict)
+        )
+        by_status: collections.Counter[str] = collections.Counter()
+        by_term: collections.Counter[str] = collections.Counter()
+        by_verdict: collections.Counter[str] = collections.Counter()
+        total = 0
+        with self._read() as s:
+            for status, termination, verdict, count in s.execute(q):
+                total += count
+                by_status[status] += count
+                if termination:
+                    by_term[termination] += count
+                if verdict:
+                    by_verdict[verdict] += count
+        return BatchCounts(total, dict(by_status), dict(by_term), dict(by_verdict))
+
+    def cancel_batch(self, batch_id: str) -> list[str]:
+        """Cancel a batch's queued evaluations; flag and return its running ones."""
+        self.get_batch(batch_id)
+        check_transition(Status.queued, Status.cancelled)
+        with self._tx() as s:
+            s.execute(update(Batch).where(Batch.id == batch_id).values(cancel_requested=True))
+            s.execute(
+                update(Evaluation)
+                .where(
+                    Evaluation.batch_id == batch_id,
+                    Evaluation.status == Status.queued,
+                )
+                .values(status=Status.cancelled.value, finished_at=now(), cancel_requested=True)
+            )
+            s.execute(
+                update(Evaluation)
+                .where(Evaluation.batch_id == batch_id, Evaluation.status == Status.running)
+                .values(cancel_requested=True)
+            )
+            running = s.scalars(
+                select(Evaluation.id).where(
+                    Evaluation.batch_id == batch_id, Evaluation.status == Status.running
+                )
+            )
+            return list(running)

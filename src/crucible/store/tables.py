@@ -1,0 +1,105 @@
+"""The database tables (SQLAlchemy 2 typed declarative). Migrations live in ``migrations/``.
+
+``seq`` is an auto-incrementing integer that orders evaluations by submission (the
+queue's tie-breaker and the list's cursor); ``id`` is the public, opaque name.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both backends (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    created_at: Mapped[datetime]
+    count: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        # The queue: next to claim is the lowest (priority, seq) among queued.
+        Index("ix_evaluations_queue", "status", "priority", "seq"),
+        Index("ix_evaluations_batch", "batch_id", "status"),
+    )
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    batch_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("batches.id"))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    priority: Mapped[int] = mapped_column(Integer)  # Priority.rank
+    language: Mapped[str] = mapped_column(String(32), index=True)
+    # The normalised request (limits resolved), exactly as it will run.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    # Claims so far; also the fence: only the holder of the latest claim may finish it.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    termination: Mapped[str | None] = mapped_column(String(32), index=True)
+    verdict: Mapped[str | None] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    # Blob digests: {"stdout": ..., "stderr": ..., "files": {path: digest}}.
+    blobs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Label(Base):
+    """One ``key: value`` label of an evaluation (a table so both backends can filter)."""
+
+    __tablename__ = "labels"
+    __table_args__ = (Index("ix_labels_kv", "key", "value"),)
+
+    evaluation_seq: Mapped[int] = mapped_column(
+        SeqType, ForeignKey("evaluations.seq", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
