@@ -1,0 +1,82 @@
+"""Platform errors → HTTP, in one place. Routes raise ``crucible.errors``; this maps them.
+
+InvalidSubmission  422 (PayloadTooLarge 413)   NotFound   404
+Conflict           409                          Overloaded 503 + Retry-After
+SandboxError       503                          other      500
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from crucible.api.schemas import ErrorPublic
+from crucible.errors import (
+    Conflict,
+    CrucibleError,
+    InvalidSubmission,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    SandboxError,
+)
+
+STATUS: list[tuple[type[CrucibleError], int]] = [
+    (PayloadTooLarge, 413),
+    (InvalidSubmission, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Overloaded, 503),
+    (SandboxError, 503),
+]
+
+
+def status_of(exc: CrucibleError) -> int:
+    for kind, code in STATUS:
+        if isinstance(exc, kind):
+            return code
+    return 500
+
+
+def _body(detail: str, field: str | None = None, errors: list[dict[str, Any]] | None = None) -> Any:
+    return ErrorPublic(detail=detail, field=field, errors=errors).model_dump(exclude_none=True)
+
+
+async def _crucible_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CrucibleError)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+    field = exc.field if isinstance(exc, InvalidSubmission) else None
+    return JSONResponse(_body(str(exc), field), status_code=status_of(exc), headers=headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for e in exc.errors():
+        loc = [str(p) for p in e["loc"]]
+        # "body" / "query" prefixes say where; the field is the rest.
+        field = ".".join(loc[1:]) if len(loc) > 1 else ".".join(loc)
+        errors.append({"field": field, "reason": e["msg"], "in": loc[0] if loc else None})
+    first = errors[0] if errors else {"field": None, "reason": "invalid request"}
+    detail = f"{first['field']}: {first['reason']}" if first["field"] else str(first["reason"])
+    return JSONResponse(_body(detail, first["field"], errors), status_code=422)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(CrucibleError, _crucible_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for the error codes an endpoint can answer."""
+    text = {
+        404: "No such evaluation, batch or file",
+        409: "Conflicts with the current state (or Idempotency-Key reuse)",
+        413: "Code or files larger than the server accepts",
+        422: "Invalid request; `field` names the culprit",
+        503: "Queue full (see Retry-After) or the platform is unavailable",
+    }
+    return {c: {"model": ErrorPublic, "description": text[c]} for c in codes}

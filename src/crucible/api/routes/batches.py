@@ -1,0 +1,60 @@
+"""/api/v1/batches: many evaluations at once, followed as one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response, status
+
+from crucible.api.deps import LastEventId, ServiceDep
+from crucible.api.errors import responses
+from crucible.api.schemas import BatchCreate, BatchCreated, BatchPublic
+from crucible.api.sse import SSE_RESPONSE, parse_last_event_id, sse_response
+
+router = APIRouter(prefix="/batches", tags=["batches"])
+
+BatchId = Annotated[str, Path(max_length=64)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={202: {"description": "Queued"}, **responses(413, 422, 503)},
+)
+async def submit_batch(body: BatchCreate, service: ServiceDep) -> BatchCreated:
+    """Queue up to max_batch_items evaluations; `defaults` fill what items leave unset."""
+    return await service.submit_batch(body)
+
+
+@router.get("/{batch_id}", responses=responses(404))
+async def get_batch(batch_id: BatchId, service: ServiceDep) -> BatchPublic:
+    """Counts by status, termination and verdict; progress and pass rate."""
+    return await service.batch(batch_id)
+
+
+@router.post("/{batch_id}/cancel", responses=responses(404))
+async def cancel_batch(batch_id: BatchId, service: ServiceDep) -> BatchPublic:
+    """Cancel the batch's queued evaluations and kill its running ones."""
+    return await service.cancel_batch(batch_id)
+
+
+@router.get(
+    "/{batch_id}/events",
+    response_class=Response,
+    responses={**SSE_RESPONSE, **responses(404, 422)},
+)
+async def batch_events(
+    batch_id: BatchId, service: ServiceDep, last_event_id: LastEventId = None
+) -> Response:
+    """`progress` events (the batch record) as evaluations finish; the id is the
+    number finished, so `Last-Event-ID` resumes from there. Ends when all are done."""
+    after = parse_last_event_id(last_event_id) if last_event_id else -1
+    await service.batch(batch_id)  # 404 before the stream starts
+
+    async def events() -> AsyncIterator[tuple[int, str, Any]]:
+        async for public in service.batch_progress(batch_id, after):
+            kind = "done" if public.finished else "progress"
+            yield public.done, kind, public.model_dump(mode="json")
+
+    return sse_response(events())

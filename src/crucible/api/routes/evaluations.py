@@ -1,0 +1,164 @@
+"""/api/v1/evaluations: submit, read, list, cancel, follow, download."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Response, status
+from fastapi.responses import FileResponse
+
+from crucible.api.deps import IdempotencyKey, LastEventId, ServiceDep
+from crucible.api.errors import responses
+from crucible.api.schemas import CancelPublic, EvaluationCreate, EvaluationList, EvaluationPublic
+from crucible.api.sse import SSE_RESPONSE, parse_last_event_id, sse_response
+from crucible.errors import InvalidSubmission
+from crucible.lifecycle import TERMINAL, Status, Verdict
+from crucible.sandbox.models import Termination
+from crucible.service import Page
+from crucible.store import EvaluationFilter
+
+router = APIRouter(prefix="/evaluations", tags=["evaluations"])
+
+EvaluationId = Annotated[str, Path(max_length=64, description="the evaluation's id")]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        200: {
+            "model": EvaluationPublic,
+            "description": "Finished within ?wait, or the original of a repeated Idempotency-Key",
+        },
+        202: {"description": "Queued"},
+        **responses(409, 413, 422, 503),
+    },
+)
+async def submit_evaluation(
+    body: EvaluationCreate,
+    service: ServiceDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+    wait: Annotated[
+        float | None, Query(ge=0, le=60, description="wait up to this many seconds for the end")
+    ] = None,
+) -> EvaluationPublic:
+    """Queue a program. Answers at once (202), or after it ends when `wait` is given (200)."""
+    record, created = await service.submit(body, idempotency_key)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    if wait:
+        record = await service.wait(record.id, wait)
+    if record.status in TERMINAL:
+        response.status_code = status.HTTP_200_OK
+    return record
+
+
+def _label(value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    key, sep, val = value.partition(":")
+    if not sep or not key:
+        raise InvalidSubmission("label filter must look like key:value", field="label")
+    return key, val
+
+
+def _cursor(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidSubmission("cursor is not one this server gave", field="cursor") from None
+
+
+@router.get("", responses=responses(422))
+async def list_evaluations(
+    service: ServiceDep,
+    status: Status | None = None,
+    language: str | None = None,
+    verdict: Verdict | None = None,
+    termination: Termination | None = None,
+    label: Annotated[str | None, Query(description="key:value")] = None,
+    batch_id: str | None = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> EvaluationList:
+    """Evaluations, newest first, filtered; pages follow `next_cursor`."""
+    where = EvaluationFilter(
+        status=status,
+        language=language,
+        verdict=verdict.value if verdict else None,
+        termination=termination.value if termination else None,
+        label=_label(label),
+        batch_id=batch_id,
+    )
+    return await service.list(where, Page(cursor=_cursor(cursor), limit=limit))
+
+
+@router.get("/{evaluation_id}", responses=responses(404))
+async def get_evaluation(evaluation_id: EvaluationId, service: ServiceDep) -> EvaluationPublic:
+    """The evaluation: status, timings, the request and, once finished, the result."""
+    return await service.get(evaluation_id)
+
+
+@router.post("/{evaluation_id}/cancel", responses=responses(404, 409))
+async def cancel_evaluation(evaluation_id: EvaluationId, service: ServiceDep) -> CancelPublic:
+    """Queued: it never runs. Running: killed within a second. Finished: 409."""
+    return await service.cancel(evaluation_id)
+
+
+@router.get(
+    "/{evaluation_id}/events",
+    response_class=Response,
+    responses={**SSE_RESPONSE, **responses(404, 422)},
+)
+async def evaluation_events(
+    evaluation_id: EvaluationId,
+    service: ServiceDep,
+    last_event_id: LastEventId = None,
+) -> Response:
+    """Server-Sent Events: `status`, `stdout`, `stderr`, then `result` (the final record).
+
+    Reconnect with `Last-Event-ID` to resume without gaps or repeats.
+    """
+    after = parse_last_event_id(last_event_id)
+    await service.get(evaluation_id)  # 404 before the stream starts
+
+    async def events() -> AsyncIterator[tuple[int, str, Any]]:
+        async for event in service.events(evaluation_id, after):
+            yield event.id, event.type, event.data
+
+    return sse_response(events())
+
+
+@router.get(
+    "/{evaluation_id}/output/{stream}",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "The whole stream"},
+        **responses(404),
+    },
+)
+async def evaluation_output(
+    evaluation_id: EvaluationId, stream: Literal["stdout", "stderr"], service: ServiceDep
+) -> Response:
+    """The complete stdout or stderr, even when the record holds only a preview."""
+    data = await service.output(evaluation_id, stream)
+    return Response(data, media_type="text/plain; charset=utf-8")
+
+
+@router.get(
+    "/{evaluation_id}/files/{path:path}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The file"},
+        **responses(404),
+    },
+)
+async def evaluation_file(evaluation_id: EvaluationId, path: str, service: ServiceDep) -> Response:
+    """A file the program left in /workspace (files over max_file_bytes are not kept)."""
+    blob = await service.file(evaluation_id, path)
+    name = path.rsplit("/", 1)[-1]
+    return FileResponse(blob, media_type="application/octet-stream", filename=name)

@@ -1,0 +1,1 @@
+"""Dispatchers deliver queued evaluations to the executor: embedded (in-process) or Celery."""

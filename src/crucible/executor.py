@@ -1,0 +1,222 @@
+"""Executes one evaluation: claim → sandbox → store result (and blobs) → publish events.
+
+This is the only path that runs an evaluation, whichever dispatcher delivered it (the
+embedded one in ``crucible.dispatch.embedded``; a Celery task later). It is safe to
+call twice for one evaluation, from two processes: the fenced claim lets one through.
+
+Two channels for failure: whatever the program did is a Result (status ``completed``,
+or ``cancelled``); a platform fault (:class:`~crucible.errors.SandboxError`) re-queues
+the evaluation until ``max_attempts`` claims were spent, then ends it in ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from crucible.api.schemas import EvaluationRequest
+from crucible.config import Settings
+from crucible.errors import InvalidSubmission, SandboxError
+from crucible.events import EventBus
+from crucible.lifecycle import Status
+from crucible.records import evaluation_public
+from crucible.sandbox import Result, Sandbox, Termination
+from crucible.store import BlobStore, Claim, Store
+from crucible.submissions import run_request, verdict
+
+log = logging.getLogger(__name__)
+
+
+def stream_of(evaluation_id: str) -> str:
+    """The event-bus stream of one evaluation."""
+    return f"evaluation:{evaluation_id}"
+
+
+class Executor:
+    """Runs evaluations; ``cancel`` stops one running in this process at once.
+
+    Cancellation from elsewhere (another API process) reaches a run through the
+    ``cancel_requested`` flag in the database, polled every ``cancel_poll_s``.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        blobs: BlobStore,
+        bus: EventBus,
+        sandbox: Sandbox,
+        settings: Settings,
+        cancel_poll_s: float = 0.25,
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.bus = bus
+        self.sandbox = sandbox
+        self.settings = settings
+        self.cancel_poll_s = cancel_poll_s
+        self._cancels: dict[str, asyncio.Event] = {}
+        self._scratch = settings.data_dir / "tmp"
+
+    def cancel(self, evaluation_id: str) -> bool:
+        """Stop ``evaluation_id`` if it runs here; False when it does not."""
+        event = self._cancels.get(evaluation_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    @property
+    def running(self) -> int:
+        return len(self._cancels)
+
+    async def execute(self, evaluation_id: str, *, claim: Claim | None = None) -> None:
+        """Run ``evaluation_id`` once, claiming it first unless ``claim`` is given.
+
+        Returns quietly when the evaluation is not queued (someone else has it).
+        Platform failures end up in the record, never raised; asyncio cancellation
+        (server shutdown) leaves it ``running`` for the start-up recovery.
+        """
+        if claim is None:
+            claim = await asyncio.to_thread(self.store.claim, evaluation_id)
+            if claim is None:
+                return
+        stream = stream_of(evaluation_id)
+        cancel = self._cancels[evaluation_id] = asyncio.Event()
+        scratch = self._scratch / f"{evaluation_id}-{claim.attempt}"
+        try:
+            row = await asyncio.to_thread(self.store.get, evaluation_id)
+            request = EvaluationRequest.model_validate(row.request)
+            await self.bus.publish(
+                stream, "status", {"status": "running", "attempt": claim.attempt}
+            )
+            outcome = await self._run(evaluation_id, request, cancel, scratch)
+        except SandboxError as exc:
+            await self._platform_failure(claim, exc)
+            return
+        except InvalidSubmission as exc:  # validated at submission; only if the sandbox disagrees
+            await self._end(claim, Status.error, error=f"invalid submission: {exc}")
+            return
+        except Exception as exc:
+            log.exception("executing %s failed", evaluation_id)
+            await self._end(claim, Status.error, error=f"internal error: {exc!r}")
+            return
+        finally:
+            self._cancels.pop(evaluation_id, None)
+            shutil.rmtree(scratch, ignore_errors=True)
+        await self._complete(claim, request, outcome)
+
+    async def _run(
+        self, evaluation_id: str, request: EvaluationRequest, cancel: asyncio.Event, scratch: Path
+    ) -> tuple[Result, dict[str, str]]:
+        stream = stream_of(evaluation_id)
+        chunks: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        decoders = {
+            name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")
+        }
+
+        async def publish_output() -> None:
+            # One publisher keeps chunks in order, whatever the bus's transport.
+            while (item := await chunks.get()) is not None:
+                name, data = item
+                text = decoders[name].decode(data)
+                if text:
+                    await self.bus.publish(stream, name, {"data": text})
+
+        async def watch_cancel() -> None:
+            while not cancel.is_set():
+                if await asyncio.to_thread(self.store.cancel_requested, evaluation_id):
+                    cancel.set()
+                    return
+                await asyncio.sleep(self.cancel_poll_s)
+
+        publisher = asyncio.create_task(publish_output())
+        watcher = asyncio.create_task(watch_cancel())
+        await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
+        try:
+            result = await self.sandbox.run(
+                run_request(request),
+                on_output=lambda name, data: chunks.put_nowait((name, data)),
+                cancel=cancel,
+                files_dir=scratch,
+            )
+            files = await asyncio.to_thread(self._store_files, scratch, result)
+        finally:
+            watcher.cancel()
+            chunks.put_nowait(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await publisher
+        return result, files
+
+    def _store_files(self, scratch: Path, result: Result) -> dict[str, str]:
+        """Produced files → blobs; returns path → digest (oversized files are absent)."""
+        digests: dict[str, str] = {}
+        for info in result.files:
+            path = scratch / info.path
+            # We wrote scratch ourselves (the sandbox copies with O_NOFOLLOW), but stay strict.
+            if path.is_file() and not path.is_symlink():
+                digests[info.path] = self.blobs.put_file(path)
+        return digests
+
+    async def _complete(
+        self,
+        claim: Claim,
+        request: EvaluationRequest,
+        outcome: tuple[Result, dict[str, str]],
+    ) -> None:
+        result, files = outcome
+        record: dict[str, Any] = result.model_dump(mode="json")
+        record["verdict"] = verdict(request, result)
+        blobs: dict[str, Any] = {"files": files}
+        limit = self.settings.inline_output_bytes
+        for name in ("stdout", "stderr"):
+            data = getattr(result, name).encode("utf-8", "surrogateescape")
+            if len(data) > limit:
+                blobs[name] = await asyncio.to_thread(self.blobs.put, data)
+                # Cut at a character boundary: drop a partial UTF-8 sequence at the end.
+                record[name] = data[:limit].decode("utf-8", "ignore")
+                record[f"{name}_inline_truncated"] = True
+        status = (
+            Status.cancelled if result.termination is Termination.cancelled else Status.completed
+        )
+        await self._end(
+            claim,
+            status,
+            result=record,
+            termination=result.termination.value,
+            verdict=record["verdict"],
+            blobs=blobs,
+        )
+
+    async def _platform_failure(self, claim: Claim, exc: SandboxError) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        log.warning("evaluation %s attempt %d: %s", claim.id, claim.attempt, message)
+        cancelled = await asyncio.to_thread(self.store.cancel_requested, claim.id)
+        if cancelled:
+            await self._end(claim, Status.cancelled, error=message)
+        elif claim.attempt < self.settings.max_attempts:
+            if await asyncio.to_thread(self.store.requeue, claim, message):
+                await self.bus.publish(
+                    stream_of(claim.id), "status", {"status": "queued", "error": message}
+                )
+        else:
+            await self._end(claim, Status.error, error=message)
+
+    async def _end(self, claim: Claim, status: Status, **fields: Any) -> None:
+        """Store the final state (fenced) and publish the final record."""
+        stored = await asyncio.to_thread(self.store.finish, claim, status, **fields)
+        if not stored:
+            log.warning("evaluation %s attempt %d: claim was stale", claim.id, claim.attempt)
+            return
+        row = await asyncio.to_thread(self.store.get, claim.id)
+        labels = await asyncio.to_thread(self.store.labels_of, [row.seq])
+        public = evaluation_public(row, labels.get(row.seq, {}))
+        stream = stream_of(claim.id)
+        await self.bus.publish(stream, "status", {"status": status.value})
+        await self.bus.publish(stream, "result", public.model_dump(mode="json"))

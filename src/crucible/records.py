@@ -1,0 +1,47 @@
+"""Stored rows → public records (shared by the API, the executor and the event stream)."""
+
+from __future__ import annotations
+
+from crucible.api.schemas import BatchPublic, EvaluationPublic, EvaluationRequest, ResultPublic
+from crucible.lifecycle import TERMINAL, Status, Verdict
+from crucible.store import BatchCounts
+from crucible.store.tables import Batch, Evaluation
+
+
+def evaluation_public(row: Evaluation, labels: dict[str, str]) -> EvaluationPublic:
+    request = EvaluationRequest.model_validate({**row.request, "labels": labels})
+    wait = None
+    if row.started_at is not None:
+        wait = int((row.started_at - row.created_at).total_seconds() * 1000)
+    return EvaluationPublic(
+        id=row.id,
+        status=Status(row.status),
+        batch_id=row.batch_id,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        queue_wait_ms=wait,
+        attempts=row.attempts,
+        error=row.error,
+        request=request,
+        result=ResultPublic.model_validate(row.result) if row.result else None,
+    )
+
+
+def batch_public(batch: Batch, counts: BatchCounts) -> BatchPublic:
+    done = sum(n for status, n in counts.by_status.items() if Status(status) in TERMINAL)
+    passed = counts.by_verdict.get(Verdict.passed, 0)
+    judged = sum(counts.by_verdict.values())
+    return BatchPublic(
+        id=batch.id,
+        created_at=batch.created_at,
+        count=batch.count,
+        labels=batch.labels,
+        by_status=counts.by_status,
+        by_termination=counts.by_termination,
+        by_verdict=counts.by_verdict,
+        done=done,
+        progress=done / batch.count if batch.count else 1.0,
+        pass_rate=passed / judged if judged else None,
+        finished=done >= batch.count,
+    )

@@ -1,0 +1,282 @@
+"""The evaluation service: the operations behind the API, and its start-up and shutdown.
+
+Routes stay thin: they parse, call a method here, and shape the response. Everything
+here raises ``crucible.errors`` exceptions, which ``api/errors.py`` maps to HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pydantic import ValidationError
+
+from crucible.api.schemas import (
+    BatchCreate,
+    BatchCreated,
+    BatchPublic,
+    CancelPublic,
+    EvaluationCreate,
+    EvaluationList,
+    EvaluationPublic,
+    QueuePublic,
+)
+from crucible.config import Settings
+from crucible.dispatch.embedded import EmbeddedDispatcher
+from crucible.errors import InvalidSubmission, NotFound, Overloaded, SandboxUnavailable
+from crucible.events import Event, EventBus, InProcessBus
+from crucible.executor import Executor, stream_of
+from crucible.lifecycle import TERMINAL, Status
+from crucible.records import batch_public, evaluation_public
+from crucible.sandbox import Sandbox
+from crucible.store import BlobStore, EvaluationFilter, NewEvaluation, Store
+from crucible.store.tables import Evaluation
+from crucible.submissions import merge, new_id, prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Page:
+    cursor: int | None
+    limit: int
+
+
+class Service:
+    """Store, blobs, bus, sandbox, executor and the embedded dispatcher, wired together."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bus: EventBus | None = None,
+        dispatch: bool = True,
+    ) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(settings.sqlalchemy_url)
+        self.blobs = BlobStore(settings.data_dir / "blobs")
+        self.bus: EventBus = bus or InProcessBus()
+        self.sandbox = Sandbox(settings)
+        self.executor = Executor(
+            store=self.store,
+            blobs=self.blobs,
+            bus=self.bus,
+            sandbox=self.sandbox,
+            settings=settings,
+        )
+        self.dispatcher = EmbeddedDispatcher(
+            self.executor, self.store, concurrency=settings.max_concurrency
+        )
+        self._dispatch = dispatch
+
+    async def start(self) -> None:
+        """Migrate, sweep the sandbox's leftovers, recover interrupted runs, dispatch."""
+        await asyncio.to_thread(self.store.migrate)
+        sweep = getattr(self.sandbox, "sweep", None)
+        if sweep is not None:
+            swept = sweep()
+            if inspect.isawaitable(swept):
+                await swept
+        requeued, failed = await asyncio.to_thread(self.store.recover, self.settings.max_attempts)
+        if requeued or failed:
+            log.warning(
+                "recovered interrupted evaluations: %d re-queued, %d failed", requeued, failed
+            )
+        shutil.rmtree(self.settings.data_dir / "tmp", ignore_errors=True)
+        if self._dispatch:
+            self.dispatcher.start()
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+        await asyncio.to_thread(self.store.dispose)
+
+    # -- evaluations ------------------------------------------------------------
+
+    async def _public(self, row: Evaluation) -> EvaluationPublic:
+        labels = await asyncio.to_thread(self.store.labels_of, [row.seq])
+        return evaluation_public(row, labels.get(row.seq, {}))
+
+    async def _admit(self, n: int) -> None:
+        queued = await asyncio.to_thread(self.store.queued_count)
+        if queued + n > self.settings.max_queue:
+            raise Overloaded(
+                f"the queue holds {queued} evaluations (max {self.settings.max_queue})",
+                retry_after=max(1, min(60, queued // max(1, 10 * self.settings.max_concurrency))),
+            )
+
+    async def submit(
+        self, body: EvaluationCreate, idempotency_key: str | None = None
+    ) -> tuple[EvaluationPublic, bool]:
+        """Queue one evaluation; returns (record, created). See Store.create_evaluation."""
+        new = prepare(body, self.settings, idempotency_key=idempotency_key)
+        await self._admit(1)
+        row, created = await asyncio.to_thread(self.store.create_evaluation, new)
+        if created:
+            await self.bus.publish(stream_of(row.id), "status", {"status": Status.queued.value})
+            self.dispatcher.notify()
+        return await self._public(row), created
+
+    async def get(self, evaluation_id: str) -> EvaluationPublic:
+        return await self._public(await asyncio.to_thread(self.store.get, evaluation_id))
+
+    async def wait(self, evaluation_id: str, timeout_s: float) -> EvaluationPublic:
+        """The record once final, or as it is after ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for event in self.events(evaluation_id):
+                    if event.final:
+                        break
+        except TimeoutError:
+            pass
+        return await self.get(evaluation_id)
+
+    async def list(self, where: EvaluationFilter, page: Page) -> EvaluationList:
+        rows, nxt = await asyncio.to_thread(
+            self.store.list_evaluations, where, cursor=page.cursor, limit=page.limit
+        )
+        labels = await asyncio.to_thread(self.store.labels_of, [r.seq for r in rows])
+        return EvaluationList(
+            items=[evaluation_public(r, labels.get(r.seq, {})) for r in rows],
+            next_cursor=str(nxt) if nxt is not None else None,
+        )
+
+    async def cancel(self, evaluation_id: str) -> CancelPublic:
+        """queued → cancelled; running → killed (within a second); final → Conflict."""
+        status = await asyncio.to_thread(self.store.cancel, evaluation_id)
+        if status is Status.cancelled:
+            row = await asyncio.to_thread(self.store.get, evaluation_id)
+            public = await self._public(row)
+            stream = stream_of(evaluation_id)
+            await self.bus.publish(stream, "status", {"status": status.value})
+            await self.bus.publish(stream, "result", public.model_dump(mode="json"))
+        else:
+            self.executor.cancel(evaluation_id)  # else its executor polls the flag
+        return CancelPublic(id=evaluation_id, status=status)
+
+    async def events(self, evaluation_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """Status changes, output chunks, then the final record (event type ``result``).
+
+        Resumes after event ``after``. When the bus no longer holds the stream of a
+        finished evaluation, answers with the stored final record alone.
+        """
+        row = await asyncio.to_thread(self.store.get, evaluation_id)  # NotFound
+        stream = stream_of(evaluation_id)
+        if Status(row.status) in TERMINAL and await self.bus.history(stream) is None:
+            public = await self._public(row)
+            yield Event(after + 1, "result", public.model_dump(mode="json"))
+            return
+        async for event in self.bus.subscribe(stream, after, idle_s=5.0):
+            if event is not None:
+                yield event
+                continue
+            # Quiet for a while: the run may have ended where this bus cannot see.
+            row = await asyncio.to_thread(self.store.get, evaluation_id)
+            if Status(row.status) in TERMINAL and not await self.bus.history(stream):
+                public = await self._public(row)
+                yield Event(after + 1, "result", public.model_dump(mode="json"))
+                return
+
+    async def output(self, evaluation_id: str, stream: str) -> bytes:
+        """The whole stdout or stderr (the record may hold only a preview)."""
+        row = await asyncio.to_thread(self.store.get, evaluation_id)
+        if row.result is None:
+            raise NotFound(f"evaluation {evaluation_id} has no output yet")
+        digest = row.blobs.get(stream)
+        if digest:
+            return await asyncio.to_thread(self.blobs.get, digest)
+        text: str = row.result[stream]
+        return text.encode("utf-8", "surrogateescape")
+
+    async def file(self, evaluation_id: str, path: str) -> Path:
+        """A file the program produced; NotFound when absent or too large to keep."""
+        row = await asyncio.to_thread(self.store.get, evaluation_id)
+        normal = PurePosixPath(path).as_posix()
+        digest = (row.blobs.get("files") or {}).get(normal)
+        if digest is None:
+            raise NotFound(f"evaluation {evaluation_id} kept no file {path!r}")
+        return await asyncio.to_thread(self.blobs.path, digest)
+
+    # -- batches ----------------------------------------------------------------
+
+    async def submit_batch(self, body: BatchCreate) -> BatchCreated:
+        if len(body.items) > self.settings.max_batch_items:
+            raise InvalidSubmission(
+                f"a batch holds at most {self.settings.max_batch_items} items", field="items"
+            )
+        news: list[NewEvaluation] = []
+        for i, item in enumerate(body.items):
+            try:
+                merged = merge(item, body.defaults)
+                new = prepare(merged, self.settings)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                field = f"items.{i}.{where}" if where else f"items.{i}"
+                raise InvalidSubmission(f"{field}: {first['msg']}", field=field) from None
+            except InvalidSubmission as exc:
+                exc.field = f"items.{i}.{exc.field}" if exc.field else f"items.{i}"
+                raise
+            news.append(new)
+        await self._admit(len(news))
+        batch_id = new_id("bt")
+        await asyncio.to_thread(self.store.create_batch, batch_id, news, body.labels or {})
+        self.dispatcher.notify()
+        return BatchCreated(id=batch_id, count=len(news))
+
+    async def batch(self, batch_id: str) -> BatchPublic:
+        row = await asyncio.to_thread(self.store.get_batch, batch_id)
+        counts = await asyncio.to_thread(self.store.batch_counts, batch_id)
+        return batch_public(row, counts)
+
+    async def cancel_batch(self, batch_id: str) -> BatchPublic:
+        running = await asyncio.to_thread(self.store.cancel_batch, batch_id)
+        for evaluation_id in running:
+            self.executor.cancel(evaluation_id)
+        return await self.batch(batch_id)
+
+    async def batch_progress(self, batch_id: str, after: int = -1) -> AsyncIterator[BatchPublic]:
+        """The batch each time its number of finished evaluations grows, until all are.
+
+        Polls the database (the source of truth; batch counts are not on the bus).
+        """
+        while True:
+            public = await self.batch(batch_id)
+            if public.done > after:
+                after = public.done
+                yield public
+            if public.finished:
+                return
+            await asyncio.sleep(0.5)
+
+    # -- the platform -----------------------------------------------------------
+
+    async def queue(self) -> QueuePublic:
+        depth, running = await asyncio.to_thread(self.store.queue_stats)
+        return QueuePublic(
+            depth=depth,
+            queued=sum(depth.values()),
+            running=running,
+            capacity=self.settings.max_concurrency,
+            max_queue=self.settings.max_queue,
+        )
+
+    async def ready(self) -> None:
+        """Raise unless the database and the default runtime are usable."""
+        await asyncio.to_thread(self.store.ping)
+        if os.geteuid() != 0:
+            raise SandboxUnavailable("not root: the sandbox cannot run")
+        binary = (
+            self.settings.runc_path
+            if self.settings.default_runtime == "runc"
+            else self.settings.runsc_path
+        )
+        if shutil.which(binary) is None:
+            raise SandboxUnavailable(f"runtime {binary!r} not found")
+        await self.sandbox.prepare()
