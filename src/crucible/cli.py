@@ -102,5 +102,11 @@ def run(
     raise typer.Exit(128 + 9 if result.signal == "SIGKILL" else 1)
 
 
+# The evaluation service's commands: serve, submit, status, logs, cancel, list, batch.
+from crucible.cli_service import register  # noqa: E402
+
+register(app)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -1,0 +1,215 @@
+"""A synchronous Python client for the Crucible API (used by the CLI, usable by anyone).
+
+    from crucible.client import Client
+    with Client("http://127.0.0.1:8000") as c:
+        ev = c.submit("print(6 * 7)", expected_output="42", wait=30)
+        print(ev.status, ev.result.verdict if ev.result else None)
+
+Errors from the server raise :class:`ApiError` carrying the status code, the message
+and the offending field.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from httpx_sse import connect_sse
+
+from crucible.api.schemas import (
+    BatchCreated,
+    BatchPublic,
+    CancelPublic,
+    EvaluationList,
+    EvaluationPublic,
+    QueuePublic,
+)
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+class ApiError(Exception):
+    """The server refused a request."""
+
+    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ServerEvent:
+    id: int
+    type: str
+    data: dict[str, Any]
+
+
+class Client:
+    """Thin, typed wrapper over /api/v1. ``transport`` lets tests pass an in-process app."""
+
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.http = httpx.Client(
+            base_url=server.rstrip("/") + "/api/v1", timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _json(self, response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                detail, field = str(body.get("detail")), body.get("field")
+            except ValueError:
+                detail, field = response.text[:500], None
+            raise ApiError(response.status_code, detail, field)
+        return response.json()
+
+    # -- evaluations ------------------------------------------------------------
+
+    def submit(
+        self,
+        code: str | None = None,
+        *,
+        language: str = "python",
+        wait: float | None = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> EvaluationPublic:
+        """Queue ``code`` (or ``files=``/``entrypoint=``); other fields as in the API.
+
+        With ``wait`` (≤ 60 s) the server answers once the evaluation ends, if it does.
+        """
+        body = {"code": code, "language": language, **fields}
+        body = {k: v for k, v in body.items() if v is not None}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        params = {"wait": wait} if wait else {}
+        timeout = (wait or 0) + self.http.timeout.read if self.http.timeout.read else None
+        r = self.http.post(
+            "/evaluations", json=body, headers=headers, params=params, timeout=timeout
+        )
+        return EvaluationPublic.model_validate(self._json(r))
+
+    def get(self, evaluation_id: str) -> EvaluationPublic:
+        return EvaluationPublic.model_validate(
+            self._json(self.http.get(f"/evaluations/{evaluation_id}"))
+        )
+
+    def wait(self, evaluation_id: str, timeout: float | None = None) -> EvaluationPublic:
+        """Block until the evaluation is final (following its event stream)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for event in self.events(evaluation_id):
+            if event.type == "result":
+                return EvaluationPublic.model_validate(event.data)
+            if deadline is not None and time.monotonic() > deadline:
+                break
+        return self.get(evaluation_id)
+
+    def list(self, *, cursor: str | None = None, limit: int = 50, **filters: Any) -> EvaluationList:
+        """One page; filters: status, language, verdict, termination, label="k:v", batch_id."""
+        params = {k: v for k, v in {**filters, "cursor": cursor, "limit": limit}.items() if v}
+        return EvaluationList.model_validate(
+            self._json(self.http.get("/evaluations", params=params))
+        )
+
+    def iter(self, **filters: Any) -> Iterator[EvaluationPublic]:
+        """Every matching evaluation, newest first, following the cursor."""
+        cursor: str | None = None
+        while True:
+            page = self.list(cursor=cursor, limit=500, **filters)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def cancel(self, evaluation_id: str) -> CancelPublic:
+        return CancelPublic.model_validate(
+            self._json(self.http.post(f"/evaluations/{evaluation_id}/cancel"))
+        )
+
+    def _sse(self, path: str, last_event_id: int | None, final: set[str]) -> Iterator[ServerEvent]:
+        """Follow an event stream, reconnecting with Last-Event-ID after a drop."""
+        failures = 0
+        while True:
+            headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+            try:
+                with connect_sse(self.http, "GET", path, headers=headers, timeout=None) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        self._json(source.response)
+                    for sse in source.iter_sse():
+                        event = ServerEvent(int(sse.id or 0), sse.event, sse.json())
+                        last_event_id = event.id
+                        failures = 0
+                        yield event
+                        if event.type in final:
+                            return
+                raise httpx.RemoteProtocolError("event stream ended early")
+            except httpx.TransportError:
+                failures += 1
+                if failures > 5:
+                    raise
+                time.sleep(min(0.2 * 2**failures, 5.0))
+
+    def events(self, evaluation_id: str, last_event_id: int | None = None) -> Iterator[ServerEvent]:
+        """``status``, ``stdout``, ``stderr`` events, then ``result`` (the final record)."""
+        return self._sse(f"/evaluations/{evaluation_id}/events", last_event_id, {"result"})
+
+    def logs(self, evaluation_id: str, stream: str = "stdout") -> str:
+        r = self.http.get(f"/evaluations/{evaluation_id}/output/{stream}")
+        if r.status_code >= 400:
+            self._json(r)
+        return r.text
+
+    def file(self, evaluation_id: str, path: str) -> bytes:
+        r = self.http.get(f"/evaluations/{evaluation_id}/files/{path}")
+        if r.status_code >= 400:
+            self._json(r)
+        return r.content
+
+    # -- batches ----------------------------------------------------------------
+
+    def batch(
+        self,
+        items: builtins.list[dict[str, Any]],
+        defaults: dict[str, Any] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> BatchCreated:
+        body: dict[str, Any] = {"items": items}
+        if defaults:
+            body["defaults"] = defaults
+        if labels:
+            body["labels"] = labels
+        r = self.http.post("/batches", json=body, timeout=max(60.0, len(items) / 50))
+        return BatchCreated.model_validate(self._json(r))
+
+    def get_batch(self, batch_id: str) -> BatchPublic:
+        return BatchPublic.model_validate(self._json(self.http.get(f"/batches/{batch_id}")))
+
+    def batch_events(self, batch_id: str) -> Iterator[BatchPublic]:
+        """The batch record each time more of it has finished; ends when all have."""
+        for event in self._sse(f"/batches/{batch_id}/events", None, {"done"}):
+            yield BatchPublic.model_validate(event.data)
+
+    def cancel_batch(self, batch_id: str) -> BatchPublic:
+        return BatchPublic.model_validate(self._json(self.http.post(f"/batches/{batch_id}/cancel")))
+
+    def queue(self) -> QueuePublic:
+        return QueuePublic.model_validate(self._json(self.http.get("/queue")))
