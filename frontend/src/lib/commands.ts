@@ -1,0 +1,92 @@
+/** "Copy as curl" and "copy as CLI" for a submitted request. */
+import type { EvaluationRequest, Language } from '../api/models';
+import { API_BASE } from '../api/client';
+
+export function shellQuote(s: string): string {
+  if (s === '') return "''";
+  if (/^[A-Za-z0-9_@%+=:,./-]+$/.test(s)) return s;
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Strips server-filled fields so the request can be sent again as is. */
+export function resubmittable(req: EvaluationRequest): EvaluationRequest {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(req)) {
+    if (v === null || v === undefined) continue;
+    if (Array.isArray(v) && v.length === 0) continue;
+    if (typeof v === 'object' && !Array.isArray(v) && Object.keys(v as object).length === 0) continue;
+    if (k === 'stdin' && v === '') continue;
+    out[k] = v;
+  }
+  return out as unknown as EvaluationRequest;
+}
+
+export function asCurl(req: EvaluationRequest, origin: string): string {
+  const body = JSON.stringify(resubmittable(req));
+  return [
+    `curl -sS -X POST ${shellQuote(`${origin}${API_BASE}/evaluations`)}`,
+    `  -H 'Content-Type: application/json'`,
+    `  -d ${shellQuote(body)}`,
+  ].join(' \\\n');
+}
+
+export const FILE_NAMES: Record<Language, string> = {
+  python: 'main.py',
+  javascript: 'main.js',
+  bash: 'main.sh',
+  c: 'main.c',
+  cpp: 'main.cpp',
+  java: 'Main.java',
+};
+
+const LIMIT_FLAGS: [keyof NonNullable<EvaluationRequest['limits']>, string][] = [
+  ['timeout_s', '--timeout'],
+  ['cpu_s', '--cpu'],
+  ['memory_mb', '--memory'],
+  ['cpus', '--cpus'],
+  ['pids', '--pids'],
+  ['output_bytes', '--output-bytes'],
+  ['disk_mb', '--disk'],
+];
+
+function heredoc(file: string, content: string): string {
+  let tag = 'CRUCIBLE_EOF';
+  while (content.includes(tag)) tag += '_';
+  const body = content.endsWith('\n') ? content : `${content}\n`;
+  return `cat > ${shellQuote(file)} <<'${tag}'\n${body}${tag}`;
+}
+
+/** A shell snippet that writes the program to a file and submits it with the CLI. */
+export function asCli(req: EvaluationRequest): string {
+  const lines: string[] = [];
+  let file = FILE_NAMES[req.language] ?? 'main.txt';
+  if (req.files && Object.keys(req.files).length > 0) {
+    for (const [path, content] of Object.entries(req.files)) lines.push(heredoc(path, content));
+    file = req.entrypoint ?? Object.keys(req.files)[0];
+  } else {
+    lines.push(heredoc(file, req.code ?? ''));
+  }
+  const args = ['crucible', 'submit', shellQuote(file), '--language', req.language];
+  for (const [key, flag] of LIMIT_FLAGS) {
+    const v = req.limits?.[key];
+    if (v !== undefined && v !== null) args.push(flag, String(v));
+  }
+  if (req.runtime && req.runtime !== 'runc') args.push('--runtime', req.runtime);
+  if (req.priority && req.priority !== 'normal') args.push('--priority', req.priority);
+  for (const [k, v] of Object.entries(req.labels ?? {})) args.push('--label', shellQuote(`${k}=${v}`));
+  if (req.stdin) {
+    lines.push(heredoc('stdin.txt', req.stdin));
+    args.push('--stdin', 'stdin.txt');
+  }
+  if (req.expected_output) {
+    lines.push(heredoc('expected.txt', req.expected_output));
+    args.push('--expected-output', 'expected.txt');
+  }
+  if (req.test_code) {
+    lines.push(heredoc('test_code.txt', req.test_code));
+    args.push('--test-code', 'test_code.txt');
+  }
+  for (const a of req.args ?? []) args.push('--arg', shellQuote(a));
+  lines.push(args.join(' '));
+  return lines.join('\n');
+}
