@@ -1,0 +1,89 @@
+"""Shared fixtures: a sandbox state dir per session, databases (SQLite and a throwaway
+PostgreSQL database per session), settings pointing at temporary directories."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crucible.config import Settings
+
+PG_ADMIN = os.environ.get("CRUCIBLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def unmount_under(root: Path) -> None:
+    """Lazily unmount whatever a killed server left mounted under ``root``."""
+    with open("/proc/mounts") as f:
+        targets = [line.split()[1] for line in f if line.split()[1].startswith(str(root))]
+    for target in sorted(targets, reverse=True):
+        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def state_dir() -> Iterator[Path]:
+    """Sandbox state for this session: the root fs and init are built once (on /tmp,
+    where mounts work), and it never clashes with /run/crucible or other sessions."""
+    path = Path(tempfile.mkdtemp(prefix="crucible-test-state-", dir="/tmp"))
+    yield path
+    unmount_under(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for the session, migrated once, dropped at the end."""
+    psycopg = pytest.importorskip("psycopg")
+    name = f"crucible_test_{secrets.token_hex(6)}"
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL unavailable at {PG_ADMIN}: {exc}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    from crucible.store import Store
+
+    store = Store(Settings(database_url=url).sqlalchemy_url)
+    store.migrate()
+    store.dispose()
+    try:
+        yield url
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _truncate(url: str) -> None:
+    from sqlalchemy import text
+
+    from crucible.store import Store
+
+    store = Store(Settings(database_url=url).sqlalchemy_url)
+    with store.engine.begin() as conn:
+        conn.execute(text("TRUNCATE labels, evaluations, batches RESTART IDENTITY CASCADE"))
+    store.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """Each storage test runs on both backends; None means SQLite under data_dir."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("pg_database")
+    _truncate(url)
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, state_dir: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        state_dir=state_dir,
+        max_concurrency=2,
+    )

@@ -1,0 +1,177 @@
+"""Repository functions, on SQLite and on PostgreSQL (the ``database_url`` fixture)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from crucible.config import Settings
+from crucible.errors import Conflict, NotFound
+from crucible.lifecycle import Priority, Status
+from crucible.store import EvaluationFilter, NewEvaluation, Store
+
+
+@pytest.fixture
+def store(database_url: str | None, tmp_path: Path) -> Store:
+    cfg = Settings(data_dir=tmp_path, database_url=database_url)
+    tmp_path.mkdir(exist_ok=True)
+    s = Store(cfg.sqlalchemy_url)
+    s.migrate()
+    yield s  # type: ignore[misc]
+    s.dispose()
+
+
+def new(n: int, priority: Priority = Priority.normal, **kw: object) -> NewEvaluation:
+    values: dict[str, object] = {
+        "id": f"ev_{n}",
+        "priority": priority,
+        "language": "python",
+        "request": {"code": f"print({n})"},
+        "request_hash": f"h{n}",
+    }
+    values.update(kw)
+    return NewEvaluation(**values)  # type: ignore[arg-type]
+
+
+def test_migrate_is_idempotent_and_create_get(store: Store) -> None:
+    store.migrate()
+    row, created = store.create_evaluation(new(1, labels={"team": "a"}))
+    assert created and row.status == Status.queued and row.attempts == 0
+    assert store.get("ev_1").request == {"code": "print(1)"}
+    assert store.labels_of([row.seq]) == {row.seq: {"team": "a"}}
+    with pytest.raises(NotFound):
+        store.get("ev_nope")
+
+
+def test_idempotency_key(store: Store) -> None:
+    first, created = store.create_evaluation(new(1, idempotency_key="k"))
+    again, created_again = store.create_evaluation(new(2, idempotency_key="k", request_hash="h1"))
+    assert created and not created_again and again.id == first.id
+    with pytest.raises(Conflict):
+        store.create_evaluation(new(3, idempotency_key="k", request_hash="other"))
+    assert store.queued_count() == 1
+
+
+def test_claim_order_priority_then_submission(store: Store) -> None:
+    store.create_evaluation(new(1, Priority.low))
+    store.create_evaluation(new(2, Priority.normal))
+    store.create_evaluation(new(3, Priority.high))
+    store.create_evaluation(new(4, Priority.normal))
+    order = []
+    while (claim := store.claim_next()) is not None:
+        order.append(claim.id)
+        assert claim.attempt == 1
+    assert order == ["ev_3", "ev_2", "ev_4", "ev_1"]
+
+
+def test_claim_is_fenced(store: Store) -> None:
+    store.create_evaluation(new(1))
+    claim = store.claim("ev_1")
+    assert claim is not None
+    assert store.claim("ev_1") is None  # already running
+    # Recovery re-queues it and someone else claims attempt 2: attempt 1 is stale.
+    assert store.recover(max_attempts=3) == (1, 0)
+    second = store.claim_next()
+    assert second is not None and second.attempt == 2
+    assert not store.finish(claim, Status.completed, result={"stale": True})
+    assert store.finish(second, Status.completed, result={"ok": True})
+    assert store.get("ev_1").result == {"ok": True}
+    with pytest.raises(ValueError):
+        store.finish(second, Status.running)
+
+
+def test_concurrent_claimers_never_share(store: Store) -> None:
+    for n in range(60):
+        store.create_evaluation(new(n))
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while (claim := store.claim_next()) is not None:
+            with lock:
+                claimed.append(claim.id)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(claimed) == sorted(f"ev_{n}" for n in range(60))
+
+
+def test_cancel(store: Store) -> None:
+    for n in (1, 2, 3):
+        store.create_evaluation(new(n))
+    assert store.cancel("ev_1") is Status.cancelled
+    assert store.claim("ev_1") is None  # a cancelled evaluation never runs
+    claim = store.claim("ev_2")
+    assert claim is not None
+    assert store.cancel("ev_2") is Status.running
+    assert store.cancel_requested("ev_2")
+    assert store.finish(claim, Status.cancelled)
+    with pytest.raises(Conflict):
+        store.cancel("ev_2")
+    with pytest.raises(NotFound):
+        store.cancel("ev_nope")
+
+
+def test_requeue_after_platform_fault(store: Store) -> None:
+    store.create_evaluation(new(1))
+    claim = store.claim_next()
+    assert claim is not None
+    assert store.requeue(claim, "runtime failed")
+    row = store.get("ev_1")
+    assert row.status == Status.queued and row.error == "runtime failed"
+    again = store.claim_next()
+    assert again is not None and again.attempt == 2
+
+
+def test_recover_gives_up_after_max_attempts(store: Store) -> None:
+    store.create_evaluation(new(1))
+    store.create_evaluation(new(2))
+    for _ in range(2):
+        assert store.claim("ev_1") is not None
+        store.recover(max_attempts=2)
+    assert store.get("ev_1").status == Status.error
+    assert store.get("ev_2").status == Status.queued
+
+
+def test_list_filters_and_cursor(store: Store) -> None:
+    for n in range(7):
+        store.create_evaluation(new(n, labels={"parity": "even" if n % 2 == 0 else "odd"}))
+    page, cursor = store.list_evaluations(EvaluationFilter(), cursor=None, limit=3)
+    assert [r.id for r in page] == ["ev_6", "ev_5", "ev_4"] and cursor is not None
+    seen = [r.id for r in page]
+    while cursor is not None:
+        page, cursor = store.list_evaluations(EvaluationFilter(), cursor=cursor, limit=3)
+        seen += [r.id for r in page]
+    assert seen == [f"ev_{n}" for n in range(6, -1, -1)]
+    odd, _ = store.list_evaluations(
+        EvaluationFilter(label=("parity", "odd")), cursor=None, limit=10
+    )
+    assert [r.id for r in odd] == ["ev_5", "ev_3", "ev_1"]
+    store.cancel("ev_0")
+    cancelled, _ = store.list_evaluations(
+        EvaluationFilter(status=Status.cancelled), cursor=None, limit=10
+    )
+    assert [r.id for r in cancelled] == ["ev_0"]
+
+
+def test_batches(store: Store) -> None:
+    store.create_batch("bt_1", [new(n) for n in range(5)], {"run": "x"})
+    claim = store.claim_next()
+    assert claim is not None
+    store.finish(claim, Status.completed, termination="exited", verdict="passed")
+    running = store.claim_next()
+    assert running is not None
+    assert store.cancel_batch("bt_1") == [running.id]
+    counts = store.batch_counts("bt_1")
+    assert counts.total == 5
+    assert counts.by_status == {"completed": 1, "running": 1, "cancelled": 3}
+    assert counts.by_verdict == {"passed": 1}
+    depth, n_running = store.queue_stats()
+    assert depth == {"high": 0, "normal": 0, "low": 0} and n_running == 1
+    with pytest.raises(NotFound):
+        store.get_batch("bt_nope")
