@@ -42,15 +42,20 @@ class EmbeddedDispatcher:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._loop(), name="crucible-dispatcher")
 
-    async def stop(self) -> None:
-        """Stop claiming and abandon running evaluations (recovered at the next start)."""
-        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
-        for task in tasks:
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop claiming; let running evaluations finish for up to ``grace_s``, then
+        abandon the rest (left ``running``, they are re-queued at the next start)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in list(self._tasks):
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._loop_task = None
 
     async def _loop(self) -> None:
         while True:

@@ -1,0 +1,64 @@
+"""Fixtures for the API: in process (httpx ASGITransport, lifespan run by hand) and as a
+real ``crucible serve`` subprocess on a free port. Sandboxes are real (runc)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from service_helpers import ApiFactory, ServerProcess
+
+from crucible.api.app import create_app
+from crucible.config import Settings
+from crucible.service import Service
+
+
+@pytest.fixture
+def make_api(settings: Settings) -> ApiFactory:
+    """``async with make_api(dispatch=False, max_queue=3) as (client, service)``."""
+
+    @asynccontextmanager
+    async def factory(
+        dispatch: bool = True, **overrides: Any
+    ) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
+        cfg = settings.model_copy(update=overrides)
+        app = create_app(cfg, dispatch=dispatch)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://test/api/v1", timeout=60
+            ) as client:
+                yield client, app.state.service
+
+    return factory
+
+
+@pytest.fixture
+async def api(make_api: ApiFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_api() as (client, _service):
+        yield client
+
+
+@pytest.fixture
+def make_server(tmp_path: Path, state_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
+    servers: list[ServerProcess] = []
+
+    def factory(**env: str) -> ServerProcess:
+        server = ServerProcess(tmp_path / f"data{len(servers)}", state_dir, **env)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., ServerProcess]) -> ServerProcess:
+    s = make_server(CRUCIBLE_MAX_CONCURRENCY="2")
+    s.start()
+    return s
