@@ -3,3 +3,11 @@ import { afterEach } from 'vitest';
 import { cleanup } from '@testing-library/react';
 
 afterEach(() => cleanup());
+
+// jsdom has no layout; CodeMirror measures text ranges.
+const emptyRects = () => Object.assign([], { item: () => null }) as unknown as DOMRectList;
+const zeroRect = () => ({ x: 0, y: 0, width: 0, height: 0, top: 0, left: 0, right: 0, bottom: 0, toJSON: () => ({}) }) as DOMRect;
+if (typeof Range !== 'undefined') {
+  Range.prototype.getClientRects = emptyRects;
+  Range.prototype.getBoundingClientRect = zeroRect;
+}

@@ -7,6 +7,7 @@ import type {
   BatchCreated,
   BatchRecord,
   BatchRequest,
+  CancelResult,
   DeadLetter,
   EvaluationPage,
   EvaluationRecord,
@@ -22,13 +23,14 @@ export const API_BASE = '/api/v1';
 /** Any failed API call. status 0 means the server could not be reached at all. */
 export class ApiError extends Error {
   readonly status: number;
-  readonly detail: unknown;
+  /** The parsed response body (JSON when it was JSON). */
+  readonly body: unknown;
 
-  constructor(status: number, message: string, detail?: unknown) {
+  constructor(status: number, message: string, body?: unknown) {
     super(message);
     this.name = 'ApiError';
     this.status = status;
-    this.detail = detail;
+    this.body = body;
   }
 
   get unreachable(): boolean {
@@ -39,11 +41,43 @@ export class ApiError extends Error {
     return this.status === 404;
   }
 
-  /** FastAPI's 422 body: {detail: [{loc, msg, type}]}. */
+  /** Field-level problems of a 422, whichever shape the server used. */
   get issues(): ValidationIssue[] {
-    const d = this.detail;
-    return Array.isArray(d) ? (d.filter((x) => x && typeof x === 'object' && 'msg' in x) as ValidationIssue[]) : [];
+    return validationIssues(this.body);
   }
+}
+
+const toLoc = (where: unknown, field: string): (string | number)[] => [
+  typeof where === 'string' && where ? where : 'body',
+  ...field.split('.').map((p) => (/^\d+$/.test(p) ? Number(p) : p)),
+];
+
+/**
+ * Normalises an error body to FastAPI-style issues ({loc, msg, type}). Accepts
+ *  - FastAPI's default: {detail: [{loc, msg, type}]}
+ *  - Crucible's: {detail, field?, errors?: [{field, reason, in}]}
+ */
+export function validationIssues(body: unknown): ValidationIssue[] {
+  if (!body || typeof body !== 'object') return [];
+  const b = body as Record<string, unknown>;
+  if (Array.isArray(b.detail)) {
+    return b.detail
+      .filter((x): x is Record<string, unknown> => !!x && typeof x === 'object' && 'msg' in x)
+      .map((x) => ({ loc: Array.isArray(x.loc) ? (x.loc as (string | number)[]) : [], msg: String(x.msg), type: String(x.type ?? 'value_error') }));
+  }
+  if (Array.isArray(b.errors) && b.errors.length > 0) {
+    return b.errors
+      .filter((x): x is Record<string, unknown> => !!x && typeof x === 'object')
+      .map((x) => ({
+        loc: typeof x.field === 'string' && x.field ? toLoc(x.in, x.field) : ['body'],
+        msg: String(x.reason ?? x.msg ?? x.message ?? 'invalid'),
+        type: 'value_error',
+      }));
+  }
+  if (typeof b.field === 'string' && b.field && typeof b.detail === 'string') {
+    return [{ loc: toLoc('body', b.field), msg: b.detail, type: 'value_error' }];
+  }
+  return [];
 }
 
 function messageFrom(status: number, body: unknown): string {
@@ -83,8 +117,7 @@ async function request<T>(path: string, init?: RequestInit & { json?: unknown })
     }
   }
   if (!res.ok) {
-    const detail = parsed && typeof parsed === 'object' && 'detail' in parsed ? (parsed as { detail: unknown }).detail : parsed;
-    throw new ApiError(res.status, messageFrom(res.status, parsed), detail);
+    throw new ApiError(res.status, messageFrom(res.status, parsed), parsed);
   }
   return parsed as T;
 }
@@ -141,7 +174,7 @@ export async function listEvaluations(filters: EvaluationFilters, signal?: Abort
   return { items: page.items ?? [], next_cursor: page.next_cursor ?? null };
 }
 
-export function cancelEvaluation(id: string): Promise<EvaluationRecord> {
+export function cancelEvaluation(id: string): Promise<CancelResult> {
   return request(`${API_BASE}/evaluations/${enc(id)}/cancel`, { method: 'POST' });
 }
 
@@ -190,9 +223,10 @@ export function normalizeBatch(raw: Record<string, unknown>): BatchRecord {
   const termination = pickCounts(raw, 'counts.termination', 'counts.by_termination', 'by_termination', 'termination_counts');
   const verdict = pickCounts(raw, 'counts.verdict', 'counts.by_verdict', 'by_verdict', 'verdict_counts');
   const count = Number(raw.count ?? raw.total ?? Object.values(status).reduce((a, b) => a + b, 0));
-  const finished = (status.completed ?? 0) + (status.cancelled ?? 0) + (status.error ?? 0);
-  let progress = typeof raw.progress === 'number' ? raw.progress : count ? finished / count : 0;
+  const done = typeof raw.done === 'number' ? raw.done : (status.completed ?? 0) + (status.cancelled ?? 0) + (status.error ?? 0);
+  let progress = typeof raw.progress === 'number' ? raw.progress : count ? done / count : 0;
   if (progress > 1) progress = progress / 100; // a percentage
+  if (raw.finished === true) progress = 1;
   const passRate = typeof raw.pass_rate === 'number' ? raw.pass_rate : null;
   return {
     id: String(raw.id),
@@ -200,6 +234,8 @@ export function normalizeBatch(raw: Record<string, unknown>): BatchRecord {
     created_at: typeof raw.created_at === 'string' ? raw.created_at : undefined,
     status: typeof raw.status === 'string' ? raw.status : undefined,
     counts: { status, termination, verdict },
+    done,
+    finished: raw.finished === true || progress >= 1,
     pass_rate: passRate,
     progress,
   };

@@ -1,8 +1,9 @@
 /**
  * The one place the UI takes its API types from.
  *
- * Today: the hand-written mirror of the contract. When the backend commits
- * src/crucible/api/openapi.json, run `npm run gen:api` and change the line below to
- * `export * from './generated';` (generated.ts maps schema names onto these names).
+ * './generated' maps the UI's names onto the types generated from the backend's
+ * src/crucible/api/openapi.json (`npm run gen:api`; `npm run check:api` fails on drift).
+ * './types' is the hand-written mirror of the issue's contract: point the line below
+ * at it to build without the generated file.
  */
-export * from './types';
+export * from './generated';

@@ -38,7 +38,7 @@ export interface Limits {
 
 /** Body of POST /api/v1/evaluations (and one line of a batch JSONL file). */
 export interface EvaluationRequest {
-  language: Language;
+  language?: string | null;
   code?: string | null;
   files?: Record<string, string> | null;
   entrypoint?: string | null;
@@ -50,6 +50,27 @@ export interface EvaluationRequest {
   labels?: Record<string, string>;
   expected_output?: string | null;
   test_code?: string | null;
+}
+
+/** The submission as it ran: defaults applied, limits resolved. */
+export interface ResolvedRequest {
+  language: string;
+  code: string | null;
+  files: Record<string, string> | null;
+  entrypoint: string | null;
+  stdin: string;
+  args: string[];
+  limits: Limits;
+  runtime: RuntimeName;
+  priority: Priority;
+  labels: Record<string, string>;
+  expected_output: string | null;
+  test_code: string | null;
+}
+
+export interface CancelResult {
+  id: string;
+  status: Status;
 }
 
 export interface FileInfo {
@@ -65,6 +86,9 @@ export interface RunResult {
   stderr: string;
   stdout_truncated: boolean;
   stderr_truncated: boolean;
+  /** stdout here is a preview; GET …/output/stdout has all of it. */
+  stdout_inline_truncated?: boolean;
+  stderr_inline_truncated?: boolean;
   wall_ms: number;
   cpu_ms: number;
   peak_memory_bytes: number;
@@ -84,8 +108,7 @@ export interface EvaluationRecord {
   queue_wait_ms: number | null;
   attempts: number;
   batch_id: string | null;
-  labels: Record<string, string>;
-  request: EvaluationRequest;
+  request: ResolvedRequest;
   error: string | null;
   result: RunResult | null;
 }
@@ -115,6 +138,9 @@ export interface BatchRecord {
     termination?: Partial<Record<Termination, number>>;
     verdict?: Partial<Record<Verdict | 'none', number>>;
   };
+  /** evaluations in a final status */
+  done: number;
+  finished: boolean;
   pass_rate: number | null;
   progress: number;
 }

@@ -39,14 +39,10 @@ export const FILE_NAMES: Record<Language, string> = {
   java: 'Main.java',
 };
 
-const LIMIT_FLAGS: [keyof NonNullable<EvaluationRequest['limits']>, string][] = [
+// Limits the CLI sets by flag (`crucible submit --help`); others need the API.
+const LIMIT_FLAGS: [string, string][] = [
   ['timeout_s', '--timeout'],
-  ['cpu_s', '--cpu'],
   ['memory_mb', '--memory'],
-  ['cpus', '--cpus'],
-  ['pids', '--pids'],
-  ['output_bytes', '--output-bytes'],
-  ['disk_mb', '--disk'],
 ];
 
 function heredoc(file: string, content: string): string {
@@ -59,18 +55,24 @@ function heredoc(file: string, content: string): string {
 /** A shell snippet that writes the program to a file and submits it with the CLI. */
 export function asCli(req: EvaluationRequest): string {
   const lines: string[] = [];
-  let file = FILE_NAMES[req.language] ?? 'main.txt';
+  const notes: string[] = [];
+  const language = (req.language ?? 'python') as Language;
+  let file = FILE_NAMES[language] ?? 'main.txt';
   if (req.files && Object.keys(req.files).length > 0) {
-    for (const [path, content] of Object.entries(req.files)) lines.push(heredoc(path, content));
     file = req.entrypoint ?? Object.keys(req.files)[0];
+    lines.push(heredoc(file, req.files[file] ?? ''));
+    notes.push('# the CLI submits one file; the other files of this request need the API (copy as curl)');
   } else {
     lines.push(heredoc(file, req.code ?? ''));
   }
-  const args = ['crucible', 'submit', shellQuote(file), '--language', req.language];
+  const args = ['crucible', 'submit', shellQuote(file), '--language', language];
+  const limits = (req.limits ?? {}) as Record<string, number | null | undefined>;
   for (const [key, flag] of LIMIT_FLAGS) {
-    const v = req.limits?.[key];
+    const v = limits[key];
     if (v !== undefined && v !== null) args.push(flag, String(v));
   }
+  const other = Object.entries(limits).filter(([k, v]) => v != null && !LIMIT_FLAGS.some(([f]) => f === k));
+  if (other.length) notes.push(`# not settable from the CLI: ${other.map(([k, v]) => `${k}=${v}`).join(', ')}`);
   if (req.runtime && req.runtime !== 'runc') args.push('--runtime', req.runtime);
   if (req.priority && req.priority !== 'normal') args.push('--priority', req.priority);
   for (const [k, v] of Object.entries(req.labels ?? {})) args.push('--label', shellQuote(`${k}=${v}`));
@@ -78,15 +80,15 @@ export function asCli(req: EvaluationRequest): string {
     lines.push(heredoc('stdin.txt', req.stdin));
     args.push('--stdin', 'stdin.txt');
   }
-  if (req.expected_output) {
+  if (req.expected_output != null) {
     lines.push(heredoc('expected.txt', req.expected_output));
-    args.push('--expected-output', 'expected.txt');
+    args.push('--expected-output', '"$(cat expected.txt)"');
   }
   if (req.test_code) {
-    lines.push(heredoc('test_code.txt', req.test_code));
-    args.push('--test-code', 'test_code.txt');
+    lines.push(heredoc('test_code.py', req.test_code));
+    args.push('--test', 'test_code.py');
   }
-  for (const a of req.args ?? []) args.push('--arg', shellQuote(a));
-  lines.push(args.join(' '));
-  return lines.join('\n');
+  if (req.args && req.args.length) notes.push(`# program arguments need the API: ${req.args.map(shellQuote).join(' ')}`);
+  args.push('--follow');
+  return [...lines, ...notes, args.join(' ')].join('\n');
 }

@@ -1,5 +1,5 @@
 /** The Run page's form state and its conversion to and from an API request. */
-import type { EvaluationRequest, Language, Limits, Priority, RuntimeName } from '../api/models';
+import { LANGUAGES, type EvaluationRequest, type Language, type Limits, type Priority, type RuntimeName } from '../api/models';
 import { STARTERS } from './templates';
 
 export type LimitKey = keyof Limits;
@@ -58,7 +58,7 @@ export function defaultForm(): RunForm {
   };
 }
 
-export function limitsToForm(limits: Partial<Limits> | undefined): Record<LimitKey, string> {
+export function limitsToForm(limits: Partial<Record<LimitKey, number | null>> | null | undefined): Record<LimitKey, string> {
   const out = { ...EMPTY_LIMITS };
   for (const f of LIMIT_FIELDS) {
     const v = limits?.[f.key];
@@ -104,7 +104,7 @@ export function requestToForm(req: EvaluationRequest): RunForm {
   const files = req.files && Object.keys(req.files).length > 0 ? req.files : null;
   return {
     ...base,
-    language: req.language ?? base.language,
+    language: (LANGUAGES as readonly string[]).includes(req.language ?? '') ? (req.language as Language) : base.language,
     code: req.code ?? (files && req.entrypoint ? files[req.entrypoint] ?? '' : ''),
     stdin: req.stdin ?? '',
     args: (req.args ?? []).join('\n'),

@@ -68,9 +68,9 @@ export function BatchPage() {
   const batch = useQuery({
     queryKey: ['batch', id],
     queryFn: () => getBatch(id),
-    refetchInterval: (q) => (q.state.data && q.state.data.progress >= 1 ? false : 2000),
+    refetchInterval: (q) => (q.state.data?.finished ? false : 2000),
   });
-  const done = !!batch.data && batch.data.progress >= 1;
+  const done = !!batch.data?.finished;
   const items = useQuery({
     queryKey: ['batch-items', id],
     queryFn: () => allItems(id),
@@ -104,7 +104,6 @@ export function BatchPage() {
   const b = batch.data!;
   const counts = b.counts ?? {};
   const sorted = failuresFirst(items.data ?? []);
-  const finished = (counts.status?.completed ?? 0) + (counts.status?.cancelled ?? 0) + (counts.status?.error ?? 0);
   const pct = Math.round(b.progress * 100);
 
   return (
@@ -134,7 +133,7 @@ export function BatchPage() {
       <section className="card" aria-label="Progress">
         <div className="progress-head">
           <span>
-            <strong>{finished || Math.round(b.progress * b.count)}</strong> of {b.count} finished
+            <strong data-testid="batch-done">{b.done}</strong> of {b.count} finished
           </span>
           <span className="pass-rate">
             Pass rate <strong data-testid="pass-rate">{percent(b.pass_rate)}</strong>
@@ -194,7 +193,7 @@ export function BatchPage() {
                         </td>
                         <td className="hide-narrow">{r.request?.language}</td>
                         <td className="hide-narrow">
-                          {Object.entries(r.labels ?? {}).map(([k, v]) => (
+                          {Object.entries(r.request?.labels ?? {}).map(([k, v]) => (
                             <span className="chip" key={k}>
                               {k}: {v}
                             </span>

@@ -290,7 +290,7 @@ export function EvaluationPage() {
           live={isActive}
           truncated={r?.stdout_truncated}
           fullUrl={r ? outputUrl(id, 'stdout') : undefined}
-          onLoadFull={r && full.stdout === undefined ? () => void loadFull('stdout') : undefined}
+          onLoadFull={r?.stdout_inline_truncated && full.stdout === undefined ? () => void loadFull('stdout') : undefined}
           loadingFull={loadingFull === 'stdout'}
         />
         <OutputPane
@@ -300,7 +300,7 @@ export function EvaluationPage() {
           live={isActive}
           truncated={r?.stderr_truncated}
           fullUrl={r ? outputUrl(id, 'stderr') : undefined}
-          onLoadFull={r && full.stderr === undefined ? () => void loadFull('stderr') : undefined}
+          onLoadFull={r?.stderr_inline_truncated && full.stderr === undefined ? () => void loadFull('stderr') : undefined}
           loadingFull={loadingFull === 'stderr'}
         />
       </div>

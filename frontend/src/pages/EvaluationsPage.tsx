@@ -30,7 +30,7 @@ function Row({ rec }: { rec: EvaluationRecord }) {
       <td>{verdict ? <Badge tone={verdict === 'passed' ? 'ok' : 'bad'}>{verdict}</Badge> : <span className="muted">—</span>}</td>
       <td>{rec.request?.language ?? '—'}</td>
       <td className="hide-narrow">
-        {Object.entries(rec.labels ?? {}).map(([k, v]) => (
+        {Object.entries(rec.request?.labels ?? {}).map(([k, v]) => (
           <span key={k} className="chip">
             {k}: {v}
           </span>
