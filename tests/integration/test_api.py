@@ -13,8 +13,8 @@ from crucible.lifecycle import Status
 HELLO = {"code": "print('hello')"}
 
 
-async def finished(client: httpx.AsyncClient, evaluation_id: str, timeout: float = 60) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def finished(client: httpx.AsyncClient, evaluation_id: str, within: float = 60) -> Any:
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         body = (await client.get(f"/evaluations/{evaluation_id}")).json()
         if body["status"] in ("completed", "cancelled", "error"):
@@ -145,7 +145,7 @@ async def test_cancel_running_kills_it(api: httpx.AsyncClient) -> None:
         await asyncio.sleep(0.05)
     r = await api.post(f"/evaluations/{ev['id']}/cancel")
     assert r.status_code == 200
-    done = await finished(api, ev["id"], timeout=20)
+    done = await finished(api, ev["id"], within=20)
     assert done["status"] == "cancelled"
     assert done["result"]["termination"] == "cancelled"
     assert done["result"]["wall_ms"] < 25_000  # not the full 30 s sleep
@@ -200,7 +200,10 @@ async def test_full_output_beyond_the_inline_preview(make_api: ApiFactory) -> No
 
 
 async def test_produced_files_download(api: httpx.AsyncClient) -> None:
-    code = "import os\nos.makedirs('out', exist_ok=True)\nopen('out/r.bin','wb').write(bytes(range(256)))\n"
+    code = (
+        "import os\nos.makedirs('out', exist_ok=True)\n"
+        "open('out/r.bin','wb').write(bytes(range(256)))\n"
+    )
     body = (await api.post("/evaluations?wait=30", json={"code": code})).json()
     assert body["result"]["files"] == [{"path": "out/r.bin", "size": 256}]
     r = await api.get(f"/evaluations/{body['id']}/files/out/r.bin")

@@ -1,0 +1,31 @@
+"""The committed OpenAPI document is what the app serves, and documents every status code."""
+
+from __future__ import annotations
+
+import json
+
+from crucible.api.export_openapi import COMMITTED, openapi_document, render
+
+
+def test_committed_document_is_current() -> None:
+    assert COMMITTED.read_text() == render(), (
+        "src/crucible/api/openapi.json is stale: run python -m crucible.api.export_openapi"
+    )
+
+
+def test_endpoints_document_their_status_codes() -> None:
+    doc = openapi_document()
+    paths = doc["paths"]
+    submit = paths["/api/v1/evaluations"]["post"]["responses"]
+    assert {"200", "202", "409", "413", "422", "503"} <= set(submit)
+    assert {"200", "404"} <= set(paths["/api/v1/evaluations/{evaluation_id}"]["get"]["responses"])
+    cancel = paths["/api/v1/evaluations/{evaluation_id}/cancel"]["post"]["responses"]
+    assert {"404", "409"} <= set(cancel)
+    events = paths["/api/v1/evaluations/{evaluation_id}/events"]["get"]["responses"]["200"]
+    assert "text/event-stream" in events["content"]
+    for path, operations in paths.items():
+        for method, op in operations.items():
+            assert op.get("description") or op.get("summary"), f"{method} {path} undocumented"
+    schemas = doc["components"]["schemas"]
+    assert {"EvaluationCreate", "EvaluationPublic", "BatchCreate", "BatchPublic"} <= set(schemas)
+    json.dumps(doc)
