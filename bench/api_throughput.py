@@ -1,0 +1,161 @@
+"""API throughput: 1,000 hello-world evaluations through `crucible serve`, as one batch and
+as individual requests at concurrency 16, beside the raw engine (`Sandbox.run`) at the
+same concurrency, all in this one invocation.
+
+    .venv/bin/python bench/api_throughput.py [--n 1000] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from _server import percentile, serve
+from crucible.client import Client
+from crucible.config import Settings
+from crucible.limits import resolve_limits
+from crucible.sandbox import RunRequest, Sandbox
+
+HELLO = "print('hello')"
+
+
+async def raw_engine(n: int, concurrency: int, slots: int) -> dict[str, float]:
+    state = Path(tempfile.mkdtemp(prefix="crucible-bench-raw-", dir="/tmp"))
+    try:
+        settings = Settings(state_dir=state, max_concurrency=slots)
+        sandbox = Sandbox(settings)
+        request = RunRequest(code=HELLO, limits=resolve_limits({}, settings))
+        await sandbox.run(request)  # warm-up: root fs, init binary
+        gate = asyncio.Semaphore(concurrency)
+        latencies: list[float] = []
+
+        async def one() -> None:
+            async with gate:
+                t = time.perf_counter()
+                result = await sandbox.run(request)
+                latencies.append((time.perf_counter() - t) * 1000)
+                assert result.stdout == "hello\n", result
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        wall = time.perf_counter() - start
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    return {
+        "rate": n / wall,
+        "e2e_p50": percentile(latencies, 50),
+        "e2e_p99": percentile(latencies, 99),
+    }
+
+
+def stored_timings(client: Client, batch_id: str | None, ids: list[str]) -> tuple[list, list]:
+    records = list(client.iter(batch_id=batch_id)) if batch_id else [client.get(i) for i in ids]
+    assert all(
+        r.status == "completed" and r.result and r.result.stdout == "hello\n" for r in records
+    )
+    waits = [float(r.queue_wait_ms or 0) for r in records]
+    e2e = [
+        (r.finished_at - r.created_at).total_seconds() * 1000
+        for r in records
+        if r.finished_at is not None
+    ]
+    return waits, e2e
+
+
+def via_batch(url: str, n: int) -> dict[str, float]:
+    with Client(url, timeout=300) as client:
+        start = time.perf_counter()
+        created = client.batch([{"code": HELLO}] * n)
+        for state in client.batch_events(created.id):
+            if state.finished:
+                break
+        wall = time.perf_counter() - start
+        waits, e2e = stored_timings(client, created.id, [])
+    return {
+        "rate": n / wall,
+        "wait_p50": percentile(waits, 50),
+        "wait_p99": percentile(waits, 99),
+        "e2e_p50": percentile(e2e, 50),
+        "e2e_p99": percentile(e2e, 99),
+    }
+
+
+async def via_requests(url: str, n: int, concurrency: int) -> dict[str, float]:
+    gate = asyncio.Semaphore(concurrency)
+    ids: list[str] = []
+    client_latency: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=f"{url}/api/v1", timeout=120, limits=limits) as http:
+
+        async def one() -> None:
+            async with gate:
+                t = time.perf_counter()
+                r = await http.post("/evaluations", params={"wait": 60}, json={"code": HELLO})
+                client_latency.append((time.perf_counter() - t) * 1000)
+                assert r.status_code == 200, r.text
+                ids.append(r.json()["id"])
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        wall = time.perf_counter() - start
+    with Client(url) as client:
+        waits, _ = stored_timings(client, None, ids)
+    return {
+        "rate": n / wall,
+        "wait_p50": percentile(waits, 50),
+        "wait_p99": percentile(waits, 99),
+        "e2e_p50": percentile(client_latency, 50),
+        "e2e_p99": percentile(client_latency, 99),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    slots = os.cpu_count() or 1
+    print(
+        f"{args.n} python hello-world runs · runc · {slots} sandbox slots · "
+        f"client concurrency {args.concurrency}"
+    )
+    raw = asyncio.run(raw_engine(args.n, args.concurrency, slots))
+    with serve(CRUCIBLE_MAX_CONCURRENCY=str(slots)) as url:
+        batch = via_batch(url, args.n)
+        single = asyncio.run(via_requests(url, args.n, args.concurrency))
+    nan = float("nan")
+    rows = [
+        ("raw engine (Sandbox.run)", raw),
+        ("API, one batch", batch),
+        (f"API, {args.concurrency} concurrent requests", single),
+    ]
+    print()
+    print(
+        f"{'path':<32} {'eval/s':>7} {'ratio':>6} {'wait p50':>9} {'wait p99':>9} "
+        f"{'e2e p50':>8} {'e2e p99':>8}"
+    )
+    for name, m in rows:
+        print(
+            f"{name:<32} {m['rate']:7.1f} {m['rate'] / raw['rate']:6.2f} "
+            f"{m.get('wait_p50', nan):9.0f} {m.get('wait_p99', nan):9.0f} "
+            f"{m['e2e_p50']:8.0f} {m['e2e_p99']:8.0f}"
+        )
+    print(
+        "\nms; ratio = eval/s over the raw engine's, measured in this run; e2e = submission to "
+        "finish (batch: stored timestamps; requests: client round trip with ?wait)"
+    )
+    print(
+        f"median of raw/batch/requests rates: {statistics.median([m['rate'] for _, m in rows]):.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
