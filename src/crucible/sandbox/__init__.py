@@ -1,4 +1,7 @@
-"""The sandbox engine: run untrusted code under runc or gVisor; knows nothing of HTTP or databases."""
+"""The sandbox engine: run untrusted code under runc or gVisor.
+
+It knows nothing of HTTP or databases: code in, :class:`Result` out.
+"""
 
 from crucible.sandbox.models import (
     Events,

@@ -16,6 +16,7 @@ pids limit hits    pids/pids.events max             pids.events max
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,12 +83,12 @@ class CgroupCounters:
             if peak is None:  # kernels before 5.19 have no memory.peak
                 peak = _read_int(self._dir / "memory.current") or 0
             events = _read_keyed(self._dir / "memory.events")
-            pids = _read_keyed(self._dir / "pids.events")
-            return Usage(self.cpu_ns(), peak, events.get("oom_kill", 0), pids.get("max", 0))
+            pid_events = _read_keyed(self._dir / "pids.events")
+            return Usage(self.cpu_ns(), peak, events.get("oom_kill", 0), pid_events.get("max", 0))
         peak = _read_int(self._mem / "memory.max_usage_in_bytes") or 0
         oom = _read_keyed(self._mem / "memory.oom_control").get("oom_kill", 0)
-        pids = _read_keyed(self._pids / "pids.events").get("max", 0)
-        return Usage(self.cpu_ns(), peak, oom, pids)
+        pids_max = _read_keyed(self._pids / "pids.events").get("max", 0)
+        return Usage(self.cpu_ns(), peak, oom, pids_max)
 
 
 def remove_cgroup(cgroups_path: str, *, root: Path = CGROUP_ROOT) -> None:
@@ -95,7 +96,5 @@ def remove_cgroup(cgroups_path: str, *, root: Path = CGROUP_ROOT) -> None:
     rel = cgroups_path.lstrip("/")
     dirs = [root / rel] if cgroup_v2_unified(root) else [p / rel for p in root.iterdir()]
     for d in dirs:
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(d)
-        except OSError:
-            pass

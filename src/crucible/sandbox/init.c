@@ -34,6 +34,9 @@ int main(int argc, char **argv) {
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     if (env_nonce != NULL) {
         strncpy(nonce, env_nonce, sizeof(nonce) - 1);
+        /* /proc/1/environ shows the original environment block, whatever unsetenv
+         * does, and gVisor serves it regardless of dumpable: scrub it in place. */
+        memset((char *)env_nonce, 'x', strlen(env_nonce));
     }
     unsetenv("CRUCIBLE_STATUS_NONCE");
     if (argc < 2) {
@@ -76,9 +79,8 @@ int main(int argc, char **argv) {
     /* One write below PIPE_BUF is atomic: the trailer never interleaves. */
     ssize_t ignored = write(STDERR_FILENO, trailer, (size_t)n);
     (void)ignored;
-    /* Also exit with the shell's encoding (code, or 128+signal): gVisor's sandbox
-     * process exits with this status, a fallback for the rare gVisor run whose
-     * last write is lost at teardown. */
+    /* Also exit with the shell's encoding (code, or 128+signal), so a bundle run by
+     * hand with `runc run` reports something sensible; Crucible reads the trailer. */
     if (WIFSIGNALED(status)) {
         return 128 + WTERMSIG(status);
     }

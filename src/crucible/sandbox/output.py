@@ -36,7 +36,6 @@ class OutputCollector:
     exceeded: asyncio.Event = field(default_factory=asyncio.Event)
     status: ExitStatus | None = None
     _carry: bytes = b""
-    _fallback: int | None = None
 
     def __post_init__(self) -> None:
         self._marker = b"\x1ecrucible-status:" + self.nonce.encode() + b":"
@@ -81,21 +80,11 @@ class OutputCollector:
                 self._carry, data = data[start:], data[:start]
         self._store(stream, data)
 
-    def fallback_status(self, wait_status: int) -> None:
-        """Remember the host-side status, used when no trailer arrives (see init.c)."""
-        self._fallback = wait_status
-
     def finish(self) -> None:
+        """Flush bytes held back as a possible partial trailer."""
         if self._carry:
             carry, self._carry = self._carry, b""
             self._store("stderr", carry)
-        if self.status is None and self._fallback is not None and os.WIFEXITED(self._fallback):
-            code = os.WEXITSTATUS(self._fallback)
-            # 128+N is how init.c encodes "killed by signal N" in its own exit code.
-            if 128 < code < 128 + 65:
-                self.status = ExitStatus(signal=code - 128)
-            else:
-                self.status = ExitStatus(exit_code=code)
 
 
 async def pump(fd: int, stream: str, collector: OutputCollector, chunk: int) -> None:

@@ -6,10 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import weakref
 from dataclasses import dataclass
 
 _MAX_CAPTURE = 64 << 10
-_bound = asyncio.Semaphore(32)  # runtime verbs in flight at once, per process
+_MAX_IN_FLIGHT = 32  # runtime verbs running at once, per event loop
+_bounds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _bound() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    if loop not in _bounds:
+        _bounds[loop] = asyncio.Semaphore(_MAX_IN_FLIGHT)
+    return _bounds[loop]
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,7 @@ async def run_tool(
     Captured output is capped at 64 KiB per stream. Raises ``TimeoutError`` when the
     tool had to be killed, ``FileNotFoundError`` when it is not installed.
     """
-    async with _bound:
+    async with _bound():
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=stdin,

@@ -70,7 +70,7 @@ async def reap_all(pids: list[int], *, timeout: float = 5.0) -> None:
         still = []
         for pid in pending:
             try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
+                done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 (never blocks)
             except ChildProcessError:
                 continue  # already reaped (or never ours)
             if done != pid:

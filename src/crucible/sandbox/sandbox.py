@@ -35,8 +35,10 @@ from crucible.sandbox.models import (
     RuntimeName,
     Termination,
 )
-from crucible.sandbox.output import OutputCallback, OutputCollector, pump
+from crucible.sandbox.output import ExitStatus, OutputCallback, OutputCollector, pump
 from crucible.sandbox.process import run_tool
+from crucible.sandbox.runtime import Runtime
+from crucible.sandbox.sweep import owner_token, sweep_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +75,12 @@ class Sandbox:
 
     # -- set-up ---------------------------------------------------------------
 
-    def runtime(self, name: RuntimeName) -> runtime.Runtime:
+    def get_runtime(self, name: RuntimeName) -> Runtime:
         s = self.settings
         rt = runtime.make_runtime(
             name, runc=s.runc_path, runsc=s.runsc_path, state_dir=self.state_dir
         )
-        return runtime.Runtime(rt.name, rt.binary, rt.root, timeout=s.runtime_timeout_s)
+        return Runtime(rt.name, rt.binary, rt.root, timeout=s.runtime_timeout_s)
 
     async def prepare(self) -> None:
         """Build the shared root file system and the init binary (idempotent)."""
@@ -106,6 +108,18 @@ class Sandbox:
         tmp.rename(binary)  # atomic: concurrent builders race harmlessly
         return binary
 
+    async def sweep(self) -> list[str]:
+        """Remove leftovers of crashed supervisors (see :mod:`crucible.sandbox.sweep`)."""
+        await self.prepare()
+        runtimes = []
+        names: tuple[RuntimeName, ...] = ("runc", "gvisor")
+        for name in names:
+            try:
+                runtimes.append(self.get_runtime(name))
+            except SandboxUnavailable:
+                continue
+        return await sweep_leftovers(self.state_dir, self.settings.prefix, runtimes)
+
     # -- one run --------------------------------------------------------------
 
     async def run(
@@ -124,7 +138,7 @@ class Sandbox:
         """
         lang = get_language(request.language)
         files = _source_files(request, lang)
-        rt = self.runtime(request.runtime)
+        rt = self.get_runtime(request.runtime)
         await self.prepare()
         cancel = cancel or asyncio.Event()
         async with self._limit:
@@ -133,7 +147,7 @@ class Sandbox:
             bundle = self._bundles / run_id
             ws = bundle / "workspace"
             bundle.mkdir(parents=True)
-            (bundle / "owner").write_text(f"{os.getpid()}\n")
+            (bundle / "owner").write_text(owner_token() + "\n")
             try:
                 workspace.mount_tmpfs(ws, request.limits.disk_mb)
                 workspace.write_files(ws, files)
@@ -148,7 +162,7 @@ class Sandbox:
         self,
         request: RunRequest,
         lang: Language,
-        rt: runtime.Runtime,
+        rt: Runtime,
         version: str,
         run_id: str,
         bundle: Path,
@@ -216,6 +230,8 @@ class Sandbox:
         if files_dir is not None:
             workspace.copy_files(ws, produced, files_dir, max_bytes=self.settings.max_file_bytes)
         status = phase.collector.status
+        if status is None and phase.reason is not None:
+            status = ExitStatus(signal=signals.SIGKILL)  # the supervisor killed it
         usage = phase.usage
         if phase.reason is not None:
             termination = phase.reason
@@ -245,7 +261,7 @@ class Sandbox:
 
     async def _container(
         self,
-        rt: runtime.Runtime,
+        rt: Runtime,
         cid: str,
         bundle: Path,
         ws: Path,
@@ -337,10 +353,7 @@ class Sandbox:
                 await self._kill(rt, cid, pidfd, exited)
             wall_ms = int((time.monotonic() - started) * 1000)
             loop.remove_reader(pidfd)
-            host_status = reaper.reap(pid)
-            if rt.name == "gvisor" and host_status is not None:
-                # runsc's sandbox process exits with the init's status (init.c).
-                collector.fallback_status(host_status)
+            reaper.reap(pid)
             # The pipes reach EOF once every process holding them is gone.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*pumps), _DRAIN_S)
@@ -405,7 +418,7 @@ class Sandbox:
             for w in waiters:
                 w.cancel()
 
-    async def _kill(self, rt: runtime.Runtime, cid: str, pidfd: int, exited: asyncio.Event) -> None:
+    async def _kill(self, rt: Runtime, cid: str, pidfd: int, exited: asyncio.Event) -> None:
         """Kill the container; fall back to SIGKILL on the host pid if the runtime is slow."""
         if exited.is_set():
             return

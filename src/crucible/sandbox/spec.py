@@ -23,7 +23,7 @@ SANDBOX_GID = 65534
 INIT_PATH = "/.crucible/init"
 WORKSPACE = "/workspace"
 PATH = "/usr/local/bin:/usr/bin:/bin"
-GVISOR_PIDS_OVERHEAD = 512
+GVISOR_PIDS_OVERHEAD = 2048
 
 # Top-level host directories a toolchain lives in. On a merged-/usr host the
 # last four are symlinks into /usr and are recreated as symlinks in the skeleton.
@@ -32,7 +32,10 @@ TOOLCHAIN_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/sbin")
 # Debian's alternatives (/usr/bin/java -> /etc/alternatives/java), the time zone.
 ETC_FILES = ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime")
 
-_PASSWD = "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\nsandbox:x:65534:65534:sandbox:/workspace:/bin/sh\n"
+_PASSWD = (
+    "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+    "sandbox:x:65534:65534:sandbox:/workspace:/bin/sh\n"
+)
 _GROUP = "root:x:0:\nsandbox:x:65534:\n"
 
 # OCI defaults (runc spec): host information under /proc the program must not see

@@ -1,0 +1,80 @@
+"""Start-up sweep: removes what a crashed supervisor left behind.
+
+Only things carrying the platform's prefix are touched, and of those only the
+ones whose owner (pid + start time, recorded in each bundle) is no longer alive, so
+several supervisors can share one host and one state directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from crucible.errors import RuntimeFailure, SandboxUnavailable
+from crucible.sandbox import accounting, runtime, workspace
+
+log = logging.getLogger(__name__)
+
+
+def owner_token(pid: int | None = None) -> str:
+    """``pid:starttime`` of a process: unique even when pids are reused."""
+    pid = pid or os.getpid()
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return f"{pid}:{fields[19]}"  # field 22 of stat: start time in clock ticks
+
+
+def _owner_alive(bundle: Path) -> bool:
+    try:
+        token = (bundle / "owner").read_text().strip()
+        pid = int(token.split(":")[0])
+        return owner_token(pid) == token
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+async def sweep_leftovers(
+    state_dir: Path, prefix: str, runtimes: list[runtime.Runtime]
+) -> list[str]:
+    """Remove leftover containers, workspaces, bundles and cgroups; return what was removed."""
+    removed: list[str] = []
+    bundles = state_dir / "bundles"
+    live = {b.name for b in bundles.iterdir() if _owner_alive(b)} if bundles.exists() else set()
+
+    def orphaned(container_id: str) -> bool:
+        # Container ids are <run id>-c (compile) or <run id>-r (run).
+        return container_id.startswith(f"{prefix}-") and container_id.rsplit("-", 1)[0] not in live
+
+    for rt in runtimes:
+        try:
+            ids = await runtime.runtime_list(rt)
+        except (RuntimeFailure, SandboxUnavailable, FileNotFoundError) as exc:
+            log.warning("sweep: cannot list %s containers: %s", rt.name, exc)
+            continue
+        for cid in filter(orphaned, ids):
+            with contextlib.suppress(RuntimeFailure):
+                await runtime.runtime_delete(rt, cid)
+                removed.append(f"container {rt.name}:{cid}")
+    if bundles.exists():
+        for bundle in bundles.iterdir():
+            if bundle.name.startswith(f"{prefix}-") and bundle.name not in live:
+                workspace.unmount(bundle / "workspace")
+                shutil.rmtree(bundle, ignore_errors=True)
+                removed.append(f"bundle {bundle.name}")
+    for parent in _cgroup_parents(prefix):
+        for child in parent.iterdir() if parent.is_dir() else []:
+            if child.is_dir() and orphaned(child.name):
+                accounting.remove_cgroup(f"/{prefix}/{child.name}")
+                if not child.exists():
+                    removed.append(f"cgroup {child.name}")
+    return removed
+
+
+def _cgroup_parents(prefix: str) -> list[Path]:
+    root = accounting.CGROUP_ROOT
+    if accounting.cgroup_v2_unified(root):
+        return [root / prefix]
+    return [d / prefix for d in root.iterdir() if (d / prefix).is_dir()]

@@ -1,0 +1,103 @@
+"""Fixtures shared by the sandbox engine's tests (loaded with ``-p sandbox_fixtures``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crucible.config import Settings
+from crucible.limits import resolve_limits
+from crucible.sandbox import Limits, Result, RunRequest, Sandbox
+
+RUNTIMES = ["runc", "gvisor"]
+HAVE = {"runc": shutil.which("runc") is not None, "gvisor": shutil.which("runsc") is not None}
+
+
+@pytest.fixture(scope="session")
+def sandbox_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings with a private state directory, so test runs never touch /run/crucible."""
+    state = tmp_path_factory.mktemp("state")
+    return Settings(state_dir=state, data_dir=tmp_path_factory.mktemp("data"), max_concurrency=8)
+
+
+@pytest.fixture
+def sandbox(sandbox_settings: Settings) -> Sandbox:
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox needs root")
+    return Sandbox(sandbox_settings)
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    if not HAVE[name]:
+        pytest.fail(f"{name} is not installed; `make test` installs it")
+    return name
+
+
+def limits(settings: Settings, **overrides: Any) -> Limits:
+    return resolve_limits(overrides, settings)
+
+
+async def run_code(
+    sandbox: Sandbox,
+    runtime: str,
+    code: str,
+    *,
+    language: str = "python",
+    stdin: str = "",
+    **limit_overrides: Any,
+) -> Result:
+    request = RunRequest(
+        language=language,
+        code=code,
+        stdin=stdin,
+        limits=limits(sandbox.settings, **limit_overrides),
+        runtime=runtime,  # type: ignore[arg-type]
+    )
+    return await sandbox.run(request)
+
+
+def leftovers(settings: Settings) -> list[str]:
+    """Everything of ours still on the host: containers, bundles, mounts, cgroups."""
+    found: list[str] = []
+    state = settings.state_dir.resolve()
+    for name, binary in (("runc", "runc"), ("gvisor", "runsc")):
+        root = state / f"{name}-root"
+        if root.exists() and HAVE[name]:
+            out = subprocess.run(
+                [binary, "--root", str(root), "list", "-q"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
+            found += [f"container {c}" for c in out]
+    bundles = state / "bundles"
+    if bundles.exists():
+        found += [f"bundle {b.name}" for b in bundles.iterdir()]
+    with open("/proc/mounts") as f:
+        found += [f"mount {line.split()[1]}" for line in f if str(state) in line.split()[1]]
+    return found
+
+
+@pytest.fixture
+def host_unharmed(sandbox_settings: Settings, tmp_path: Path) -> Iterator[Path]:
+    """A canary file and process on the host; after the test, both are intact and
+    nothing of the sandbox is left behind."""
+    canary = tmp_path / "canary"
+    canary.write_text("intact")
+    proc = subprocess.Popen(["sleep", "600"])
+    yield canary
+    try:
+        assert proc.poll() is None, "a host process was killed"
+        assert canary.read_text() == "intact", "a host file was changed"
+        assert leftovers(sandbox_settings) == [], "sandbox resources left behind"
+    finally:
+        proc.kill()
+        proc.wait()
