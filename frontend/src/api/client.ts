@@ -286,14 +286,37 @@ function listOf<T>(raw: unknown, key: string): T[] {
   return [];
 }
 
-/** null when the server runs in single-node mode (endpoint answers 404). */
+let pathsPromise: Promise<Set<string> | null> | null = null;
+
+/**
+ * The paths the server's OpenAPI document lists (null if it can't be read). Optional
+ * endpoints are probed only when listed, so a single-node server's missing
+ * /workers does not log a 404 in the browser console on every poll.
+ */
+export function apiPaths(): Promise<Set<string> | null> {
+  pathsPromise ??= request<{ paths?: Record<string, unknown> }>(`${API_BASE}/openapi.json`)
+    .then((doc) => new Set(Object.keys(doc.paths ?? {})))
+    .catch(() => {
+      pathsPromise = null; // try again next time
+      return null;
+    });
+  return pathsPromise;
+}
+
+async function optionalListed<T>(path: string): Promise<T | null> {
+  const paths = await apiPaths();
+  if (paths && !paths.has(path)) return null;
+  return optional<T>(path);
+}
+
+/** null when the server runs in single-node mode (endpoint absent or 404). */
 export async function getWorkers(): Promise<WorkerInfo[] | null> {
-  const raw = await optional<unknown>(`${API_BASE}/workers`);
+  const raw = await optionalListed<unknown>(`${API_BASE}/workers`);
   return raw === null ? null : listOf<WorkerInfo>(raw, 'workers');
 }
 
 export async function getDeadLetters(): Promise<DeadLetter[] | null> {
-  const raw = await optional<unknown>(`${API_BASE}/dead-letters`);
+  const raw = await optionalListed<unknown>(`${API_BASE}/dead-letters`);
   return raw === null ? null : listOf<DeadLetter>(raw, 'dead_letters');
 }
 

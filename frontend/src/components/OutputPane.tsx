@@ -38,18 +38,24 @@ export function OutputPane({ id, title, text, live, truncated, fullUrl, onLoadFu
 
   const lines = text ? text.split('\n').length - (text.endsWith('\n') ? 1 : 0) : 0;
   return (
-    <section className="output" aria-labelledby={`${id}-title`}>
+    <section className="output" aria-label={title}>
       <div className="output-head">
         <h3 id={`${id}-title`}>
           {title}
-          {live && <span className="live-pill">live</span>}
+          {live && <span className="live-pill"> live</span>}
         </h3>
         <span className="muted small">
           {lines} line{lines === 1 ? '' : 's'} · {new Blob([text]).size.toLocaleString()} bytes
         </span>
         <div className="output-actions">
           {live && (
-            <button type="button" className="btn btn-small" aria-pressed={paused} onClick={() => setPaused((p) => !p)}>
+            <button
+              type="button"
+              className="btn btn-small"
+              aria-pressed={paused}
+              aria-label={`${paused ? 'Resume' : 'Pause'} ${title} auto-scroll`}
+              onClick={() => setPaused((p) => !p)}
+            >
               {paused ? 'Resume auto-scroll' : 'Pause auto-scroll'}
             </button>
           )}

@@ -59,8 +59,17 @@ export function durationBetween(a: string | null | undefined, b: string | null |
   return Number.isNaN(d) ? null : Math.max(0, d);
 }
 
+/** "ev_3be90748bb4e186f7e86" → "ev_3be90748": enough to tell rows apart. */
 export function shortId(id: string): string {
-  return id.length > 12 ? id.slice(0, 8) : id;
+  const m = /^([a-z]{1,4}_)(.*)$/.exec(id);
+  return m ? m[1] + m[2].slice(0, 8) : id.slice(0, 8);
+}
+
+export function formatClock(iso: string | null | undefined): string {
+  if (!iso) return '—';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  return d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 }
 
 export function percent(x: number | null | undefined, digits = 0): string {

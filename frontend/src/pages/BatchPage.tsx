@@ -6,7 +6,7 @@ import type { EvaluationRecord } from '../api/models';
 import { subscribe } from '../api/sse';
 import { Badge, Empty, ErrorState, Spinner, StatusBadge } from '../components/ui';
 import { failuresFirst } from '../lib/batch';
-import { formatMs, percent } from '../lib/format';
+import { formatMs, percent, shortId } from '../lib/format';
 import { explain } from '../lib/verdict';
 import { useThrottled } from '../hooks';
 import { useEffect } from 'react';
@@ -114,7 +114,7 @@ export function BatchPage() {
             <Link to="/batches">Batches</Link> / <span className="mono">{b.id}</span>
           </p>
           <h1>
-            Batch <span className="mono id-title">{b.id.slice(0, 8)}</span>{' '}
+            Batch <span className="mono id-title">{shortId(b.id)}</span>{' '}
             <Badge tone={done ? 'ok' : 'info'}>{done ? 'finished' : 'running'}</Badge>
           </h1>
         </div>
@@ -181,7 +181,7 @@ export function BatchPage() {
                       <tr key={r.id}>
                         <td>
                           <Link to={`/evaluations/${encodeURIComponent(r.id)}`} className="mono">
-                            {r.id.slice(0, 8)}
+                            {shortId(r.id)}
                           </Link>
                         </td>
                         <td>

@@ -6,7 +6,7 @@ import { LANGUAGES, type EvaluationRequest, type Language, type Priority } from 
 import { Field } from '../components/ui';
 import { parseJsonl } from '../lib/jsonl';
 import { rememberBatch, recentBatches } from '../lib/recentBatches';
-import { relativeTime } from '../lib/format';
+import { relativeTime, shortId } from '../lib/format';
 
 export const EXAMPLE_JSONL = [
   { language: 'python', code: 'print(sum(range(10)))\n', expected_output: '45\n', labels: { task: 'sum' } },
@@ -199,7 +199,7 @@ export function BatchesPage() {
               {recent.map((b) => (
                 <li key={b.id}>
                   <Link to={`/batches/${encodeURIComponent(b.id)}`} className="mono">
-                    {b.id.slice(0, 8)}
+                    {shortId(b.id)}
                   </Link>{' '}
                   <span className="muted small">
                     {b.name ? `${b.name} · ` : ''}

@@ -3,7 +3,7 @@ import { Link } from 'react-router-dom';
 import { getDeadLetters, getHealth, getQueue, getWorkers, listEvaluations } from '../api/client';
 import type { EvaluationRecord } from '../api/models';
 import { ErrorState, Spinner } from '../components/ui';
-import { relativeTime } from '../lib/format';
+import { relativeTime, shortId } from '../lib/format';
 import { terminationCounts, throughput, type Bucket } from '../lib/throughput';
 
 const HOUR = 3_600_000;
@@ -197,10 +197,10 @@ export function DashboardPage() {
                 <li key={d.id}>
                   {d.evaluation_id ? (
                     <Link className="mono" to={`/evaluations/${encodeURIComponent(d.evaluation_id)}`}>
-                      {d.evaluation_id.slice(0, 8)}
+                      {shortId(d.evaluation_id)}
                     </Link>
                   ) : (
-                    <span className="mono">{d.id.slice(0, 8)}</span>
+                    <span className="mono">{shortId(d.id)}</span>
                   )}{' '}
                   <span className="muted small">
                     {d.attempts ? `${d.attempts} attempts · ` : ''}

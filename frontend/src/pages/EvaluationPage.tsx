@@ -16,7 +16,7 @@ import { CodeEditor } from '../components/CodeEditor';
 import { OutputPane } from '../components/OutputPane';
 import { Badge, CopyButton, ErrorState, Spinner, StatusBadge, UsageBar } from '../components/ui';
 import { asCli, asCurl, resubmittable } from '../lib/commands';
-import { durationBetween, formatBytes, formatMs, formatSeconds, formatTime } from '../lib/format';
+import { durationBetween, formatBytes, formatMs, formatSeconds, formatTime, formatClock, shortId } from '../lib/format';
 import { useLiveEvents } from '../hooks';
 import { exitCodeMeaning, explain, kernelEventNotes, signalMeaning, verdictExplanation } from '../lib/verdict';
 
@@ -38,7 +38,15 @@ function Timeline({ rec }: { rec: EvaluationRecord }) {
         <li key={s.key} className={`timeline-step ${s.done ? 'done' : ''} ${!s.done && ACTIVE.has(rec.status) ? 'pending' : ''}`}>
           <span className="timeline-dot" aria-hidden="true" />
           <span className="timeline-label">{s.label}</span>
-          <span className="timeline-at">{s.at ? formatTime(s.at) : '—'}</span>
+          <span className="timeline-at">
+            {s.at ? (
+              <time dateTime={s.at} title={formatTime(s.at)}>
+                {formatClock(s.at)}
+              </time>
+            ) : (
+              '—'
+            )}
+          </span>
           {s.note && <span className="timeline-note">{s.note}</span>}
         </li>
       ))}
@@ -173,14 +181,14 @@ export function EvaluationPage() {
             <Link to="/evaluations">Evaluations</Link> / <span className="mono">{rec.id}</span>
           </p>
           <h1>
-            Evaluation <span className="mono id-title">{rec.id.slice(0, 8)}</span> <StatusBadge status={status} />
+            Evaluation <span className="mono id-title">{shortId(rec.id)}</span> <StatusBadge status={status} />
           </h1>
           <p className="muted small">
             {request?.language} · {request?.runtime ?? 'runc'} · priority {request?.priority ?? 'normal'}
             {rec.batch_id && (
               <>
                 {' '}
-                · batch <Link to={`/batches/${encodeURIComponent(rec.batch_id)}`}>{rec.batch_id.slice(0, 8)}</Link>
+                · batch <Link to={`/batches/${encodeURIComponent(rec.batch_id)}`}>{shortId(rec.batch_id)}</Link>
               </>
             )}
           </p>

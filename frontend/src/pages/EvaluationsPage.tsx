@@ -4,7 +4,7 @@ import { keepPreviousData, useQuery } from '@tanstack/react-query';
 import { listEvaluations, type EvaluationFilters } from '../api/client';
 import { LANGUAGES, STATUSES, TERMINATIONS, VERDICTS, type EvaluationRecord } from '../api/models';
 import { Badge, Empty, ErrorState, Spinner, StatusBadge } from '../components/ui';
-import { formatMs, relativeTime, formatTime } from '../lib/format';
+import { formatMs, relativeTime, formatTime, shortId } from '../lib/format';
 import { explain } from '../lib/verdict';
 
 const FILTER_KEYS = ['status', 'language', 'verdict', 'termination', 'label', 'batch_id'] as const;
@@ -18,7 +18,7 @@ function Row({ rec }: { rec: EvaluationRecord }) {
     <tr>
       <td>
         <Link to={`/evaluations/${encodeURIComponent(rec.id)}`} className="mono" aria-label={`Evaluation ${rec.id}`}>
-          {rec.id.slice(0, 8)}
+          {shortId(rec.id)}
         </Link>
       </td>
       <td>
@@ -45,7 +45,7 @@ function Row({ rec }: { rec: EvaluationRecord }) {
       <td className="hide-narrow">
         {rec.batch_id ? (
           <Link to={`/batches/${encodeURIComponent(rec.batch_id)}`} className="mono">
-            {rec.batch_id.slice(0, 8)}
+            {shortId(rec.batch_id)}
           </Link>
         ) : (
           <span className="muted">—</span>

@@ -1,0 +1,114 @@
+/**
+ * Starts a real `crucible serve` on a free port with throwaway data and state dirs.
+ * If the server serves the built frontend at /, the tests use it directly; otherwise
+ * (static serving not there yet) a Vite preview server serves dist/ and proxies the
+ * API to it. E2E_BASE_URL set from outside skips all of this.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const frontend = resolve(here, '..');
+const repo = resolve(frontend, '..');
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const srv = createServer();
+    srv.unref();
+    srv.on('error', rej);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? res(addr.port) : rej(new Error('no port'))));
+    });
+  });
+}
+
+async function waitFor(url: string, ms: number, proc: ChildProcess, what: string): Promise<Response> {
+  const deadline = Date.now() + ms;
+  let last = '';
+  while (Date.now() < deadline) {
+    if (proc.exitCode !== null) throw new Error(`${what} exited with ${proc.exitCode}; see test-artifacts/${what}.log`);
+    try {
+      const res = await fetch(url);
+      if (res.ok) return res;
+      last = `HTTP ${res.status}`;
+    } catch (err) {
+      last = String(err);
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`${what} not ready at ${url} after ${ms} ms (${last})`);
+}
+
+function start(cmd: string, args: string[], env: NodeJS.ProcessEnv, log: string, cwd: string): ChildProcess {
+  const out = openSync(log, 'w');
+  return spawn(cmd, args, { cwd, env, stdio: ['ignore', out, out], detached: true });
+}
+
+function stop(p: ChildProcess | undefined) {
+  if (!p || p.pid === undefined || p.exitCode !== null) return;
+  try {
+    process.kill(-p.pid, 'SIGTERM');
+  } catch {
+    /* already gone */
+  }
+}
+
+export default async function globalSetup() {
+  const artifacts = join(frontend, 'test-artifacts');
+  mkdirSync(artifacts, { recursive: true });
+  if (process.env.E2E_BASE_URL) return;
+
+  const work = mkdtempSync(join(tmpdir(), 'crucible-e2e-'));
+  mkdirSync(join(work, 'state'), { recursive: true });
+  const apiPort = await freePort();
+  const bin = process.env.CRUCIBLE_BIN ?? join(repo, '.venv/bin/crucible');
+  const server = start(
+    bin,
+    ['serve', '--host', '127.0.0.1', '--port', String(apiPort)],
+    { ...process.env, CRUCIBLE_DATA_DIR: work, CRUCIBLE_STATE_DIR: join(work, 'state') },
+    join(artifacts, 'server.log'),
+    work,
+  );
+  const api = `http://127.0.0.1:${apiPort}`;
+  let preview: ChildProcess | undefined;
+  const teardown = async () => {
+    stop(preview);
+    stop(server);
+    await new Promise((r) => setTimeout(r, 1500));
+    rmSync(work, { recursive: true, force: true });
+  };
+  try {
+    await waitFor(`${api}/readyz`, 60_000, server, 'server');
+    let base = api;
+    const root = await fetch(`${api}/`).then((r) => (r.ok ? r.text() : ''), () => '');
+    if (!root.includes('id="root"')) {
+      // The server does not serve the frontend (yet): serve dist/ with Vite's preview.
+      if (!existsSync(join(frontend, 'dist/index.html'))) throw new Error('frontend/dist is missing: run `npm run build` first');
+      const webPort = await freePort();
+      preview = start(
+        process.execPath,
+        [join(frontend, 'node_modules/vite/bin/vite.js'), 'preview', '--host', '127.0.0.1', '--port', String(webPort), '--strictPort'],
+        { ...process.env, CRUCIBLE_API_URL: api },
+        join(artifacts, 'preview.log'),
+        frontend,
+      );
+      base = `http://127.0.0.1:${webPort}`;
+      await waitFor(`${base}/`, 30_000, preview, 'preview');
+      process.env.E2E_SERVING = 'vite-preview';
+    } else {
+      process.env.E2E_SERVING = 'crucible';
+    }
+    process.env.E2E_BASE_URL = base;
+    process.env.E2E_API_URL = api;
+    console.log(`e2e: API ${api}; UI ${base} (${process.env.E2E_SERVING})`);
+  } catch (err) {
+    await teardown();
+    throw err;
+  }
+  return teardown;
+}
