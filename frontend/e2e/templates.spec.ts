@@ -14,7 +14,35 @@ test.describe('templates', () => {
       await expect(verdict.locator('.badge').first()).toHaveText(new RegExp(`^(${t.expect})$`), { timeout: 60_000 });
       await expect(page.locator('h1 .badge')).toHaveText(/completed|cancelled|error/);
       if (t.id === 'memory-bomb') await shot(page, 'evaluation', { docs: true });
-      if (t.id === 'hello') await expect(verdict).toContainText('Passed');
+      const stdout = page.getByRole('log', { name: 'stdout output' });
+      switch (t.id) {
+        case 'hello':
+          await expect(verdict).toContainText('Passed');
+          break;
+        case 'fork-bomb':
+          await expect(stdout).toContainText('fork refused');
+          await expect(page.getByText(/Process creation was refused \d+ times? at the 32-process limit/)).toBeVisible();
+          break;
+        case 'network':
+          await expect(stdout).toContainText('network blocked');
+          break;
+        case 'escape':
+          await expect(stdout).toContainText('refused: /etc/passwd');
+          await expect(stdout).not.toContainText('WROTE');
+          await expect(page.getByRole('link', { name: 'result.txt' })).toHaveAttribute('href', /\/files\/result\.txt$/);
+          {
+            const href = await page.getByRole('link', { name: 'result.txt' }).getAttribute('href');
+            const file = await page.request.get(href!);
+            expect(await file.text()).toBe('kept inside the sandbox\n');
+          }
+          break;
+        case 'memory-bomb':
+          await expect(page.getByText(/out-of-memory killer/)).toBeVisible();
+          break;
+        case 'syntax-error':
+          await expect(page.getByRole('log', { name: 'stderr output' })).toContainText('error');
+          break;
+      }
     });
   }
 });
