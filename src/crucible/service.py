@@ -71,8 +71,11 @@ class Service:
             sandbox=self.sandbox,
             settings=settings,
         )
+        # Twice the sandbox slots: while one evaluation's result is being stored
+        # (several database round trips), the next is already claimed and waiting on
+        # the sandbox's own semaphore, so sandboxes do not idle between runs.
         self.dispatcher = EmbeddedDispatcher(
-            self.executor, self.store, concurrency=settings.max_concurrency
+            self.executor, self.store, concurrency=2 * settings.max_concurrency
         )
         self._dispatch = dispatch
 

@@ -120,7 +120,7 @@ def test_kill9_then_restart_loses_nothing(
             assert time.monotonic() < deadline
             time.sleep(0.05)
         running = {e.id for e in client.iter(status="running")}
-    assert len(running) == 2
+    assert len(running) >= 2  # claimed (the dispatcher claims ahead of free sandboxes)
     server.kill9()
     server.start()  # same data dir: migrations, recovery, dispatch
     with Client(server.url) as client:
