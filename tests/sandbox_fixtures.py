@@ -72,7 +72,7 @@ def leftovers(settings: Settings) -> list[str]:
         root = state / f"{name}-root"
         if root.exists() and HAVE[name]:
             out = subprocess.run(
-                [binary, "--root", str(root), "list", "-q"],
+                [binary, "--root", str(root), "list", "--quiet"],
                 capture_output=True,
                 text=True,
                 check=False,

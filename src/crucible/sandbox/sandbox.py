@@ -25,7 +25,7 @@ from pathlib import Path
 from crucible.config import Settings, get_settings
 from crucible.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
 from crucible.sandbox import accounting, reaper, runtime, spec, workspace
-from crucible.sandbox.languages import Language, get_language
+from crucible.sandbox.languages import LANGUAGES, Language, get_language
 from crucible.sandbox.models import (
     Events,
     Limits,
@@ -72,6 +72,7 @@ class Sandbox:
         self._limit = asyncio.Semaphore(max_concurrency or self.settings.max_concurrency)
         self._rootfs: Path | None = None
         self._init: Path | None = None
+        self._prepare_lock = asyncio.Lock()
 
     # -- set-up ---------------------------------------------------------------
 
@@ -84,13 +85,18 @@ class Sandbox:
 
     async def prepare(self) -> None:
         """Build the shared root file system and the init binary (idempotent)."""
+        async with self._prepare_lock:
+            await self._prepare()
+
+    async def _prepare(self) -> None:
         if self._rootfs is not None and self._init is not None:
             return
         if os.geteuid() != 0:
             raise SandboxUnavailable("the sandbox needs root to drive runc/runsc")
         reaper.become_subreaper()
         self._bundles.mkdir(parents=True, exist_ok=True)
-        self._rootfs = spec.ensure_rootfs(self.state_dir / "rootfs")
+        mount_points = [m for lang in LANGUAGES.values() for m in lang.host_mounts()]
+        self._rootfs = spec.ensure_rootfs(self.state_dir / "rootfs", mount_points)
         self._init = await self._build_init()
 
     async def _build_init(self) -> Path:
@@ -99,13 +105,14 @@ class Sandbox:
         binary = self.state_dir / f"init-{digest}"
         if binary.exists():
             return binary
-        src = self.state_dir / f"init-{digest}.c"
+        src = self.state_dir / f"init-{digest}.{os.getpid()}.c"
         src.write_bytes(source)
-        tmp = binary.with_suffix(".tmp")
+        tmp = binary.with_suffix(f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
         done = await run_tool(["gcc", "-static", "-O2", "-o", str(tmp), str(src)], timeout=120)
         if done.returncode != 0:
             raise SandboxUnavailable(f"cannot build crucible-init: {done.stderr[:500]}")
         tmp.rename(binary)  # atomic: concurrent builders race harmlessly
+        src.unlink(missing_ok=True)
         return binary
 
     async def sweep(self) -> list[str]:
@@ -174,7 +181,6 @@ class Sandbox:
         limits = request.limits
         entry = request.entrypoint or lang.file_name
         info = RuntimeInfo(name=rt.name, version=version)
-        wall_ms = cpu_ms = 0
         if lang.compile is not None:
             c = self.settings.compile_limits
             compile_limits = Limits(
@@ -190,7 +196,6 @@ class Sandbox:
             phase = await self._container(
                 rt, f"{run_id}-c", bundle, ws, argv, "", compile_limits, lang, None, cancel
             )
-            wall_ms, cpu_ms = phase.wall_ms, phase.usage.cpu_ns // 1_000_000
             status = phase.collector.status
             failed = phase.reason is not None or status is None or status.exit_code != 0
             if phase.reason is Termination.cancelled or failed:
@@ -213,8 +218,8 @@ class Sandbox:
                     stderr=stderr,
                     stdout_truncated=out.stdout_truncated,
                     stderr_truncated=out.stderr_truncated,
-                    wall_ms=wall_ms,
-                    cpu_ms=cpu_ms,
+                    wall_ms=phase.wall_ms,
+                    cpu_ms=phase.usage.cpu_ns // 1_000_000,
                     peak_memory_bytes=phase.usage.peak_memory_bytes,
                     files=[],
                     runtime=info,
@@ -250,8 +255,9 @@ class Sandbox:
             stderr=bytes(out.stderr).decode("utf-8", "replace"),
             stdout_truncated=out.stdout_truncated,
             stderr_truncated=out.stderr_truncated,
-            wall_ms=wall_ms + phase.wall_ms,
-            cpu_ms=cpu_ms + usage.cpu_ns // 1_000_000,
+            # The run step's own figures, comparable with its limits (compile excluded).
+            wall_ms=phase.wall_ms,
+            cpu_ms=usage.cpu_ns // 1_000_000,
             peak_memory_bytes=usage.peak_memory_bytes,
             files=produced,
             runtime=info,

@@ -62,8 +62,12 @@ READONLY_PATHS = [
 ]
 
 
-def ensure_rootfs(path: Path) -> Path:
-    """Create (idempotently) the skeleton root file system shared by all runs."""
+def ensure_rootfs(path: Path, mount_points: list[str] = ()) -> Path:  # type: ignore[assignment]
+    """Create (idempotently) the skeleton root file system shared by all runs.
+
+    ``mount_points`` are the host paths languages bind (e.g. /etc/java-17-openjdk):
+    the root is mounted read-only, so their mount points must exist beforehand.
+    """
     for d in ("proc", "dev", "tmp", "workspace", "etc", ".crucible", "usr"):
         (path / d).mkdir(parents=True, exist_ok=True)
     for top in TOOLCHAIN_DIRS[1:]:
@@ -84,16 +88,37 @@ def ensure_rootfs(path: Path) -> Path:
             target.mkdir(exist_ok=True)
         elif Path(etc).exists() and not target.exists():
             target.touch()
+    for host in mount_points:
+        point = path / host.lstrip("/")
+        if Path(host).is_dir():
+            point.mkdir(parents=True, exist_ok=True)
+        elif not point.exists():
+            point.parent.mkdir(parents=True, exist_ok=True)
+            point.touch()
     (path / INIT_PATH.lstrip("/")).touch()
     return path
 
 
 @cache
-def seccomp_profile() -> dict[str, Any]:
+def seccomp_profile(gvisor: bool = False) -> dict[str, Any]:
     """The shipped seccomp profile: Docker's default, resolved for a container
-    with no capabilities (see scripts/gen_seccomp.py)."""
+    with no capabilities (see scripts/gen_seccomp.py).
+
+    For gVisor the ``clone3`` rule is dropped in favour of plain "allow": the
+    rule exists to answer ENOSYS so glibc falls back to ``clone`` (whose flags
+    seccomp can inspect), but runsc's OCI seccomp ignores ``errnoRet`` and answers
+    EPERM, on which glibc gives up and every pthread_create fails. gVisor's own
+    kernel does not implement clone3 and answers ENOSYS itself.
+    """
     text = resources.files("crucible.sandbox").joinpath("seccomp.json").read_text()
     profile: dict[str, Any] = json.loads(text)
+    if gvisor:
+        rules = []
+        for rule in profile["syscalls"]:
+            if rule["names"] == ["clone3"]:
+                rule = {"names": ["clone3"], "action": "SCMP_ACT_ALLOW"}
+            rules.append(rule)
+        profile = {**profile, "syscalls": rules}
     return profile
 
 
@@ -218,6 +243,6 @@ def build_config(
             },
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
-            "seccomp": seccomp_profile(),
+            "seccomp": seccomp_profile(gvisor),
         },
     }
