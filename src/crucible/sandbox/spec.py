@@ -88,9 +88,9 @@ def ensure_rootfs(path: Path, mount_points: list[str] = ()) -> Path:  # type: ig
             target.mkdir(exist_ok=True)
         elif Path(etc).exists() and not target.exists():
             target.touch()
-    for host in mount_points:
-        point = path / host.lstrip("/")
-        if Path(host).is_dir():
+    for source in mount_points:
+        point = path / source.lstrip("/")
+        if Path(source).is_dir():
             point.mkdir(parents=True, exist_ok=True)
         elif not point.exists():
             point.parent.mkdir(parents=True, exist_ok=True)
