@@ -23,7 +23,16 @@ err = Console(stderr=True)
 def _root() -> None:
     """Crucible: run untrusted, model-written code safely, observably and at scale."""
 
-_EXTENSIONS = {".py": "python", ".js": "javascript", ".sh": "bash", ".c": "c", ".cpp": "cpp", ".cc": "cpp", ".java": "java"}
+
+_EXTENSIONS = {
+    ".py": "python",
+    ".js": "javascript",
+    ".sh": "bash",
+    ".c": "c",
+    ".cpp": "cpp",
+    ".cc": "cpp",
+    ".java": "java",
+}
 
 
 def guess_language(path: Path) -> str:
@@ -37,27 +46,35 @@ def verdict_line(result: Result) -> str:
         how = f"killed by {result.signal}" if result.signal else f"exit {result.exit_code}"
     else:
         how = {
-            Termination.timeout: f"timeout (wall {result.limits.timeout_s:g}s / CPU {result.limits.cpu_s:g}s)",
+            Termination.timeout: (
+                f"timeout (wall {result.limits.timeout_s:g}s / CPU {result.limits.cpu_s:g}s)"
+            ),
             Termination.memory_limit: f"memory limit ({result.limits.memory_mb} MB)",
             Termination.output_limit: f"output limit ({result.limits.output_bytes} bytes)",
             Termination.compile_error: "compile error",
             Termination.cancelled: "cancelled",
         }[t]
     mem = result.peak_memory_bytes / 1e6
-    return f"{t.value}: {how} · wall {result.wall_ms} ms · cpu {result.cpu_ms} ms · peak {mem:.1f} MB"
+    return (
+        f"{t.value}: {how} · wall {result.wall_ms} ms · cpu {result.cpu_ms} ms · peak {mem:.1f} MB"
+    )
 
 
 @app.command()
 def run(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="program to run")],
-    language: Annotated[str | None, typer.Option("--language", "-l", help=f"one of {', '.join(LANGUAGES)}")] = None,
+    language: Annotated[
+        str | None, typer.Option("--language", "-l", help=f"one of {', '.join(LANGUAGES)}")
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="wall-clock limit, seconds")] = None,
     cpu: Annotated[float | None, typer.Option(help="CPU-time limit, seconds")] = None,
     memory: Annotated[int | None, typer.Option(help="memory limit, MB")] = None,
     cpus: Annotated[float | None, typer.Option(help="CPU cores")] = None,
     pids: Annotated[int | None, typer.Option(help="process/thread limit")] = None,
     runtime: Annotated[str, typer.Option(help="runc or gvisor")] = "runc",
-    stdin: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="file fed to stdin")] = None,
+    stdin: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="file fed to stdin")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print the Result as JSON")] = False,
 ) -> None:
     """Run FILE in a sandbox here (no server) and exit with the program's exit code."""
@@ -95,7 +112,11 @@ def run(
     if json_out:
         print(result.model_dump_json(indent=2))
     else:
-        style = "green" if result.termination is Termination.exited and result.exit_code == 0 else "yellow"
+        style = (
+            "green"
+            if result.termination is Termination.exited and result.exit_code == 0
+            else "yellow"
+        )
         err.print(f"[{style}]{verdict_line(result)}")
     if result.exit_code is not None:
         raise typer.Exit(result.exit_code)

@@ -11,7 +11,9 @@ from crucible.sandbox.models import Limits
 LIMIT_NAMES = tuple(n for n in LimitBounds.model_fields if n != "minimum")
 
 
-def resolve_limits(requested: Mapping[str, float | int | None] | None, settings: Settings) -> Limits:
+def resolve_limits(
+    requested: Mapping[str, float | int | None] | None, settings: Settings
+) -> Limits:
     """Fill unset limits with defaults; reject values outside [minimum, ceiling].
 
     Raises InvalidSubmission naming the field (``limits.<name>``) and the allowed range.

@@ -68,7 +68,7 @@ export const TEMPLATES: Template[] = [
     description: 'Tries to open a TCP connection; the sandbox has no network.',
     language: 'python',
     code:
-      '# The sandbox has only a loopback interface: outbound connections fail at once.\n# 192.0.2.1 is a reserved documentation address (TEST-NET-1), never routed.\nimport socket, sys\n\nprint(open("/proc/net/dev").read())\ntry:\n    socket.create_connection(("192.0.2.1", 80), timeout=3)\nexcept OSError as e:\n    print(f"network blocked: {e}")\n    sys.exit(0)\nprint("connected: the network is reachable!")\nsys.exit(1)\n',
+      '# The sandbox has its own network namespace: the host\'s services on\n# 127.0.0.1 (PostgreSQL 5432, Redis 6379, this server 8000) are out of reach,\n# and so is DNS.\nimport socket, sys\n\nreached = []\nfor port in (5432, 6379, 8000):\n    try:\n        socket.create_connection(("127.0.0.1", port), timeout=3)\n        reached.append(port)\n    except OSError as e:\n        print(f"127.0.0.1:{port}: network blocked: {e}")\ntry:\n    socket.getaddrinfo("example.com", 80)\n    reached.append("dns")\nexcept OSError as e:\n    print(f"dns: network blocked: {e}")\nif reached:\n    print("reached:", reached)\n    sys.exit(1)\n',
     expect: 'Exited 0',
   },
   {

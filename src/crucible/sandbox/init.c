@@ -9,7 +9,11 @@
  * signal; an exit status of 137 and SIGKILL are different things) as a trailer on
  * stderr framed by a per-run nonce the program cannot read:
  *
- *     \x1e crucible-status:<nonce>:exit:<code>\n   or   ...:signal:<number>\n
+ *     \x1e crucible-status:<nonce>:exit:<code>:<wall_us>\n
+ *     \x1e crucible-status:<nonce>:signal:<number>:<wall_us>\n
+ *
+ * wall_us is the program's own run time, fork to exit, measured here on
+ * CLOCK_MONOTONIC, so it excludes the runtime's start-up and tear-down.
  *
  * The nonce comes in CRUCIBLE_STATUS_NONCE; it is removed from the environment
  * before exec and the init makes itself non-dumpable first, so a program running
@@ -25,6 +29,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
@@ -44,6 +49,8 @@ int main(int argc, char **argv) {
         return 125;
     }
 
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     pid_t child = fork();
     if (child < 0) {
         perror("crucible-init: fork");
@@ -67,14 +74,17 @@ int main(int argc, char **argv) {
             break;
         }
     }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long long wall_us = (long long)(t1.tv_sec - t0.tv_sec) * 1000000LL +
+                        (t1.tv_nsec - t0.tv_nsec) / 1000;
     char trailer[256];
     int n;
     if (WIFSIGNALED(status)) {
-        n = snprintf(trailer, sizeof trailer, "\x1e" "crucible-status:%s:signal:%d\n", nonce,
-                     WTERMSIG(status));
+        n = snprintf(trailer, sizeof trailer, "\x1e" "crucible-status:%s:signal:%d:%lld\n", nonce,
+                     WTERMSIG(status), wall_us);
     } else {
-        n = snprintf(trailer, sizeof trailer, "\x1e" "crucible-status:%s:exit:%d\n", nonce,
-                     WEXITSTATUS(status));
+        n = snprintf(trailer, sizeof trailer, "\x1e" "crucible-status:%s:exit:%d:%lld\n", nonce,
+                     WEXITSTATUS(status), wall_us);
     }
     /* One write below PIPE_BUF is atomic: the trailer never interleaves. */
     ssize_t ignored = write(STDERR_FILENO, trailer, (size_t)n);

@@ -16,6 +16,7 @@ OutputCallback = Callable[[str, bytes], None]
 class ExitStatus:
     exit_code: int | None = None
     signal: int | None = None
+    wall_us: int | None = None  # the program's own run time, measured by the init
 
 
 @dataclass
@@ -39,7 +40,7 @@ class OutputCollector:
 
     def __post_init__(self) -> None:
         self._marker = b"\x1ecrucible-status:" + self.nonce.encode() + b":"
-        self._trailer = re.compile(re.escape(self._marker) + rb"(exit|signal):(\d+)\n")
+        self._trailer = re.compile(re.escape(self._marker) + rb"(exit|signal):(\d+):(\d+)\n")
 
     @property
     def total(self) -> int:
@@ -71,12 +72,13 @@ class OutputCollector:
             self.status = ExitStatus(
                 exit_code=number if kind == b"exit" else None,
                 signal=number if kind == b"signal" else None,
+                wall_us=int(match.group(3)),
             )
             data = data[: match.start()] + data[match.end() :]
         else:
             # Hold back a possible partial trailer at the end of this read.
             start = data.rfind(b"\x1e")
-            if start != -1 and len(data) - start < len(self._marker) + 24:
+            if start != -1 and len(data) - start < len(self._marker) + 48:
                 self._carry, data = data[start:], data[:start]
         self._store(stream, data)
 

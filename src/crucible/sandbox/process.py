@@ -57,10 +57,12 @@ async def run_tool(
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError):
+            # Never leave a runtime verb running (or its transport open) behind a
+            # timed-out or cancelled caller.
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            await proc.wait()
+            await asyncio.shield(proc.wait())
             raise
     return Completed(
         argv=tuple(argv),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -302,8 +303,6 @@ class Sandbox:
         )
         cbundle = bundle / cid
         cbundle.mkdir()
-        import json
-
         (cbundle / "config.json").write_text(json.dumps(config))
         stdin_path = cbundle / "stdin"
         stdin_path.write_bytes(stdin.encode("utf-8", "surrogateescape"))
@@ -316,44 +315,38 @@ class Sandbox:
         pumps: list[asyncio.Task[None]] = []
         created = False
         helpers: list[int] = []
+        chunk = self.settings.output_chunk_bytes
         try:
             try:
-                await runtime.runtime_create(
+                await runtime.runtime_run_detached(
                     rt, cid, cbundle, cbundle / "pid", (stdin_fd, out_w, err_w)
                 )
+                started = time.monotonic()
                 created = True
-                if rt.name == "gvisor":
-                    helpers = reaper.runtime_children(cid)
             except RuntimeFailure as exc:
-                os.close(out_w)
-                os.close(err_w)
-                out_w = err_w = -1
-                os.set_blocking(err_r, False)
-                with contextlib.suppress(BlockingIOError):
-                    detail = os.read(err_r, 4096).decode("utf-8", "replace")
-                    raise RuntimeFailure("create", exc.returncode, detail) from exc
-                raise
+                created = True  # a half-created container still needs deleting
+                detail = _drain(err_r, err_w)
+                err_r = err_w = -1
+                raise RuntimeFailure("run", exc.returncode, detail) from exc
             finally:
                 os.close(stdin_fd)
-                for fd in (out_w, err_w):
-                    if fd != -1:
-                        os.close(fd)
+                os.close(out_w)
+                if err_w != -1:
+                    os.close(err_w)
+            if rt.name == "gvisor":
+                helpers = reaper.runtime_children(cid)
             pumps = [
-                asyncio.create_task(
-                    pump(out_r, "stdout", collector, self.settings.output_chunk_bytes)
-                ),
-                asyncio.create_task(
-                    pump(err_r, "stderr", collector, self.settings.output_chunk_bytes)
-                ),
+                asyncio.create_task(pump(out_r, "stdout", collector, chunk)),
+                asyncio.create_task(pump(err_r, "stderr", collector, chunk)),
             ]
             out_r = err_r = -1
             pid = int((cbundle / "pid").read_text().strip())
+            # A pidfd works on a zombie too: a program that already ended (it is our
+            # child: subreaper) makes it readable at once.
             pidfd = os.pidfd_open(pid)
             exited = asyncio.Event()
             loop = asyncio.get_running_loop()
             loop.add_reader(pidfd, exited.set)
-            started = time.monotonic()
-            await runtime.runtime_start(rt, cid)
             reason = await self._supervise(limits, started, exited, collector, counters, cancel)
             if reason is not None:
                 await self._kill(rt, cid, pidfd, exited)
@@ -364,6 +357,8 @@ class Sandbox:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*pumps), _DRAIN_S)
             collector.finish()
+            if collector.status is not None and collector.status.wall_us is not None:
+                wall_ms = collector.status.wall_us // 1000  # the init's own measure
             usage = counters.read()
             cpu_over = usage.cpu_ns > limits.cpu_s * 1e9
             if reason is None and cpu_over and collector.status is None:
@@ -437,6 +432,18 @@ class Sandbox:
                 signals.pidfd_send_signal(pidfd, signals.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(exited.wait(), _KILL_GRACE_S)
+
+
+def _drain(read_fd: int, write_fd: int) -> str:
+    """What the runtime wrote on the run's stderr before failing (its error message)."""
+    os.close(write_fd)
+    os.set_blocking(read_fd, False)
+    try:
+        return os.read(read_fd, 4096).decode("utf-8", "replace")
+    except BlockingIOError:
+        return ""
+    finally:
+        os.close(read_fd)
 
 
 def _signal_name(number: int | None) -> str | None:
