@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     # Prefix of every container id, cgroup and bundle this platform creates; the
     # start-up sweep removes leftovers carrying it and nothing else.
     prefix: str = "crucible"
+    # The built web UI; default: frontend/dist of the source checkout.
+    frontend_dir: Path | None = None
 
     runc_path: str = "runc"
     runsc_path: str = "runsc"

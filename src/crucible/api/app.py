@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 import crucible
-from crucible.api import errors
+from crucible.api import errors, frontend
 from crucible.api.routes import batches, evaluations, system
 from crucible.config import Settings, get_settings
 from crucible.service import Service
@@ -46,4 +46,6 @@ def create_app(settings: Settings | None = None, *, dispatch: bool = True) -> Fa
     api.include_router(system.router)
     app.include_router(api)
     app.include_router(system.probes)
+    # Last: the UI's catch-all must not shadow any API route.
+    frontend.install(app, settings.frontend_dir or frontend.default_frontend_dir())
     return app
