@@ -2,23 +2,41 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup run test lint typecheck unit bench clean
+.PHONY: setup setup-test run test lint typecheck pytest frontend-test e2e bench clean
 
 setup:
 	@scripts/setup.sh
 
+setup-test:
+	@scripts/setup.sh --test
+
 run: setup
 	$(VENV)/crucible serve
 
-lint: setup
+lint: setup-test
 	$(VENV)/ruff check src tests bench scripts
 	$(VENV)/ruff format --check src tests bench scripts
 
-typecheck: setup
+typecheck: setup-test
 	$(VENV)/mypy
 
-test: setup lint typecheck
+pytest: setup-test
 	$(VENV)/pytest -q -p no:cacheprovider
 
+# Types generated from the committed OpenAPI document must not drift; then unit tests.
+frontend-test: setup-test
+	cd frontend && npm run --silent check:api && npm run --silent typecheck && npm test --silent
+
+# Real Chromium against a real `crucible serve`; screenshots in frontend/test-artifacts.
+e2e: setup-test
+	cd frontend && npm run --silent e2e
+
+test: lint typecheck frontend-test e2e pytest
+
+bench: setup
+	$(VENV)/python bench/sandbox_overhead.py
+	$(VENV)/python bench/api_throughput.py
+	$(VENV)/python bench/humaneval.py
+
 clean:
-	rm -rf .venv data
+	rm -rf .venv data frontend/node_modules frontend/dist frontend/test-artifacts

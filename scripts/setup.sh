@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # Installs whatever a fresh Debian machine lacks for Crucible, and nothing twice.
-# Called by `make run` and `make test`; safe to run repeatedly.
+# Called by `make run` (no argument) and `make test` (--test: also what the tests
+# need: Chromium, PostgreSQL and Redis servers). Safe to run repeatedly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode="${1:-run}"
 
 need_apt=()
-command -v runc >/dev/null || need_apt+=(runc)
-command -v runsc >/dev/null || need_apt+=(runsc)
-command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
-command -v g++ >/dev/null || need_apt+=(g++)
-command -v node >/dev/null || need_apt+=(nodejs)
-command -v npm >/dev/null || need_apt+=(npm)
-command -v javac >/dev/null || need_apt+=(default-jdk-headless)
+have() { command -v "$1" >/dev/null 2>&1; }
+have runc || need_apt+=(runc)
+have runsc || need_apt+=(runsc)
+have gcc || need_apt+=(gcc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] || need_apt+=(libc6-dev)
+have g++ || need_apt+=(g++)
+have node || need_apt+=(nodejs)
+have npm || need_apt+=(npm)
+have javac || need_apt+=(default-jdk-headless)
+have mount || need_apt+=(mount)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
-python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
-if [ "${CRUCIBLE_SETUP_BROWSER:-0}" = 1 ]; then
-  command -v chromium >/dev/null || need_apt+=(chromium)
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if [ "$mode" = "--test" ]; then
+  have chromium || need_apt+=(chromium)
+  have redis-server || need_apt+=(redis-server)
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+  have pgrep || need_apt+=(procps)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -33,8 +41,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.lock-installed
 if [ ! -f "$stamp" ] || ! cmp -s requirements.lock "$stamp"; then
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -r requirements.lock
-  .venv/bin/pip install -q --no-deps -e .
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   cp requirements.lock "$stamp"
+fi
+
+# The web UI: npm packages from the lock file, then a build served at /.
+fstamp=frontend/node_modules/.crucible-lock
+if [ ! -f "$fstamp" ] || ! cmp -s frontend/package-lock.json "$fstamp"; then
+  (cd frontend && npm ci --no-audit --no-fund --loglevel=error)
+  cp frontend/package-lock.json "$fstamp"
+fi
+if [ ! -f frontend/dist/index.html ] || [ -n "$(find frontend/src frontend/index.html frontend/package.json -newer frontend/dist/index.html -print -quit)" ]; then
+  (cd frontend && npm run --silent build >/dev/null)
 fi
