@@ -1,0 +1,199 @@
+"""Unit tests of the sandbox engine's pure parts (no runtime needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crucible.config import Settings
+from crucible.errors import InvalidSubmission
+from crucible.limits import resolve_limits
+from crucible.sandbox import accounting, spec
+from crucible.sandbox.languages import LANGUAGES, get_language
+from crucible.sandbox.output import OutputCollector
+from crucible.sandbox.workspace import safe_relative
+
+NONCE = "ab" * 16
+
+
+def trailer(kind: str, number: int, wall_us: int = 1234) -> bytes:
+    return f"\x1ecrucible-status:{NONCE}:{kind}:{number}:{wall_us}\n".encode()
+
+
+class TestOutputCollector:
+    def test_trailer_is_cut_out_and_parsed(self) -> None:
+        seen: list[tuple[str, bytes]] = []
+        c = OutputCollector(cap=1000, nonce=NONCE, on_output=lambda s, d: seen.append((s, d)))
+        c.feed("stderr", b"warning\n" + trailer("signal", 11))
+        c.finish()
+        assert bytes(c.stderr) == b"warning\n"
+        assert c.status is not None and (c.status.signal, c.status.exit_code) == (11, None)
+        assert c.status.wall_us == 1234
+        assert seen == [("stderr", b"warning\n")]
+
+    def test_trailer_split_across_reads(self) -> None:
+        c = OutputCollector(cap=1000, nonce=NONCE)
+        whole = b"tail" + trailer("exit", 3)
+        for i in range(len(whole)):
+            c.feed("stderr", whole[i : i + 1])
+        c.finish()
+        assert bytes(c.stderr) == b"tail"
+        assert c.status is not None and c.status.exit_code == 3
+
+    def test_forged_trailer_with_wrong_nonce_is_output(self) -> None:
+        c = OutputCollector(cap=1000, nonce=NONCE)
+        forged = b"\x1ecrucible-status:" + b"00" * 16 + b":exit:0:1\n"
+        c.feed("stderr", forged)
+        c.finish()
+        assert c.status is None
+        assert bytes(c.stderr) == forged
+
+    def test_cap_counts_both_streams_and_flags_truncation(self) -> None:
+        c = OutputCollector(cap=10, nonce=NONCE)
+        c.feed("stdout", b"123456")
+        assert not c.exceeded.is_set()
+        c.feed("stderr", b"abcdef")
+        c.finish()
+        assert bytes(c.stdout) == b"123456" and bytes(c.stderr) == b"abcd"
+        assert c.stderr_truncated and not c.stdout_truncated
+        assert c.exceeded.is_set()
+
+    def test_stdout_is_never_searched_for_a_trailer(self) -> None:
+        c = OutputCollector(cap=1000, nonce=NONCE)
+        c.feed("stdout", trailer("exit", 0))
+        assert c.status is None and bytes(c.stdout) == trailer("exit", 0)
+
+
+class TestAccounting:
+    def test_v1_layout(self, tmp_path: Path) -> None:
+        for ctrl in ("cpuacct", "memory", "pids"):
+            (tmp_path / ctrl / "crucible" / "x").mkdir(parents=True)
+        base = "crucible/x"
+        (tmp_path / "cpuacct" / base / "cpuacct.usage").write_text("2500000000\n")
+        (tmp_path / "memory" / base / "memory.max_usage_in_bytes").write_text("4096\n")
+        (tmp_path / "memory" / base / "memory.oom_control").write_text(
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"
+        )
+        (tmp_path / "pids" / base / "pids.events").write_text("max 7\n")
+        usage = accounting.CgroupCounters("/crucible/x", root=tmp_path).read()
+        assert usage == accounting.Usage(
+            cpu_ns=2_500_000_000, peak_memory_bytes=4096, oom_kill=2, pids_limit=7
+        )
+
+    def test_v2_layout(self, tmp_path: Path) -> None:
+        (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+        d = tmp_path / "crucible" / "x"
+        d.mkdir(parents=True)
+        (d / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
+        (d / "memory.peak").write_text("8192\n")
+        (d / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+        (d / "pids.events").write_text("max 4\n")
+        counters = accounting.CgroupCounters("/crucible/x", root=tmp_path)
+        assert counters.v2
+        assert counters.read() == accounting.Usage(1_500_000, 8192, 1, 4)
+
+    def test_v2_without_memory_peak_falls_back_to_current(self, tmp_path: Path) -> None:
+        (tmp_path / "cgroup.controllers").write_text("memory\n")
+        d = tmp_path / "c"
+        d.mkdir()
+        (d / "memory.current").write_text("100\n")
+        assert accounting.CgroupCounters("/c", root=tmp_path).read().peak_memory_bytes == 100
+
+    def test_missing_cgroup_reads_zero(self, tmp_path: Path) -> None:
+        assert accounting.CgroupCounters("/gone", root=tmp_path).read() == accounting.Usage()
+
+
+class TestSpec:
+    def config(self, tmp_path: Path, gvisor: bool = False) -> dict:  # type: ignore[type-arg]
+        limits = resolve_limits({"memory_mb": 128, "pids": 32, "cpus": 1.5}, Settings())
+        rootfs = spec.ensure_rootfs(tmp_path / "rootfs")
+        return spec.build_config(
+            args=["/usr/bin/python3", "main.py"],
+            env={"PATH": spec.PATH},
+            limits=limits,
+            rootfs=rootfs,
+            workspace=tmp_path / "ws",
+            init_binary=tmp_path / "init",
+            cgroups_path="/crucible/x",
+            gvisor=gvisor,
+        )
+
+    def test_identity_and_privileges(self, tmp_path: Path) -> None:
+        c = self.config(tmp_path)
+        p = c["process"]
+        assert p["user"] == {"uid": 65534, "gid": 65534, "additionalGids": []}
+        assert all(v == [] for v in p["capabilities"].values())
+        assert p["noNewPrivileges"] is True
+        assert p["args"][0] == spec.INIT_PATH
+        assert c["root"]["readonly"] is True
+
+    def test_namespaces_limits_and_masks(self, tmp_path: Path) -> None:
+        c = self.config(tmp_path)
+        ns = {n["type"] for n in c["linux"]["namespaces"]}
+        assert {"pid", "network", "ipc", "uts", "mount"} <= ns
+        assert all("path" not in n for n in c["linux"]["namespaces"]), "must be new namespaces"
+        res = c["linux"]["resources"]
+        assert res["memory"] == {"limit": 128 << 20, "swap": 128 << 20}
+        assert res["pids"] == {"limit": 32}
+        assert res["cpu"] == {"quota": 150_000, "period": 100_000}
+        assert "/proc/kcore" in c["linux"]["maskedPaths"]
+        assert "/proc/sys" in c["linux"]["readonlyPaths"]
+        assert c["linux"]["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
+
+    def test_mounts_are_read_only_except_the_workspace(self, tmp_path: Path) -> None:
+        mounts = {m["destination"]: m for m in self.config(tmp_path)["mounts"]}
+        assert "ro" in mounts["/usr"]["options"]
+        assert "rw" in mounts["/workspace"]["options"]
+        assert "size=64m" in mounts["/tmp"]["options"]
+        assert all("nosuid" in m["options"] for d, m in mounts.items() if m["type"] == "bind")
+        assert not any(d.startswith(("/root", "/home", "/var", "/sys")) for d in mounts)
+
+    def test_gvisor_gets_sentry_headroom_and_nproc(self, tmp_path: Path) -> None:
+        c = self.config(tmp_path, gvisor=True)
+        assert c["linux"]["resources"]["pids"]["limit"] == 32 + spec.GVISOR_PIDS_OVERHEAD
+        nproc = [r for r in c["process"]["rlimits"] if r["type"] == "RLIMIT_NPROC"]
+        assert nproc == [{"type": "RLIMIT_NPROC", "hard": 32, "soft": 32}]
+        clone3 = [r for r in c["linux"]["seccomp"]["syscalls"] if r["names"] == ["clone3"]]
+        assert clone3 == [{"names": ["clone3"], "action": "SCMP_ACT_ALLOW"}]
+
+    def test_seccomp_denies_escape_syscalls(self) -> None:
+        allowed = {
+            name
+            for rule in spec.seccomp_profile()["syscalls"]
+            if rule["action"] == "SCMP_ACT_ALLOW" and not rule.get("args")
+            for name in rule["names"]
+        }
+        for name in ("mount", "ptrace", "unshare", "setns", "bpf", "init_module", "kexec_load"):
+            assert name not in allowed, name
+        assert {"read", "write", "execve", "exit_group"} <= allowed
+
+
+class TestInputs:
+    def test_limits_defaults_and_ranges(self) -> None:
+        settings = Settings()
+        limits = resolve_limits({"timeout_s": 2}, settings)
+        assert limits.timeout_s == 2 and limits.memory_mb == settings.limits.memory_mb[0]
+        with pytest.raises(
+            InvalidSubmission, match=r"limits.memory_mb must be between 16 and 4096"
+        ) as exc:
+            resolve_limits({"memory_mb": 5000}, settings)
+        assert exc.value.field == "limits.memory_mb"
+        with pytest.raises(InvalidSubmission, match="unknown limit"):
+            resolve_limits({"gpus": 1}, settings)
+
+    @pytest.mark.parametrize("path", ["../x.py", "/etc/passwd", "a/../../b", "", "a\x00b"])
+    def test_unsafe_paths_rejected(self, path: str) -> None:
+        with pytest.raises(InvalidSubmission):
+            safe_relative(path)
+
+    def test_safe_paths_accepted(self) -> None:
+        assert str(safe_relative("pkg/mod.py")) == "pkg/mod.py"
+
+    def test_languages_are_data(self) -> None:
+        assert {"python", "javascript", "bash", "c", "cpp", "java"} <= set(LANGUAGES)
+        for lang in LANGUAGES.values():
+            assert lang.run and lang.file_name
+            assert (lang.compile is None) == (lang.name in {"python", "javascript", "bash"})
+        with pytest.raises(InvalidSubmission, match="supported: bash, c, cpp, java"):
+            get_language("cobol")
