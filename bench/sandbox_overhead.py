@@ -62,6 +62,7 @@ def raw_runtime(binary: list[str], sandbox: Sandbox, root: Path) -> Callable[[],
                 rootfs=sandbox._rootfs,  # type: ignore[arg-type]
                 workspace=ws,
                 init_binary=sandbox._init,  # type: ignore[arg-type]
+                seccomp_bpf=sandbox._seccomp,  # type: ignore[arg-type]
                 cgroups_path=f"/bench/{cid}",
                 gvisor="runsc" in binary[0],
             )
@@ -129,7 +130,6 @@ async def main() -> None:
         str(state / "bench-runsc"),
         "--platform=ptrace",
         "--network=none",
-        "--oci-seccomp",
     ]
     modes: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("bare python", bare),

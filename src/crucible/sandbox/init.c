@@ -20,9 +20,16 @@
  * as the same uid cannot read it from /proc/1/environ. When this process exits
  * the kernel SIGKILLs everything left in the namespace, so daemonised children
  * die with the run.
+ *
+ * The program's seccomp filter is installed here, in the child just before execve:
+ * a BPF program compiled once by the supervisor from seccomp.json (seccomp.py) and
+ * bound read-only at SECCOMP_PATH. Without it, nothing runs (fail closed).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +38,35 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#define SECCOMP_PATH "/.crucible/seccomp.bpf"
+#define MAX_FILTER 4096 /* BPF_MAXINSNS */
+
+static struct sock_filter filter[MAX_FILTER];
+
+/* Reads the compiled filter; returns the number of instructions, or -1. */
+static int read_filter(void) {
+    int fd = open(SECCOMP_PATH, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    size_t got = 0;
+    for (;;) {
+        ssize_t n = read(fd, (char *)filter + got, sizeof filter - got);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        got += (size_t)n;
+    }
+    close(fd);
+    if (got == 0 || got % sizeof(struct sock_filter) != 0) {
+        return -1;
+    }
+    return (int)(got / sizeof(struct sock_filter));
+}
 
 int main(int argc, char **argv) {
     char nonce[128] = "";
@@ -49,6 +85,11 @@ int main(int argc, char **argv) {
         return 125;
     }
 
+    int instructions = read_filter();
+    if (instructions < 0) {
+        fprintf(stderr, "crucible-init: no seccomp filter at %s; refusing to run\n", SECCOMP_PATH);
+        return 125;
+    }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     pid_t child = fork();
@@ -57,6 +98,12 @@ int main(int argc, char **argv) {
         return 125;
     }
     if (child == 0) {
+        struct sock_fprog prog = {.len = (unsigned short)instructions, .filter = filter};
+        /* no_new_privs is already set by the runtime (noNewPrivileges), as required. */
+        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) {
+            fprintf(stderr, "crucible-init: cannot install seccomp filter: %s\n", strerror(errno));
+            _exit(126);
+        }
         execvp(argv[1], argv + 1);
         fprintf(stderr, "crucible-init: cannot execute %s: %s\n", argv[1], strerror(errno));
         _exit(127);

@@ -39,6 +39,7 @@ from crucible.sandbox.models import (
 from crucible.sandbox.output import ExitStatus, OutputCallback, OutputCollector, pump
 from crucible.sandbox.process import run_tool
 from crucible.sandbox.runtime import Runtime
+from crucible.sandbox.seccomp import compile_bpf
 from crucible.sandbox.sweep import owner_token, sweep_leftovers
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Sandbox:
         self._limit = asyncio.Semaphore(max_concurrency or self.settings.max_concurrency)
         self._rootfs: Path | None = None
         self._init: Path | None = None
+        self._seccomp: Path | None = None
         self._prepare_lock = asyncio.Lock()
 
     # -- set-up ---------------------------------------------------------------
@@ -90,7 +92,7 @@ class Sandbox:
             await self._prepare()
 
     async def _prepare(self) -> None:
-        if self._rootfs is not None and self._init is not None:
+        if self._rootfs is not None and self._init is not None and self._seccomp is not None:
             return
         if os.geteuid() != 0:
             raise SandboxUnavailable("the sandbox needs root to drive runc/runsc")
@@ -99,6 +101,17 @@ class Sandbox:
         mount_points = [m for lang in LANGUAGES.values() for m in lang.host_mounts()]
         self._rootfs = spec.ensure_rootfs(self.state_dir / "rootfs", mount_points)
         self._init = await self._build_init()
+        self._seccomp = self._compile_seccomp()
+
+    def _compile_seccomp(self) -> Path:
+        """The shipped profile as BPF, compiled once per content (see seccomp.py)."""
+        program = compile_bpf(spec.seccomp_profile())
+        path = self.state_dir / f"seccomp-{hashlib.sha256(program).hexdigest()[:16]}.bpf"
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_bytes(program)
+            tmp.rename(path)
+        return path
 
     async def _build_init(self) -> Path:
         source = resources.files("crucible.sandbox").joinpath("init.c").read_bytes()
@@ -279,7 +292,7 @@ class Sandbox:
         on_output: OutputCallback | None,
         cancel: asyncio.Event,
     ) -> _Phase:
-        assert self._rootfs is not None and self._init is not None
+        assert self._rootfs is not None and self._init is not None and self._seccomp is not None
         nonce = secrets.token_hex(16)
         env = {
             "PATH": spec.PATH,
@@ -297,6 +310,7 @@ class Sandbox:
             rootfs=self._rootfs,
             workspace=ws,
             init_binary=self._init,
+            seccomp_bpf=self._seccomp,
             cgroups_path=cgroups_path,
             extra_mounts=lang.host_mounts(),
             gvisor=rt.name == "gvisor",

@@ -21,6 +21,7 @@ from crucible.sandbox.models import Limits
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
 INIT_PATH = "/.crucible/init"
+SECCOMP_PATH = "/.crucible/seccomp.bpf"  # read by the init (init.c)
 WORKSPACE = "/workspace"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 GVISOR_PIDS_OVERHEAD = 2048
@@ -96,29 +97,16 @@ def ensure_rootfs(path: Path, mount_points: list[str] = ()) -> Path:  # type: ig
             point.parent.mkdir(parents=True, exist_ok=True)
             point.touch()
     (path / INIT_PATH.lstrip("/")).touch()
+    (path / SECCOMP_PATH.lstrip("/")).touch()
     return path
 
 
 @cache
-def seccomp_profile(gvisor: bool = False) -> dict[str, Any]:
+def seccomp_profile() -> dict[str, Any]:
     """The shipped seccomp profile: Docker's default, resolved for a container
-    with no capabilities (see scripts/gen_seccomp.py).
-
-    For gVisor the ``clone3`` rule is dropped in favour of plain "allow": the
-    rule exists to answer ENOSYS so glibc falls back to ``clone`` (whose flags
-    seccomp can inspect), but runsc's OCI seccomp ignores ``errnoRet`` and answers
-    EPERM, on which glibc gives up and every pthread_create fails. gVisor's own
-    kernel does not implement clone3 and answers ENOSYS itself.
-    """
+    with no capabilities (see scripts/gen_seccomp.py)."""
     text = resources.files("crucible.sandbox").joinpath("seccomp.json").read_text()
     profile: dict[str, Any] = json.loads(text)
-    if gvisor:
-        rules = []
-        for rule in profile["syscalls"]:
-            if rule["names"] == ["clone3"]:
-                rule = {"names": ["clone3"], "action": "SCMP_ACT_ALLOW"}
-            rules.append(rule)
-        profile = {**profile, "syscalls": rules}
     return profile
 
 
@@ -149,6 +137,7 @@ def build_config(
     rootfs: Path,
     workspace: Path,
     init_binary: Path,
+    seccomp_bpf: Path,
     cgroups_path: str,
     extra_mounts: list[str] = (),  # type: ignore[assignment]
     gvisor: bool = False,
@@ -222,6 +211,7 @@ def build_config(
             },
             *_host_binds(rootfs, list(extra_mounts)),
             _bind(INIT_PATH, str(init_binary)),
+            _bind(SECCOMP_PATH, str(seccomp_bpf)),
             _bind(WORKSPACE, str(workspace), readonly=False),
         ],
         "linux": {
@@ -243,6 +233,7 @@ def build_config(
             },
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
-            "seccomp": seccomp_profile(gvisor),
+            # No "seccomp" here: the init installs the precompiled filter (SECCOMP_PATH)
+            # in the program's process; see seccomp.py for why.
         },
     }
