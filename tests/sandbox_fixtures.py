@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -20,10 +21,21 @@ HAVE = {"runc": shutil.which("runc") is not None, "gvisor": shutil.which("runsc"
 
 
 @pytest.fixture(scope="session")
-def sandbox_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def sandbox_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings with a private state directory, so test runs never touch /run/crucible."""
     state = tmp_path_factory.mktemp("state")
-    return Settings(state_dir=state, data_dir=tmp_path_factory.mktemp("data"), max_concurrency=8)
+    # A prefix of its own, so the cgroup check below sees only this session's runs.
+    yield Settings(
+        state_dir=state,
+        data_dir=tmp_path_factory.mktemp("data"),
+        max_concurrency=8,
+        prefix=f"crucible-t{secrets.token_hex(3)}",
+    )
+    # Whatever a failed test left mounted would make the temp dir unremovable.
+    with open("/proc/mounts") as f:
+        mounted = [line.split()[1] for line in f if line.split()[1].startswith(str(state))]
+    for target in sorted(mounted, reverse=True):
+        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
 
 
 @pytest.fixture
@@ -83,6 +95,11 @@ def leftovers(settings: Settings) -> list[str]:
         found += [f"bundle {b.name}" for b in bundles.iterdir()]
     with open("/proc/mounts") as f:
         found += [f"mount {line.split()[1]}" for line in f if str(state) in line.split()[1]]
+    cgroups = Path("/sys/fs/cgroup")
+    parents = [cgroups / settings.prefix] + [d / settings.prefix for d in cgroups.iterdir()]
+    for parent in parents:
+        if parent.is_dir():
+            found += [f"cgroup {c}" for c in parent.iterdir() if c.is_dir()]
     return found
 
 

@@ -230,7 +230,7 @@ async def test_sweep_removes_a_crashed_supervisors_containers(
     script = (
         "import asyncio\nfrom crucible.config import Settings\nfrom crucible.sandbox import Sandbox\n"
         "from crucible.limits import resolve_limits\nfrom crucible.sandbox import RunRequest\n"
-        f"s = Settings(state_dir={str(state)!r})\n"
+        f"s = Settings(state_dir={str(state)!r}, prefix={sandbox.settings.prefix!r})\n"
         "async def main():\n"
         "    sb = Sandbox(s)\n"
         "    req = lambda rt: RunRequest(code='import time; print(1, flush=True); time.sleep(60)',"
