@@ -18,8 +18,14 @@ export async function shot(page: Page, name: string, opts: { docs?: boolean } = 
   }
 }
 
+/** The admin key the server was started with (global-setup.ts). */
+export const API_KEY = process.env.E2E_API_KEY ?? '';
+export const AUTH = { Authorization: `Bearer ${API_KEY}` };
+
 interface Fixtures {
   api: string;
+  /** start the page signed in (default); false: a browser that never signed in */
+  signedIn: boolean;
   /** console errors the test expects (substrings); others fail the test */
   allowConsole: string[];
 }
@@ -32,7 +38,13 @@ export const test = base.extend<Fixtures>({
     await use(process.env.E2E_API_URL ?? process.env.E2E_BASE_URL ?? '');
   },
   allowConsole: [[], { option: true }],
-  page: async ({ page, allowConsole }, use) => {
+  signedIn: [true, { option: true }],
+  page: async ({ page, allowConsole, signedIn }, use) => {
+    if (signedIn) {
+      await page.addInitScript((key) => {
+        if (!localStorage.getItem('crucible.apiKey')) localStorage.setItem('crucible.apiKey', key);
+      }, API_KEY);
+    }
     const problems: string[] = [];
     page.on('console', (m) => {
       if (m.type() === 'error' && !allowConsole.some((a) => m.text().includes(a))) problems.push(`console: ${m.text()}`);
@@ -49,7 +61,7 @@ export { expect };
 export async function submit(api: string, body: Record<string, unknown>): Promise<{ id: string; status: string }> {
   const res = await fetch(`${api}/api/v1/evaluations`, {
     method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
+    headers: { 'Content-Type': 'application/json', ...AUTH },
     body: JSON.stringify(body),
   });
   if (!res.ok) throw new Error(`submit failed: ${res.status} ${await res.text()}`);
@@ -59,7 +71,7 @@ export async function submit(api: string, body: Record<string, unknown>): Promis
 export async function waitDone(api: string, id: string, ms = 60_000) {
   const deadline = Date.now() + ms;
   while (Date.now() < deadline) {
-    const rec = await (await fetch(`${api}/api/v1/evaluations/${id}`)).json();
+    const rec = await (await fetch(`${api}/api/v1/evaluations/${id}`, { headers: AUTH })).json();
     if (!['queued', 'running'].includes(rec.status)) return rec;
     await new Promise((r) => setTimeout(r, 300));
   }

@@ -5,6 +5,7 @@
  * API to it. E2E_BASE_URL set from outside skips all of this.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -66,11 +67,15 @@ export default async function globalSetup() {
   const work = mkdtempSync(join(tmpdir(), 'crucible-e2e-'));
   mkdirSync(join(work, 'state'), { recursive: true });
   const apiPort = await freePort();
+  // The server makes sure this admin key exists; the tests' browser pages start
+  // signed in with it (fixtures.ts), and API calls from the tests send it.
+  const key = process.env.E2E_API_KEY ?? `crk_e2e${randomBytes(24).toString('base64url')}`;
+  process.env.E2E_API_KEY = key;
   const bin = process.env.CRUCIBLE_BIN ?? join(repo, '.venv/bin/crucible');
   const server = start(
     bin,
     ['serve', '--host', '127.0.0.1', '--port', String(apiPort)],
-    { ...process.env, CRUCIBLE_DATA_DIR: work, CRUCIBLE_STATE_DIR: join(work, 'state') },
+    { ...process.env, CRUCIBLE_DATA_DIR: work, CRUCIBLE_STATE_DIR: join(work, 'state'), CRUCIBLE_BOOTSTRAP_ADMIN_KEY: key },
     join(artifacts, 'server.log'),
     work,
   );

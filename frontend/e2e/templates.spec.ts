@@ -1,5 +1,5 @@
 import { TEMPLATES } from '../src/lib/templates';
-import { expect, shot, test } from './fixtures';
+import { AUTH, expect, shot, test } from './fixtures';
 
 test.describe('templates', () => {
   for (const t of TEMPLATES) {
@@ -32,7 +32,7 @@ test.describe('templates', () => {
           await expect(page.getByRole('link', { name: 'result.txt' })).toHaveAttribute('href', /\/files\/result\.txt$/);
           {
             const href = await page.getByRole('link', { name: 'result.txt' }).getAttribute('href');
-            const file = await page.request.get(href!);
+            const file = await page.request.get(href!, { headers: AUTH });
             expect(await file.text()).toBe('kept inside the sandbox\n');
           }
           break;

@@ -1,6 +1,8 @@
-import { useQuery } from '@tanstack/react-query';
+import { useQuery, useQueryClient } from '@tanstack/react-query';
 import { NavLink, Route, Routes, Link } from 'react-router-dom';
-import { getHealth } from './api/client';
+import { getHealth, whoAmI } from './api/client';
+import { signOut, useAuth } from './api/auth';
+import { SignInPage } from './pages/SignInPage';
 import { useTheme, type ThemeMode } from './lib/theme';
 import { RunPage } from './pages/RunPage';
 import { EvaluationPage } from './pages/EvaluationPage';
@@ -40,6 +42,32 @@ function ServerStatus() {
   );
 }
 
+function Account() {
+  const { key } = useAuth();
+  const queryClient = useQueryClient();
+  const { data } = useQuery({ queryKey: ['whoami', key], queryFn: () => whoAmI(), enabled: !!key, retry: false, staleTime: 60_000 });
+  if (!key) return null;
+  return (
+    <span className="account">
+      {data && (
+        <span className="muted small" title={`key ${data.id}`}>
+          {data.name} · {data.role}
+        </span>
+      )}
+      <button
+        type="button"
+        className="btn btn-ghost"
+        onClick={() => {
+          signOut();
+          queryClient.clear();
+        }}
+      >
+        Sign out
+      </button>
+    </span>
+  );
+}
+
 function NotFound() {
   return (
     <div className="page">
@@ -54,6 +82,8 @@ function NotFound() {
 }
 
 export function App() {
+  const { key, rejected } = useAuth();
+  const signedIn = !!key && !rejected;
   return (
     <>
       <a className="skip-link" href="#main">
@@ -77,10 +107,14 @@ export function App() {
         </nav>
         <div className="topbar-end">
           <ServerStatus />
+          <Account />
           <ThemeToggle />
         </div>
       </header>
       <main id="main" tabIndex={-1}>
+        {!signedIn ? (
+          <SignInPage rejected={rejected} />
+        ) : (
         <Routes>
           <Route path="/" element={<RunPage />} />
           <Route path="/run" element={<RunPage />} />
@@ -91,6 +125,7 @@ export function App() {
           <Route path="/dashboard" element={<DashboardPage />} />
           <Route path="*" element={<NotFound />} />
         </Routes>
+        )}
       </main>
     </>
   );

@@ -3,6 +3,7 @@ import { createRoot } from 'react-dom/client';
 import { BrowserRouter } from 'react-router-dom';
 import { QueryClient, QueryClientProvider } from '@tanstack/react-query';
 import { ApiError } from './api/client';
+import { takeKeyFromUrl } from './api/auth';
 import { App } from './App';
 import './styles.css';
 
@@ -16,6 +17,9 @@ const queryClient = new QueryClient({
     },
   },
 });
+
+// A sign-in link (/#key=…) leaves the key in storage and not in the address bar.
+takeKeyFromUrl();
 
 createRoot(document.getElementById('root')!).render(
   <StrictMode>

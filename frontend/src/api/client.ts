@@ -18,6 +18,8 @@ import type {
   WorkerInfo,
 } from './models';
 
+import { authHeaders, notifyUnauthorized } from './auth';
+
 export const API_BASE = '/api/v1';
 
 /** Any failed API call. status 0 means the server could not be reached at all. */
@@ -94,7 +96,7 @@ function messageFrom(status: number, body: unknown): string {
 }
 
 async function request<T>(path: string, init?: RequestInit & { json?: unknown }): Promise<T> {
-  const headers: Record<string, string> = { Accept: 'application/json' };
+  const headers: Record<string, string> = { Accept: 'application/json', ...authHeaders() };
   let body = init?.body;
   if (init?.json !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -117,6 +119,7 @@ async function request<T>(path: string, init?: RequestInit & { json?: unknown })
     }
   }
   if (!res.ok) {
+    if (res.status === 401) notifyUnauthorized();
     throw new ApiError(res.status, messageFrom(res.status, parsed), parsed);
   }
   return parsed as T;
@@ -127,7 +130,8 @@ async function optional<T>(path: string): Promise<T | null> {
   try {
     return await request<T>(path);
   } catch (err) {
-    if (err instanceof ApiError && (err.status === 404 || err.status === 405)) return null;
+    // 403: a researcher's key may not see admin-only pages (workers, dead letters).
+    if (err instanceof ApiError && [403, 404, 405].includes(err.status)) return null;
     throw err;
   }
 }
@@ -149,6 +153,7 @@ export interface EvaluationFilters {
   language?: string;
   verdict?: string;
   termination?: string;
+  flag?: string;
   label?: string; // key:value
   batch_id?: string;
   cursor?: string;
@@ -189,12 +194,48 @@ export function outputUrl(id: string, stream: 'stdout' | 'stderr'): string {
 export async function getFullOutput(id: string, stream: 'stdout' | 'stderr'): Promise<string> {
   let res: Response;
   try {
-    res = await fetch(outputUrl(id, stream));
+    res = await fetch(outputUrl(id, stream), { headers: authHeaders() });
   } catch {
     throw new ApiError(0, 'The Crucible server cannot be reached');
   }
+  if (res.status === 401) notifyUnauthorized();
   if (!res.ok) throw new ApiError(res.status, `Could not load ${stream} (HTTP ${res.status})`);
   return res.text();
+}
+
+/**
+ * Fetches an API resource with the key and hands it to the browser as a blob: a plain
+ * link cannot carry the Authorization header. `download` saves it under that name;
+ * otherwise it opens in a new tab.
+ */
+export async function openWithKey(url: string, download?: string): Promise<void> {
+  const res = await fetch(url, { headers: authHeaders() });
+  if (res.status === 401) notifyUnauthorized();
+  if (!res.ok) throw new ApiError(res.status, `Could not load ${url} (HTTP ${res.status})`);
+  const blobUrl = URL.createObjectURL(await res.blob());
+  if (download) {
+    const a = document.createElement('a');
+    a.href = blobUrl;
+    a.download = download;
+    a.click();
+  } else {
+    window.open(blobUrl, '_blank', 'noopener');
+  }
+  setTimeout(() => URL.revokeObjectURL(blobUrl), 60_000);
+}
+
+export interface WhoAmI {
+  id: string;
+  name: string;
+  role: 'admin' | 'researcher';
+}
+
+/** The signed-in key; with `key`, checks that key instead (sign-in). */
+export async function whoAmI(key?: string): Promise<WhoAmI> {
+  if (key === undefined) return request(`${API_BASE}/keys/me`);
+  const res = await fetch(`${API_BASE}/keys/me`, { headers: { Authorization: `Bearer ${key}`, Accept: 'application/json' } });
+  if (!res.ok) throw new ApiError(res.status, res.status === 401 ? 'That key is not valid (unknown or revoked).' : `Sign-in failed (HTTP ${res.status})`);
+  return res.json();
 }
 
 export function fileUrl(id: string, path: string): string {

@@ -3,7 +3,9 @@
  * delivers events whose names were registered in advance and we want to handle any
  * event name the server sends. Reconnects with Last-Event-ID after a dropped
  * connection and stops after a final event (`result`, `end`, `done`, `complete`).
+ * Being fetch()-based, it also sends the API key as a header (EventSource cannot).
  */
+import { authHeaders, notifyUnauthorized } from './auth';
 
 export interface SSEMessage {
   event: string;
@@ -106,9 +108,14 @@ export function subscribe(url: string, opts: SubscribeOptions): () => void {
     while (!controller.signal.aborted && !finished) {
       let retryMs = 1000;
       try {
-        const headers: Record<string, string> = { Accept: 'text/event-stream' };
+        const headers: Record<string, string> = { Accept: 'text/event-stream', ...authHeaders() };
         if (lastId !== null) headers['Last-Event-ID'] = lastId;
         const res = await fetch(url, { headers, signal: controller.signal, cache: 'no-store' });
+        if (res.status === 401) {
+          notifyUnauthorized(); // the sign-in page takes over; no retry loop
+          finished = true;
+          return;
+        }
         if (res.status === 404 || res.status === 410) {
           // Nothing to stream (gone or never existed): let the caller refetch.
           finished = true;

@@ -111,7 +111,14 @@ export interface EvaluationRecord {
   request: ResolvedRequest;
   error: string | null;
   result: RunResult | null;
+  /** the API key that submitted it */
+  owner_key_id?: string | null;
+  /** static-scan signals of the code (informational; never blocks a run) */
+  flags?: ScanFlag[];
 }
+
+export const SCAN_FLAGS = ['process', 'network', 'ffi', 'file_write', 'dynamic_code'] as const;
+export type ScanFlag = (typeof SCAN_FLAGS)[number];
 
 export interface EvaluationPage {
   items: EvaluationRecord[];

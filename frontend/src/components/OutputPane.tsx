@@ -1,3 +1,4 @@
+import { openWithKey } from '../api/client';
 import { useEffect, useLayoutEffect, useRef, useState } from 'react';
 
 export interface OutputPaneProps {
@@ -65,7 +66,17 @@ export function OutputPane({ id, title, text, live, truncated, fullUrl, onLoadFu
             </button>
           )}
           {fullUrl && (
-            <a className="btn btn-small" href={fullUrl} target="_blank" rel="noreferrer">
+            <a
+              className="btn btn-small"
+              href={fullUrl}
+              target="_blank"
+              rel="noreferrer"
+              onClick={(e) => {
+                // A plain link cannot send the API key: fetch it, then open the blob.
+                e.preventDefault();
+                void openWithKey(fullUrl);
+              }}
+            >
               Open raw
             </a>
           )}

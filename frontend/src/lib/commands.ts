@@ -26,6 +26,8 @@ export function asCurl(req: EvaluationRequest, origin: string): string {
   return [
     `curl -sS -X POST ${shellQuote(`${origin}${API_BASE}/evaluations`)}`,
     `  -H 'Content-Type: application/json'`,
+    // The key stays out of the clipboard: the command reads it from the environment.
+    `  -H "Authorization: Bearer $CRUCIBLE_API_KEY"`,
     `  -d ${shellQuote(body)}`,
   ].join(' \\\n');
 }

@@ -6,6 +6,7 @@ import {
   cancelEvaluation,
   evaluationEventsUrl,
   fileUrl,
+  openWithKey,
   getEvaluation,
   getFullOutput,
   outputUrl,
@@ -13,6 +14,7 @@ import {
 } from '../api/client';
 import type { EvaluationRecord, Limits, RunResult } from '../api/models';
 import { CodeEditor } from '../components/CodeEditor';
+import { Flags } from '../components/Flags';
 import { OutputPane } from '../components/OutputPane';
 import { Badge, CopyButton, ErrorState, Spinner, StatusBadge, UsageBar } from '../components/ui';
 import { asCli, asCurl, resubmittable } from '../lib/commands';
@@ -322,7 +324,15 @@ export function EvaluationPage() {
             <ul className="files">
               {r.files.map((f) => (
                 <li key={f.path}>
-                  <a href={fileUrl(id, f.path)} download={f.path.split('/').pop()}>
+                  <a
+                    href={fileUrl(id, f.path)}
+                    download={f.path.split('/').pop()}
+                    onClick={(e) => {
+                      // A plain link cannot send the API key: fetch it, then save the blob.
+                      e.preventDefault();
+                      void openWithKey(fileUrl(id, f.path), f.path.split('/').pop());
+                    }}
+                  >
                     {f.path}
                   </a>{' '}
                   <span className="muted small">{formatBytes(f.size)}</span>
@@ -342,6 +352,11 @@ export function EvaluationPage() {
           </div>
         </div>
         <dl className="kv kv-wide">
+          <dt>Scan flags</dt>
+          <dd data-testid="scan-flags">
+            <Flags flags={query.data?.flags} />{' '}
+            <span className="muted small">static signals from the code; informational, never blocking</span>
+          </dd>
           <dt>Limits</dt>
           <dd>
             <LimitsTable limits={r?.limits ?? request?.limits} />

@@ -3,11 +3,13 @@ import { Link, useSearchParams } from 'react-router-dom';
 import { keepPreviousData, useQuery } from '@tanstack/react-query';
 import { listEvaluations, type EvaluationFilters } from '../api/client';
 import { LANGUAGES, STATUSES, TERMINATIONS, VERDICTS, type EvaluationRecord } from '../api/models';
+import { SCAN_FLAGS } from '../api/types';
+import { Flags } from '../components/Flags';
 import { Badge, Empty, ErrorState, Spinner, StatusBadge } from '../components/ui';
 import { formatMs, relativeTime, formatTime, shortId } from '../lib/format';
 import { explain } from '../lib/verdict';
 
-const FILTER_KEYS = ['status', 'language', 'verdict', 'termination', 'label', 'batch_id'] as const;
+const FILTER_KEYS = ['status', 'language', 'verdict', 'termination', 'flag', 'label', 'batch_id'] as const;
 const PAGE_SIZE = 50;
 const ACTIVE = new Set(['queued', 'running']);
 
@@ -29,6 +31,9 @@ function Row({ rec }: { rec: EvaluationRecord }) {
       </td>
       <td>{verdict ? <Badge tone={verdict === 'passed' ? 'ok' : 'bad'}>{verdict}</Badge> : <span className="muted">—</span>}</td>
       <td>{rec.request?.language ?? '—'}</td>
+      <td>
+        <Flags flags={rec.flags} />
+      </td>
       <td className="hide-narrow">
         {Object.entries(rec.request?.labels ?? {}).map(([k, v]) => (
           <span key={k} className="chip">
@@ -104,7 +109,7 @@ export function EvaluationsPage() {
   const anyFilter = Object.keys(filters).length > 0;
   const items = query.data?.items ?? [];
 
-  const select = (key: 'status' | 'language' | 'verdict' | 'termination', label: string, options: readonly string[]) => (
+  const select = (key: 'status' | 'language' | 'verdict' | 'termination' | 'flag', label: string, options: readonly string[]) => (
     <div className="field field-compact">
       <label htmlFor={`f-${key}`}>{label}</label>
       <select id={`f-${key}`} value={filters[key] ?? ''} onChange={(e) => setFilter(key, e.target.value)}>
@@ -131,6 +136,7 @@ export function EvaluationsPage() {
         {select('termination', 'Termination', TERMINATIONS)}
         {select('verdict', 'Verdict', VERDICTS)}
         {select('language', 'Language', LANGUAGES)}
+        {select('flag', 'Flag', SCAN_FLAGS)}
         <div className="field field-compact">
           <label htmlFor="f-label">Label</label>
           <input id="f-label" placeholder="key:value" value={label} onChange={(e) => setLabel(e.target.value)} />
@@ -175,6 +181,7 @@ export function EvaluationsPage() {
                   <th scope="col">Result</th>
                   <th scope="col">Verdict</th>
                   <th scope="col">Language</th>
+                  <th scope="col">Flags</th>
                   <th scope="col" className="hide-narrow">
                     Labels
                   </th>
