@@ -12,7 +12,10 @@ these to HTTP status codes in one place (``crucible.api.errors``).
     │   └── PayloadTooLarge       the submitted code or files exceed max_code_bytes
     ├── NotFound                  no such evaluation, batch, file
     ├── Conflict                  illegal state transition, idempotency key reuse
-    └── Overloaded                the queue is full; retry later
+    ├── Overloaded                the queue is full; retry later
+    │   └── QuotaExceeded         this key is over one of its quotas (429)
+    ├── Unauthenticated           no API key, or not a valid one (401)
+    └── Forbidden                 a valid key whose role or ceiling does not allow it (403)
 """
 
 from __future__ import annotations
@@ -66,3 +69,16 @@ class Overloaded(CrucibleError):
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class QuotaExceeded(Overloaded):
+    """The caller's key is over a quota; the message names it. ``retry_after`` may be 0
+    when waiting alone will not help (then no Retry-After header is sent)."""
+
+
+class Unauthenticated(CrucibleError):
+    """No API key was given, or it is unknown or revoked."""
+
+
+class Forbidden(CrucibleError):
+    """The key is valid but its role (or a per-key ceiling) does not allow the request."""

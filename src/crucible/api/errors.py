@@ -3,6 +3,8 @@
 InvalidSubmission  422 (PayloadTooLarge 413)   NotFound   404
 Conflict           409                          Overloaded 503 + Retry-After
 SandboxError       503                          other      500
+Unauthenticated    401 + WWW-Authenticate       Forbidden  403
+QuotaExceeded      429 (+ Retry-After when waiting helps)
 """
 
 from __future__ import annotations
@@ -17,14 +19,20 @@ from crucible.api.schemas import ErrorPublic
 from crucible.errors import (
     Conflict,
     CrucibleError,
+    Forbidden,
     InvalidSubmission,
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    QuotaExceeded,
     SandboxError,
+    Unauthenticated,
 )
 
 STATUS: list[tuple[type[CrucibleError], int]] = [
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (QuotaExceeded, 429),
     (PayloadTooLarge, 413),
     (InvalidSubmission, 422),
     (NotFound, 404),
@@ -47,7 +55,11 @@ def _body(detail: str, field: str | None = None, errors: list[dict[str, Any]] | 
 
 async def _crucible_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CrucibleError)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+    headers: dict[str, str] | None = None
+    if isinstance(exc, Overloaded) and exc.retry_after > 0:
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": 'Bearer realm="crucible"'}
     field = exc.field if isinstance(exc, InvalidSubmission) else None
     return JSONResponse(_body(str(exc), field), status_code=status_of(exc), headers=headers)
 
@@ -73,6 +85,10 @@ def install(app: FastAPI) -> None:
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses=`` for the error codes an endpoint can answer."""
     text = {
+        400: "The body could not be read as the declared content type",
+        401: "No valid API key (send `Authorization: Bearer <key>`)",
+        403: "The key's role or limit ceilings do not allow this",
+        429: "Over one of the key's quotas (see the message and Retry-After)",
         404: "No such evaluation, batch or file",
         409: "Conflicts with the current state (or Idempotency-Key reuse)",
         413: "Code or files larger than the server accepts",
