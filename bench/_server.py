@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+# The benchmarks' admin key: the server is told to create it, and Client (which reads
+# CRUCIBLE_API_KEY) and AUTH carry it.
+API_KEY = os.environ.setdefault("CRUCIBLE_API_KEY", f"crk_bench{secrets.token_urlsafe(24)}")
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
 @contextlib.contextmanager
 def serve(**env: str) -> Iterator[str]:
     """Start a server; yields its URL; stops it and removes its directories."""
@@ -33,7 +40,12 @@ def serve(**env: str) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     crucible = str(Path(sys.executable).with_name("crucible"))
-    environment = {**os.environ, "CRUCIBLE_STATE_DIR": str(root / "state"), **env}
+    environment = {
+        **os.environ,
+        "CRUCIBLE_STATE_DIR": str(root / "state"),
+        "CRUCIBLE_BOOTSTRAP_ADMIN_KEY": API_KEY,
+        **env,
+    }
     log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [crucible, "serve", "--port", str(port), "--data-dir", str(root / "data")],

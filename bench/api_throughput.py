@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from _server import percentile, serve
+from _server import AUTH, percentile, serve
 from crucible.client import Client
 from crucible.config import Settings
 from crucible.limits import resolve_limits
@@ -93,7 +93,9 @@ async def via_requests(url: str, n: int, concurrency: int) -> dict[str, float]:
     ids: list[str] = []
     client_latency: list[float] = []
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=f"{url}/api/v1", timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(
+        base_url=f"{url}/api/v1", timeout=120, limits=limits, headers=AUTH
+    ) as http:
 
         async def one() -> None:
             async with gate:

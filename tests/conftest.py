@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import auth_keys  # noqa: F401 - auth on for every server and client (see there)
 from crucible.config import Settings
 
 PG_ADMIN = os.environ.get("CRUCIBLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -66,7 +67,12 @@ def _truncate(url: str) -> None:
 
     store = Store(Settings(database_url=url).sqlalchemy_url)
     with store.engine.begin() as conn:
-        conn.execute(text("TRUNCATE labels, evaluations, batches RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text(
+                "TRUNCATE labels, evaluations, batches, api_keys, audit_log"
+                " RESTART IDENTITY CASCADE"
+            )
+        )
     store.dispose()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -20,8 +21,21 @@ err = Console(stderr=True)
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="CRUCIBLE_API_KEY",
+            help="the API key for the client commands (or CRUCIBLE_API_KEY)",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     """Crucible: run untrusted, model-written code safely, observably and at scale."""
+    if api_key:
+        # The client reads it from the environment (crucible.client.Client).
+        os.environ["CRUCIBLE_API_KEY"] = api_key
 
 
 _EXTENSIONS = {
@@ -124,9 +138,11 @@ def run(
 
 
 # The evaluation service's commands: serve, submit, status, logs, cancel, list, batch.
+from crucible.cli_admin import register as register_admin  # noqa: E402
 from crucible.cli_service import register  # noqa: E402
 
 register(app)
+register_admin(app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

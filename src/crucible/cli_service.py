@@ -71,18 +71,26 @@ def serve(
     host: Annotated[str | None, typer.Option(help="default 127.0.0.1")] = None,
     port: Annotated[int | None, typer.Option(help="default 8000")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="default ./data")] = None,
+    log_format: Annotated[str | None, typer.Option(help="text (default) or json")] = None,
 ) -> None:
     """Serve the API and run evaluations (embedded dispatcher, SQLite under --data-dir)."""
-    import logging
-
     import uvicorn
 
     from crucible.api.app import create_app
     from crucible.config import Settings
 
-    overrides: dict[str, Any] = {"host": host, "port": port, "data_dir": data_dir}
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "log_format": log_format,
+    }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from crucible import logs
+    from crucible.cli_admin import first_key_banner
+
+    logs.configure(settings.log_format)
+    first_key_banner(settings)
     # The plain asyncio loop: the sandbox watches pidfds and reaps its runtimes' children
     # itself, which must not compete with another loop's SIGCHLD handling.
     uvicorn.run(
@@ -91,6 +99,7 @@ def serve(
         port=settings.port,
         loop="asyncio",
         log_level="info",
+        log_config=None,  # logs.configure set up the handlers
         timeout_graceful_shutdown=5,
     )
 

@@ -1,7 +1,7 @@
 """A synchronous Python client for the Crucible API (used by the CLI, usable by anyone).
 
     from crucible.client import Client
-    with Client("http://127.0.0.1:8000") as c:
+    with Client("http://127.0.0.1:8000", api_key="crk_…") as c:  # or CRUCIBLE_API_KEY
         ev = c.submit("print(6 * 7)", expected_output="42", wait=30)
         print(ev.status, ev.result.verdict if ev.result else None)
 
@@ -12,6 +12,7 @@ and the offending field.
 from __future__ import annotations
 
 import builtins
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,9 +59,15 @@ class Client:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
+        api_key = api_key or os.environ.get("CRUCIBLE_API_KEY")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(
-            base_url=server.rstrip("/") + "/api/v1", timeout=timeout, transport=transport
+            base_url=server.rstrip("/") + "/api/v1",
+            timeout=timeout,
+            transport=transport,
+            headers=headers,
         )
 
     def __enter__(self) -> Client:

@@ -88,6 +88,19 @@ class Settings(BaseSettings):
     inline_output_bytes: int = 64 << 10  # preview kept in the record; the rest is a blob
     max_batch_items: int = 10_000
 
+    # Access control. The server makes sure this exact key exists as an admin key
+    # (automation, tests); without it, the first start with no keys prints a new one.
+    bootstrap_admin_key: str | None = Field(default=None, repr=False)
+    # Browser origins allowed to call the API cross-origin; empty: CORS off.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Largest request body accepted (413 above it); a batch of many programs is large.
+    max_body_bytes: int = 64 << 20
+    log_format: Literal["text", "json"] = "text"
+    # Per-key quotas (an admin can override each per key). 0 means unlimited.
+    quota_max_running: int = 0
+    quota_max_queued: int = 0
+    quota_per_hour: int = 0
+
     @model_validator(mode="after")
     def _check_ceilings(self) -> Settings:
         for name in LimitBounds.model_fields:

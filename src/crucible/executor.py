@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from crucible import logs, metrics
 from crucible.api.schemas import EvaluationRequest
 from crucible.config import Settings
 from crucible.errors import InvalidSubmission, SandboxError
@@ -82,6 +83,7 @@ class Executor:
         Platform failures end up in the record, never raised; asyncio cancellation
         (server shutdown) leaves it ``running`` for the start-up recovery.
         """
+        logs.evaluation_id.set(evaluation_id)  # on this task's log lines
         if claim is None:
             claim = await asyncio.to_thread(self.store.claim, evaluation_id)
             if claim is None:
@@ -145,6 +147,7 @@ class Executor:
                 cancel=cancel,
                 files_dir=scratch,
             )
+            metrics.observe_run(request.language, result.termination.value, result.wall_ms / 1000)
             files = await asyncio.to_thread(self._store_files, scratch, result)
         finally:
             watcher.cancel()

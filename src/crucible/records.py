@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from crucible.api.schemas import BatchPublic, EvaluationPublic, EvaluationRequest, ResultPublic
 from crucible.lifecycle import TERMINAL, Status, Verdict
+from crucible.scan import decode
 from crucible.store import BatchCounts
 from crucible.store.tables import Batch, Evaluation
 
@@ -25,6 +26,8 @@ def evaluation_public(row: Evaluation, labels: dict[str, str]) -> EvaluationPubl
         error=row.error,
         request=request,
         result=ResultPublic.model_validate(row.result) if row.result else None,
+        owner_key_id=row.owner_key_id,
+        flags=decode(row.flags),
     )
 
 

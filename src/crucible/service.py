@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
+from crucible.access import Access, apply_ceilings, scoped_idempotency
 from crucible.api.schemas import (
     BatchCreate,
     BatchCreated,
@@ -35,7 +36,9 @@ from crucible.executor import Executor, stream_of
 from crucible.lifecycle import TERMINAL, Status
 from crucible.records import batch_public, evaluation_public
 from crucible.sandbox import Sandbox
+from crucible.scan import scan_request
 from crucible.store import BlobStore, EvaluationFilter, NewEvaluation, Store
+from crucible.store.keys import KeyRecord
 from crucible.store.tables import Evaluation
 from crucible.submissions import merge, new_id, prepare
 
@@ -61,6 +64,7 @@ class Service:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.sqlalchemy_url)
+        self.access = Access(self.store, settings)  # keys, audit, quotas, scoping
         self.blobs = BlobStore(settings.data_dir / "blobs")
         self.bus: EventBus = bus or InProcessBus()
         self.sandbox = Sandbox(settings)
@@ -82,6 +86,7 @@ class Service:
     async def start(self) -> None:
         """Migrate, sweep the sandbox's leftovers, recover interrupted runs, dispatch."""
         await asyncio.to_thread(self.store.migrate)
+        await self.access.bootstrap()
         sweep = getattr(self.sandbox, "sweep", None)
         if sweep is not None:
             swept = sweep()
@@ -115,10 +120,20 @@ class Service:
             )
 
     async def submit(
-        self, body: EvaluationCreate, idempotency_key: str | None = None
+        self,
+        body: EvaluationCreate,
+        idempotency_key: str | None = None,
+        who: KeyRecord | None = None,
     ) -> tuple[EvaluationPublic, bool]:
-        """Queue one evaluation; returns (record, created). See Store.create_evaluation."""
-        new = prepare(body, self.settings, idempotency_key=idempotency_key)
+        """Queue one evaluation; returns (record, created). See Store.create_evaluation.
+
+        Raises Forbidden (a limit above the key's ceiling), QuotaExceeded, Overloaded.
+        """
+        new = prepare(body, self.settings, idempotency_key=scoped_idempotency(idempotency_key, who))
+        apply_ceilings(new, body.limits.model_dump() if body.limits else {}, who)
+        new.owner_key_id = who.id if who else None
+        new.flags = scan_request(new.request)
+        await self.access.check_quotas(who, 1)
         await self._admit(1)
         row, created = await asyncio.to_thread(self.store.create_evaluation, new)
         if created:
@@ -126,8 +141,8 @@ class Service:
             self.dispatcher.notify()
         return await self._public(row), created
 
-    async def get(self, evaluation_id: str) -> EvaluationPublic:
-        return await self._public(await asyncio.to_thread(self.store.get, evaluation_id))
+    async def get(self, evaluation_id: str, who: KeyRecord | None = None) -> EvaluationPublic:
+        return await self._public(await self.access.evaluation(evaluation_id, who))
 
     async def wait(self, evaluation_id: str, timeout_s: float) -> EvaluationPublic:
         """The record once final, or as it is after ``timeout_s``."""
@@ -150,8 +165,9 @@ class Service:
             next_cursor=str(nxt) if nxt is not None else None,
         )
 
-    async def cancel(self, evaluation_id: str) -> CancelPublic:
+    async def cancel(self, evaluation_id: str, who: KeyRecord | None = None) -> CancelPublic:
         """queued → cancelled; running → killed (within a second); final → Conflict."""
+        await self.access.evaluation(evaluation_id, who)
         status = await asyncio.to_thread(self.store.cancel, evaluation_id)
         if status is Status.cancelled:
             row = await asyncio.to_thread(self.store.get, evaluation_id)
@@ -186,9 +202,9 @@ class Service:
                 yield Event(after + 1, "result", public.model_dump(mode="json"))
                 return
 
-    async def output(self, evaluation_id: str, stream: str) -> bytes:
+    async def output(self, evaluation_id: str, stream: str, who: KeyRecord | None = None) -> bytes:
         """The whole stdout or stderr (the record may hold only a preview)."""
-        row = await asyncio.to_thread(self.store.get, evaluation_id)
+        row = await self.access.evaluation(evaluation_id, who)
         if row.result is None:
             raise NotFound(f"evaluation {evaluation_id} has no output yet")
         digest = row.blobs.get(stream)
@@ -197,9 +213,9 @@ class Service:
         text: str = row.result[stream]
         return text.encode("utf-8", "surrogateescape")
 
-    async def file(self, evaluation_id: str, path: str) -> Path:
+    async def file(self, evaluation_id: str, path: str, who: KeyRecord | None = None) -> Path:
         """A file the program produced; NotFound when absent or too large to keep."""
-        row = await asyncio.to_thread(self.store.get, evaluation_id)
+        row = await self.access.evaluation(evaluation_id, who)
         normal = PurePosixPath(path).as_posix()
         digest = (row.blobs.get("files") or {}).get(normal)
         if digest is None:
@@ -208,7 +224,7 @@ class Service:
 
     # -- batches ----------------------------------------------------------------
 
-    async def submit_batch(self, body: BatchCreate) -> BatchCreated:
+    async def submit_batch(self, body: BatchCreate, who: KeyRecord | None = None) -> BatchCreated:
         if len(body.items) > self.settings.max_batch_items:
             raise InvalidSubmission(
                 f"a batch holds at most {self.settings.max_batch_items} items", field="items"
@@ -218,6 +234,8 @@ class Service:
             try:
                 merged = merge(item, body.defaults)
                 new = prepare(merged, self.settings)
+                requested = merged.limits.model_dump() if merged.limits else {}
+                apply_ceilings(new, requested, who)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
@@ -226,19 +244,25 @@ class Service:
             except InvalidSubmission as exc:
                 exc.field = f"items.{i}.{exc.field}" if exc.field else f"items.{i}"
                 raise
+            new.owner_key_id = who.id if who else None
+            new.flags = scan_request(new.request)
             news.append(new)
+        await self.access.check_quotas(who, len(news))
         await self._admit(len(news))
         batch_id = new_id("bt")
-        await asyncio.to_thread(self.store.create_batch, batch_id, news, body.labels or {})
+        await asyncio.to_thread(
+            self.store.create_batch, batch_id, news, body.labels or {}, who.id if who else None
+        )
         self.dispatcher.notify()
         return BatchCreated(id=batch_id, count=len(news))
 
-    async def batch(self, batch_id: str) -> BatchPublic:
-        row = await asyncio.to_thread(self.store.get_batch, batch_id)
+    async def batch(self, batch_id: str, who: KeyRecord | None = None) -> BatchPublic:
+        row = await self.access.batch(batch_id, who)
         counts = await asyncio.to_thread(self.store.batch_counts, batch_id)
         return batch_public(row, counts)
 
-    async def cancel_batch(self, batch_id: str) -> BatchPublic:
+    async def cancel_batch(self, batch_id: str, who: KeyRecord | None = None) -> BatchPublic:
+        await self.access.batch(batch_id, who)
         running = await asyncio.to_thread(self.store.cancel_batch, batch_id)
         for evaluation_id in running:
             self.executor.cancel(evaluation_id)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from service_helpers import ApiFactory, ServerProcess
 
+from auth_keys import AUTH
 from crucible.api.app import create_app
 from crucible.config import Settings
 from crucible.service import Service
@@ -30,7 +31,7 @@ def make_api(settings: Settings) -> ApiFactory:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(
-                transport=transport, base_url="http://test/api/v1", timeout=60
+                transport=transport, base_url="http://test/api/v1", timeout=60, headers=AUTH
             ) as client:
                 yield client, app.state.service
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import httpx
 from service_helpers import ApiFactory
 
+from auth_keys import AUTH
+
 
 async def test_ui_routes_and_assets(make_api: ApiFactory, tmp_path: Path) -> None:
     dist = tmp_path / "dist"
@@ -29,7 +31,8 @@ async def test_ui_routes_and_assets(make_api: ApiFactory, tmp_path: Path) -> Non
             assert "outside dist" not in (await client.get("/assets/%2E%2E/%2E%2E/secret.txt")).text
             # Unknown API paths stay JSON 404s, and the API still answers.
             assert (await client.get("/api/v1/nope")).status_code == 404
-            assert (await client.get("/api/v1/queue")).status_code == 200
+            assert (await client.get("/api/v1/queue")).status_code == 401
+            assert (await client.get("/api/v1/queue", headers=AUTH)).status_code == 200
             assert (await client.get("/healthz")).status_code == 200
 
 

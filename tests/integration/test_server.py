@@ -15,6 +15,7 @@ from httpx_sse import connect_sse
 from service_helpers import CRUCIBLE, ServerProcess
 from tests_support import unmount_leftovers
 
+from auth_keys import AUTH
 from crucible.client import Client
 
 PRINTS = "import time\nfor i in range(6):\n    print('line', i, flush=True)\n    time.sleep(0.1)\n"
@@ -22,6 +23,7 @@ PRINTS = "import time\nfor i in range(6):\n    print('line', i, flush=True)\n   
 
 def read_events(url: str, last_event_id: int | None = None, stop_after: int | None = None):
     headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    headers.update(AUTH)
     events = []
     with httpx.Client(timeout=60) as http, connect_sse(http, "GET", url, headers=headers) as src:
         assert src.response.headers["content-type"].startswith("text/event-stream")
@@ -49,7 +51,7 @@ def test_sse_streams_output_and_resumes_without_gaps(server: ServerProcess) -> N
     # A late reader replays the same log; resuming at the end yields nothing new.
     assert [e[0] for e in read_events(url)] == ids
     assert read_events(url, last_event_id=ids[-1]) == []
-    bad = httpx.get(f"{server.url}/api/v1/evaluations/ev_nope/events")
+    bad = httpx.get(f"{server.url}/api/v1/evaluations/ev_nope/events", headers=AUTH)
     assert bad.status_code == 404
 
 

@@ -27,4 +27,6 @@ export type EvaluationPage = S['EvaluationList'];
 export type BatchRequest = S['BatchCreate'];
 export type BatchCreated = S['BatchCreated'];
 export type CancelResult = S['CancelPublic'];
-export type ValidationIssue = S['ValidationError'];
+// Every 422 is documented in Crucible's ErrorPublic shape now; client.ts still reads
+// FastAPI's item shape too, kept in ./types.
+export type { ValidationIssue } from './types';

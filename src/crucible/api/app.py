@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 import crucible
 from crucible.api import errors, frontend
-from crucible.api.routes import batches, evaluations, system
+from crucible.api.deps import authenticate
+from crucible.api.middleware import Guard
+from crucible.api.routes import audit, batches, evaluations, keys, system
 from crucible.config import Settings, get_settings
 from crucible.service import Service
 
@@ -40,12 +43,38 @@ def create_app(settings: Settings | None = None, *, dispatch: bool = True) -> Fa
         lifespan=lifespan,
     )
     errors.install(app)
-    api = APIRouter(prefix=API_PREFIX)
+    # Every /api/v1 route needs a key; /healthz, /readyz, /metrics and the UI do not.
+    # Documented once for all: any route can answer these (401 from authenticate, 413
+    # from the body limit, 400/422 from parsing, always in the ErrorPublic shape).
+    api = APIRouter(
+        prefix=API_PREFIX,
+        dependencies=[Depends(authenticate)],
+        responses=errors.responses(400, 401, 413, 422),
+    )
     api.include_router(evaluations.router)
     api.include_router(batches.router)
     api.include_router(system.router)
+    api.include_router(keys.router)
+    api.include_router(audit.router)
     app.include_router(api)
     app.include_router(system.probes)
     # Last: the UI's catch-all must not shadow any API route.
     frontend.install(app, settings.frontend_dir or frontend.default_frontend_dir())
+    if settings.cors_origins:  # off unless configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Last-Event-ID",
+                "X-Request-ID",
+            ],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(
+        Guard, max_body_bytes=settings.max_body_bytes, docs_path=f"{API_PREFIX}/docs"
+    )
     return app

@@ -1,12 +1,31 @@
-"""Request dependencies, as ``Annotated`` aliases."""
+"""Request dependencies, as ``Annotated`` aliases; authentication lives here.
+
+Every /api/v1 route depends on :func:`authenticate` (set on the router in app.py):
+``Authorization: Bearer crk_…`` → the caller's :class:`KeyRecord`, kept on
+``request.state.principal`` for the audit middleware. ``AdminDep`` adds the role check.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from crucible.errors import Forbidden, Unauthenticated
 from crucible.service import Service
+from crucible.store.keys import KeyRecord
+from crucible.store.repo import now
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key (`crk_…`) from `crucible keys create` or POST /api/v1/keys",
+)
+# last_used_at is written at most this often per key (not one write per request).
+TOUCH_EVERY = timedelta(seconds=60)
 
 
 def get_service(request: Request) -> Service:
@@ -15,6 +34,36 @@ def get_service(request: Request) -> Service:
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+async def authenticate(
+    request: Request,
+    service: ServiceDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> KeyRecord:
+    """The caller's key; raises Unauthenticated (401) when missing, unknown or revoked."""
+    if credentials is None:
+        raise Unauthenticated("an API key is required: send Authorization: Bearer <key>")
+    key = await asyncio.to_thread(service.access.keys.authenticate, credentials.credentials)
+    if key is None:
+        raise Unauthenticated("the API key is not valid (unknown or revoked)")
+    request.state.principal = key
+    if key.last_used_at is None or now() - key.last_used_at > TOUCH_EVERY:
+        await asyncio.to_thread(service.access.keys.touch, key.id)
+    return key
+
+
+PrincipalDep = Annotated[KeyRecord, Depends(authenticate)]
+
+
+async def require_admin(key: PrincipalDep) -> KeyRecord:
+    """The caller's key if it is an admin's; raises Forbidden (403) otherwise."""
+    if not key.admin:
+        raise Forbidden("this needs an admin key")
+    return key
+
+
+AdminDep = Annotated[KeyRecord, Depends(require_admin)]
 IdempotencyKey = Annotated[
     str | None,
     Header(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -102,6 +102,12 @@ class EvaluationPublic(BaseModel):
     error: str | None = Field(description="the platform failure, for status error")
     request: EvaluationRequest
     result: ResultPublic | None
+    owner_key_id: str | None = Field(None, description="the API key that submitted it")
+    flags: list[str] = Field(
+        default_factory=list,
+        description="static-scan signals of the code (process, network, ffi, file_write,"
+        " dynamic_code); informational, never blocking",
+    )
 
 
 class EvaluationList(BaseModel):
@@ -155,3 +161,77 @@ class ErrorPublic(BaseModel):
     detail: str
     field: str | None = None
     errors: list[dict[str, Any]] | None = None
+
+
+# -- access control and audit ---------------------------------------------------
+
+Role = Literal["admin", "researcher"]
+LimitName = Literal["timeout_s", "cpu_s", "memory_mb", "pids", "cpus", "output_bytes", "disk_mb"]
+
+
+class KeyQuotas(BaseModel):
+    """Per-key overrides; null means the server's default (0 there: unlimited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_running: int | None = Field(
+        None, ge=0, le=1_000_000, description="evaluations running at once"
+    )
+    max_queued: int | None = Field(
+        None, ge=0, le=1_000_000_000, description="evaluations waiting at once"
+    )
+    per_hour: int | None = Field(
+        None, ge=0, le=1_000_000_000, description="evaluations submitted per hour"
+    )
+    limit_ceilings: dict[LimitName, Annotated[float, Field(gt=0, le=1e12)]] | None = Field(
+        None, description="highest value this key may request per limit, e.g. memory_mb"
+    )
+
+
+class KeyCreate(KeyQuotas):
+    name: str = Field(min_length=1, max_length=100)
+    role: Role = "researcher"
+
+
+class KeyPublic(BaseModel):
+    id: str
+    name: str
+    role: Role
+    prefix: str = Field(description="the key's first characters, to recognise it")
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    max_running: int | None
+    max_queued: int | None
+    per_hour: int | None
+    limit_ceilings: dict[str, float] | None
+
+
+class KeyCreated(KeyPublic):
+    key: str = Field(description="the secret; shown this once and never again")
+
+
+class AuditPublic(BaseModel):
+    seq: int
+    at: datetime
+    actor_key_id: str | None
+    actor_name: str | None
+    action: str
+    target: str | None
+    source: str | None
+    request_id: str | None
+    outcome: int = Field(description="the HTTP status of the request")
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditList(BaseModel):
+    items: list[AuditPublic]
+    next_cursor: str | None
+
+
+class WhoAmI(BaseModel):
+    id: str
+    name: str
+    role: Role

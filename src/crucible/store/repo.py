@@ -17,17 +17,17 @@ import collections
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, exists, func, insert, select, text, update
+from sqlalchemy import Engine, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crucible.errors import Conflict, NotFound
 from crucible.lifecycle import TERMINAL, Priority, Status, check_transition
 from crucible.store.db import WRITE_OPTION, make_engine, migrate
-from crucible.store.tables import Batch, Evaluation, Label
+from crucible.store.tables import ApiKey, Batch, Evaluation, Label
 
 
 def now() -> datetime:
@@ -53,6 +53,8 @@ class NewEvaluation:
     request_hash: str
     labels: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
+    owner_key_id: str | None = None
+    flags: str = ""  # ",name,name," (crucible.scan)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class EvaluationFilter:
     termination: str | None = None
     label: tuple[str, str] | None = None
     batch_id: str | None = None
+    owner_key_id: str | None = None  # only this key's (a researcher's view)
+    flag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.engine: Engine = make_engine(url)
+        # Per-key max_running when a key has no override (0: unlimited); see claim_next.
+        self.default_max_running = 0
         self.dialect = self.engine.dialect.name
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(
@@ -107,6 +113,28 @@ class Store:
             q = select(func.count()).where(Evaluation.status == Status.queued)
             return int(s.scalar(q) or 0)
 
+    def owner_queued(self, owner_key_id: str) -> int:
+        """How many of this key's evaluations are queued (the max_queued quota)."""
+        with self._read() as s:
+            q = select(func.count()).where(
+                Evaluation.owner_key_id == owner_key_id, Evaluation.status == Status.queued
+            )
+            return int(s.scalar(q) or 0)
+
+    def owner_last_hour(self, owner_key_id: str) -> tuple[int, float | None]:
+        """(evaluations this key submitted in the last hour, age in seconds of the
+        oldest of them) for the per_hour quota."""
+        since = now() - timedelta(hours=1)
+        with self._read() as s:
+            q = select(func.count(), func.min(Evaluation.created_at)).where(
+                Evaluation.owner_key_id == owner_key_id, Evaluation.created_at > since
+            )
+            count, oldest = s.execute(q).one()
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)
+        age = (now() - oldest).total_seconds() if oldest is not None else None
+        return int(count or 0), age
+
     def create_evaluation(self, new: NewEvaluation) -> tuple[Evaluation, bool]:
         """Insert ``new``; returns (record, created).
 
@@ -132,7 +160,11 @@ class Store:
         return self.get(new.id), True
 
     def create_batch(
-        self, batch_id: str, items: Sequence[NewEvaluation], labels: dict[str, str]
+        self,
+        batch_id: str,
+        items: Sequence[NewEvaluation],
+        labels: dict[str, str],
+        owner_key_id: str | None = None,
     ) -> Batch:
         """Insert a batch and all its evaluations in one transaction."""
         with self._tx() as s:
@@ -142,6 +174,7 @@ class Store:
                 count=len(items),
                 labels=labels,
                 cancel_requested=False,
+                owner_key_id=owner_key_id,
             )
             s.add(batch)
             s.flush()
@@ -160,6 +193,8 @@ class Store:
                 "request": n.request,
                 "idempotency_key": n.idempotency_key,
                 "request_hash": n.request_hash,
+                "owner_key_id": n.owner_key_id,
+                "flags": n.flags,
                 "created_at": created,
                 "attempts": 0,
                 "cancel_requested": False,
@@ -213,6 +248,10 @@ class Store:
             q = q.where(Evaluation.termination == where.termination)
         if where.batch_id is not None:
             q = q.where(Evaluation.batch_id == where.batch_id)
+        if where.owner_key_id is not None:
+            q = q.where(Evaluation.owner_key_id == where.owner_key_id)
+        if where.flag is not None:
+            q = q.where(Evaluation.flags.contains(f",{where.flag},", autoescape=True))
         if where.label is not None:
             key, value = where.label
             q = q.where(
@@ -230,6 +269,14 @@ class Store:
         with self._read() as s:
             q = select(Evaluation.cancel_requested).where(Evaluation.id == evaluation_id)
             return bool(s.scalar(q))
+
+    def evaluation_counts(self) -> dict[tuple[str, str | None, str], int]:
+        """Evaluations by (status, termination, language), for the metrics."""
+        with self._read() as s:
+            q = select(
+                Evaluation.status, Evaluation.termination, Evaluation.language, func.count()
+            ).group_by(Evaluation.status, Evaluation.termination, Evaluation.language)
+            return {(st, te, la): int(n) for st, te, la, n in s.execute(q)}
 
     def queue_stats(self) -> tuple[dict[str, int], int]:
         """(queued count by priority name, running count)."""
@@ -253,15 +300,28 @@ class Store:
         return self._claim(Evaluation.id == evaluation_id)
 
     def claim_next(self) -> Claim | None:
-        """Claim the next queued evaluation: highest priority, then oldest."""
+        """Claim the next queued evaluation, sharing capacity fairly between keys:
+        from the owner with the fewest running evaluations, then highest priority,
+        then oldest. An owner at its max_running quota (per key, else
+        ``default_max_running``; 0 is unlimited) is skipped."""
+        running = (
+            select(Evaluation.owner_key_id.label("owner"), func.count().label("n"))
+            .where(Evaluation.status == Status.running)
+            .group_by(Evaluation.owner_key_id)
+            .subquery()
+        )
+        n_running = func.coalesce(running.c.n, 0)
+        cap = func.coalesce(ApiKey.max_running, self.default_max_running)
         nxt = (
             select(Evaluation.seq)
-            .where(Evaluation.status == Status.queued)
-            .order_by(Evaluation.priority, Evaluation.seq)
+            .outerjoin(running, running.c.owner == Evaluation.owner_key_id)
+            .outerjoin(ApiKey, ApiKey.id == Evaluation.owner_key_id)
+            .where(Evaluation.status == Status.queued, or_(cap <= 0, n_running < cap))
+            .order_by(n_running, Evaluation.priority, Evaluation.seq)
             .limit(1)
             # PostgreSQL: concurrent claimers skip each other's row instead of
             # queueing behind it. SQLite serialises writers (BEGIN IMMEDIATE).
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=True, of=Evaluation)
             .scalar_subquery()
         )
         return self._claim(Evaluation.seq == nxt)
@@ -269,17 +329,22 @@ class Store:
     def _claim(self, which: Any) -> Claim | None:
         # Not through _move: the evaluation is picked by the UPDATE itself.
         check_transition(Status.queued, Status.running)
-        stmt = (
-            update(Evaluation)
-            .where(which, Evaluation.status == Status.queued)
-            .values(
-                status=Status.running.value,
-                attempts=Evaluation.attempts + 1,
-                started_at=now(),
-            )
-            .returning(Evaluation.id, Evaluation.attempts)
-        )
         with self._tx() as s:
+            # The clock is read once the transaction holds the write lock (SQLite:
+            # BEGIN IMMEDIATE, emitted by connection()): read before, a claim that
+            # waited behind the submission's own insert would start before it was
+            # created (a negative queue wait).
+            s.connection()
+            stmt = (
+                update(Evaluation)
+                .where(which, Evaluation.status == Status.queued)
+                .values(
+                    status=Status.running.value,
+                    attempts=Evaluation.attempts + 1,
+                    started_at=now(),
+                )
+                .returning(Evaluation.id, Evaluation.attempts)
+            )
             row = s.execute(stmt).one_or_none()
         return Claim(row[0], row[1]) if row else None
 

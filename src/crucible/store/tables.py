@@ -58,6 +58,8 @@ class Batch(Base):
     count: Mapped[int] = mapped_column(Integer)
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The API key that submitted it (None: before keys existed).
+    owner_key_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class Evaluation(Base):
@@ -90,6 +92,11 @@ class Evaluation(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # Blob digests: {"stdout": ..., "stderr": ..., "files": {path: digest}}.
     blobs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The API key that submitted it (None: before keys existed); fair share and scoping.
+    owner_key_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    # Static-scan flags of the submitted code, as ",name,name," (LIKE-filterable on
+    # both backends); informational only.
+    flags: Mapped[str] = mapped_column(String(300), default="")
 
 
 class Label(Base):
@@ -103,3 +110,50 @@ class Label(Base):
     )
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
+
+
+class ApiKey(Base):
+    """An API key. Only the SHA-256 of the key is stored; the key itself is shown once.
+
+    Quota columns left None use the settings' defaults.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16))  # admin | researcher
+    # "crk_" + the first characters of the secret: recognisable, not enough to guess.
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    max_queued: Mapped[int | None] = mapped_column(Integer)
+    per_hour: Mapped[int | None] = mapped_column(Integer)
+    # Per-limit ceilings (e.g. {"memory_mb": 512}), below the platform's.
+    limit_ceilings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class AuditEntry(Base):
+    """One state-changing request or admin action, hash-chained to the one before.
+
+    ``hash = sha256(prev_hash + canonical JSON of the entry)``; see crucible.store.audit.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_actor", "actor_key_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor_key_id: Mapped[str | None] = mapped_column(String(32))
+    actor_name: Mapped[str | None] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(200), index=True)
+    source: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    outcome: Mapped[int] = mapped_column(Integer)  # the HTTP status (or 0 for the CLI)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

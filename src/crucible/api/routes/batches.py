@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
 
-from crucible.api.deps import LastEventId, ServiceDep
+from crucible.api.deps import LastEventId, PrincipalDep, ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import BatchCreate, BatchCreated, BatchPublic
 from crucible.api.sse import SSE_RESPONSE, parse_last_event_id, sse_response
@@ -20,23 +20,27 @@ BatchId = Annotated[str, Path(max_length=64)]
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={202: {"description": "Queued"}, **responses(413, 422, 503)},
+    responses={202: {"description": "Queued"}, **responses(403, 413, 422, 429, 503)},
 )
-async def submit_batch(body: BatchCreate, service: ServiceDep) -> BatchCreated:
+async def submit_batch(
+    body: BatchCreate, service: ServiceDep, who: PrincipalDep, request: Request
+) -> BatchCreated:
     """Queue up to max_batch_items evaluations; `defaults` fill what items leave unset."""
-    return await service.submit_batch(body)
+    created = await service.submit_batch(body, who)
+    request.state.audit_target = created.id
+    return created
 
 
 @router.get("/{batch_id}", responses=responses(404))
-async def get_batch(batch_id: BatchId, service: ServiceDep) -> BatchPublic:
+async def get_batch(batch_id: BatchId, service: ServiceDep, who: PrincipalDep) -> BatchPublic:
     """Counts by status, termination and verdict; progress and pass rate."""
-    return await service.batch(batch_id)
+    return await service.batch(batch_id, who)
 
 
 @router.post("/{batch_id}/cancel", responses=responses(404))
-async def cancel_batch(batch_id: BatchId, service: ServiceDep) -> BatchPublic:
+async def cancel_batch(batch_id: BatchId, service: ServiceDep, who: PrincipalDep) -> BatchPublic:
     """Cancel the batch's queued evaluations and kill its running ones."""
-    return await service.cancel_batch(batch_id)
+    return await service.cancel_batch(batch_id, who)
 
 
 @router.get(
@@ -45,12 +49,12 @@ async def cancel_batch(batch_id: BatchId, service: ServiceDep) -> BatchPublic:
     responses={**SSE_RESPONSE, **responses(404, 422)},
 )
 async def batch_events(
-    batch_id: BatchId, service: ServiceDep, last_event_id: LastEventId = None
+    batch_id: BatchId, service: ServiceDep, who: PrincipalDep, last_event_id: LastEventId = None
 ) -> Response:
     """`progress` events (the batch record) as evaluations finish; the id is the
     number finished, so `Last-Event-ID` resumes from there. Ends when all are done."""
     after = parse_last_event_id(last_event_id) if last_event_id else -1
-    await service.batch(batch_id)  # 404 before the stream starts
+    await service.batch(batch_id, who)  # 404 before the stream starts
 
     async def events() -> AsyncIterator[tuple[int, str, Any]]:
         async for public in service.batch_progress(batch_id, after):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
-from crucible.api.deps import IdempotencyKey, LastEventId, ServiceDep
+from crucible.api.deps import IdempotencyKey, LastEventId, PrincipalDep, ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import CancelPublic, EvaluationCreate, EvaluationList, EvaluationPublic
 from crucible.api.sse import SSE_RESPONSE, parse_last_event_id, sse_response
@@ -20,6 +20,7 @@ from crucible.store import EvaluationFilter
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
 
+ScanFlag = Literal["process", "network", "ffi", "file_write", "dynamic_code"]
 EvaluationId = Annotated[str, Path(max_length=64, description="the evaluation's id")]
 
 
@@ -32,20 +33,26 @@ EvaluationId = Annotated[str, Path(max_length=64, description="the evaluation's 
             "description": "Finished within ?wait, or the original of a repeated Idempotency-Key",
         },
         202: {"description": "Queued"},
-        **responses(409, 413, 422, 503),
+        **responses(403, 409, 413, 422, 429, 503),
     },
 )
 async def submit_evaluation(
     body: EvaluationCreate,
     service: ServiceDep,
+    who: PrincipalDep,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKey = None,
     wait: Annotated[
         float | None, Query(ge=0, le=60, description="wait up to this many seconds for the end")
     ] = None,
 ) -> EvaluationPublic:
-    """Queue a program. Answers at once (202), or after it ends when `wait` is given (200)."""
-    record, created = await service.submit(body, idempotency_key)
+    """Queue a program. Answers at once (202), or after it ends when `wait` is given (200).
+
+    403: a limit above the key's ceiling; 429: over a quota of the key.
+    """
+    record, created = await service.submit(body, idempotency_key, who)
+    request.state.audit_target = record.id
     if not created:
         response.status_code = status.HTTP_200_OK
     if wait:
@@ -76,16 +83,22 @@ def _cursor(value: str | None) -> int | None:
 @router.get("", responses=responses(422))
 async def list_evaluations(
     service: ServiceDep,
+    who: PrincipalDep,
     status: Status | None = None,
     language: str | None = None,
     verdict: Verdict | None = None,
     termination: Termination | None = None,
     label: Annotated[str | None, Query(description="key:value")] = None,
     batch_id: str | None = None,
+    flag: Annotated[ScanFlag | None, Query(description="only those the scan flagged so")] = None,
+    owner_key_id: Annotated[str | None, Query(description="admins: one key's")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> EvaluationList:
-    """Evaluations, newest first, filtered; pages follow `next_cursor`."""
+    """Evaluations, newest first, filtered; pages follow `next_cursor`.
+
+    A researcher sees only their own evaluations; an admin sees everyone's.
+    """
     where = EvaluationFilter(
         status=status,
         language=language,
@@ -93,20 +106,26 @@ async def list_evaluations(
         termination=termination.value if termination else None,
         label=_label(label),
         batch_id=batch_id,
+        owner_key_id=owner_key_id if who.admin else who.id,
+        flag=flag,
     )
     return await service.list(where, Page(cursor=_cursor(cursor), limit=limit))
 
 
 @router.get("/{evaluation_id}", responses=responses(404))
-async def get_evaluation(evaluation_id: EvaluationId, service: ServiceDep) -> EvaluationPublic:
+async def get_evaluation(
+    evaluation_id: EvaluationId, service: ServiceDep, who: PrincipalDep
+) -> EvaluationPublic:
     """The evaluation: status, timings, the request and, once finished, the result."""
-    return await service.get(evaluation_id)
+    return await service.get(evaluation_id, who)
 
 
 @router.post("/{evaluation_id}/cancel", responses=responses(404, 409))
-async def cancel_evaluation(evaluation_id: EvaluationId, service: ServiceDep) -> CancelPublic:
+async def cancel_evaluation(
+    evaluation_id: EvaluationId, service: ServiceDep, who: PrincipalDep
+) -> CancelPublic:
     """Queued: it never runs. Running: killed within a second. Finished: 409."""
-    return await service.cancel(evaluation_id)
+    return await service.cancel(evaluation_id, who)
 
 
 @router.get(
@@ -117,6 +136,7 @@ async def cancel_evaluation(evaluation_id: EvaluationId, service: ServiceDep) ->
 async def evaluation_events(
     evaluation_id: EvaluationId,
     service: ServiceDep,
+    who: PrincipalDep,
     last_event_id: LastEventId = None,
 ) -> Response:
     """Server-Sent Events: `status`, `stdout`, `stderr`, then `result` (the final record).
@@ -124,7 +144,7 @@ async def evaluation_events(
     Reconnect with `Last-Event-ID` to resume without gaps or repeats.
     """
     after = parse_last_event_id(last_event_id)
-    await service.get(evaluation_id)  # 404 before the stream starts
+    await service.get(evaluation_id, who)  # 404 before the stream starts
 
     async def events() -> AsyncIterator[tuple[int, str, Any]]:
         async for event in service.events(evaluation_id, after):
@@ -142,10 +162,13 @@ async def evaluation_events(
     },
 )
 async def evaluation_output(
-    evaluation_id: EvaluationId, stream: Literal["stdout", "stderr"], service: ServiceDep
+    evaluation_id: EvaluationId,
+    stream: Literal["stdout", "stderr"],
+    service: ServiceDep,
+    who: PrincipalDep,
 ) -> Response:
     """The complete stdout or stderr, even when the record holds only a preview."""
-    data = await service.output(evaluation_id, stream)
+    data = await service.output(evaluation_id, stream, who)
     return Response(data, media_type="text/plain; charset=utf-8")
 
 
@@ -157,8 +180,10 @@ async def evaluation_output(
         **responses(404),
     },
 )
-async def evaluation_file(evaluation_id: EvaluationId, path: str, service: ServiceDep) -> Response:
+async def evaluation_file(
+    evaluation_id: EvaluationId, path: str, service: ServiceDep, who: PrincipalDep
+) -> Response:
     """A file the program left in /workspace (files over max_file_bytes are not kept)."""
-    blob = await service.file(evaluation_id, path)
+    blob = await service.file(evaluation_id, path, who)
     name = path.rsplit("/", 1)[-1]
     return FileResponse(blob, media_type="application/octet-stream", filename=name)

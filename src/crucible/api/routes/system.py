@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+from typing import Any
 
+from fastapi import APIRouter, Response
+
+from crucible import metrics
 from crucible.api.deps import ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import QueuePublic
@@ -29,3 +33,25 @@ async def readyz(service: ServiceDep) -> dict[str, str]:
     """The database answers and the default runtime can run sandboxes."""
     await service.ready()
     return {"status": "ready"}
+
+
+@probes.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Prometheus text"}},
+)
+async def get_metrics(service: ServiceDep) -> Response:
+    """Prometheus metrics: HTTP latency by route, sandbox run durations, evaluations by
+    status/termination/language, queue depth by priority, running and capacity."""
+
+    def snapshot() -> dict[str, Any]:
+        depth, running = service.store.queue_stats()
+        return {
+            "evaluations": service.store.evaluation_counts(),
+            "depth": depth,
+            "running": running,
+            "capacity": service.settings.max_concurrency,
+        }
+
+    body = await asyncio.to_thread(metrics.render, snapshot)
+    return Response(body, media_type=metrics.CONTENT_TYPE)

@@ -1,0 +1,118 @@
+"""Keys, the fair-share claim and the audit chain, on SQLite and on PostgreSQL; the
+static scan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from test_store import new
+
+from crucible.config import Settings
+from crucible.lifecycle import Priority
+from crucible.scan import decode, encode, scan_python, scan_request, scan_text
+from crucible.store import Store
+from crucible.store.audit import AuditEvent, AuditLog
+from crucible.store.keys import KeyStore, hash_key
+
+
+@pytest.fixture
+def store(database_url: str | None, tmp_path: Path) -> Iterator[Store]:
+    s = Store(Settings(data_dir=tmp_path, database_url=database_url).sqlalchemy_url)
+    s.migrate()
+    yield s
+    s.dispose()
+
+
+def test_keys_store_only_a_hash(store: Store) -> None:
+    keys = KeyStore(store)
+    record, secret = keys.create("alice", "researcher")
+    assert secret.startswith("crk_") and len(secret) >= 40
+    assert record.prefix == secret[:10] and record.role == "researcher"
+    with store.engine.connect() as conn:
+        stored = conn.execute(text("SELECT key_hash FROM api_keys")).scalar_one()
+    assert stored == hash_key(secret) and secret not in stored
+    assert keys.authenticate(secret) == record
+    assert keys.authenticate(secret + "x") is None
+    assert keys.authenticate("not-a-key") is None
+    keys.revoke(record.id)
+    assert keys.authenticate(secret) is None
+    # ensure() brings a configured bootstrap key back, as an admin.
+    again = keys.ensure(secret)
+    assert again.id == record.id and again.admin and keys.authenticate(secret) is not None
+    assert keys.count_active() == 1
+
+
+def test_fair_share_claim(store: Store) -> None:
+    """A's five were queued first; B's normal one is claimed fourth, not seventh."""
+    for n in range(5):
+        store.create_evaluation(new(n, owner_key_id="key_a"))
+    store.create_evaluation(new(10, owner_key_id="key_b"))
+    store.create_evaluation(new(11, Priority.high, owner_key_id="key_b"))
+    order = []
+    while (claim := store.claim_next()) is not None:
+        order.append(claim.id)
+    # All at 0 running: priority (B's high). Then A (0 running) before B (1); then
+    # both at 1: priority, then age (A's older); then B (1 running) before A (2).
+    assert order[:4] == ["ev_11", "ev_0", "ev_1", "ev_10"], order
+    assert sorted(order) == sorted(f"ev_{n}" for n in (0, 1, 2, 3, 4, 10, 11))
+
+
+def test_claim_respects_default_max_running(store: Store) -> None:
+    store.default_max_running = 1
+    for n in range(3):
+        store.create_evaluation(new(n, owner_key_id="key_a"))
+    assert store.claim_next() is not None
+    assert store.claim_next() is None
+
+
+def test_audit_chain_detects_edits_and_deletions(store: Store) -> None:
+    log = AuditLog(store)
+    for n in range(4):
+        log.append(
+            AuditEvent(
+                action="submit_evaluation",
+                outcome=202,
+                actor_key_id="key_a",
+                actor_name="alice",
+                target=f"ev_{n}",
+                source="127.0.0.1",
+                request_id=f"r{n}",
+                detail={"n": n, "text": "é"},
+            )
+        )
+    good = log.verify()
+    assert good.ok and good.checked == 4
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_log SET outcome = 200 WHERE seq = 2"))
+    assert log.verify().broken_seq == 2
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_log SET outcome = 202 WHERE seq = 2"))
+    assert log.verify().ok  # put back exactly: intact again
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_log WHERE seq = 2"))
+    broken = log.verify()
+    assert broken.broken_seq == 3 and broken.checked == 1
+
+
+def test_scan() -> None:
+    assert scan_python("import subprocess\nsubprocess.run(['ls'])") == {"process"}
+    assert scan_python("from os import system\nsystem('id')") == {"process"}
+    assert scan_python("import urllib.request") == {"network"}
+    assert scan_python("import ctypes") == {"ffi"}
+    assert scan_python("exec('1')\n__import__('os')") == {"dynamic_code"}
+    assert scan_python("open('/etc/passwd', 'w')") == {"file_write"}
+    assert scan_python("open('/etc/passwd')") == set()  # reading is not writing
+    assert scan_python("open('/workspace/out.txt', 'w')") == set()
+    assert scan_python("from pathlib import Path\nPath('/root/x').write_text('')") == {"file_write"}
+    assert scan_python("print('import socket')  # eval(") == set()  # strings, comments
+    assert scan_python("def broken(:") == set()
+    assert scan_text("require('child_process').exec('id')") == {"process"}
+    assert scan_text("bash -c 'echo > /dev/tcp/1.2.3.4/80'") >= {"network"}
+    assert scan_text("echo hi > /workspace/x") == set()
+    assert scan_text("echo hi > /etc/x") == {"file_write"}
+    assert decode(encode({"network", "ffi"})) == ["ffi", "network"] and encode(set()) == ""
+    request = {"language": "python", "code": "print(1)", "test_code": "import socket"}
+    assert scan_request(request) == ",network,"
