@@ -72,17 +72,29 @@ def serve(
     port: Annotated[int | None, typer.Option(help="default 8000")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="default ./data")] = None,
     log_format: Annotated[str | None, typer.Option(help="text (default) or json")] = None,
+    dispatcher: Annotated[
+        str | None,
+        typer.Option(
+            help="embedded (run evaluations here; default) or celery (API only: "
+            "`crucible worker` processes run them)"
+        ),
+    ] = None,
 ) -> None:
-    """Serve the API and run evaluations (embedded dispatcher, SQLite under --data-dir)."""
+    """Serve the API. Embedded: also run evaluations (SQLite under --data-dir unless
+    CRUCIBLE_DATABASE_URL). Celery: publish them to CRUCIBLE_BROKER_URL for workers."""
+
     import uvicorn
 
     from crucible.api.app import create_app
     from crucible.config import Settings
 
+    if dispatcher not in (None, "embedded", "celery"):
+        raise _fail(ValueError("--dispatcher must be embedded or celery"))
     overrides: dict[str, Any] = {
         "host": host,
         "port": port,
         "data_dir": data_dir,
+        "dispatcher": dispatcher,
         "log_format": log_format,
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -102,6 +114,37 @@ def serve(
         log_config=None,  # logs.configure set up the handlers
         timeout_graceful_shutdown=5,
     )
+
+
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="sandboxes run at once (default CRUCIBLE_MAX_CONCURRENCY)")
+    ] = None,
+    queues: Annotated[
+        str, typer.Option(help="queues to consume, highest priority first")
+    ] = "high,normal,low",
+    data_dir: Annotated[Path | None, typer.Option(help="default ./data")] = None,
+) -> None:
+    """Run a Celery worker that executes evaluations in sandboxes on this host.
+
+    Reads CRUCIBLE_DATABASE_URL, CRUCIBLE_BROKER_URL and CRUCIBLE_REDIS_URL; stop it
+    with SIGTERM (warm: running evaluations finish first).
+    """
+    import logging
+
+    from crucible.config import Settings
+    from crucible.dispatch.celery_app import QUEUES
+    from crucible.dispatch.worker import run_worker
+
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    if not names or any(q not in QUEUES for q in names):
+        raise _fail(ValueError(f"--queues must name some of {', '.join(QUEUES)}"))
+    overrides: dict[str, Any] = {"data_dir": data_dir, "dispatcher": "celery"}
+    if concurrency is not None:
+        overrides["max_concurrency"] = concurrency
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run_worker(settings, concurrency=settings.max_concurrency, queues=names)
 
 
 def submit(
@@ -292,6 +335,7 @@ def client_iter(server: str, batch_id: str) -> list[EvaluationPublic]:
 def register(app: typer.Typer) -> None:
     """Add the service's commands to the ``crucible`` CLI."""
     app.command()(serve)
+    app.command()(worker)
     app.command()(submit)
     app.command()(status)
     app.command()(logs)

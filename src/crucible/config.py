@@ -80,11 +80,28 @@ class Settings(BaseSettings):
     output_chunk_bytes: int = 4096  # live output granularity
 
     database_url: str | None = None  # default: sqlite under data_dir
+    # Distributed mode (dispatcher "celery"): the Celery broker (Redis or RabbitMQ by
+    # URL) and the Redis of the event bus and cancel channel (default: the broker when
+    # that is Redis).
     broker_url: str = "redis://127.0.0.1:6379/0"
     redis_url: str | None = None
     dispatcher: Literal["embedded", "celery"] = "embedded"
     max_queue: int = 100_000
     max_attempts: int = 3
+    # Retries of platform faults wait base * 2^(attempt-1), capped, times a jitter in [0.5, 1].
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 60.0
+    # Every process that runs evaluations writes a heartbeat row this often; one silent
+    # for worker_dead_after_s is dead and its running evaluations are re-queued.
+    heartbeat_s: float = 2.0
+    worker_dead_after_s: float = 20.0
+    # A queued evaluation published this long ago and still queued is published again
+    # (a lost broker message; duplicates are harmless, the claim is fenced).
+    republish_after_s: float = 900.0
+    # Event streams in Redis are kept this long after their final event.
+    event_retention_s: float = 600.0
+    # How long the executor keeps retrying a database call that lost its connection.
+    db_retry_s: float = 120.0
     inline_output_bytes: int = 64 << 10  # preview kept in the record; the rest is a blob
     max_batch_items: int = 10_000
 
@@ -109,7 +126,36 @@ class Settings(BaseSettings):
             default, ceiling = getattr(self.limits, name)
             if default > ceiling:
                 raise ValueError(f"limits.{name}: default {default} above ceiling {ceiling}")
+        if self.worker_dead_after_s < 3 * self.heartbeat_s:
+            raise ValueError("worker_dead_after_s must be at least 3 heartbeats")
+        production_celery = self.environment == "production" and self.dispatcher == "celery"
+        if production_celery and not (self.database_url or "").startswith("postgresql"):
+            raise ValueError("the celery dispatcher needs a PostgreSQL database_url")
         return self
+
+    @property
+    def longest_run_s(self) -> float:
+        """The longest an evaluation may legitimately run: compile + run ceilings + verbs."""
+        return (
+            self.limits.timeout_s[1]
+            + self.compile_limits["timeout_s"]
+            + 4 * self.runtime_timeout_s  # create, start, kill, delete
+        )
+
+    @property
+    def visibility_timeout_s(self) -> float:
+        """Redis transport: an unacknowledged task is redelivered after this long, so it
+        must outlast the longest run (else a healthy long run is delivered twice)."""
+        return self.longest_run_s + 300.0
+
+    @property
+    def event_redis_url(self) -> str:
+        """The Redis of the event bus; raises ValueError when none can be derived."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            return self.broker_url
+        raise ValueError("CRUCIBLE_REDIS_URL is needed when the broker is not Redis")
 
     @property
     def sqlalchemy_url(self) -> str:

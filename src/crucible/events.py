@@ -6,19 +6,27 @@ next id of its stream (1, 2, 3, …), so a subscriber that saw event ``n`` resum
 type is in :data:`FINAL_TYPES`; subscribers stop after it.
 
 The bus only carries notifications: the database stays the source of truth, and an
-evicted or lost stream is answered from the stored record (see ``api/routes``).
-:class:`EventBus` is transport-neutral (JSON-able payloads, string names) so a Redis
-implementation (streams + pub/sub) can stand behind the same interface.
+evicted or lost stream is answered from the stored record (see ``service.events``).
+:class:`EventBus` is transport-neutral (JSON-able payloads, string names):
+:class:`InProcessBus` serves one process, :class:`RedisBus` every API instance and
+worker of a cluster (a Redis Stream per evaluation; a pub/sub channel for cancels).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 FINAL_TYPES = frozenset({"result"})
 
@@ -138,3 +146,126 @@ class InProcessBus:
             # Waiting created the log; don't leave an empty one behind.
             if not log.events and self._logs.get(stream) is log:
                 del self._logs[stream]
+
+
+# Numbering and appending in one step, so concurrent publishers of one stream (a
+# worker, and an API instance publishing "queued" or a cancel's result) never race:
+# the counter gives ids 1, 2, 3, … and the entry is stored under "<n>-0".
+_APPEND = """
+local n = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], n .. '-0', 't', ARGV[1], 'd', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return n
+"""
+
+
+class RedisBus:
+    """An :class:`EventBus` shared by every process of a cluster, over Redis Streams.
+
+    Stream ``s`` is the Redis stream ``<prefix>:events:<s>`` plus its counter; entry
+    ``n-0`` is event ``n``. Readers use XRANGE for history and XREAD BLOCK for live
+    events, from any process, so resuming after id ``n`` on another API instance sees
+    the same log. A stream expires ``retention_s`` after its final event (and
+    ``live_ttl_s`` after its last event while running, should its run be lost).
+
+    Publishing is best effort: when Redis is unreachable the event is dropped (with a
+    warning) rather than failing the run, since readers fall back to the database.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "crucible",
+        retention_s: float = 600.0,
+        live_ttl_s: float = 86_400.0,
+    ) -> None:
+        # Any: redis-py's reply types are unions over decode_responses; with
+        # decode_responses=True every reply below is str-keyed, checked in _event.
+        self.redis: Any = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=30
+        )
+        self.prefix = prefix
+        self.retention_s = retention_s
+        self.live_ttl_s = live_ttl_s
+        self._append = self.redis.register_script(_APPEND)
+
+    def _key(self, stream: str) -> str:
+        return f"{self.prefix}:events:{stream}"
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def publish(self, stream: str, type: str, data: dict[str, Any]) -> Event:
+        key = self._key(stream)
+        ttl = self.retention_s if type in FINAL_TYPES else self.live_ttl_s
+        payload = json.dumps(data, separators=(",", ":"))
+        try:
+            n = await self._append(keys=[key, f"{key}:n"], args=[type, payload, int(ttl)])
+        except RedisError as exc:
+            log.warning("event bus: dropped a %s event of %s: %r", type, stream, exc)
+            return Event(0, type, data)
+        return Event(int(n), type, data)
+
+    @staticmethod
+    def _event(entry_id: str, fields: dict[str, str]) -> Event:
+        data = json.loads(fields["d"])
+        return Event(int(entry_id.split("-", 1)[0]), str(fields["t"]), data)
+
+    async def history(self, stream: str, after: int = 0) -> list[Event] | None:
+        key = self._key(stream)
+        entries = await self.redis.xrange(key, min=f"{after + 1}-0")
+        if not entries and not await self.redis.exists(key):
+            return None
+        return [self._event(i, f) for i, f in entries]
+
+    async def subscribe(
+        self, stream: str, after: int = 0, *, idle_s: float | None = None
+    ) -> AsyncIterator[Event | None]:
+        key = self._key(stream)
+        position = after
+        last = await self.redis.xrevrange(key, count=1)
+        if last and self._event(*last[0]).final and self._event(*last[0]).id <= position:
+            return  # resumed at or past the end
+        block_ms = int((idle_s or 30.0) * 1000)
+        while True:
+            try:
+                reply = await self.redis.xread({key: f"{position}-0"}, count=500, block=block_ms)
+            except RedisError as exc:
+                # Redis restarting: let the caller look at the database, then retry.
+                log.warning("event bus: reading %s failed: %r", stream, exc)
+                await asyncio.sleep(min(idle_s or 1.0, 1.0))
+                reply = []
+            if not reply:
+                if idle_s is not None:
+                    yield None
+                continue
+            for entry_id, fields in reply[0][1]:
+                event = self._event(entry_id, fields)
+                position = event.id
+                yield event
+                if event.final:
+                    return
+
+    # -- the cancel channel -------------------------------------------------------------
+
+    async def broadcast(self, channel: str, message: str) -> int:
+        """Send ``message`` to every current listener of ``channel``; returns how many."""
+        return int(await self.redis.publish(f"{self.prefix}:{channel}", message))
+
+    async def listen(self, channel: str) -> AsyncIterator[str]:
+        """Messages on ``channel`` for as long as the connection holds (raises RedisError
+        when it breaks; the caller resubscribes)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(f"{self.prefix}:{channel}")
+            while True:
+                message = await pubsub.get_message(timeout=30.0)
+                if message is not None and message["type"] == "message":
+                    yield str(message["data"])
+        finally:
+            await pubsub.aclose()

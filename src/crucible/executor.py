@@ -1,12 +1,16 @@
 """Executes one evaluation: claim → sandbox → store result (and blobs) → publish events.
 
 This is the only path that runs an evaluation, whichever dispatcher delivered it (the
-embedded one in ``crucible.dispatch.embedded``; a Celery task later). It is safe to
-call twice for one evaluation, from two processes: the fenced claim lets one through.
+embedded one in ``crucible.dispatch.embedded``, or a Celery task in
+``crucible.dispatch.celery_app``). It is safe to call twice for one evaluation, from
+two processes: the fenced claim lets one through, and a redelivered task finds the
+evaluation no longer queued and does nothing.
 
 Two channels for failure: whatever the program did is a Result (status ``completed``,
-or ``cancelled``); a platform fault (:class:`~crucible.errors.SandboxError`) re-queues
-the evaluation until ``max_attempts`` claims were spent, then ends it in ``error``.
+or ``cancelled``) and is never retried; a platform fault
+(:class:`~crucible.errors.SandboxError`) re-queues the evaluation with exponential
+back-off until ``max_attempts`` claims were spent, then ends it in ``error`` with a
+dead letter. A database that drops its connection is waited for (``db_retry_s``).
 """
 
 from __future__ import annotations
@@ -15,22 +19,37 @@ import asyncio
 import codecs
 import contextlib
 import logging
+import random
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from crucible import logs, metrics
 from crucible.api.schemas import EvaluationRequest
 from crucible.config import Settings
 from crucible.errors import InvalidSubmission, SandboxError
 from crucible.events import EventBus
-from crucible.lifecycle import Status
+from crucible.lifecycle import Status, retry_delay_s
 from crucible.records import evaluation_public
 from crucible.sandbox import Result, Sandbox, Termination
 from crucible.store import BlobStore, Claim, Store
 from crucible.submissions import run_request, verdict
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """A database error worth waiting out (the server restarting, a dropped link)."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
 
 
 def stream_of(evaluation_id: str) -> str:
@@ -41,8 +60,10 @@ def stream_of(evaluation_id: str) -> str:
 class Executor:
     """Runs evaluations; ``cancel`` stops one running in this process at once.
 
-    Cancellation from elsewhere (another API process) reaches a run through the
+    Cancellation from elsewhere reaches a run through :meth:`cancel` (the distributed
+    worker calls it on a cancel broadcast) or, as the fallback, the
     ``cancel_requested`` flag in the database, polled every ``cancel_poll_s``.
+    ``worker_id`` is recorded on every claim (the process's identity for recovery).
     """
 
     def __init__(
@@ -54,6 +75,7 @@ class Executor:
         sandbox: Sandbox,
         settings: Settings,
         cancel_poll_s: float = 0.25,
+        worker_id: str | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -61,6 +83,7 @@ class Executor:
         self.sandbox = sandbox
         self.settings = settings
         self.cancel_poll_s = cancel_poll_s
+        self.worker_id = worker_id
         self._cancels: dict[str, asyncio.Event] = {}
         self._scratch = settings.data_dir / "tmp"
 
@@ -76,6 +99,22 @@ class Executor:
     def running(self) -> int:
         return len(self._cancels)
 
+    async def _db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn`` in a thread, retried with back-off while the database is unreachable."""
+        deadline = time.monotonic() + self.settings.db_retry_s
+        delay = 0.2
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args, **kwargs)
+            except DBAPIError as exc:
+                if not connection_lost(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning(
+                    "database unavailable (%s); retrying in %.1fs", type(exc).__name__, delay
+                )
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 5.0)
+
     async def execute(self, evaluation_id: str, *, claim: Claim | None = None) -> None:
         """Run ``evaluation_id`` once, claiming it first unless ``claim`` is given.
 
@@ -85,14 +124,14 @@ class Executor:
         """
         logs.evaluation_id.set(evaluation_id)  # on this task's log lines
         if claim is None:
-            claim = await asyncio.to_thread(self.store.claim, evaluation_id)
+            claim = await self._db(self.store.claim, evaluation_id, worker_id=self.worker_id)
             if claim is None:
                 return
         stream = stream_of(evaluation_id)
         cancel = self._cancels[evaluation_id] = asyncio.Event()
         scratch = self._scratch / f"{evaluation_id}-{claim.attempt}"
         try:
-            row = await asyncio.to_thread(self.store.get, evaluation_id)
+            row = await self._db(self.store.get, evaluation_id)
             request = EvaluationRequest.model_validate(row.request)
             await self.bus.publish(
                 stream, "status", {"status": "running", "attempt": claim.attempt}
@@ -132,9 +171,10 @@ class Executor:
 
         async def watch_cancel() -> None:
             while not cancel.is_set():
-                if await asyncio.to_thread(self.store.cancel_requested, evaluation_id):
-                    cancel.set()
-                    return
+                with contextlib.suppress(DBAPIError):  # the next poll will tell
+                    if await asyncio.to_thread(self.store.cancel_requested, evaluation_id):
+                        cancel.set()
+                        return
                 await asyncio.sleep(self.cancel_poll_s)
 
         publisher = asyncio.create_task(publish_output())
@@ -200,11 +240,15 @@ class Executor:
     async def _platform_failure(self, claim: Claim, exc: SandboxError) -> None:
         message = f"{type(exc).__name__}: {exc}"
         log.warning("evaluation %s attempt %d: %s", claim.id, claim.attempt, message)
-        cancelled = await asyncio.to_thread(self.store.cancel_requested, claim.id)
+        cancelled = await self._db(self.store.cancel_requested, claim.id)
         if cancelled:
             await self._end(claim, Status.cancelled, error=message)
         elif claim.attempt < self.settings.max_attempts:
-            if await asyncio.to_thread(self.store.requeue, claim, message):
+            s = self.settings
+            delay = retry_delay_s(
+                claim.attempt, base_s=s.retry_backoff_s, max_s=s.retry_backoff_max_s
+            )
+            if await self._db(self.store.requeue, claim, message, delay_s=delay):
                 await self.bus.publish(
                     stream_of(claim.id), "status", {"status": "queued", "error": message}
                 )
@@ -213,12 +257,12 @@ class Executor:
 
     async def _end(self, claim: Claim, status: Status, **fields: Any) -> None:
         """Store the final state (fenced) and publish the final record."""
-        stored = await asyncio.to_thread(self.store.finish, claim, status, **fields)
+        stored = await self._db(self.store.finish, claim, status, **fields)
         if not stored:
             log.warning("evaluation %s attempt %d: claim was stale", claim.id, claim.attempt)
             return
-        row = await asyncio.to_thread(self.store.get, claim.id)
-        labels = await asyncio.to_thread(self.store.labels_of, [row.seq])
+        row = await self._db(self.store.get, claim.id)
+        labels = await self._db(self.store.labels_of, [row.seq])
         public = evaluation_public(row, labels.get(row.seq, {}))
         stream = stream_of(claim.id)
         await self.bus.publish(stream, "status", {"status": status.value})

@@ -12,6 +12,7 @@ SQL form, :func:`sources_of`), so an illegal change raises Conflict in one place
 
 from __future__ import annotations
 
+import random
 from enum import StrEnum
 
 from crucible.errors import Conflict
@@ -63,3 +64,9 @@ def check_transition(current: Status, target: Status) -> None:
     """Raise Conflict unless ``current`` → ``target`` is allowed."""
     if target not in ALLOWED[current]:
         raise Conflict(f"evaluation is {current.value}; it cannot become {target.value}")
+
+
+def retry_delay_s(attempt: int, *, base_s: float, max_s: float) -> float:
+    """Back-off before retry number ``attempt`` (1, 2, …) after a platform fault:
+    exponential, capped, with jitter in [0.5, 1] so retries of one incident spread out."""
+    return random.uniform(0.5, 1.0) * min(max_s, base_s * 2.0 ** max(0, attempt - 1))

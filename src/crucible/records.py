@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from crucible.api.schemas import BatchPublic, EvaluationPublic, EvaluationRequest, ResultPublic
+from crucible.api.schemas import (
+    AttemptPublic,
+    BatchPublic,
+    DeadLetterPublic,
+    EvaluationPublic,
+    EvaluationRequest,
+    ResultPublic,
+    WorkerPublic,
+)
 from crucible.lifecycle import TERMINAL, Status, Verdict
 from crucible.scan import decode
 from crucible.store import BatchCounts
-from crucible.store.tables import Batch, Evaluation
+from crucible.store.tables import Batch, DeadLetter, Evaluation, Worker
 
 
 def evaluation_public(row: Evaluation, labels: dict[str, str]) -> EvaluationPublic:
@@ -24,6 +32,7 @@ def evaluation_public(row: Evaluation, labels: dict[str, str]) -> EvaluationPubl
         queue_wait_ms=wait,
         attempts=row.attempts,
         error=row.error,
+        worker_id=row.worker_id,
         request=request,
         result=ResultPublic.model_validate(row.result) if row.result else None,
         owner_key_id=row.owner_key_id,
@@ -47,4 +56,32 @@ def batch_public(batch: Batch, counts: BatchCounts) -> BatchPublic:
         progress=done / batch.count if batch.count else 1.0,
         pass_rate=passed / judged if judged else None,
         finished=done >= batch.count,
+    )
+
+
+def worker_public(row: Worker) -> WorkerPublic:
+    return WorkerPublic(
+        id=row.id,
+        kind=row.kind,
+        host=row.host,
+        pid=row.pid,
+        queues=[q for q in row.queues.split(",") if q],
+        capacity=row.capacity,
+        running=row.running,
+        load=row.running / row.capacity if row.capacity else 0.0,
+        state=row.state,
+        started_at=row.started_at,
+        last_heartbeat=row.last_heartbeat,
+    )
+
+
+def dead_letter_public(row: DeadLetter) -> DeadLetterPublic:
+    return DeadLetterPublic(
+        id=row.id,
+        evaluation_id=row.evaluation_id,
+        created_at=row.created_at,
+        reason=row.reason,
+        attempts=[AttemptPublic.model_validate(a) for a in row.attempts],
+        retried_as=row.retried_as,
+        retried_at=row.retried_at,
     )

@@ -7,7 +7,6 @@ here raises ``crucible.errors`` exceptions, which ``api/errors.py`` maps to HTTP
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import shutil
@@ -23,21 +22,31 @@ from crucible.api.schemas import (
     BatchCreated,
     BatchPublic,
     CancelPublic,
+    DeadLetterList,
     EvaluationCreate,
     EvaluationList,
     EvaluationPublic,
     QueuePublic,
+    WorkerList,
 )
 from crucible.config import Settings
+from crucible.dispatch import identity
+from crucible.dispatch.distributed import CeleryDispatcher
 from crucible.dispatch.embedded import EmbeddedDispatcher
-from crucible.errors import InvalidSubmission, NotFound, Overloaded, SandboxUnavailable
-from crucible.events import Event, EventBus, InProcessBus
+from crucible.dispatch.maintenance import Maintenance
+from crucible.errors import (
+    InvalidSubmission,
+    NotFound,
+    Overloaded,
+    SandboxUnavailable,
+)
+from crucible.events import Event, EventBus, InProcessBus, RedisBus
 from crucible.executor import Executor, stream_of
 from crucible.lifecycle import TERMINAL, Status
-from crucible.records import batch_public, evaluation_public
+from crucible.records import batch_public, dead_letter_public, evaluation_public, worker_public
 from crucible.sandbox import Sandbox
 from crucible.scan import scan_request
-from crucible.store import BlobStore, EvaluationFilter, NewEvaluation, Store
+from crucible.store import BlobStore, Cluster, EvaluationFilter, NewEvaluation, Store
 from crucible.store.keys import KeyRecord
 from crucible.store.tables import Evaluation
 from crucible.submissions import merge, new_id, prepare
@@ -52,7 +61,14 @@ class Page:
 
 
 class Service:
-    """Store, blobs, bus, sandbox, executor and the embedded dispatcher, wired together."""
+    """Store, blobs, bus and dispatcher wired together, in one of two modes.
+
+    Embedded (``dispatcher="embedded"``): this process runs evaluations itself, with
+    its own sandbox, executor and in-process bus. Distributed (``"celery"``): it runs
+    nothing; it publishes queued evaluations to the broker for ``crucible worker``
+    processes and follows their events on the Redis bus. Either way it heartbeats
+    (when it runs evaluations) and recovers dead processes' evaluations periodically.
+    """
 
     def __init__(
         self,
@@ -65,44 +81,81 @@ class Service:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.sqlalchemy_url)
         self.access = Access(self.store, settings)  # keys, audit, quotas, scoping
+        self.cluster = Cluster(self.store)
         self.blobs = BlobStore(settings.data_dir / "blobs")
-        self.bus: EventBus = bus or InProcessBus()
-        self.sandbox = Sandbox(settings)
-        self.executor = Executor(
-            store=self.store,
-            blobs=self.blobs,
-            bus=self.bus,
-            sandbox=self.sandbox,
-            settings=settings,
-        )
-        # Twice the sandbox slots: while one evaluation's result is being stored
-        # (several database round trips), the next is already claimed and waiting on
-        # the sandbox's own semaphore, so sandboxes do not idle between runs.
-        self.dispatcher = EmbeddedDispatcher(
-            self.executor, self.store, concurrency=2 * settings.max_concurrency
-        )
+        self.distributed = settings.dispatcher == "celery"
+        self.dispatcher: EmbeddedDispatcher | CeleryDispatcher
+        self.sandbox: Sandbox | None = None
+        if self.distributed:
+            from crucible.dispatch.celery_app import make_celery
+
+            redis_bus = RedisBus(
+                settings.event_redis_url,
+                prefix=settings.prefix,
+                retention_s=settings.event_retention_s,
+            )
+            self.bus: EventBus = bus or redis_bus
+            self.dispatcher = CeleryDispatcher(
+                self.cluster, settings, redis_bus, make_celery(settings)
+            )
+            self.maintenance = Maintenance(
+                self.cluster,
+                settings,
+                info=None,  # runs nothing: no heartbeat row
+                duties=(self.dispatcher.watch.check, self.dispatcher.publisher.publish_pending),
+                on_recovered=self.dispatcher.notify,
+            )
+        else:
+            info = identity.this_process("embedded", settings.max_concurrency)
+            self.bus = bus or InProcessBus()
+            self.sandbox = Sandbox(settings)
+            self.executor = Executor(
+                store=self.store,
+                blobs=self.blobs,
+                bus=self.bus,
+                sandbox=self.sandbox,
+                settings=settings,
+                worker_id=info.id,
+            )
+            # Twice the sandbox slots: while one evaluation's result is being stored
+            # (several database round trips), the next is already claimed and waiting on
+            # the sandbox's own semaphore, so sandboxes do not idle between runs.
+            self.dispatcher = EmbeddedDispatcher(
+                self.executor, self.store, concurrency=2 * settings.max_concurrency
+            )
+            embedded = self.dispatcher
+            self.maintenance = Maintenance(
+                self.cluster,
+                settings,
+                info=info,
+                running=lambda: embedded.running,
+                on_recovered=embedded.notify,
+            )
         self._dispatch = dispatch
 
     async def start(self) -> None:
-        """Migrate, sweep the sandbox's leftovers, recover interrupted runs, dispatch."""
+        """Migrate, sweep the sandbox's leftovers, recover dead processes' runs, dispatch.
+
+        Recovery touches only evaluations whose process is known dead: on this node a
+        missing pid is dead at once (a restart after ``kill -9``); elsewhere a
+        heartbeat older than ``worker_dead_after_s``.
+        """
         await asyncio.to_thread(self.store.migrate)
         await self.access.bootstrap()
-        sweep = getattr(self.sandbox, "sweep", None)
-        if sweep is not None:
-            swept = sweep()
-            if inspect.isawaitable(swept):
-                await swept
-        requeued, failed = await asyncio.to_thread(self.store.recover, self.settings.max_attempts)
-        if requeued or failed:
-            log.warning(
-                "recovered interrupted evaluations: %d re-queued, %d failed", requeued, failed
-            )
-        shutil.rmtree(self.settings.data_dir / "tmp", ignore_errors=True)
+        if self.sandbox is not None:
+            await self.sandbox.sweep()
+            shutil.rmtree(self.settings.data_dir / "tmp", ignore_errors=True)
+        await self.maintenance.heartbeat()
+        await self.maintenance.recover()
+        self.maintenance.start()
         if self._dispatch:
             self.dispatcher.start()
 
     async def stop(self) -> None:
         await self.dispatcher.stop()
+        await self.maintenance.stop()
+        if isinstance(self.bus, RedisBus):
+            await self.bus.close()
         await asyncio.to_thread(self.store.dispose)
 
     # -- evaluations ------------------------------------------------------------
@@ -176,7 +229,7 @@ class Service:
             await self.bus.publish(stream, "status", {"status": status.value})
             await self.bus.publish(stream, "result", public.model_dump(mode="json"))
         else:
-            self.executor.cancel(evaluation_id)  # else its executor polls the flag
+            await self.dispatcher.cancel(evaluation_id)  # else its executor polls the flag
         return CancelPublic(id=evaluation_id, status=status)
 
     async def events(self, evaluation_id: str, after: int = 0) -> AsyncIterator[Event]:
@@ -193,14 +246,18 @@ class Service:
             return
         async for event in self.bus.subscribe(stream, after, idle_s=5.0):
             if event is not None:
+                after = event.id
                 yield event
                 continue
-            # Quiet for a while: the run may have ended where this bus cannot see.
+            # Quiet for a while: the run may have ended where this bus cannot see (its
+            # final event was lost, e.g. with a restarted Redis): answer from the record.
             row = await asyncio.to_thread(self.store.get, evaluation_id)
-            if Status(row.status) in TERMINAL and not await self.bus.history(stream):
-                public = await self._public(row)
-                yield Event(after + 1, "result", public.model_dump(mode="json"))
-                return
+            if Status(row.status) in TERMINAL:
+                later = await self.bus.history(stream, after) or []
+                if not any(e.final for e in later):
+                    public = await self._public(row)
+                    yield Event(after + 1, "result", public.model_dump(mode="json"))
+                    return
 
     async def output(self, evaluation_id: str, stream: str, who: KeyRecord | None = None) -> bytes:
         """The whole stdout or stderr (the record may hold only a preview)."""
@@ -265,7 +322,7 @@ class Service:
         await self.access.batch(batch_id, who)
         running = await asyncio.to_thread(self.store.cancel_batch, batch_id)
         for evaluation_id in running:
-            self.executor.cancel(evaluation_id)
+            await self.dispatcher.cancel(evaluation_id)
         return await self.batch(batch_id)
 
     async def batch_progress(self, batch_id: str, after: int = -1) -> AsyncIterator[BatchPublic]:
@@ -286,17 +343,49 @@ class Service:
 
     async def queue(self) -> QueuePublic:
         depth, running = await asyncio.to_thread(self.store.queue_stats)
+        capacity = self.settings.max_concurrency
+        if self.distributed:
+            capacity = await asyncio.to_thread(self.cluster.capacity)
         return QueuePublic(
             depth=depth,
             queued=sum(depth.values()),
             running=running,
-            capacity=self.settings.max_concurrency,
+            capacity=capacity,
             max_queue=self.settings.max_queue,
         )
 
+    async def workers(self) -> WorkerList:
+        rows = await asyncio.to_thread(self.cluster.workers)
+        return WorkerList(items=[worker_public(r) for r in rows])
+
+    async def dead_letters(self, page: Page) -> DeadLetterList:
+        rows, nxt = await asyncio.to_thread(
+            self.cluster.dead_letters, cursor=page.cursor, limit=page.limit
+        )
+        return DeadLetterList(
+            items=[dead_letter_public(r) for r in rows],
+            next_cursor=str(nxt) if nxt is not None else None,
+        )
+
+    async def retry_dead_letter(self, dead_letter_id: str) -> EvaluationPublic:
+        """Queue the dead evaluation's request again, as a new evaluation (once)."""
+        await self._admit(1)
+        row = await asyncio.to_thread(self.cluster.retry_dead_letter, dead_letter_id, new_id("ev"))
+        await self.bus.publish(stream_of(row.id), "status", {"status": Status.queued.value})
+        self.dispatcher.notify()
+        return await self._public(row)
+
     async def ready(self) -> None:
-        """Raise unless the database and the default runtime are usable."""
+        """Raise unless the database and (embedded) the default runtime or
+        (distributed) the event bus are usable."""
         await asyncio.to_thread(self.store.ping)
+        if isinstance(self.bus, RedisBus):
+            try:
+                await self.bus.ping()
+            except Exception as exc:
+                raise SandboxUnavailable(f"the event bus is unreachable: {exc!r}") from None
+        if self.sandbox is None:
+            return
         if os.geteuid() != 0:
             raise SandboxUnavailable("not root: the sandbox cannot run")
         binary = (

@@ -50,6 +50,7 @@ async def test_every_api_route_needs_a_key(make_api: ApiFactory) -> None:
             ("GET", "/queue"),
             ("GET", "/keys"),
             ("GET", "/audit"),
+            ("GET", "/workers"),
         ]:
             r = await anon.request(method, path, json={})
             assert r.status_code == 401, (method, path, r.text)
@@ -77,6 +78,8 @@ async def test_roles_and_revocation(make_api: ApiFactory) -> None:
                 ("POST", "/keys"),
                 ("DELETE", f"/keys/{key_id}"),
                 ("GET", "/audit"),
+                ("GET", "/workers"),
+                ("GET", "/dead-letters"),
             ]:
                 r = await alice.request(method, path, json={"name": "x"})
                 assert r.status_code == 403, (method, path, r.text)

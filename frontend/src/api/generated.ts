@@ -8,7 +8,7 @@ import type { components } from './schema';
 type S = components['schemas'];
 
 export { LANGUAGES, STATUSES, TERMINATIONS, VERDICTS } from './types';
-export type { Language, BatchRecord, QueueStatus, WorkerInfo, DeadLetter } from './types';
+export type { Language, BatchRecord, QueueStatus } from './types';
 
 export type Status = S['Status'];
 export type Termination = S['Termination'];
@@ -27,6 +27,8 @@ export type EvaluationPage = S['EvaluationList'];
 export type BatchRequest = S['BatchCreate'];
 export type BatchCreated = S['BatchCreated'];
 export type CancelResult = S['CancelPublic'];
+export type WorkerInfo = S['WorkerPublic'];
+export type DeadLetter = S['DeadLetterPublic'];
 // Every 422 is documented in Crucible's ErrorPublic shape now; client.ts still reads
 // FastAPI's item shape too, kept in ./types.
 export type { ValidationIssue } from './types';

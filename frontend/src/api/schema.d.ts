@@ -103,6 +103,49 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/dead-letters": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Dead Letters
+         * @description Evaluations that ended in `error` (platform faults past max_attempts, or an
+         *     internal error), newest first, each with the reason and every attempt.
+         */
+        get: operations["list_dead_letters_api_v1_dead_letters_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/dead-letters/{dead_letter_id}/retry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Retry Dead Letter
+         * @description Queue the failed evaluation's request again as a new evaluation (the failed one
+         *     stays `error`; the dead letter's `retried_as` names the new one). 404: no such
+         *     dead letter. 409: it was already retried. 503: the queue is full.
+         */
+        post: operations["retry_dead_letter_api_v1_dead_letters__dead_letter_id__retry_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/evaluations": {
         parameters: {
             query?: never;
@@ -322,6 +365,29 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/workers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Workers
+         * @description Processes that run evaluations: host, queues, capacity, running count and load
+         *     at the last heartbeat, and state (`alive`, `dead` once silent for
+         *     worker_dead_after_s, `stopped` after a clean shutdown). Dead and stopped ones are
+         *     listed for an hour.
+         */
+        get: operations["list_workers_api_v1_workers_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/healthz": {
         parameters: {
             query?: never;
@@ -387,6 +453,27 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** AttemptPublic */
+        AttemptPublic: {
+            /** Attempt */
+            attempt: number;
+            /** Error */
+            error: string | null;
+            /** Finished At */
+            finished_at: string | null;
+            /**
+             * Outcome
+             * @description requeued, error, completed or cancelled
+             */
+            outcome: string | null;
+            /**
+             * Started At
+             * Format: date-time
+             */
+            started_at: string;
+            /** Worker Id */
+            worker_id: string | null;
+        };
         /** AuditList */
         AuditList: {
             /** Items */
@@ -504,6 +591,42 @@ export interface components {
             id: string;
             /** @description cancelled, or running while the kill is under way */
             status: components["schemas"]["Status"];
+        };
+        /** DeadLetterList */
+        DeadLetterList: {
+            /** Items */
+            items: components["schemas"]["DeadLetterPublic"][];
+            /**
+             * Next Cursor
+             * @description pass as ?cursor= for the next page
+             */
+            next_cursor: string | null;
+        };
+        /**
+         * DeadLetterPublic
+         * @description An evaluation that ended in ``error``, with the reason and every attempt.
+         */
+        DeadLetterPublic: {
+            /** Attempts */
+            attempts: components["schemas"]["AttemptPublic"][];
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Evaluation Id */
+            evaluation_id: string;
+            /** Id */
+            id: string;
+            /** Reason */
+            reason: string;
+            /**
+             * Retried As
+             * @description the evaluation created by a retry
+             */
+            retried_as: string | null;
+            /** Retried At */
+            retried_at: string | null;
         };
         /**
          * ErrorPublic
@@ -677,6 +800,11 @@ export interface components {
             /** Started At */
             started_at: string | null;
             status: components["schemas"]["Status"];
+            /**
+             * Worker Id
+             * @description the process holding the current (or last) claim
+             */
+            worker_id?: string | null;
         };
         /**
          * EvaluationRequest
@@ -1066,6 +1194,63 @@ export interface components {
              */
             role: "admin" | "researcher";
         };
+        /** WorkerList */
+        WorkerList: {
+            /** Items */
+            items: components["schemas"]["WorkerPublic"][];
+        };
+        /**
+         * WorkerPublic
+         * @description A process that runs evaluations (a Celery worker, or an embedded server).
+         */
+        WorkerPublic: {
+            /**
+             * Capacity
+             * @description sandboxes it runs at once
+             */
+            capacity: number;
+            /** Host */
+            host: string;
+            /** Id */
+            id: string;
+            /**
+             * Kind
+             * @description celery or embedded
+             */
+            kind: string;
+            /**
+             * Last Heartbeat
+             * Format: date-time
+             */
+            last_heartbeat: string;
+            /**
+             * Load
+             * @description running / capacity
+             */
+            load: number;
+            /** Pid */
+            pid: number;
+            /**
+             * Queues
+             * @description queues consumed, in priority order
+             */
+            queues: string[];
+            /**
+             * Running
+             * @description evaluations running at its last heartbeat
+             */
+            running: number;
+            /**
+             * Started At
+             * Format: date-time
+             */
+            started_at: string;
+            /**
+             * State
+             * @description alive, dead (stopped heartbeating) or stopped
+             */
+            state: string;
+        };
     };
     responses: never;
     parameters: never;
@@ -1279,7 +1464,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch or file */
+            /** @description No such evaluation, batch, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1346,7 +1531,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch or file */
+            /** @description No such evaluation, batch, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1416,7 +1601,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch or file */
+            /** @description No such evaluation, batch, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1436,6 +1621,170 @@ export interface operations {
             };
             /** @description Invalid request; `field` names the culprit */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    list_dead_letters_api_v1_dead_letters_get: {
+        parameters: {
+            query?: {
+                /** @description next_cursor of the previous page */
+                cursor?: string | null;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeadLetterList"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The key's role or limit ceilings do not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    retry_dead_letter_api_v1_dead_letters__dead_letter_id__retry_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description the dead letter's id */
+                dead_letter_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A new evaluation with the same request was queued */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EvaluationPublic"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The key's role or limit ceilings do not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Conflicts with the current state (or Idempotency-Key reuse) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Queue full (see Retry-After) or the platform is unavailable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1666,7 +2015,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch or file */
+            /** @description No such evaluation, batch, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1734,7 +2083,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch or file */
+            /** @description No such evaluation, batch, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1814,7 +2163,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch or file */
+            /** @description No such evaluation, batch, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1883,7 +2232,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch or file */
+            /** @description No such evaluation, batch, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1952,7 +2301,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch or file */
+            /** @description No such evaluation, batch, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2219,7 +2568,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch or file */
+            /** @description No such evaluation, batch, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2300,7 +2649,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch or file */
+            /** @description No such evaluation, batch, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2358,6 +2707,71 @@ export interface operations {
             };
             /** @description No valid API key (send `Authorization: Bearer <key>`) */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    list_workers_api_v1_workers_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["WorkerList"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The key's role or limit ceilings do not allow this */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };

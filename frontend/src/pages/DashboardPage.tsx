@@ -170,12 +170,14 @@ export function DashboardPage() {
                     const stale = w.last_heartbeat ? Date.now() - new Date(w.last_heartbeat).getTime() > 30_000 : true;
                     return (
                       <tr key={w.id}>
-                        <td className="mono">{w.hostname ?? w.id}</td>
+                        <td className="mono">
+                          {w.host} <span className="muted small">{w.kind} · pid {w.pid}</span>
+                        </td>
                         <td>
                           {w.running ?? 0} / {w.capacity ?? '—'}
                         </td>
                         <td className={stale ? 'text-bad' : ''}>{relativeTime(w.last_heartbeat)}</td>
-                        <td>{w.status ?? (stale ? 'stale' : 'alive')}</td>
+                        <td>{w.state === 'alive' && stale ? 'stale' : w.state}</td>
                       </tr>
                     );
                   })}
@@ -204,7 +206,7 @@ export function DashboardPage() {
                   )}{' '}
                   <span className="muted small">
                     {d.attempts ? `${d.attempts} attempts · ` : ''}
-                    {d.error ?? ''} {d.created_at ? `· ${relativeTime(d.created_at)}` : ''}
+                    {d.reason} {d.created_at ? `· ${relativeTime(d.created_at)}` : ''}
                   </span>
                 </li>
               ))}

@@ -10,9 +10,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import crucible
 from crucible.api import errors, frontend
-from crucible.api.deps import authenticate
+from crucible.api.deps import authenticate, require_admin
 from crucible.api.middleware import Guard
-from crucible.api.routes import audit, batches, evaluations, keys, system
+from crucible.api.routes import audit, batches, cluster, evaluations, keys, system
 from crucible.config import Settings, get_settings
 from crucible.service import Service
 
@@ -51,9 +51,11 @@ def create_app(settings: Settings | None = None, *, dispatch: bool = True) -> Fa
         dependencies=[Depends(authenticate)],
         responses=errors.responses(400, 401, 413, 422),
     )
+    admin = [Depends(require_admin)]
     api.include_router(evaluations.router)
     api.include_router(batches.router)
     api.include_router(system.router)
+    api.include_router(cluster.router, dependencies=admin, responses=errors.responses(403))
     api.include_router(keys.router)
     api.include_router(audit.router)
     app.include_router(api)

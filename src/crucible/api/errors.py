@@ -89,7 +89,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "No valid API key (send `Authorization: Bearer <key>`)",
         403: "The key's role or limit ceilings do not allow this",
         429: "Over one of the key's quotas (see the message and Retry-After)",
-        404: "No such evaluation, batch or file",
+        404: "No such evaluation, batch, file or dead letter",
         409: "Conflicts with the current state (or Idempotency-Key reuse)",
         413: "Code or files larger than the server accepts",
         422: "Invalid request; `field` names the culprit",

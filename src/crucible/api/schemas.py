@@ -100,6 +100,9 @@ class EvaluationPublic(BaseModel):
     queue_wait_ms: int | None = Field(description="from submission to the latest start")
     attempts: int
     error: str | None = Field(description="the platform failure, for status error")
+    worker_id: str | None = Field(
+        None, description="the process holding the current (or last) claim"
+    )
     request: EvaluationRequest
     result: ResultPublic | None
     owner_key_id: str | None = Field(None, description="the API key that submitted it")
@@ -153,6 +156,52 @@ class QueuePublic(BaseModel):
     running: int
     capacity: int = Field(description="sandboxes run at once by this server")
     max_queue: int
+
+
+class WorkerPublic(BaseModel):
+    """A process that runs evaluations (a Celery worker, or an embedded server)."""
+
+    id: str
+    kind: str = Field(description="celery or embedded")
+    host: str
+    pid: int
+    queues: list[str] = Field(description="queues consumed, in priority order")
+    capacity: int = Field(description="sandboxes it runs at once")
+    running: int = Field(description="evaluations running at its last heartbeat")
+    load: float = Field(description="running / capacity")
+    state: str = Field(description="alive, dead (stopped heartbeating) or stopped")
+    started_at: datetime
+    last_heartbeat: datetime
+
+
+class WorkerList(BaseModel):
+    items: list[WorkerPublic]
+
+
+class AttemptPublic(BaseModel):
+    attempt: int
+    worker_id: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None = Field(description="requeued, error, completed or cancelled")
+    error: str | None
+
+
+class DeadLetterPublic(BaseModel):
+    """An evaluation that ended in ``error``, with the reason and every attempt."""
+
+    id: str
+    evaluation_id: str
+    created_at: datetime
+    reason: str
+    attempts: list[AttemptPublic]
+    retried_as: str | None = Field(description="the evaluation created by a retry")
+    retried_at: datetime | None
+
+
+class DeadLetterList(BaseModel):
+    items: list[DeadLetterPublic]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
 
 
 class ErrorPublic(BaseModel):

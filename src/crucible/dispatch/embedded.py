@@ -38,6 +38,10 @@ class EmbeddedDispatcher:
         """New work was queued: look now rather than at the next poll."""
         self._wake.set()
 
+    async def cancel(self, evaluation_id: str) -> None:
+        """Kill ``evaluation_id`` now if it runs here (else its executor sees the flag)."""
+        self.executor.cancel(evaluation_id)
+
     def start(self) -> None:
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._loop(), name="crucible-dispatcher")
@@ -62,7 +66,9 @@ class EmbeddedDispatcher:
             self._wake.clear()
             while len(self._tasks) < self.concurrency:
                 try:
-                    claim = await asyncio.to_thread(self.store.claim_next)
+                    claim = await asyncio.to_thread(
+                        self.store.claim_next, worker_id=self.executor.worker_id
+                    )
                 except Exception:
                     log.exception("claiming from the queue failed; retrying")
                     break

@@ -1,6 +1,16 @@
 """Storage: tables, repository functions, migrations and content-addressed blobs."""
 
 from crucible.store.blobs import BlobStore
+from crucible.store.cluster import Cluster, WorkerInfo
 from crucible.store.repo import BatchCounts, Claim, EvaluationFilter, NewEvaluation, Store
 
-__all__ = ["BatchCounts", "BlobStore", "Claim", "EvaluationFilter", "NewEvaluation", "Store"]
+__all__ = [
+    "BatchCounts",
+    "BlobStore",
+    "Claim",
+    "Cluster",
+    "EvaluationFilter",
+    "NewEvaluation",
+    "Store",
+    "WorkerInfo",
+]

@@ -57,10 +57,27 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+# Any constant: the key of the PostgreSQL advisory lock held while migrating.
+_MIGRATION_LOCK = 0x6372756369626C65
+
+
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the latest revision (idempotent)."""
+    """Bring the schema to the latest revision (idempotent).
+
+    On PostgreSQL an advisory lock serialises processes starting together (API
+    instances and workers all migrate at start): the first upgrades, the rest find
+    the schema at head.
+    """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.execution_options(**{WRITE_OPTION: True}).connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-        conn.commit()
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
+            conn.commit()
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+        finally:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
+                conn.commit()

@@ -9,12 +9,17 @@ WHERE … status='queued'``, and the attempt number it returns is the fence — 
 or re-queuing requires ``status='running' AND attempts=<that number>``, so a stale
 executor (one whose run was recovered and re-claimed meanwhile) cannot overwrite a
 newer result, and two dispatchers can never both run one evaluation.
+
+Each claim also records the claiming process (``worker_id``) and opens a row in the
+attempt log; an evaluation that ends in ``error`` gets a dead letter carrying that log.
+Workers, recovery, publishing and dead letters live in :mod:`crucible.store.cluster`.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterator, Sequence
+import secrets
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,11 +32,49 @@ from sqlalchemy.orm import Session, sessionmaker
 from crucible.errors import Conflict, NotFound
 from crucible.lifecycle import TERMINAL, Priority, Status, check_transition
 from crucible.store.db import WRITE_OPTION, make_engine, migrate
-from crucible.store.tables import ApiKey, Batch, Evaluation, Label
+from crucible.store.tables import ApiKey, Attempt, Batch, DeadLetter, Evaluation, Label
 
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def _due() -> Any:
+    """Not waiting out a retry's back-off."""
+    return or_(Evaluation.not_before.is_(None), Evaluation.not_before <= now())
+
+
+def end_attempt(s: Session, claim: Claim, outcome: str, error: str | None) -> None:
+    s.execute(
+        update(Attempt)
+        .where(Attempt.evaluation_id == claim.id, Attempt.attempt == claim.attempt)
+        .values(finished_at=now(), outcome=outcome, error=error)
+    )
+
+
+def dead_letter(s: Session, evaluation_id: str, reason: str) -> None:
+    """Record that ``evaluation_id`` ended in error, with its whole attempt log."""
+    q = select(Attempt).where(Attempt.evaluation_id == evaluation_id).order_by(Attempt.attempt)
+    attempts = [
+        {
+            "attempt": a.attempt,
+            "worker_id": a.worker_id,
+            "started_at": a.started_at.isoformat(),
+            "finished_at": a.finished_at.isoformat() if a.finished_at else None,
+            "outcome": a.outcome,
+            "error": a.error,
+        }
+        for a in s.scalars(q)
+    ]
+    s.execute(
+        insert(DeadLetter).values(
+            id=f"dl_{secrets.token_hex(8)}",
+            evaluation_id=evaluation_id,
+            created_at=now(),
+            reason=reason,
+            attempts=attempts,
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -295,11 +338,12 @@ class Store:
 
     # -- the queue --------------------------------------------------------------
 
-    def claim(self, evaluation_id: str) -> Claim | None:
-        """Claim one queued evaluation; None when it is not (or no longer) queued."""
-        return self._claim(Evaluation.id == evaluation_id)
+    def claim(self, evaluation_id: str, *, worker_id: str | None = None) -> Claim | None:
+        """Claim one queued evaluation; None when it is not (or no longer) queued, or
+        its retry back-off has not passed yet."""
+        return self._claim(Evaluation.id == evaluation_id, worker_id)
 
-    def claim_next(self) -> Claim | None:
+    def claim_next(self, *, worker_id: str | None = None) -> Claim | None:
         """Claim the next queued evaluation, sharing capacity fairly between keys:
         from the owner with the fewest running evaluations, then highest priority,
         then oldest. An owner at its max_running quota (per key, else
@@ -316,7 +360,7 @@ class Store:
             select(Evaluation.seq)
             .outerjoin(running, running.c.owner == Evaluation.owner_key_id)
             .outerjoin(ApiKey, ApiKey.id == Evaluation.owner_key_id)
-            .where(Evaluation.status == Status.queued, or_(cap <= 0, n_running < cap))
+            .where(Evaluation.status == Status.queued, _due(), or_(cap <= 0, n_running < cap))
             .order_by(n_running, Evaluation.priority, Evaluation.seq)
             .limit(1)
             # PostgreSQL: concurrent claimers skip each other's row instead of
@@ -324,9 +368,9 @@ class Store:
             .with_for_update(skip_locked=True, of=Evaluation)
             .scalar_subquery()
         )
-        return self._claim(Evaluation.seq == nxt)
+        return self._claim(Evaluation.seq == nxt, worker_id)
 
-    def _claim(self, which: Any) -> Claim | None:
+    def _claim(self, which: Any, worker_id: str | None) -> Claim | None:
         # Not through _move: the evaluation is picked by the UPDATE itself.
         check_transition(Status.queued, Status.running)
         with self._tx() as s:
@@ -335,18 +379,28 @@ class Store:
             # waited behind the submission's own insert would start before it was
             # created (a negative queue wait).
             s.connection()
+            started = now()
             stmt = (
                 update(Evaluation)
-                .where(which, Evaluation.status == Status.queued)
+                .where(which, Evaluation.status == Status.queued, _due())
                 .values(
                     status=Status.running.value,
                     attempts=Evaluation.attempts + 1,
-                    started_at=now(),
+                    started_at=started,
+                    worker_id=worker_id,
+                    not_before=None,
                 )
                 .returning(Evaluation.id, Evaluation.attempts)
             )
             row = s.execute(stmt).one_or_none()
-        return Claim(row[0], row[1]) if row else None
+            if row is None:
+                return None
+            s.execute(
+                insert(Attempt).values(
+                    evaluation_id=row[0], attempt=row[1], worker_id=worker_id, started_at=started
+                )
+            )
+        return Claim(row[0], row[1])
 
     def _move(
         self,
@@ -395,15 +449,59 @@ class Store:
             "error": error,
         }
         with self._tx() as s:
-            return self._move(s, claim.id, Status.running, status, values, attempt=claim.attempt)
+            if not self._move(s, claim.id, Status.running, status, values, attempt=claim.attempt):
+                return False
+            end_attempt(s, claim, status.value, error)
+            if status is Status.error:
+                dead_letter(s, claim.id, error or "error")
+            return True
 
-    def requeue(self, claim: Claim, error: str) -> bool:
-        """Put ``claim``'s evaluation back in the queue after a platform fault."""
+    def requeue(self, claim: Claim, error: str, *, delay_s: float = 0.0) -> bool:
+        """Put ``claim``'s evaluation back in the queue after a platform fault; it is
+        not claimed again before ``delay_s`` (the retry's back-off) has passed."""
         with self._tx() as s:
-            values = {"error": error, "started_at": None}
-            return self._move(
-                s, claim.id, Status.running, Status.queued, values, attempt=claim.attempt
-            )
+            return self._requeue(s, claim, error, delay_s)
+
+    def _requeue(self, s: Session, claim: Claim, error: str, delay_s: float) -> bool:
+        values = {
+            "error": error,
+            "started_at": None,
+            "worker_id": None,
+            "enqueued_at": None,  # to be published again (distributed mode)
+            "not_before": now() + timedelta(seconds=delay_s) if delay_s > 0 else None,
+        }
+        moved = self._move(
+            s, claim.id, Status.running, Status.queued, values, attempt=claim.attempt
+        )
+        if moved:
+            end_attempt(s, claim, "requeued", error)
+        return moved
+
+    def _fail(self, s: Session, claim: Claim, error: str) -> bool:
+        values = {"finished_at": now(), "error": error, "result": None, "blobs": {}}
+        moved = self._move(s, claim.id, Status.running, Status.error, values, attempt=claim.attempt)
+        if moved:
+            end_attempt(s, claim, Status.error.value, error)
+            dead_letter(s, claim.id, error)
+        return moved
+
+    def recover_claims(
+        self,
+        s: Session,
+        claims: Sequence[Claim],
+        reason: str,
+        *,
+        max_attempts: int,
+        backoff: Callable[[int], float],
+    ) -> tuple[int, int]:
+        """Re-queue (after ``backoff(attempt)`` s) or fail each interrupted claim, fenced."""
+        requeued = failed = 0
+        for claim in claims:
+            if claim.attempt >= max_attempts:
+                failed += self._fail(s, claim, f"{reason}; {claim.attempt} attempts, giving up")
+            else:
+                requeued += self._requeue(s, claim, reason, backoff(claim.attempt))
+        return requeued, failed
 
     def cancel(self, evaluation_id: str) -> Status:
         """Cancel: queued → cancelled at once; running → flagged (the executor stops it).
@@ -429,28 +527,18 @@ class Store:
     def recover(self, max_attempts: int) -> tuple[int, int]:
         """After a crash: re-queue interrupted runs, or fail those out of attempts.
 
-        Returns (re-queued, failed). Only for a single embedded server: it treats
-        every ``running`` evaluation as orphaned.
+        Returns (re-queued, failed). Treats *every* ``running`` evaluation as
+        orphaned, so only for tools and tests: servers and workers use
+        ``Cluster.recover_orphans``, which only touches dead processes' evaluations.
         """
-        check_transition(Status.running, Status.error)
-        check_transition(Status.running, Status.queued)
-        running = [Status.running.value]
         with self._tx() as s:
-            failed = s.execute(
-                update(Evaluation)
-                .where(Evaluation.status.in_(running), Evaluation.attempts >= max_attempts)
-                .values(
-                    status=Status.error.value,
-                    finished_at=now(),
-                    error=f"interrupted {max_attempts} times (server restarts); giving up",
-                )
-            ).rowcount  # type: ignore[attr-defined]
-            requeued = s.execute(
-                update(Evaluation)
-                .where(Evaluation.status.in_(running))
-                .values(status=Status.queued.value, started_at=None, error="interrupted; re-queued")
-            ).rowcount  # type: ignore[attr-defined]
-        return int(requeued), int(failed)
+            q = select(Evaluation.id, Evaluation.attempts).where(
+                Evaluation.status == Status.running
+            )
+            claims = [Claim(i, a) for i, a in s.execute(q)]
+            return self.recover_claims(
+                s, claims, "interrupted", max_attempts=max_attempts, backoff=lambda _a: 0.0
+            )
 
     # -- batches ----------------------------------------------------------------
 

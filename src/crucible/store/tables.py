@@ -68,6 +68,8 @@ class Evaluation(Base):
         # The queue: next to claim is the lowest (priority, seq) among queued.
         Index("ix_evaluations_queue", "status", "priority", "seq"),
         Index("ix_evaluations_batch", "batch_id", "status"),
+        # Distributed mode: queued evaluations not (or no longer) on the broker.
+        Index("ix_evaluations_publish", "status", "enqueued_at"),
     )
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
@@ -97,6 +99,73 @@ class Evaluation(Base):
     # Static-scan flags of the submitted code, as ",name,name," (LIKE-filterable on
     # both backends); informational only.
     flags: Mapped[str] = mapped_column(String(300), default="")
+    # The process (workers.id) holding the current claim; recovery only touches the
+    # evaluations of processes known to be dead.
+    worker_id: Mapped[str | None] = mapped_column(String(96), index=True)
+    # When a task for it was last handed to the broker (None: not yet, or lost).
+    enqueued_at: Mapped[datetime | None]
+    # A retry's backoff: not claimed before this.
+    not_before: Mapped[datetime | None]
+
+
+class Worker(Base):
+    """A process that runs evaluations: a Celery worker, or an embedded server.
+
+    Its heartbeat row is the source of truth for liveness. ``node`` names the pid
+    namespace (boot id + pid-namespace inode), so ``pid`` can be checked directly by
+    any process on the same node.
+    """
+
+    __tablename__ = "workers"
+    __table_args__ = (Index("ix_workers_liveness", "state", "last_heartbeat"),)
+
+    id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # celery | embedded
+    host: Mapped[str] = mapped_column(String(255))
+    node: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int] = mapped_column(Integer)
+    proc_start: Mapped[str] = mapped_column(String(32))  # /proc/<pid>/stat start time
+    queues: Mapped[str] = mapped_column(String(200), default="")
+    capacity: Mapped[int] = mapped_column(Integer)
+    running: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16))  # alive | dead | stopped
+    started_at: Mapped[datetime]
+    last_heartbeat: Mapped[datetime]
+
+
+class Attempt(Base):
+    """One claim of an evaluation: who ran it, when, and how it ended."""
+
+    __tablename__ = "attempts"
+
+    evaluation_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker_id: Mapped[str | None] = mapped_column(String(96))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    # completed | cancelled | error | requeued (a platform fault; retried)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class DeadLetter(Base):
+    """An evaluation that ended in ``error``: the reason and every attempt, kept for a
+    person to inspect and, if they choose, retry (as a new evaluation)."""
+
+    __tablename__ = "dead_letters"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    evaluation_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("evaluations.id", ondelete="CASCADE"), unique=True
+    )
+    created_at: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    retried_as: Mapped[str | None] = mapped_column(String(32))
+    retried_at: Mapped[datetime | None]
 
 
 class Label(Base):

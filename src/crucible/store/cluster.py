@@ -1,0 +1,280 @@
+"""Repository functions of a cluster of processes sharing one database: the heartbeat
+rows of the processes that run evaluations, recovery of dead processes' evaluations,
+the broker publication log, and dead letters.
+
+Every change that two processes may race to make is a fenced UPDATE: declaring a
+worker dead requires the heartbeat it was judged by; re-queuing an orphan requires
+``status='running' AND attempts=<its claim>``; publishing requires
+``enqueued_at IS NULL``. Whoever notices first wins; the others change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, insert, or_, select, update
+
+from crucible.errors import Conflict, NotFound
+from crucible.lifecycle import Status
+from crucible.store.repo import Claim, Store, _due, now
+from crucible.store.tables import DeadLetter, Evaluation, Label, Worker
+
+ALIVE, DEAD, STOPPED = "alive", "dead", "stopped"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a process says about itself when it registers."""
+
+    id: str
+    kind: str
+    host: str
+    node: str
+    pid: int
+    proc_start: str
+    capacity: int
+    queues: str = ""
+
+
+class Cluster:
+    """Workers, orphan recovery, publication and dead letters over a :class:`Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # -- workers ------------------------------------------------------------------
+
+    def heartbeat(self, info: WorkerInfo, running: int) -> None:
+        """Register or refresh ``info``'s row (a process declared dead that heartbeats
+        again is alive again; its old claims stay fenced out)."""
+        t = now()
+        with self.store._tx() as s:
+            moved = s.execute(
+                update(Worker)
+                .where(Worker.id == info.id)
+                .values(last_heartbeat=t, running=running, state=ALIVE, capacity=info.capacity)
+            ).rowcount  # type: ignore[attr-defined]
+            if not moved:
+                s.execute(
+                    insert(Worker).values(
+                        id=info.id,
+                        kind=info.kind,
+                        host=info.host,
+                        node=info.node,
+                        pid=info.pid,
+                        proc_start=info.proc_start,
+                        queues=info.queues,
+                        capacity=info.capacity,
+                        running=running,
+                        state=ALIVE,
+                        started_at=t,
+                        last_heartbeat=t,
+                    )
+                )
+
+    def stopped(self, worker_id: str) -> None:
+        """A clean shutdown: whatever it still held is recovered at the next check."""
+        with self.store._tx() as s:
+            s.execute(update(Worker).where(Worker.id == worker_id).values(state=STOPPED))
+
+    def workers(self, *, keep_s: float = 3600.0) -> list[Worker]:
+        """Live workers, and the dead or stopped seen within ``keep_s``; newest first."""
+        cutoff = now() - timedelta(seconds=keep_s)
+        q = (
+            select(Worker)
+            .where(or_(Worker.state == ALIVE, Worker.last_heartbeat >= cutoff))
+            .order_by(Worker.started_at.desc())
+        )
+        with self.store._read() as s:
+            return list(s.scalars(q))
+
+    def capacity(self) -> int:
+        with self.store._read() as s:
+            rows = s.scalars(select(Worker.capacity).where(Worker.state == ALIVE))
+            return sum(rows)
+
+    # -- recovery -------------------------------------------------------------------
+
+    def recover_orphans(
+        self,
+        *,
+        node: str,
+        alive_here: Callable[[int, str], bool],
+        dead_after_s: float,
+        stuck_after_s: float,
+        max_attempts: int,
+        backoff: Callable[[int], float],
+    ) -> tuple[int, int]:
+        """Declare silent workers dead, then re-queue (or fail, after ``max_attempts``)
+        the running evaluations of every process that is not alive.
+
+        A worker is dead when its heartbeat is older than ``dead_after_s``, or at once
+        when it lives on this ``node`` and ``alive_here(pid, proc_start)`` says its
+        process is gone. Running evaluations without a live owner (pre-0002 rows have
+        none) and those running longer than ``stuck_after_s`` are orphans too.
+        Returns (re-queued, failed).
+        """
+        t = now()
+        cutoff = t - timedelta(seconds=dead_after_s)
+        with self.store._tx() as s:
+            rows = s.execute(
+                select(
+                    Worker.id, Worker.node, Worker.pid, Worker.proc_start, Worker.last_heartbeat
+                ).where(Worker.state == ALIVE)
+            ).all()
+            for wid, wnode, pid, start, beat in rows:
+                if beat < cutoff or (wnode == node and not alive_here(pid, start)):
+                    s.execute(
+                        update(Worker)
+                        .where(
+                            Worker.id == wid, Worker.state == ALIVE, Worker.last_heartbeat == beat
+                        )
+                        .values(state=DEAD)
+                    )
+            q = (
+                select(Evaluation.id, Evaluation.attempts, Worker.state)
+                .outerjoin(Worker, Worker.id == Evaluation.worker_id)
+                .where(
+                    Evaluation.status == Status.running,
+                    or_(
+                        Worker.id.is_(None),
+                        Worker.state != ALIVE,
+                        Evaluation.started_at < t - timedelta(seconds=stuck_after_s),
+                    ),
+                )
+            )
+            found = s.execute(q).all()
+            dead = [Claim(i, a) for i, a, state in found if state != ALIVE]
+            stuck = [Claim(i, a) for i, a, state in found if state == ALIVE]
+            r1, f1 = self.store.recover_claims(
+                s, dead, "interrupted: its process died", max_attempts=max_attempts, backoff=backoff
+            )
+            r2, f2 = self.store.recover_claims(
+                s, stuck, "stuck: ran past the longest run allowed", max_attempts=max_attempts,
+                backoff=backoff,
+            )  # fmt: skip
+            # Forget long-gone processes.
+            s.execute(
+                delete(Worker).where(
+                    Worker.state != ALIVE, Worker.last_heartbeat < t - timedelta(days=1)
+                )
+            )
+        return r1 + r2, f1 + f2
+
+    # -- publication (distributed mode) -------------------------------------------
+
+    def take_unpublished(self, limit: int = 500) -> list[tuple[str, int]]:
+        """Mark up to ``limit`` due, unpublished queued evaluations as published and
+        return them as (id, priority rank), highest priority first. Concurrent callers
+        get disjoint sets (SKIP LOCKED, and the ``enqueued_at IS NULL`` fence)."""
+        pick = (
+            select(Evaluation.seq)
+            .where(Evaluation.status == Status.queued, Evaluation.enqueued_at.is_(None), _due())
+            .order_by(Evaluation.priority, Evaluation.seq)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(Evaluation)
+            .where(Evaluation.seq.in_(pick), Evaluation.enqueued_at.is_(None))
+            .values(enqueued_at=now())
+            .returning(Evaluation.id, Evaluation.priority)
+        )
+        with self.store._tx() as s:
+            rows = [(i, p) for i, p in s.execute(stmt)]
+        return sorted(rows, key=lambda r: r[1])
+
+    def unpublish(self, ids: Sequence[str]) -> None:
+        """The broker refused these: publish them again later."""
+        if not ids:
+            return
+        with self.store._tx() as s:
+            s.execute(
+                update(Evaluation)
+                .where(Evaluation.id.in_(ids), Evaluation.status == Status.queued)
+                .values(enqueued_at=None)
+            )
+
+    def forget_published(self, *, older_than_s: float | None = None) -> int:
+        """The broker lost (or may have lost) its messages: mark queued evaluations
+        published before ``older_than_s`` ago (all, when None) as unpublished."""
+        q = update(Evaluation).where(
+            Evaluation.status == Status.queued, Evaluation.enqueued_at.is_not(None)
+        )
+        if older_than_s is not None:
+            q = q.where(Evaluation.enqueued_at < now() - timedelta(seconds=older_than_s))
+        with self.store._tx() as s:
+            return int(s.execute(q.values(enqueued_at=None)).rowcount)  # type: ignore[attr-defined]
+
+    # -- dead letters -----------------------------------------------------------------
+
+    def dead_letters(
+        self, *, cursor: int | None, limit: int
+    ) -> tuple[list[DeadLetter], int | None]:
+        """Newest first; returns (page, cursor of the next page or None)."""
+        q = select(DeadLetter).order_by(DeadLetter.seq.desc()).limit(limit + 1)
+        if cursor is not None:
+            q = q.where(DeadLetter.seq < cursor)
+        with self.store._read() as s:
+            rows = list(s.scalars(q))
+        if len(rows) > limit:
+            return rows[:limit], rows[limit - 1].seq
+        return rows, None
+
+    def dead_letter(self, dead_letter_id: str) -> DeadLetter:
+        with self.store._read() as s:
+            row = s.scalars(select(DeadLetter).where(DeadLetter.id == dead_letter_id)).one_or_none()
+        if row is None:
+            raise NotFound(f"no dead letter {dead_letter_id!r}")
+        return row
+
+    def retry_dead_letter(self, dead_letter_id: str, new_id: str) -> Evaluation:
+        """Queue a new evaluation with the dead one's request and labels, once.
+
+        The failed evaluation stays in ``error`` (a final status is final); the dead
+        letter points at the new one. Raises NotFound, or Conflict when already retried.
+        """
+        with self.store._tx() as s:
+            letter = s.scalars(
+                select(DeadLetter).where(DeadLetter.id == dead_letter_id)
+            ).one_or_none()
+            if letter is None:
+                raise NotFound(f"no dead letter {dead_letter_id!r}")
+            taken = s.execute(
+                update(DeadLetter)
+                .where(DeadLetter.id == dead_letter_id, DeadLetter.retried_as.is_(None))
+                .values(retried_as=new_id, retried_at=now())
+            ).rowcount  # type: ignore[attr-defined]
+            if not taken:
+                raise Conflict(f"dead letter {dead_letter_id} was already retried")
+            old = s.scalars(select(Evaluation).where(Evaluation.id == letter.evaluation_id)).one()
+            created: datetime = now()
+            seq = s.scalar(
+                insert(Evaluation)
+                .values(
+                    id=new_id,
+                    batch_id=None,
+                    status=Status.queued.value,
+                    priority=old.priority,
+                    language=old.language,
+                    request=old.request,
+                    idempotency_key=None,
+                    request_hash=old.request_hash,
+                    created_at=created,
+                    attempts=0,
+                    cancel_requested=False,
+                    blobs={},
+                )
+                .returning(Evaluation.seq)
+            )
+            labels = s.execute(
+                select(Label.key, Label.value).where(Label.evaluation_seq == old.seq)
+            ).all()
+            if labels:
+                s.execute(
+                    insert(Label),
+                    [{"evaluation_seq": seq, "key": k, "value": v} for k, v in labels],
+                )
+        return self.store.get(new_id)

@@ -1,0 +1,184 @@
+"""Faults with real processes and real servers: killed workers, a restarted Redis, a
+restarted PostgreSQL; priority, duplicate delivery, cancellation across hosts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from dist_helpers import PostgresServer, http, wait_final, wait_for
+
+from crucible.config import Settings
+from crucible.dispatch.celery_app import make_celery
+
+SLEEPY = "import time\nprint('start', flush=True)\ntime.sleep({s})\nprint('end')\n"
+
+
+def running_on(api, evaluation_id: str) -> str:
+    def check() -> str | None:
+        body = api.get(f"/evaluations/{evaluation_id}").json()
+        return body["worker_id"] if body["status"] == "running" else None
+
+    return wait_for(check, 60, f"{evaluation_id} to run")
+
+
+def test_sigkilled_worker_its_evaluation_completes_elsewhere(cluster) -> None:
+    _api, url = cluster.api()
+    doomed = cluster.worker(concurrency=1)
+    with http(url) as api:
+        ev = api.post("/evaluations", json={"code": SLEEPY.format(s=3)}).json()
+        first_owner = running_on(api, ev["id"])
+        cluster.worker(concurrency=1)  # the survivor
+        doomed.kill9()
+        final = wait_final(api, ev["id"], 120)
+        workers = {w["id"]: w["state"] for w in api.get("/workers").json()["items"]}
+    assert final["status"] == "completed", final
+    assert final["result"]["stdout"] == "start\nend\n"
+    assert final["attempts"] == 2 and final["worker_id"] != first_owner
+    assert workers[first_owner] == "dead"
+
+
+def test_killed_too_often_becomes_error_with_a_dead_letter(make_cluster, database) -> None:
+    cluster = make_cluster(database, CRUCIBLE_MAX_ATTEMPTS="1")
+    _api, url = cluster.api()
+    doomed = cluster.worker(concurrency=1)
+    with http(url) as api:
+        ev = api.post("/evaluations", json={"code": SLEEPY.format(s=30)}).json()
+        running_on(api, ev["id"])
+        doomed.kill9()
+        final = wait_final(api, ev["id"], 60)
+        letters = api.get("/dead-letters").json()["items"]
+        assert final["status"] == "error" and "interrupted" in final["error"]
+        assert [d["evaluation_id"] for d in letters] == [ev["id"]]
+        assert len(letters[0]["attempts"]) == 1
+        retry = api.post(f"/dead-letters/{letters[0]['id']}/retry")
+        assert retry.status_code == 202
+        assert api.post(f"/dead-letters/{letters[0]['id']}/retry").status_code == 409
+        assert api.post("/dead-letters/dl_nope/retry").status_code == 404
+        cluster.worker(concurrency=1)
+        again = wait_final(api, retry.json()["id"], 60)
+    assert again["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_redis_restart_loses_no_accepted_evaluation(cluster, redis_server) -> None:
+    _api, url = cluster.api()
+    for _ in range(2):
+        cluster.worker(concurrency=1)
+    with http(url) as api:
+        ids = [
+            api.post("/evaluations", json={"code": SLEEPY.format(s=0.3)}).json()["id"]
+            for _ in range(30)
+        ]
+        wait_for(lambda: api.get("/queue").json()["running"] >= 1, 60, "runs")
+        redis_server.restart()  # no persistence: queued tasks, unacked ones and events are gone
+        ids += [
+            wait_for(
+                lambda: api.post("/evaluations", json={"code": "print(1)"}).json()["id"],
+                60,
+                "submit",
+            )
+            for _ in range(5)
+        ]
+        finals = [wait_final(api, i, 240) for i in ids]
+    assert [f["status"] for f in finals] == ["completed"] * len(ids)
+    assert all(f["result"]["exit_code"] == 0 for f in finals)
+
+
+@pytest.mark.slow
+def test_postgres_restart_api_and_workers_carry_on(
+    make_cluster, own_postgres: PostgresServer
+) -> None:
+    cluster = make_cluster(own_postgres.url)
+    _api, url = cluster.api()
+    cluster.worker(concurrency=2)
+    with http(url) as api:
+        ids = [
+            api.post("/evaluations", json={"code": SLEEPY.format(s=0.5)}).json()["id"]
+            for _ in range(10)
+        ]
+        wait_for(lambda: api.get("/queue").json()["running"] >= 1, 60, "runs")
+        own_postgres.restart()
+        for _ in range(10):
+            ids.append(
+                wait_for(
+                    lambda: api.post("/evaluations", json={"code": "print(2)"}).json()["id"],
+                    60,
+                    "submit",
+                )
+            )
+        finals = [wait_final(api, i, 240) for i in ids]
+    assert [f["status"] for f in finals] == ["completed"] * len(ids)
+
+
+def test_high_priority_overtakes_a_low_backlog(cluster) -> None:
+    _api, url = cluster.api()
+    with http(url) as api:
+        lows = [
+            api.post("/evaluations", json={"code": SLEEPY.format(s=0.2), "priority": "low"}).json()[
+                "id"
+            ]
+            for _ in range(12)
+        ]
+        cluster.worker(concurrency=1)
+        running_on(api, lows[0])
+        high = api.post("/evaluations", json={"code": "print('vip')", "priority": "high"}).json()[
+            "id"
+        ]
+        finals = {i: wait_final(api, i, 120) for i in [*lows, high]}
+    order = sorted(finals, key=lambda i: finals[i]["started_at"])
+    # Only what the worker had already taken (one run + at most one prefetched) goes first.
+    assert order.index(high) <= 2, order
+
+
+def test_duplicate_and_late_deliveries_never_write_twice(cluster) -> None:
+    _api, url = cluster.api()
+    cluster.worker(concurrency=2)
+    cluster.worker(concurrency=2)
+    app = make_celery(Settings(broker_url=cluster.redis.url))
+    with http(url) as api:
+        ev = api.post("/evaluations", json={"code": "print('once')"}).json()
+        for _ in range(4):  # the same task, delivered again and again
+            app.send_task("crucible.execute", args=[ev["id"]], kwargs={"priority": "normal"})
+        done = wait_final(api, ev["id"], 60)
+        # Cancelled while queued, then delivered: it stays cancelled, never runs.
+        queued = api.post("/evaluations", json={"code": "print('never')", "priority": "low"}).json()
+        blockers = [
+            api.post("/evaluations", json={"code": SLEEPY.format(s=1), "priority": "high"}).json()[
+                "id"
+            ]
+            for _ in range(4)
+        ]
+        assert api.post(f"/evaluations/{queued['id']}/cancel").json()["status"] in (
+            "cancelled",
+            "running",
+        )
+        for _ in range(3):
+            app.send_task("crucible.execute", args=[queued["id"]], kwargs={"priority": "high"})
+        for b in blockers:
+            wait_final(api, b, 60)
+        time.sleep(1)
+        late = api.get(f"/evaluations/{queued['id']}").json()
+    app.close()
+    assert done["status"] == "completed" and done["attempts"] == 1
+    assert done["result"]["stdout"] == "once\n"
+    if late["attempts"] == 0:  # cancelled before any worker took it
+        assert late["status"] == "cancelled" and late["result"] is None
+
+
+def test_cancel_reaches_a_run_on_another_host_within_two_seconds(cluster) -> None:
+    _api_a, url_a = cluster.api()
+    _api_b, url_b = cluster.api()
+    cluster.worker(concurrency=1)
+    ticker = "import time\nwhile True:\n    print(time.time(), flush=True)\n    time.sleep(0.02)\n"
+    with http(url_a) as a, http(url_b) as b:
+        ev = a.post("/evaluations", json={"code": ticker}).json()
+        running_on(a, ev["id"])
+        time.sleep(1)
+        asked = time.time()
+        assert b.post(f"/evaluations/{ev['id']}/cancel").status_code == 200
+        final = wait_final(a, ev["id"], 30)
+    assert final["status"] == "cancelled" and final["result"]["termination"] == "cancelled"
+    last_tick = float(final["result"]["stdout"].split()[-1])
+    # The program's own clock: it printed every 20 ms until the container died.
+    assert last_tick - asked < 2.0, last_tick - asked
