@@ -182,3 +182,28 @@ def test_cancel_reaches_a_run_on_another_host_within_two_seconds(cluster) -> Non
     last_tick = float(final["result"]["stdout"].split()[-1])
     # The program's own clock: it printed every 20 ms until the container died.
     assert last_tick - asked < 2.0, last_tick - asked
+
+
+def test_fair_share_a_second_key_is_not_stuck_behind_a_large_batch(cluster) -> None:
+    """Celery delivers in FIFO per priority, but a task runs the fair pick: a second
+    user's single run starts while the first user's batch is still queued."""
+    _api, url = cluster.api()
+    with http(url) as api:
+        made = api.post("/keys", json={"name": "second", "role": "researcher"})
+        assert made.status_code == 201, made.text
+        other_key = made.json()["key"]
+        batch = api.post(
+            "/batches",
+            json={"items": [{"code": SLEEPY.format(s=0.3)} for _ in range(20)]},
+        ).json()
+        # Two slots: fairness is by running count (the key with fewer running goes
+        # first), so it shows once one key holds a slot while the other waits.
+        cluster.worker(concurrency=2)
+        with http(url) as other:
+            other.headers["Authorization"] = f"Bearer {other_key}"
+            single = other.post("/evaluations", json={"code": "print('me too')"}).json()["id"]
+            final = wait_final(other, single, 120)
+        progress = api.get(f"/batches/{batch['id']}").json()
+    assert final["status"] == "completed"
+    # FIFO would have run all 20 first; the fair pick runs it after at most a couple.
+    assert progress["by_status"].get("queued", 0) >= 10, progress["by_status"]

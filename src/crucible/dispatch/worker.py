@@ -72,7 +72,26 @@ class WorkerRuntime:
 
     def execute(self, evaluation_id: str) -> None:
         """The Celery task's body: one evaluation, in this process's loop."""
-        self.call(self.executor.execute(evaluation_id))
+        self.call(self._execute_fair(evaluation_id))
+
+    async def _execute_fair(self, evaluation_id: str) -> None:
+        """Run the fair pick, not necessarily the task's own evaluation.
+
+        A task is a token meaning "one queued evaluation may run now"; which one is
+        chosen as in the embedded dispatcher (``Store.claim_next``: the owner with the
+        fewest running, then priority, then age; owners at their max_running skipped),
+        so one key's 10,000-item batch cannot hold everyone else's work behind it on
+        the broker. Tokens are conserved: every queued evaluation was published once,
+        so the task of an evaluation run early by someone else's token later runs
+        another one. When nothing may run now (back-off, max_running), the token goes
+        back: the task's evaluation is marked unpublished and the publisher sends it
+        again. A duplicate or late delivery claims only what is really queued.
+        """
+        claim = await self.executor._db(self.store.claim_next, worker_id=self.executor.worker_id)
+        if claim is None:
+            await asyncio.to_thread(self.cluster.unpublish, [evaluation_id])
+            return
+        await self.executor.execute(claim.id, claim=claim)
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -84,6 +103,7 @@ class WorkerRuntime:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(s.sqlalchemy_url)
+        self.store.default_max_running = s.quota_max_running  # as in the API (access.py)
         await asyncio.to_thread(self.store.migrate)
         self.cluster = Cluster(self.store)
         self.bus = RedisBus(s.event_redis_url, prefix=s.prefix, retention_s=s.event_retention_s)
