@@ -124,6 +124,9 @@ def worker(
         str, typer.Option(help="queues to consume, highest priority first")
     ] = "high,normal,low",
     data_dir: Annotated[Path | None, typer.Option(help="default ./data")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve this worker's Prometheus metrics on this port")
+    ] = None,
 ) -> None:
     """Run a Celery worker that executes evaluations in sandboxes on this host.
 
@@ -139,7 +142,11 @@ def worker(
     names = [q.strip() for q in queues.split(",") if q.strip()]
     if not names or any(q not in QUEUES for q in names):
         raise _fail(ValueError(f"--queues must name some of {', '.join(QUEUES)}"))
-    overrides: dict[str, Any] = {"data_dir": data_dir, "dispatcher": "celery"}
+    overrides: dict[str, Any] = {
+        "data_dir": data_dir,
+        "dispatcher": "celery",
+        "worker_metrics_port": metrics_port,
+    }
     if concurrency is not None:
         overrides["max_concurrency"] = concurrency
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # Per-key quotas (an admin can override each per key). 0 means unlimited.
     quota_max_running: int = 0
+    # A Celery worker serves its own Prometheus metrics (sandbox run durations) on this
+    # port when set; the API's /metrics covers the database-wide figures.
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "127.0.0.1"
     quota_max_queued: int = 0
     quota_per_hour: int = 0
 

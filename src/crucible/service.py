@@ -379,6 +379,11 @@ class Service:
         """Raise unless the database and (embedded) the default runtime or
         (distributed) the event bus are usable."""
         await asyncio.to_thread(self.store.ping)
+        if self.settings.dispatcher == "celery":
+            try:
+                await asyncio.to_thread(_ping_broker, self.settings.broker_url)
+            except Exception as exc:
+                raise SandboxUnavailable(f"the broker is unreachable: {exc!r}") from None
         if isinstance(self.bus, RedisBus):
             try:
                 await self.bus.ping()
@@ -396,3 +401,11 @@ class Service:
         if shutil.which(binary) is None:
             raise SandboxUnavailable(f"runtime {binary!r} not found")
         await self.sandbox.prepare()
+
+
+def _ping_broker(url: str) -> None:
+    """Connect to the Celery broker once (Redis or RabbitMQ), or raise."""
+    from kombu.connection import Connection
+
+    with Connection(url, connect_timeout=2) as conn:  # type: ignore[no-untyped-call]
+        conn.ensure_connection(max_retries=1, timeout=2)

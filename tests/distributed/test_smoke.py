@@ -43,3 +43,57 @@ def test_one_evaluation_runs_on_a_worker(cluster) -> None:
     assert "".join(e[2]["data"] for e in events if e[1] == "stdout") == "0\n1\n2\n"
     assert len(workers) == 1 and workers[0]["state"] == "alive" and workers[0]["capacity"] == 2
     assert workers[0]["queues"] == ["high", "normal", "low"]
+
+
+def test_worker_serves_its_own_metrics(cluster) -> None:
+    """Sandbox run durations are observed where the sandbox runs: the worker."""
+    from dist_helpers import free_port
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    _api, url = cluster.api()
+    cluster.worker(concurrency=1, CRUCIBLE_WORKER_METRICS_PORT=str(port))
+    with http(url) as api:
+        ev = api.post("/evaluations", json={"code": "print(1)", "language": "python"}).json()
+        assert wait_final(api, ev["id"], 60)["status"] == "completed"
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    counts = {
+        tuple(sorted(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "crucible_sandbox_run_seconds"
+        for s in family.samples
+        if s.name.endswith("_count")
+    }
+    assert counts.get((("language", "python"), ("termination", "exited")), 0) >= 1, counts
+
+
+def test_readyz_fails_while_the_broker_is_unreachable(cluster) -> None:
+    """The event bus (Redis) answers but the broker (a RabbitMQ URL on a closed port)
+    does not: the API is alive but not ready, and says which part is missing."""
+    from dist_helpers import CRUCIBLE, Proc, free_port, wait_for
+
+    port = free_port()
+    env = {
+        **cluster.env,
+        "CRUCIBLE_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}//",
+        "CRUCIBLE_REDIS_URL": cluster.redis.url,
+    }
+    proc = Proc(
+        "api-no-broker",
+        [CRUCIBLE, "serve", "--dispatcher", "celery", "--port", str(port)],
+        env,
+        cluster.root / "api-no-broker.log",
+    ).start()
+    cluster.apis.append(proc)  # stopped at teardown
+    url = f"http://127.0.0.1:{port}"
+
+    def alive() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(alive, 60, "the API")
+    ready = httpx.get(f"{url}/readyz", timeout=30)
+    assert ready.status_code == 503, ready.text
+    assert "broker" in ready.text

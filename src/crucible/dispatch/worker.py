@@ -26,6 +26,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from crucible.config import Settings
@@ -34,6 +35,7 @@ from crucible.dispatch.distributed import CANCEL_CHANNEL, BrokerWatch, Publisher
 from crucible.dispatch.maintenance import Maintenance
 from crucible.events import RedisBus
 from crucible.executor import Executor
+from crucible.metrics import REGISTRY
 from crucible.sandbox import Sandbox
 from crucible.store import BlobStore, Cluster, Store
 
@@ -184,6 +186,11 @@ def current_runtime(settings: Settings) -> WorkerRuntime:
 def run_worker(settings: Settings, *, concurrency: int, queues: list[str]) -> None:
     """``crucible worker``: the runtime, then a Celery worker (threads pool) consuming
     ``queues`` in the order given; returns after a warm shutdown."""
+    if settings.worker_metrics_port is not None:
+        # Runs in this worker's process: its own sandbox run histograms.
+        start_http_server(
+            settings.worker_metrics_port, addr=settings.worker_metrics_host, registry=REGISTRY
+        )
     from crucible.dispatch.celery_app import make_celery
 
     app = make_celery(settings)
