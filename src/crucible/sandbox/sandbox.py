@@ -357,15 +357,23 @@ class Sandbox:
             pid = int((cbundle / "pid").read_text().strip())
             # A pidfd works on a zombie too: a program that already ended (it is our
             # child: subreaper) makes it readable at once.
-            pidfd = os.pidfd_open(pid)
             exited = asyncio.Event()
             loop = asyncio.get_running_loop()
-            loop.add_reader(pidfd, exited.set)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                # Already exited and reaped: a concurrent run's reap_orphans() may
+                # collect our zombie first (gVisor's sandbox is also called "exe").
+                # Its status is in the trailer, so nothing is lost.
+                exited.set()
+            else:
+                loop.add_reader(pidfd, exited.set)
             reason = await self._supervise(limits, started, exited, collector, counters, cancel)
             if reason is not None:
                 await self._kill(rt, cid, pidfd, exited)
             wall_ms = int((time.monotonic() - started) * 1000)
-            loop.remove_reader(pidfd)
+            if pidfd != -1:
+                loop.remove_reader(pidfd)
             reaper.reap(pid)
             # The pipes reach EOF once every process holding them is gone.
             with contextlib.suppress(TimeoutError):
