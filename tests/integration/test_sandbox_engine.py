@@ -112,6 +112,20 @@ async def test_stdin(runtime: str, sandbox: Sandbox) -> None:
     assert r.stdout == "46\n"
 
 
+async def test_tmp_is_world_writable_and_sticky(runtime: str, sandbox: Sandbox) -> None:
+    """/tmp is 1777 as the README says, under every runtime (runc 1.1 copied the
+    skeleton directory's 0755 onto the tmpfs, whatever mode= the mount asked for)."""
+    code = (
+        "import os, stat\n"
+        "st = os.stat('/tmp')\n"
+        "print(oct(stat.S_IMODE(st.st_mode)), st.st_uid)\n"
+        "open('/tmp/scratch', 'w').write('ok')\n"
+        "print(open('/tmp/scratch').read())\n"
+    )
+    r = await run_code(sandbox, runtime, code)
+    assert (r.exit_code, r.stdout) == (0, "0o1777 0\nok\n"), r.stderr
+
+
 async def test_live_output_arrives_before_the_end(runtime: str, sandbox: Sandbox) -> None:
     seen: list[tuple[float, str, bytes]] = []
     code = (

@@ -71,6 +71,9 @@ def ensure_rootfs(path: Path, mount_points: list[str] = ()) -> Path:  # type: ig
     """
     for d in ("proc", "dev", "tmp", "workspace", "etc", ".crucible", "usr"):
         (path / d).mkdir(parents=True, exist_ok=True)
+    # runc 1.1 gives a tmpfs the mode of the directory it is mounted on, ignoring the
+    # mount's own mode=1777; make the mount point itself what /tmp must be.
+    (path / "tmp").chmod(0o1777)
     for top in TOOLCHAIN_DIRS[1:]:
         host, target = Path(top), path / top.lstrip("/")
         if target.exists() or target.is_symlink():

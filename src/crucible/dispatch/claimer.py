@@ -1,0 +1,103 @@
+"""The claim loop: whenever this process has a free slot, claim a runnable evaluation
+from the database and run it. Embedded servers and Celery workers both run one.
+
+The database is the queue. :meth:`Store.claim_next` picks the fair next evaluation
+(the owner with the fewest running, then priority, then age; owners at their
+``max_running`` and evaluations backing off are skipped) with ``FOR UPDATE SKIP
+LOCKED``, so concurrent claimers on many hosts never take the same row and never wait
+for each other. A message (a submission in this process, a Celery wake-up from
+another one, a finished run freeing a slot) only makes the loop look *now*; without
+one it looks every ``poll_s`` (with jitter, so idle workers do not poll in step).
+Lost, duplicated, delayed or reordered messages therefore change when work starts by
+at most ``poll_s``, never whether it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from crucible.executor import Executor
+from crucible.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def claim_slots(sandbox_slots: int) -> int:
+    """How many evaluations a process holds at once for ``sandbox_slots`` sandboxes:
+    twice as many, so while one evaluation's result is being stored (several database
+    round trips) the next is already claimed and waiting on the sandbox's own
+    semaphore, and sandboxes do not idle between runs."""
+    return 2 * sandbox_slots
+
+
+class Claimer:
+    def __init__(
+        self, executor: Executor, store: Store, *, concurrency: int, poll_s: float = 1.0
+    ) -> None:
+        self.executor = executor
+        self.store = store
+        self.concurrency = concurrency
+        self.poll_s = poll_s
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    def notify(self, n: int = 1) -> None:
+        """New work may be runnable: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def cancel(self, evaluation_id: str) -> None:
+        """Kill ``evaluation_id`` now if it runs here (else its executor sees the flag)."""
+        self.executor.cancel(evaluation_id)
+
+    def start(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._loop(), name="crucible-claimer")
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop claiming; let running evaluations finish for up to ``grace_s``, then
+        abandon the rest (left ``running``: once this process's heartbeat row says
+        stopped or dead, any process re-queues them)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            while len(self._tasks) < self.concurrency:
+                try:
+                    claim = await asyncio.to_thread(
+                        self.store.claim_next, worker_id=self.executor.worker_id
+                    )
+                except Exception as exc:  # the database is down: the next poll retries
+                    log.warning("claiming from the queue failed: %r; retrying", exc)
+                    break
+                if claim is None:
+                    break
+                task = asyncio.create_task(self.executor.execute(claim.id, claim=claim))
+                self._tasks.add(task)
+                task.add_done_callback(self._finished)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_s * random.uniform(0.8, 1.2))
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("executor crashed", exc_info=task.exception())
+        self._wake.set()  # a slot is free
