@@ -120,28 +120,22 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(help="sandboxes run at once (default CRUCIBLE_MAX_CONCURRENCY)")
     ] = None,
-    queues: Annotated[
-        str, typer.Option(help="queues to consume, highest priority first")
-    ] = "high,normal,low",
     data_dir: Annotated[Path | None, typer.Option(help="default ./data")] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="serve this worker's Prometheus metrics on this port")
     ] = None,
 ) -> None:
-    """Run a Celery worker that executes evaluations in sandboxes on this host.
+    """Run a worker that claims queued evaluations from the database and runs them in
+    sandboxes on this host (woken by Celery messages, polling when idle).
 
     Reads CRUCIBLE_DATABASE_URL, CRUCIBLE_BROKER_URL and CRUCIBLE_REDIS_URL; stop it
-    with SIGTERM (warm: running evaluations finish first).
+    with SIGTERM (warm: running evaluations get CRUCIBLE_SHUTDOWN_GRACE_S to finish).
     """
     import logging
 
     from crucible.config import Settings
-    from crucible.dispatch.celery_app import QUEUES
     from crucible.dispatch.worker import run_worker
 
-    names = [q.strip() for q in queues.split(",") if q.strip()]
-    if not names or any(q not in QUEUES for q in names):
-        raise _fail(ValueError(f"--queues must name some of {', '.join(QUEUES)}"))
     overrides: dict[str, Any] = {
         "data_dir": data_dir,
         "dispatcher": "celery",
@@ -151,7 +145,7 @@ def worker(
         overrides["max_concurrency"] = concurrency
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run_worker(settings, concurrency=settings.max_concurrency, queues=names)
+    run_worker(settings, concurrency=settings.max_concurrency)
 
 
 def submit(

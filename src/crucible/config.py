@@ -95,9 +95,12 @@ class Settings(BaseSettings):
     # for worker_dead_after_s is dead and its running evaluations are re-queued.
     heartbeat_s: float = 2.0
     worker_dead_after_s: float = 20.0
-    # A queued evaluation published this long ago and still queued is published again
-    # (a lost broker message; duplicates are harmless, the claim is fenced).
-    republish_after_s: float = 900.0
+    # A process with a free sandbox slot looks for runnable evaluations in the database
+    # this often when nothing woke it (a lost wake-up delays work by at most this).
+    claim_poll_s: float = 1.0
+    # On SIGTERM, running evaluations get this long to finish before they are left to
+    # recovery (re-queued elsewhere).
+    shutdown_grace_s: float = 30.0
     # Event streams in Redis are kept this long after their final event.
     event_retention_s: float = 600.0
     # How long the executor keeps retrying a database call that lost its connection.

@@ -1,10 +1,9 @@
 """Executes one evaluation: claim → sandbox → store result (and blobs) → publish events.
 
-This is the only path that runs an evaluation, whichever dispatcher delivered it (the
-embedded one in ``crucible.dispatch.embedded``, or a Celery task in
-``crucible.dispatch.celery_app``). It is safe to call twice for one evaluation, from
-two processes: the fenced claim lets one through, and a redelivered task finds the
-evaluation no longer queued and does nothing.
+This is the only path that runs an evaluation, in an embedded server or a Celery
+worker alike: both claim through ``crucible.dispatch.claimer``. It is safe to call
+twice for one evaluation, from two processes: the fenced claim lets one through, and
+the other finds the evaluation no longer queued and does nothing.
 
 Two channels for failure: whatever the program did is a Result (status ``completed``,
 or ``cancelled``) and is never retried; a platform fault

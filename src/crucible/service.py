@@ -31,8 +31,8 @@ from crucible.api.schemas import (
 )
 from crucible.config import Settings
 from crucible.dispatch import identity
+from crucible.dispatch.claimer import Claimer, claim_slots
 from crucible.dispatch.distributed import CeleryDispatcher
-from crucible.dispatch.embedded import EmbeddedDispatcher
 from crucible.dispatch.maintenance import Maintenance
 from crucible.errors import (
     InvalidSubmission,
@@ -64,10 +64,11 @@ class Service:
     """Store, blobs, bus and dispatcher wired together, in one of two modes.
 
     Embedded (``dispatcher="embedded"``): this process runs evaluations itself, with
-    its own sandbox, executor and in-process bus. Distributed (``"celery"``): it runs
-    nothing; it publishes queued evaluations to the broker for ``crucible worker``
-    processes and follows their events on the Redis bus. Either way it heartbeats
-    (when it runs evaluations) and recovers dead processes' evaluations periodically.
+    its own sandbox, executor, claim loop and in-process bus. Distributed
+    (``"celery"``): it runs nothing; ``crucible worker`` processes claim queued
+    evaluations from the database, this process wakes them through Celery and follows
+    their events on the Redis bus. Either way it heartbeats (when it runs evaluations)
+    and recovers dead processes' evaluations periodically.
     """
 
     def __init__(
@@ -84,7 +85,7 @@ class Service:
         self.cluster = Cluster(self.store)
         self.blobs = BlobStore(settings.data_dir / "blobs")
         self.distributed = settings.dispatcher == "celery"
-        self.dispatcher: EmbeddedDispatcher | CeleryDispatcher
+        self.dispatcher: Claimer | CeleryDispatcher
         self.sandbox: Sandbox | None = None
         if self.distributed:
             from crucible.dispatch.celery_app import make_celery
@@ -95,14 +96,11 @@ class Service:
                 retention_s=settings.event_retention_s,
             )
             self.bus: EventBus = bus or redis_bus
-            self.dispatcher = CeleryDispatcher(
-                self.cluster, settings, redis_bus, make_celery(settings)
-            )
+            self.dispatcher = CeleryDispatcher(self.cluster, redis_bus, make_celery(settings))
             self.maintenance = Maintenance(
                 self.cluster,
                 settings,
                 info=None,  # runs nothing: no heartbeat row
-                duties=(self.dispatcher.watch.check, self.dispatcher.publisher.publish_pending),
                 on_recovered=self.dispatcher.notify,
             )
         else:
@@ -117,11 +115,11 @@ class Service:
                 settings=settings,
                 worker_id=info.id,
             )
-            # Twice the sandbox slots: while one evaluation's result is being stored
-            # (several database round trips), the next is already claimed and waiting on
-            # the sandbox's own semaphore, so sandboxes do not idle between runs.
-            self.dispatcher = EmbeddedDispatcher(
-                self.executor, self.store, concurrency=2 * settings.max_concurrency
+            self.dispatcher = Claimer(
+                self.executor,
+                self.store,
+                concurrency=claim_slots(settings.max_concurrency),
+                poll_s=settings.claim_poll_s,
             )
             embedded = self.dispatcher
             self.maintenance = Maintenance(
@@ -310,7 +308,7 @@ class Service:
         await asyncio.to_thread(
             self.store.create_batch, batch_id, news, body.labels or {}, who.id if who else None
         )
-        self.dispatcher.notify()
+        self.dispatcher.notify(len(news))
         return BatchCreated(id=batch_id, count=len(news))
 
     async def batch(self, batch_id: str, who: KeyRecord | None = None) -> BatchPublic:

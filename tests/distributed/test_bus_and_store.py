@@ -147,7 +147,7 @@ def test_dead_worker_orphans_are_requeued_once_then_dead_lettered(pg_store: Stor
     states = {w.id: w.state for w in cluster.workers()}
     assert states == {"w1": "dead", "w2": "alive"}
     row = pg_store.get("ev_1")
-    assert row.status == Status.queued and row.worker_id is None and row.enqueued_at is None
+    assert row.status == Status.queued and row.worker_id is None
     assert not pg_store.finish(claim, Status.completed)  # the dead worker's claim is fenced
     second = pg_store.claim("ev_1", worker_id="w2")
     assert second is not None and second.attempt == 2
@@ -182,26 +182,32 @@ def test_same_node_dead_pid_is_recovered_at_once(pg_store: Store) -> None:
     assert pg_store.get("ev_2").status == Status.running  # a live process's run is left alone
 
 
-def test_publication_is_fenced_and_backoff_respected(pg_store: Store) -> None:
-    cluster = Cluster(pg_store)
-    for n in range(10):
+def test_concurrent_claimers_take_each_evaluation_once_and_respect_backoff(
+    pg_store: Store,
+) -> None:
+    """The database is the queue: claimers racing on PostgreSQL (SKIP LOCKED) take
+    every queued evaluation exactly once, high priority first, and none that is
+    backing off."""
+    for n in range(40):
         pg_store.create_evaluation(new(n, Priority.low if n % 2 else Priority.high))
-    batches: list[list[tuple[str, int]]] = []
-    threads = [
-        threading.Thread(target=lambda: batches.append(cluster.take_unpublished(4)))
-        for _ in range(5)
-    ]
+    claims: list[Claim] = []
+    lock = threading.Lock()
+
+    def claimer() -> None:
+        while (claim := pg_store.claim_next(worker_id="w")) is not None:
+            with lock:
+                claims.append(claim)
+
+    threads = [threading.Thread(target=claimer) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(30)
-    taken = [i for b in batches for i, _ in b]
-    assert sorted(taken) == sorted(f"ev_{n}" for n in range(10))  # each exactly once
-    assert cluster.take_unpublished() == []
-    assert cluster.forget_published() == 10  # the broker lost everything
-    assert len(cluster.take_unpublished(100)) == 10
-    claim = pg_store.claim("ev_0", worker_id="w")
-    assert claim is not None
-    assert pg_store.requeue(claim, "runtime crashed", delay_s=30)
-    assert cluster.take_unpublished() == []  # backing off: not published…
-    assert pg_store.claim("ev_0") is None  # …nor claimable by a stray duplicate
+        t.join(60)
+    assert sorted(c.id for c in claims) == sorted(f"ev_{n}" for n in range(40))  # once each
+    # High before low, but for the few lows that racing claimers took while another
+    # claimer held the last highs locked (one per other claimer at most).
+    late_highs = [c.id for c in claims[20 + 5 :] if int(c.id[3:]) % 2 == 0]
+    assert late_highs == [], [c.id for c in claims]
+    assert pg_store.requeue(claims[0], "runtime crashed", delay_s=30)
+    assert pg_store.claim_next(worker_id="w") is None  # backing off: not claimable…
+    assert pg_store.claim(claims[0].id) is None  # …not even by its id

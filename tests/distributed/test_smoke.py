@@ -42,7 +42,7 @@ def test_one_evaluation_runs_on_a_worker(cluster) -> None:
     assert events[0][1] == "status" and events[0][2]["status"] == "queued"
     assert "".join(e[2]["data"] for e in events if e[1] == "stdout") == "0\n1\n2\n"
     assert len(workers) == 1 and workers[0]["state"] == "alive" and workers[0]["capacity"] == 2
-    assert workers[0]["queues"] == ["high", "normal", "low"]
+    assert workers[0]["queues"] == ["crucible"]
 
 
 def test_worker_serves_its_own_metrics(cluster) -> None:

@@ -1,19 +1,12 @@
-"""Distributed mode's side of dispatching: putting queued evaluations on the broker,
-noticing when the broker lost them, and broadcasting cancels.
+"""The API's dispatcher in distributed mode: it runs nothing, it wakes workers.
 
-The database decides what must run; the broker is only a delivery channel. Each
-queued evaluation has ``enqueued_at``: NULL means "no message for it is known to be
-on the broker". :class:`Publisher` takes such rows (fenced, see
-``Cluster.take_unpublished``) and sends one task each. Messages can still be lost:
-
-* a Redis without persistence restarts empty: :class:`BrokerWatch` keeps a sentinel
-  key on the broker; when it is gone, every queued evaluation is marked unpublished
-  and published again (duplicates of messages that did survive are no-op claims);
-* anything else (a RabbitMQ queue deleted by hand): queued evaluations published more
-  than ``republish_after_s`` ago are published again.
-
-Every API instance and worker runs these (on its maintenance tick); the fences make
-the work happen once.
+Workers claim from the database by themselves (:mod:`crucible.dispatch.claimer`), so
+an API instance only has to make idle workers look sooner than their next poll: on
+every submission it sends wake-ups through Celery, at most one per live sandbox slot
+in the cluster (more would wake nobody new). Sending is best effort: when the broker
+is down the submission is still accepted, and workers find it at their next poll.
+Cancels are broadcast on the event bus; the worker running the evaluation kills it
+(the database flag, polled by every executor, is the fallback).
 """
 
 from __future__ import annotations
@@ -21,125 +14,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from crucible.config import Settings
-from crucible.dispatch.celery_app import TASK, queue_of
+from crucible.dispatch import CANCEL_CHANNEL
+from crucible.dispatch.celery_app import TASK, WAKE_EXPIRES_S
 from crucible.events import RedisBus
 from crucible.store import Cluster
 
 log = logging.getLogger(__name__)
 
-CANCEL_CHANNEL = "cancel"
-SENTINEL = "crucible:broker-sentinel"
-
-
-class Publisher:
-    """Sends a task for every due, unpublished queued evaluation."""
-
-    def __init__(self, cluster: Cluster, app: Any, *, batch: int = 500) -> None:
-        self.cluster = cluster
-        self.app = app
-        self.batch = batch
-        self._lock = asyncio.Lock()
-
-    async def publish_pending(self) -> int:
-        """Publish until nothing is pending; returns how many were sent. Raises when
-        the broker refuses (those evaluations are marked unpublished again)."""
-        total = 0
-        async with self._lock:
-            while rows := await asyncio.to_thread(self.cluster.take_unpublished, self.batch):
-                try:
-                    await asyncio.to_thread(self._send, rows)
-                except BaseException:
-                    await asyncio.to_thread(self.cluster.unpublish, [i for i, _ in rows])
-                    raise
-                total += len(rows)
-        return total
-
-    def _send(self, rows: list[tuple[str, int]]) -> None:
-        with self.app.producer_or_acquire() as producer:
-            for evaluation_id, rank in rows:
-                self.app.send_task(
-                    TASK,
-                    args=[evaluation_id],
-                    kwargs={"priority": queue_of(rank)},
-                    producer=producer,
-                )
-
-
-class BrokerWatch:
-    """Notices a broker that lost its messages, and very old unconsumed publications."""
-
-    def __init__(self, cluster: Cluster, settings: Settings) -> None:
-        self.cluster = cluster
-        self.settings = settings
-        url = settings.broker_url
-        self.redis: Any = (
-            aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
-            if url.startswith(("redis://", "rediss://", "unix://"))
-            else None
-        )
-
-    async def check(self) -> int:
-        """One look; returns how many evaluations were marked for publishing again."""
-        forgotten = await asyncio.to_thread(
-            self.cluster.forget_published, older_than_s=self.settings.republish_after_s
-        )
-        if self.redis is not None and not await self.redis.exists(SENTINEL):
-            # Forget first, then set: a crash in between only repeats the forgetting.
-            n = await asyncio.to_thread(self.cluster.forget_published)
-            await self.redis.set(SENTINEL, secrets.token_hex(8), nx=True)
-            if n:
-                log.warning("the broker lost its messages: publishing %d evaluations again", n)
-            forgotten += n
-        return int(forgotten)
-
-    async def close(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
-
 
 class CeleryDispatcher:
-    """The API's dispatcher in distributed mode: publishes, never runs anything."""
+    """Coalesces ``notify`` calls into wake-up messages, sent from one task."""
 
-    def __init__(
-        self, cluster: Cluster, settings: Settings, bus: RedisBus, app: Any, *, poll_s: float = 1.0
-    ) -> None:
-        self.publisher = Publisher(cluster, app)
-        self.watch = BrokerWatch(cluster, settings)
+    def __init__(self, cluster: Cluster, bus: RedisBus, app: Any) -> None:
+        self.cluster = cluster
         self.bus = bus
-        self.poll_s = poll_s
+        self.app = app
+        self._pending = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    running = 0
+    running = 0  # runs nothing itself
 
-    def notify(self) -> None:
+    def notify(self, n: int = 1) -> None:
+        """``n`` evaluations were queued (or re-queued): wake up to ``n`` workers' slots."""
+        self._pending += n
         self._wake.set()
 
     async def cancel(self, evaluation_id: str) -> None:
-        """Tell every worker; the one running it kills it (the database flag, already
-        set by the caller, is the fallback each executor polls)."""
         with contextlib.suppress(Exception):
             await self.bus.broadcast(CANCEL_CHANNEL, evaluation_id)
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="crucible-publisher")
+            self._task = asyncio.create_task(self._loop(), name="crucible-waker")
 
     async def _loop(self) -> None:
         while True:
+            await self._wake.wait()
             self._wake.clear()
+            n, self._pending = self._pending, 0
             try:
-                await self.publisher.publish_pending()
+                slots = await asyncio.to_thread(self.cluster.capacity)
+                await asyncio.to_thread(self._send, min(n, max(1, slots)))
             except Exception as exc:
-                log.warning("publishing to the broker failed: %r; retrying", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                log.warning("waking workers failed (%r); they will find the work by polling", exc)
+
+    def _send(self, n: int) -> None:
+        with self.app.producer_or_acquire() as producer:
+            for _ in range(n):
+                self.app.send_task(TASK, producer=producer, expires=WAKE_EXPIRES_S)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -147,4 +72,3 @@ class CeleryDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.watch.close()

@@ -1,19 +1,20 @@
-"""A distributed worker process: Celery delivers, the shared executor runs.
+"""A distributed worker process: claims from the database, runs in its own loop.
 
-Event-loop model. Celery's pool is synchronous and the executor is async, so each
-worker process owns one asyncio loop, run forever in a daemon thread, with one
-Sandbox (``concurrency`` slots), one database pool, one Redis bus and one executor.
-Celery runs with the *threads* pool and ``concurrency`` threads: each task thread
-submits ``executor.execute(id)`` to the loop and blocks until it ends, so at most
-``concurrency`` sandboxes run at once and the process stays a single normal process —
-the Sandbox marks it PR_SET_CHILD_SUBREAPER and reaps its runtimes' orphans, which a
-prefork child would also do, but one process per host keeps one heartbeat, one
-identity and one cancel subscription per worker. ``kill -9`` of the worker kills all
-of it at once; its heartbeat stops and other processes recover its evaluations.
+Event-loop model. The worker process owns one asyncio loop, run forever in a daemon
+thread, with one Sandbox (``concurrency`` slots), one database pool, one Redis bus,
+one executor and one :class:`~crucible.dispatch.claimer.Claimer`, the same claim loop
+an embedded server runs: whenever a slot is free it claims the fair next runnable
+evaluation straight from the database, else it polls every ``claim_poll_s``. Celery
+only delivers wake-ups (:mod:`crucible.dispatch.celery_app`): its task thread sets
+the claimer's event and returns. The process stays a single normal process: the
+Sandbox marks it PR_SET_CHILD_SUBREAPER and reaps its runtimes' orphans, and one
+process per host keeps one heartbeat, one identity and one cancel subscription per
+worker. ``kill -9`` of the worker kills all of it at once; its heartbeat stops and
+other processes re-queue its evaluations.
 
-The loop also runs the process's maintenance (heartbeat, orphan recovery, publishing,
-broker watch) and listens on the cancel channel, killing a local run within
-milliseconds of a cancel on any API instance.
+The loop also runs the process's maintenance (heartbeat, orphan recovery) and
+listens on the cancel channel, killing a local run within milliseconds of a cancel
+on any API instance.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from crucible.config import Settings
-from crucible.dispatch import identity
-from crucible.dispatch.distributed import CANCEL_CHANNEL, BrokerWatch, Publisher
+from crucible.dispatch import CANCEL_CHANNEL, identity
+from crucible.dispatch.celery_app import QUEUE, make_celery
+from crucible.dispatch.claimer import Claimer, claim_slots
 from crucible.dispatch.maintenance import Maintenance
 from crucible.events import RedisBus
 from crucible.executor import Executor
@@ -50,19 +52,15 @@ _runtime_lock = threading.Lock()
 class WorkerRuntime:
     """The asyncio side of one worker process (see the module docstring)."""
 
-    def __init__(
-        self, settings: Settings, *, concurrency: int, queues: str, app: Any = None
-    ) -> None:
+    def __init__(self, settings: Settings, *, concurrency: int) -> None:
         self.settings = settings
         self.concurrency = concurrency
-        self.queues = queues
-        self.app = app
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="crucible-loop", daemon=True
         )
         self._tasks: list[asyncio.Task[Any]] = []
-        self.info = identity.this_process("celery", concurrency, queues)
+        self.info = identity.this_process("celery", concurrency, QUEUE)
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop from another thread; wait for its result."""
@@ -72,28 +70,9 @@ class WorkerRuntime:
         self._thread.start()
         self.call(self._start())
 
-    def execute(self, evaluation_id: str) -> None:
-        """The Celery task's body: one evaluation, in this process's loop."""
-        self.call(self._execute_fair(evaluation_id))
-
-    async def _execute_fair(self, evaluation_id: str) -> None:
-        """Run the fair pick, not necessarily the task's own evaluation.
-
-        A task is a token meaning "one queued evaluation may run now"; which one is
-        chosen as in the embedded dispatcher (``Store.claim_next``: the owner with the
-        fewest running, then priority, then age; owners at their max_running skipped),
-        so one key's 10,000-item batch cannot hold everyone else's work behind it on
-        the broker. Tokens are conserved: every queued evaluation was published once,
-        so the task of an evaluation run early by someone else's token later runs
-        another one. When nothing may run now (back-off, max_running), the token goes
-        back: the task's evaluation is marked unpublished and the publisher sends it
-        again. A duplicate or late delivery claims only what is really queued.
-        """
-        claim = await self.executor._db(self.store.claim_next, worker_id=self.executor.worker_id)
-        if claim is None:
-            await asyncio.to_thread(self.cluster.unpublish, [evaluation_id])
-            return
-        await self.executor.execute(claim.id, claim=claim)
+    def wake(self) -> None:
+        """The Celery task's body: look for runnable work now (from a task thread)."""
+        self.loop.call_soon_threadsafe(self.claimer.notify)
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -122,20 +101,22 @@ class WorkerRuntime:
             cancel_poll_s=1.0,
             worker_id=self.info.id,
         )
-        duties = []
-        if self.app is not None:
-            self.publisher = Publisher(self.cluster, self.app)
-            self.watch = BrokerWatch(self.cluster, s)
-            duties = [self.watch.check, self.publisher.publish_pending]
+        self.claimer = Claimer(
+            self.executor,
+            self.store,
+            concurrency=claim_slots(self.concurrency),
+            poll_s=s.claim_poll_s,
+        )
         self.maintenance = Maintenance(
             self.cluster,
             s,
             info=self.info,
             running=lambda: self.executor.running,
-            duties=tuple(duties),
+            on_recovered=self.claimer.notify,
         )
         await self.maintenance.heartbeat()  # registered before the first claim
         self.maintenance.start()
+        self.claimer.start()
         self._tasks.append(asyncio.create_task(self._listen_cancels()))
 
     async def _listen_cancels(self) -> None:
@@ -152,9 +133,8 @@ class WorkerRuntime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.claimer.stop(grace_s=self.settings.shutdown_grace_s)
         await self.maintenance.stop()
-        if self.app is not None:
-            await self.watch.close()
         await self.bus.close()
         await asyncio.to_thread(self.store.dispose)
 
@@ -171,30 +151,21 @@ def current_runtime(settings: Settings) -> WorkerRuntime:
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            from crucible.dispatch.celery_app import make_celery
-
-            _runtime = WorkerRuntime(
-                settings,
-                concurrency=settings.max_concurrency,
-                queues="high,normal,low",
-                app=make_celery(settings),
-            )
+            _runtime = WorkerRuntime(settings, concurrency=settings.max_concurrency)
             _runtime.start()
         return _runtime
 
 
-def run_worker(settings: Settings, *, concurrency: int, queues: list[str]) -> None:
-    """``crucible worker``: the runtime, then a Celery worker (threads pool) consuming
-    ``queues`` in the order given; returns after a warm shutdown."""
+def run_worker(settings: Settings, *, concurrency: int) -> None:
+    """``crucible worker``: the runtime, then a Celery worker receiving wake-ups;
+    returns after a warm shutdown (running evaluations get ``shutdown_grace_s``)."""
     if settings.worker_metrics_port is not None:
         # Runs in this worker's process: its own sandbox run histograms.
         start_http_server(
             settings.worker_metrics_port, addr=settings.worker_metrics_host, registry=REGISTRY
         )
-    from crucible.dispatch.celery_app import make_celery
-
     app = make_celery(settings)
-    runtime = WorkerRuntime(settings, concurrency=concurrency, queues=",".join(queues), app=app)
+    runtime = WorkerRuntime(settings, concurrency=concurrency)
     runtime.start()
     install_runtime(runtime)
     try:
@@ -202,8 +173,8 @@ def run_worker(settings: Settings, *, concurrency: int, queues: list[str]) -> No
             [
                 "worker",
                 "--pool=threads",
-                f"--concurrency={concurrency}",
-                f"--queues={','.join(queues)}",
+                "--concurrency=1",  # wake-ups only; sandboxes run in the runtime's loop
+                f"--queues={QUEUE}",
                 f"--hostname={runtime.info.id.replace('@', '-')}@%h",
                 "--loglevel=INFO",
                 "--without-mingle",

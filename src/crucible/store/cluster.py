@@ -1,16 +1,16 @@
 """Repository functions of a cluster of processes sharing one database: the heartbeat
 rows of the processes that run evaluations, recovery of dead processes' evaluations,
-the broker publication log, and dead letters.
+and dead letters.
 
 Every change that two processes may race to make is a fenced UPDATE: declaring a
 worker dead requires the heartbeat it was judged by; re-queuing an orphan requires
-``status='running' AND attempts=<its claim>``; publishing requires
-``enqueued_at IS NULL``. Whoever notices first wins; the others change nothing.
+``status='running' AND attempts=<its claim>``. Whoever notices first wins; the others
+change nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,7 +18,7 @@ from sqlalchemy import delete, insert, or_, select, update
 
 from crucible.errors import Conflict, NotFound
 from crucible.lifecycle import Status
-from crucible.store.repo import Claim, Store, _due, now
+from crucible.store.repo import Claim, Store, now
 from crucible.store.tables import DeadLetter, Evaluation, Label, Worker
 
 ALIVE, DEAD, STOPPED = "alive", "dead", "stopped"
@@ -162,51 +162,6 @@ class Cluster:
                 )
             )
         return r1 + r2, f1 + f2
-
-    # -- publication (distributed mode) -------------------------------------------
-
-    def take_unpublished(self, limit: int = 500) -> list[tuple[str, int]]:
-        """Mark up to ``limit`` due, unpublished queued evaluations as published and
-        return them as (id, priority rank), highest priority first. Concurrent callers
-        get disjoint sets (SKIP LOCKED, and the ``enqueued_at IS NULL`` fence)."""
-        pick = (
-            select(Evaluation.seq)
-            .where(Evaluation.status == Status.queued, Evaluation.enqueued_at.is_(None), _due())
-            .order_by(Evaluation.priority, Evaluation.seq)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            update(Evaluation)
-            .where(Evaluation.seq.in_(pick), Evaluation.enqueued_at.is_(None))
-            .values(enqueued_at=now())
-            .returning(Evaluation.id, Evaluation.priority)
-        )
-        with self.store._tx() as s:
-            rows = [(i, p) for i, p in s.execute(stmt)]
-        return sorted(rows, key=lambda r: r[1])
-
-    def unpublish(self, ids: Sequence[str]) -> None:
-        """The broker refused these: publish them again later."""
-        if not ids:
-            return
-        with self.store._tx() as s:
-            s.execute(
-                update(Evaluation)
-                .where(Evaluation.id.in_(ids), Evaluation.status == Status.queued)
-                .values(enqueued_at=None)
-            )
-
-    def forget_published(self, *, older_than_s: float | None = None) -> int:
-        """The broker lost (or may have lost) its messages: mark queued evaluations
-        published before ``older_than_s`` ago (all, when None) as unpublished."""
-        q = update(Evaluation).where(
-            Evaluation.status == Status.queued, Evaluation.enqueued_at.is_not(None)
-        )
-        if older_than_s is not None:
-            q = q.where(Evaluation.enqueued_at < now() - timedelta(seconds=older_than_s))
-        with self.store._tx() as s:
-            return int(s.execute(q.values(enqueued_at=None)).rowcount)  # type: ignore[attr-defined]
 
     # -- dead letters -----------------------------------------------------------------
 

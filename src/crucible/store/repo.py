@@ -467,7 +467,6 @@ class Store:
             "error": error,
             "started_at": None,
             "worker_id": None,
-            "enqueued_at": None,  # to be published again (distributed mode)
             "not_before": now() + timedelta(seconds=delay_s) if delay_s > 0 else None,
         }
         moved = self._move(

@@ -68,8 +68,6 @@ class Evaluation(Base):
         # The queue: next to claim is the lowest (priority, seq) among queued.
         Index("ix_evaluations_queue", "status", "priority", "seq"),
         Index("ix_evaluations_batch", "batch_id", "status"),
-        # Distributed mode: queued evaluations not (or no longer) on the broker.
-        Index("ix_evaluations_publish", "status", "enqueued_at"),
     )
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
@@ -102,8 +100,6 @@ class Evaluation(Base):
     # The process (workers.id) holding the current claim; recovery only touches the
     # evaluations of processes known to be dead.
     worker_id: Mapped[str | None] = mapped_column(String(96), index=True)
-    # When a task for it was last handed to the broker (None: not yet, or lost).
-    enqueued_at: Mapped[datetime | None]
     # A retry's backoff: not claimed before this.
     not_before: Mapped[datetime | None]
 
