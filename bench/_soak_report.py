@@ -68,6 +68,7 @@ class Observed:
     not_accepted: list[int]
     submit_retries: int
     batch_lookups: int
+    originals: int  # retried singles answered with the evaluation their first try made
     faults: list[Fault]
     streams: list[Stream]
     records: list[dict[str, Any]]
@@ -179,7 +180,9 @@ def account(obs: Observed) -> dict[str, Any]:
         "still running (at the deadline)": status["running"],
         "failed (error, cancelled, wrong output)": final - len(completed),
         "retried (attempts > 1)": sum(1 for r in records if r["attempts"] > 1),
-        "submission retries / batch look-ups": f"{obs.submit_retries} / {obs.batch_lookups}",
+        "submission retries / originals returned / batch look-ups": (
+            f"{obs.submit_retries} / {obs.originals} / {obs.batch_lookups}"
+        ),
         **{f"faults: {k}": sum(1 for f in faults if f.kind == k) for k in KINDS},
         "faults that failed to inject or recover": sum(1 for f in faults if f.failed),
         "SSE streams followed": len(streams),
