@@ -1,5 +1,6 @@
 """Fixtures of the distributed tests; the servers and process launchers are in
-dist_helpers.py. Everything started is killed at teardown, even when a test fails."""
+tests/local_cluster.py (through dist_helpers.py). Everything started is killed at
+teardown, even when a test fails."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dist_helpers import PG_ADMIN, Cluster, PostgresServer, RedisServer, fresh_database
+from dist_helpers import (
+    PG_ADMIN,
+    Cluster,
+    PostgresServer,
+    RedisServer,
+    Unavailable,
+    fresh_database,
+)
 
 
 @pytest.fixture
@@ -45,7 +53,10 @@ def database() -> Iterator[str]:
 @pytest.fixture
 def own_postgres(dist_root: Path) -> Iterator[PostgresServer]:
     """A PostgreSQL cluster of this test alone: it may be restarted."""
-    server = PostgresServer(dist_root / "pg")
+    try:
+        server = PostgresServer(dist_root / "pg")
+    except Unavailable as exc:
+        pytest.skip(str(exc))
     server.init()
     server.start()
     yield server

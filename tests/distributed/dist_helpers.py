@@ -1,39 +1,51 @@
-"""Helpers of the distributed tests (fixtures in conftest.py): distributed mode against real servers and real processes: throwaway redis-server and
-PostgreSQL instances started from the installed binaries on free ports, ``crucible
-serve --dispatcher celery`` and ``crucible worker`` subprocesses with their own
-directories. Everything started here is killed at teardown, even when a test fails.
-Never fakeredis, never a mocked broker; the machine's own PostgreSQL is only used
-for fresh databases (never restarted)."""
+"""Helpers of the distributed tests (fixtures in conftest.py). The servers and process
+launchers live in tests/local_cluster.py, shared with bench/soak.py; this module adds
+what only the tests need (pytest skips, a database on the machine's PostgreSQL) and
+re-exports the rest, so tests import everything from here."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import glob
 import os
 import secrets
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from crucible.config import Settings
+from local_cluster import (
+    ADMIN_KEY,
+    AUTH,
+    CRUCIBLE,
+    Cluster,
+    PostgresServer,
+    Proc,
+    RedisServer,
+    Unavailable,
+    free_port,
+    http,
+    wait_for,
+)
 
-CRUCIBLE = str(Path(sys.executable).with_name("crucible"))
-ADMIN_KEY = "crk_distributedtests0000000000000000"
-AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+__all__ = [
+    "ADMIN_KEY",
+    "AUTH",
+    "CRUCIBLE",
+    "PG_ADMIN",
+    "Cluster",
+    "PostgresServer",
+    "Proc",
+    "RedisServer",
+    "Unavailable",
+    "free_port",
+    "fresh_database",
+    "http",
+    "wait_final",
+    "wait_for",
+]
 
-
-def http(url: str, timeout: float = 60) -> httpx.Client:
-    """A client of one API instance, with the tests' admin key."""
-    return httpx.Client(base_url=f"{url}/api/v1", headers=AUTH, timeout=timeout)
+PG_ADMIN = os.environ.get("CRUCIBLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def wait_final(api: httpx.Client, evaluation_id: str, timeout: float = 120) -> dict[str, Any]:
@@ -47,112 +59,8 @@ def wait_final(api: httpx.Client, evaluation_id: str, timeout: float = 120) -> d
     return result
 
 
-PG_ADMIN = os.environ.get("CRUCIBLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for(check: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = check()
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-class RedisServer:
-    """redis-server on a free port, without persistence (a restart loses everything,
-    as a cache-configured production Redis would)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "redis.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(self.root)],
-                stdout=log, stderr=log,
-            )  # fmt: skip
-        wait_for(self._ping, 20, "redis-server")
-
-    def _ping(self) -> bool:
-        import redis
-
-        client = redis.Redis.from_url(self.url, socket_timeout=1)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-
-class PostgresServer:
-    """A throwaway PostgreSQL cluster (initdb as user postgres; initdb refuses root)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data = root / "pgdata"
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-        if not bins:
-            pytest.skip("no PostgreSQL binaries in /usr/lib/postgresql")
-        self.bin = Path(bins[-1])
-
-    def _as_postgres(self, *argv: str, timeout: float = 60) -> None:
-        subprocess.run(
-            ["runuser", "-u", "postgres", "--", *argv],
-            check=True, capture_output=True, timeout=timeout,
-        )  # fmt: skip
-
-    def init(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root.parent, 0o711)  # mkdtemp's 0700 would keep postgres out
-        shutil.chown(self.root, "postgres", "postgres")
-        self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust",
-                          "-U", "postgres")  # fmt: skip
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off"
-        self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts,
-                          "-l", str(self.root / "pg.log"), "-w", "start")  # fmt: skip
-
-    def stop(self, mode: str = "fast") -> None:
-        with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode,
-                              "-w", "stop")  # fmt: skip
-
-    def restart(self) -> None:
-        self.stop("fast")
-        self.start()
-
-
 def fresh_database(admin_url: str) -> Iterator[str]:
+    """A new database on the machine's PostgreSQL (never restarted), dropped after."""
     psycopg = pytest.importorskip("psycopg")
     name = f"crucible_dist_{secrets.token_hex(6)}"
     try:
@@ -166,128 +74,3 @@ def fresh_database(admin_url: str) -> Iterator[str]:
         with contextlib.suppress(Exception):
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
-
-
-class Proc:
-    """A ``crucible`` subprocess in its own process group, logging to a file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=log, stderr=log, start_new_session=True
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> None:
-        """SIGKILL the process (not its group: orphaned containers are the point)."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-            self.proc = None
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
-
-    def tail(self, n: int = 4000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace")[-n:]
-        return ""
-
-
-class Cluster:
-    """API instances and workers of one distributed deployment, started on demand."""
-
-    def __init__(self, root: Path, database_url: str, redis: RedisServer, **env: str) -> None:
-        self.root = root
-        self.redis = redis
-        self.state_dir = root / "state"  # shared: the sweep only takes dead owners' leftovers
-        self.data_dir = root / "data"  # shared: blobs are on a shared file system
-        self.env = {
-            **os.environ,
-            "CRUCIBLE_DATABASE_URL": database_url,
-            "CRUCIBLE_BROKER_URL": redis.url,
-            "CRUCIBLE_STATE_DIR": str(self.state_dir),
-            "CRUCIBLE_DATA_DIR": str(self.data_dir),
-            "CRUCIBLE_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
-            "CRUCIBLE_HEARTBEAT_S": "0.5",
-            "CRUCIBLE_WORKER_DEAD_AFTER_S": "6",
-            "CRUCIBLE_RETRY_BACKOFF_S": "0.2",
-            "CRUCIBLE_RETRY_BACKOFF_MAX_S": "2",
-            **env,
-        }
-        self.apis: list[Proc] = []
-        self.workers: list[Proc] = []
-
-    def api(self, **env: str) -> tuple[Proc, str]:
-        port = free_port()
-        n = len(self.apis)
-        proc = Proc(
-            f"api{n}",
-            [CRUCIBLE, "serve", "--dispatcher", "celery", "--port", str(port)],
-            {**self.env, **env},
-            self.root / f"api{n}.log",
-        ).start()
-        self.apis.append(proc)
-        url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            if not proc.alive():
-                raise AssertionError(f"api exited: {proc.tail()}")
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-
-        wait_for(ready, 60, "the API")
-        return proc, url
-
-    def worker(self, concurrency: int = 1, *, wait: bool = True, **env: str) -> Proc:
-        n = len(self.workers)
-        proc = Proc(
-            f"worker{n}",
-            [CRUCIBLE, "worker", "--concurrency", str(concurrency)],
-            {**self.env, **env},
-            self.root / f"worker{n}.log",
-        ).start()
-        self.workers.append(proc)
-        if wait:
-            wait_for(lambda: "ready." in proc.tail(20000) or not proc.alive(), 60, "worker")
-            assert proc.alive(), proc.tail()
-        return proc
-
-    def teardown(self) -> None:
-        for proc in [*self.workers, *self.apis]:
-            with contextlib.suppress(Exception):
-                proc.stop(timeout=10)
-        # Containers of killed workers: remove them as the next worker's sweep would.
-        with contextlib.suppress(Exception):
-            from crucible.sandbox import Sandbox
-
-            asyncio.run(Sandbox(Settings(state_dir=self.state_dir)).sweep())
-        with open("/proc/mounts") as f:
-            targets = [ln.split()[1] for ln in f if ln.split()[1].startswith(str(self.root))]
-        for target in sorted(targets, reverse=True):
-            subprocess.run(["umount", "-l", target], check=False, capture_output=True)
