@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -134,6 +135,88 @@ def test_kill9_then_restart_loses_nothing(
         assert ev.status == "completed", ev
         assert ev.result is not None and ev.result.stdout == "start\nend\n"
         assert ev.attempts == (2 if i in running else 1)
+
+
+class EventStream:
+    """One SSE connection, read in steps; survives the server dying under it."""
+
+    def __init__(self, url: str, last_event_id: int | None = None) -> None:
+        headers = {**AUTH, **({"Last-Event-ID": str(last_event_id)} if last_event_id else {})}
+        self._stack = contextlib.ExitStack()
+        http = self._stack.enter_context(httpx.Client(timeout=httpx.Timeout(10, read=60)))
+        source = self._stack.enter_context(connect_sse(http, "GET", url, headers=headers))
+        self._it = source.iter_sse()
+        self.events: list[tuple[int, str, dict]] = []
+        self.ended = False  # the server closed the stream, or the connection broke
+
+    def read(self, until: Callable[[list], bool] = lambda events: False) -> None:
+        """Read until ``until(events)`` holds or the stream ends."""
+        try:
+            for sse in self._it:
+                self.events.append((int(sse.id), sse.event, sse.json()))
+                if until(self.events):
+                    return
+        except httpx.TransportError:
+            pass  # the server died under the stream
+        self.ended = True
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+# Twenty lines, 0.2 s apart: long enough to kill the server in the middle.
+SLOW_PRINTS = (
+    "import time\nfor i in range(20):\n    print('line', i, flush=True)\n    time.sleep(0.2)\n"
+)
+SLOW_STDOUT = "".join(f"line {i}\n" for i in range(20))
+
+
+# Two server start-ups, a run killed halfway and a full second run: well under a minute
+# on an idle machine; the margin is for a loaded 2-core one.
+@pytest.mark.timeout(240)
+def test_sse_resumes_across_a_server_restart_without_repeats(
+    make_server: Callable[..., ServerProcess], own_state_dir: Path
+) -> None:
+    """kill -9 mid-stream, restart (the in-process bus starts empty; the evaluation is
+    recovered and re-run), resume with Last-Event-ID: ids keep increasing, nothing is
+    sent twice, the new attempt streams in full and one final result ends it."""
+    server = make_server(CRUCIBLE_MAX_CONCURRENCY="1")
+    server.env["CRUCIBLE_STATE_DIR"] = str(own_state_dir)
+    server.start()
+    with Client(server.url) as client:
+        ev = client.submit(SLOW_PRINTS)
+    url = f"{server.url}/api/v1/evaluations/{ev.id}/events"
+
+    def five_lines(events: list) -> bool:
+        return sum(e[1] == "stdout" for e in events) >= 5
+
+    first = EventStream(url)
+    first.read(until=five_lines)
+    assert not first.ended, first.events  # the run is still going
+    server.kill9()  # with the stream open
+    first.read()  # whatever was in flight, then the broken connection
+    first.close()
+    before = first.events
+    assert first.ended and not any(e[1] == "result" for e in before)
+    server.start()  # same data dir: recovery re-queues the run, the dispatcher re-runs it
+    second = EventStream(url, last_event_id=before[-1][0])
+    second.read()  # to the end: the server closes the stream after its final event
+    second.close()
+    after = second.events
+
+    events = before + after
+    ids = [e[0] for e in events]
+    assert ids == sorted(set(ids)), ids  # strictly increasing across the restart
+    assert [e[1] for e in events].count("result") == 1 and events[-1][1] == "result"
+    final = events[-1][2]
+    assert final["status"] == "completed" and final["attempts"] == 2, final
+    assert final["result"]["stdout"] == SLOW_STDOUT
+    # The re-run is announced (a running status with attempt 2) and streamed in full.
+    reruns = [i for i, e in enumerate(after) if e[1] == "status" and e[2].get("attempt") == 2]
+    assert reruns, after
+    rerun = reruns[0]
+    assert "".join(e[2]["data"] for e in after[rerun:] if e[1] == "stdout") == SLOW_STDOUT
+    assert not any(e[1] == "stdout" for e in after[:rerun])  # no output of attempt 1 again
 
 
 def test_interrupted_too_often_becomes_error(
