@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import tempfile
@@ -18,6 +17,7 @@ from tests_support import unmount_leftovers
 
 from auth_keys import AUTH
 from crucible.client import Client
+from sse_stream import EventStream, stdout_events
 
 PRINTS = "import time\nfor i in range(6):\n    print('line', i, flush=True)\n    time.sleep(0.1)\n"
 
@@ -137,33 +137,6 @@ def test_kill9_then_restart_loses_nothing(
         assert ev.attempts == (2 if i in running else 1)
 
 
-class EventStream:
-    """One SSE connection, read in steps; survives the server dying under it."""
-
-    def __init__(self, url: str, last_event_id: int | None = None) -> None:
-        headers = {**AUTH, **({"Last-Event-ID": str(last_event_id)} if last_event_id else {})}
-        self._stack = contextlib.ExitStack()
-        http = self._stack.enter_context(httpx.Client(timeout=httpx.Timeout(10, read=60)))
-        source = self._stack.enter_context(connect_sse(http, "GET", url, headers=headers))
-        self._it = source.iter_sse()
-        self.events: list[tuple[int, str, dict]] = []
-        self.ended = False  # the server closed the stream, or the connection broke
-
-    def read(self, until: Callable[[list], bool] = lambda events: False) -> None:
-        """Read until ``until(events)`` holds or the stream ends."""
-        try:
-            for sse in self._it:
-                self.events.append((int(sse.id), sse.event, sse.json()))
-                if until(self.events):
-                    return
-        except httpx.TransportError:
-            pass  # the server died under the stream
-        self.ended = True
-
-    def close(self) -> None:
-        self._stack.close()
-
-
 # Twenty lines, 0.2 s apart: long enough to kill the server in the middle.
 SLOW_PRINTS = (
     "import time\nfor i in range(20):\n    print('line', i, flush=True)\n    time.sleep(0.2)\n"
@@ -187,21 +160,16 @@ def test_sse_resumes_across_a_server_restart_without_repeats(
         ev = client.submit(SLOW_PRINTS)
     url = f"{server.url}/api/v1/evaluations/{ev.id}/events"
 
-    def five_lines(events: list) -> bool:
-        return sum(e[1] == "stdout" for e in events) >= 5
-
-    first = EventStream(url)
-    first.read(until=five_lines)
-    assert not first.ended, first.events  # the run is still going
-    server.kill9()  # with the stream open
-    first.read()  # whatever was in flight, then the broken connection
-    first.close()
+    with EventStream(url, AUTH) as first:
+        first.read(until=stdout_events(5))
+        assert not first.ended, first.events  # the run is still going
+        server.kill9()  # with the stream open
+        first.read()  # whatever was in flight, then the broken connection
     before = first.events
     assert first.ended and not any(e[1] == "result" for e in before)
     server.start()  # same data dir: recovery re-queues the run, the dispatcher re-runs it
-    second = EventStream(url, last_event_id=before[-1][0])
-    second.read()  # to the end: the server closes the stream after its final event
-    second.close()
+    with EventStream(url, AUTH, last_event_id=before[-1][0]) as second:
+        second.read()  # to the end: the server closes the stream after its final event
     after = second.events
 
     events = before + after
