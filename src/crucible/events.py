@@ -1,9 +1,31 @@
 """The event bus: per-stream, numbered event logs with resume-from-id.
 
-A *stream* is named by a string (``evaluation:<id>``); each published event gets the
-next id of its stream (1, 2, 3, …), so a subscriber that saw event ``n`` resumes with
-``after=n`` and gets every later event exactly once. A stream ends with an event whose
-type is in :data:`FINAL_TYPES`; subscribers stop after it.
+A *stream* is named by a string (``evaluation:<id>``); a subscriber that saw event
+``n`` resumes with ``after=n`` and gets every later event the bus holds, exactly once.
+A stream ends with an event whose type is in :data:`FINAL_TYPES`; subscribers stop
+after it.
+
+**Ids survive a restart of the bus.** Both buses keep their logs where a restart loses
+them (the embedded server's memory; a Redis without persistence), while clients keep
+the last id they saw. So ids are not 1, 2, 3 from zero: a log is an *epoch* of its
+stream, numbered densely from a base taken from the clock when the log is created,
+:func:`epoch_base` (``unix_ms * IDS_PER_MS``; the Redis server's clock for
+:class:`RedisBus`, shared by every publisher). A log created after a restart therefore
+starts above every id its stream had before, provided the clock did not go back and
+the old epoch averaged fewer than ``IDS_PER_MS`` events per millisecond of its life
+(publishing takes microseconds, so it does). Ids stay below 2**53 (JavaScript-safe)
+until the year 2255. Within an epoch ids are consecutive; between epochs they jump.
+
+What a reader gets across a restart follows from that: resuming with an id of a lost
+epoch, ``subscribe(after=n)`` yields the whole new log, and nothing of the old one is
+sent again (the new log never had it). Output published while the bus was down, or of
+a lost epoch the reader never saw, is not replayed event by event; the final
+``result`` event carries the whole record, stdout included. When the bus keeps no log
+for a stream at all, ``service.events`` opens with the stored state (a ``status``
+event, or for a finished evaluation the ``result``) numbered just above the reader's
+id, which is below the base of any log created later. An evaluation re-run after an
+embedded restart is a new attempt: its output follows a ``running`` status event with
+the new ``attempt``, as after any retry.
 
 The bus only carries notifications: the database stays the source of truth, and an
 evicted or lost stream is answered from the stored record (see ``service.events``).
@@ -15,11 +37,12 @@ worker of a cluster (a Redis Stream per evaluation; a pub/sub channel for cancel
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +52,14 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 FINAL_TYPES = frozenset({"result"})
+
+# Ids per millisecond of an epoch's life: see the module docstring.
+IDS_PER_MS = 1000
+
+
+def epoch_base(unix_ms: int) -> int:
+    """The id just below the first event of a log created at ``unix_ms``."""
+    return unix_ms * IDS_PER_MS
 
 
 @dataclass(frozen=True)
@@ -42,6 +73,14 @@ class Event:
         return self.type in FINAL_TYPES
 
 
+def index_after(events: list[Event], after: int) -> int:
+    """Where the events with ids above ``after`` begin in ``events`` (ids increasing).
+
+    An id of an earlier epoch is below them all (0); one at or past the end, len.
+    """
+    return bisect.bisect_right(events, after, key=lambda e: e.id)
+
+
 class EventBus(Protocol):
     """Publish numbered events per stream; subscribe from any id."""
 
@@ -51,6 +90,11 @@ class EventBus(Protocol):
 
     async def history(self, stream: str, after: int = 0) -> list[Event] | None:
         """Events after ``after``; None when the bus keeps no log for ``stream``."""
+        ...
+
+    async def bounds(self, stream: str) -> tuple[int, int] | None:
+        """The first and last ids of the log the bus keeps for ``stream``; None when it
+        keeps none (never published, expired, or lost with a restart of the bus)."""
         ...
 
     def subscribe(
@@ -66,6 +110,7 @@ class EventBus(Protocol):
 
 @dataclass
 class _Log:
+    base: int  # the epoch: ids are base + 1, base + 2, …
     events: list[Event] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     ended_at: float | None = None
@@ -76,19 +121,30 @@ class InProcessBus:
 
     Logs of ended streams are kept ``retention_s`` seconds (and at most
     ``max_ended`` of them) so late readers and reconnecting clients can resume;
-    after that readers fall back to the database record.
+    after that readers fall back to the database record. A log's epoch comes from the
+    wall clock (``clock``, seconds), so a bus of a restarted process numbers above its
+    predecessor; within one bus a recreated log also starts above every id issued.
     """
 
-    def __init__(self, *, retention_s: float = 600.0, max_ended: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        retention_s: float = 600.0,
+        max_ended: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._logs: dict[str, _Log] = {}
         self._ended: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.retention_s = retention_s
         self.max_ended = max_ended
+        self._clock = clock
+        self._issued = 0  # the highest id handed out, on any stream
 
     def _log(self, stream: str) -> _Log:
         log = self._logs.get(stream)
         if log is None:
-            log = self._logs[stream] = _Log()
+            base = max(epoch_base(int(self._clock() * 1000)), self._issued)
+            log = self._logs[stream] = _Log(base)
         return log
 
     def _evict(self) -> None:
@@ -105,8 +161,9 @@ class InProcessBus:
         if log.ended_at is not None:  # a retried run reopens its stream
             log.ended_at = None
             self._ended.pop(stream, None)
-        event = Event(len(log.events) + 1, type, data)
+        event = Event((log.events[-1].id if log.events else log.base) + 1, type, data)
         log.events.append(event)
+        self._issued = max(self._issued, event.id)
         if event.final:
             log.ended_at = time.monotonic()
             self._ended[stream] = log.ended_at
@@ -118,20 +175,28 @@ class InProcessBus:
 
     async def history(self, stream: str, after: int = 0) -> list[Event] | None:
         log = self._logs.get(stream)
-        return None if log is None else log.events[after:]
+        return None if log is None else log.events[index_after(log.events, after) :]
+
+    async def bounds(self, stream: str) -> tuple[int, int] | None:
+        log = self._logs.get(stream)
+        if log is None or not log.events:  # an empty log only holds a waiting reader
+            return None
+        return log.events[0].id, log.events[-1].id
 
     async def subscribe(
         self, stream: str, after: int = 0, *, idle_s: float | None = None
     ) -> AsyncIterator[Event | None]:
         log = self._log(stream)
-        position = after
+        position = after  # the last id yielded
+        i = index_after(log.events, position)
         try:
             while True:
-                while position < len(log.events):
-                    event = log.events[position]
-                    position += 1
+                while i < len(log.events):
+                    event = log.events[i]
+                    i += 1
+                    position = event.id
                     yield event
-                    if event.final and position >= len(log.events):
+                    if event.final and i >= len(log.events):
                         return
                 if log.events and log.events[-1].final:
                     return  # resumed at or past the end
@@ -140,8 +205,11 @@ class InProcessBus:
                     await asyncio.wait_for(changed.wait(), idle_s)
                 except TimeoutError:
                     yield None
-                # The log may have been evicted and recreated meanwhile: follow the live one.
-                log = self._log(stream)
+                # The log may have been evicted and recreated meanwhile: follow the live
+                # one (a new epoch, numbered above ``position``).
+                if (live := self._log(stream)) is not log:
+                    log = live
+                    i = index_after(log.events, position)
         finally:
             # Waiting created the log; don't leave an empty one behind.
             if not log.events and self._logs.get(stream) is log:
@@ -150,24 +218,36 @@ class InProcessBus:
 
 # Numbering and appending in one step, so concurrent publishers of one stream (a
 # worker, and an API instance publishing "queued" or a cancel's result) never race:
-# the counter gives ids 1, 2, 3, … and the entry is stored under "<n>-0".
+# event n is the entry "<n>-0", n is one more than the stream's last entry, and a
+# stream that does not exist (new, expired, or lost with a Redis restart) starts a new
+# epoch at epoch_base(the Redis server's clock) + 1. Lua numbers are doubles: exact
+# below 2**53, and formatted with %.0f since tostring would switch to 1.7e+15.
 _APPEND = """
-local n = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[1], n .. '-0', 't', ARGV[1], 'd', ARGV[2])
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+local n
+if last then
+  n = tonumber(string.match(last[1], '^%d+')) + 1
+else
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  n = ms * tonumber(ARGV[4]) + 1
+end
+local id = string.format('%.0f', n)
+redis.call('XADD', KEYS[1], id .. '-0', 't', ARGV[1], 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return n
+return id
 """
 
 
 class RedisBus:
     """An :class:`EventBus` shared by every process of a cluster, over Redis Streams.
 
-    Stream ``s`` is the Redis stream ``<prefix>:events:<s>`` plus its counter; entry
-    ``n-0`` is event ``n``. Readers use XRANGE for history and XREAD BLOCK for live
-    events, from any process, so resuming after id ``n`` on another API instance sees
-    the same log. A stream expires ``retention_s`` after its final event (and
-    ``live_ttl_s`` after its last event while running, should its run be lost).
+    Stream ``s`` is the Redis stream ``<prefix>:events:<s>``; entry ``n-0`` is event
+    ``n``, numbered in Lua on the Redis server (see ``_APPEND``). Readers use XRANGE
+    for history and XREAD BLOCK for live events, from any process, so resuming after
+    id ``n`` on another API instance sees the same log. A stream expires
+    ``retention_s`` after its final event (and ``live_ttl_s`` after its last event
+    while running, should its run be lost).
 
     Publishing is best effort: when Redis is unreachable the event is dropped (with a
     warning) rather than failing the run, since readers fall back to the database.
@@ -205,16 +285,19 @@ class RedisBus:
         ttl = self.retention_s if type in FINAL_TYPES else self.live_ttl_s
         payload = json.dumps(data, separators=(",", ":"))
         try:
-            n = await self._append(keys=[key, f"{key}:n"], args=[type, payload, int(ttl)])
+            n = await self._append(keys=[key], args=[type, payload, int(ttl), IDS_PER_MS])
         except RedisError as exc:
             log.warning("event bus: dropped a %s event of %s: %r", type, stream, exc)
             return Event(0, type, data)
         return Event(int(n), type, data)
 
     @staticmethod
-    def _event(entry_id: str, fields: dict[str, str]) -> Event:
-        data = json.loads(fields["d"])
-        return Event(int(entry_id.split("-", 1)[0]), str(fields["t"]), data)
+    def _id(entry_id: str) -> int:
+        return int(entry_id.split("-", 1)[0])
+
+    @classmethod
+    def _event(cls, entry_id: str, fields: dict[str, str]) -> Event:
+        return Event(cls._id(entry_id), str(fields["t"]), json.loads(fields["d"]))
 
     async def history(self, stream: str, after: int = 0) -> list[Event] | None:
         key = self._key(stream)
@@ -222,6 +305,16 @@ class RedisBus:
         if not entries and not await self.redis.exists(key):
             return None
         return [self._event(i, f) for i, f in entries]
+
+    async def bounds(self, stream: str) -> tuple[int, int] | None:
+        key = self._key(stream)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(key, count=1)
+            pipe.xrevrange(key, count=1)
+            first, last = await pipe.execute()
+        if not first or not last:
+            return None
+        return self._id(first[0][0]), self._id(last[0][0])
 
     async def subscribe(
         self, stream: str, after: int = 0, *, idle_s: float | None = None

@@ -233,15 +233,21 @@ class Service:
     async def events(self, evaluation_id: str, after: int = 0) -> AsyncIterator[Event]:
         """Status changes, output chunks, then the final record (event type ``result``).
 
-        Resumes after event ``after``. When the bus no longer holds the stream of a
-        finished evaluation, answers with the stored final record alone.
+        Resumes after event ``after``. When the bus keeps no log of the stream (never
+        published, expired, or lost with a restarted bus), opens with what the record
+        knows, numbered ``after + 1``: the final record alone for a finished
+        evaluation, else its current status, then follows the bus, whose next log
+        is numbered above (see ``crucible.events``).
         """
         row = await asyncio.to_thread(self.store.get, evaluation_id)  # NotFound
         stream = stream_of(evaluation_id)
-        if Status(row.status) in TERMINAL and await self.bus.history(stream) is None:
-            public = await self._public(row)
-            yield Event(after + 1, "result", public.model_dump(mode="json"))
-            return
+        if await self.bus.bounds(stream) is None:
+            if Status(row.status) in TERMINAL:
+                public = await self._public(row)
+                yield Event(after + 1, "result", public.model_dump(mode="json"))
+                return
+            after += 1
+            yield Event(after, "status", _status_of(row))
         async for event in self.bus.subscribe(stream, after, idle_s=5.0):
             if event is not None:
                 after = event.id
@@ -399,6 +405,14 @@ class Service:
         if shutil.which(binary) is None:
             raise SandboxUnavailable(f"runtime {binary!r} not found")
         await self.sandbox.prepare()
+
+
+def _status_of(row: Evaluation) -> dict[str, object]:
+    """A ``status`` event's data from the record (as the executor publishes it)."""
+    data: dict[str, object] = {"status": row.status}
+    if row.status == Status.running:
+        data["attempt"] = row.attempts
+    return data
 
 
 def _ping_broker(url: str) -> None:

@@ -9,9 +9,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from redis.exceptions import RedisError
 
 from crucible.config import Settings
-from crucible.events import Event, RedisBus
+from crucible.events import Event, RedisBus, epoch_base
 from crucible.lifecycle import Priority, Status
 from crucible.store import Claim, Cluster, NewEvaluation, Store, WorkerInfo
 
@@ -28,15 +29,19 @@ async def test_redis_bus_numbers_resumes_and_ends(redis_server) -> None:
         live = asyncio.create_task(collect(other, "s"))
         await asyncio.sleep(0.1)
         ids = [(await bus.publish("s", "stdout", {"data": str(i)})).id for i in range(5)]
-        assert ids == [1, 2, 3, 4, 5]
+        base = ids[0] - 1  # the epoch: the Redis server's clock when the stream began
+        assert ids == [base + n for n in (1, 2, 3, 4, 5)]
+        assert abs(base - epoch_base(int(time.time() * 1000))) < epoch_base(60_000)
         await other.publish("s", "result", {"status": "completed"})
         events = await asyncio.wait_for(live, 10)
-        assert [e.id for e in events] == [1, 2, 3, 4, 5, 6] and events[-1].final
+        assert [e.id - base for e in events] == [1, 2, 3, 4, 5, 6] and events[-1].final
         # Resume after 3 on any instance: exactly 4, 5, 6; at the end: nothing.
-        assert [e.id for e in await collect(other, "s", after=3)] == [4, 5, 6]
-        assert await collect(bus, "s", after=6) == []
-        history = await bus.history("s", after=4)
-        assert history is not None and [e.id for e in history] == [5, 6]
+        assert [e.id - base for e in await collect(other, "s", after=base + 3)] == [4, 5, 6]
+        assert await collect(bus, "s", after=base + 6) == []
+        history = await bus.history("s", after=base + 4)
+        assert history is not None and [e.id - base for e in history] == [5, 6]
+        assert await bus.bounds("s") == (base + 1, base + 6)
+        assert await bus.bounds("none") is None
         ttl = await bus.redis.ttl("t:events:s")
         assert 0 < ttl <= 60  # expires after the run
     finally:
@@ -50,10 +55,39 @@ async def test_concurrent_publishers_never_share_an_id(redis_server) -> None:
         results = await asyncio.gather(
             *(b.publish("s", "stdout", {"i": i}) for i in range(50) for b in buses)
         )
-        assert sorted(e.id for e in results) == list(range(1, 201))
+        ids = sorted(e.id for e in results)
+        assert ids == list(range(ids[0], ids[0] + 200))
     finally:
         for b in buses:
             await b.close()
+
+
+async def reconnected(bus: RedisBus) -> None:
+    """Wait (bounded) until the bus's connection pool reaches the restarted server."""
+    for _ in range(100):
+        try:
+            await bus.ping()
+            return
+        except RedisError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("redis did not come back within 10 s")
+
+
+async def test_a_restarted_redis_numbers_above_what_readers_saw(redis_server) -> None:
+    """Without persistence a restart loses the stream; its next epoch starts above
+    every id a reader can hold, so resuming with such an id yields the new log."""
+    bus = RedisBus(redis_server.url, prefix="r")
+    try:
+        seen = [(await bus.publish("s", "stdout", {"i": i})).id for i in range(3)]
+        redis_server.restart()
+        await reconnected(bus)
+        assert await bus.bounds("s") is None
+        fresh = [await bus.publish("s", "stdout", {"again": i}) for i in range(2)]
+        fresh.append(await bus.publish("s", "result", {}))
+        assert fresh[0].id > seen[-1] and [e.id - fresh[0].id for e in fresh] == [0, 1, 2]
+        assert await collect(bus, "s", after=seen[-1]) == fresh
+    finally:
+        await bus.close()
 
 
 async def test_cancel_channel(redis_server) -> None:

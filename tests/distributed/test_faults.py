@@ -3,13 +3,15 @@ restarted PostgreSQL; priority, duplicate delivery, cancellation across hosts.""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
-from dist_helpers import PostgresServer, http, wait_final, wait_for
+from dist_helpers import AUTH, PostgresServer, http, wait_final, wait_for
 
 from crucible.config import Settings
 from crucible.dispatch.celery_app import TASK, make_celery
+from sse_stream import EventStream, stdout_events
 
 SLEEPY = "import time\nprint('start', flush=True)\ntime.sleep({s})\nprint('end')\n"
 
@@ -83,6 +85,62 @@ def test_redis_restart_loses_no_accepted_evaluation(cluster, redis_server) -> No
         finals = [wait_final(api, i, 240) for i in ids]
     assert [f["status"] for f in finals] == ["completed"] * len(ids)
     assert all(f["result"]["exit_code"] == 0 for f in finals)
+
+
+# Thirty lines, 0.2 s apart: Redis restarts (well under a second) in the middle.
+TICKS = "import time\nfor i in range(30):\n    print('tick', i, flush=True)\n    time.sleep(0.2)\n"
+TICKS_STDOUT = "".join(f"tick {i}\n" for i in range(30))
+
+
+# An API and a worker start-up, a 6 s run, a Redis restart: about 20 s on an idle
+# machine; the margin is for a loaded 2-core one.
+@pytest.mark.timeout(180)
+def test_redis_restart_while_reading_events_resumes_without_repeats(cluster, redis_server) -> None:
+    """Redis without persistence restarts while a client reads a run's events (the
+    worker keeps running it): the client goes on reading, disconnects, resumes with
+    Last-Event-ID, and gets increasing ids, no output twice, everything the new Redis
+    stream holds, and one final result with the whole stdout."""
+    import redis
+
+    _api, url = cluster.api()
+    cluster.worker(concurrency=1)
+    with http(url) as api:
+        ev = api.post("/evaluations", json={"code": TICKS}).json()
+    events_url = f"{url}/api/v1/evaluations/{ev['id']}/events"
+    with EventStream(events_url, AUTH) as first:
+        first.read(until=stdout_events(6))
+        assert not first.ended, first.events
+        seen_before_restart = first.events[-1][0]
+        redis_server.restart()  # the stream, its numbering and the broker's state are gone
+        count = len(first.events)
+        first.read(until=lambda events: len(events) >= count + 3)  # on the same connection
+        assert not first.ended, first.events
+    before = first.events
+    with EventStream(events_url, AUTH, last_event_id=before[-1][0]) as second:
+        second.read()  # to the end: the API closes the stream after its final event
+    after = second.events
+
+    events = before + after
+    ids = [e[0] for e in events]
+    assert ids == sorted(set(ids)), ids  # strictly increasing across restart and resume
+    assert [e[1] for e in events].count("result") == 1 and events[-1][1] == "result"
+    final = events[-1][2]
+    assert final["status"] == "completed" and final["attempts"] == 1, final
+    assert final["result"]["stdout"] == TICKS_STDOUT
+    # Output is never sent twice: the streamed lines are distinct and in order (some
+    # published while Redis was down may be missing; the result has them all).
+    lines = "".join(e[2]["data"] for e in events if e[1] == "stdout").splitlines()
+    numbers = [int(line.split()[1]) for line in lines]
+    assert numbers == sorted(set(numbers)), numbers
+    # Everything the restarted Redis holds for the stream reached the client, once.
+    client = redis.Redis.from_url(cluster.redis.url, decode_responses=True)
+    try:
+        entries = client.xrange(f"crucible:events:evaluation:{ev['id']}")
+    finally:
+        client.close()
+    held = [(int(i.split("-")[0]), f["t"], json.loads(f["d"])) for i, f in entries]
+    assert held and held[0][0] > seen_before_restart  # a new epoch, above the old ids
+    assert [e for e in events if e[0] >= held[0][0]] == held
 
 
 @pytest.mark.slow

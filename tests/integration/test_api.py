@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 from service_helpers import ApiFactory
 
+from crucible.events import Event, InProcessBus
+from crucible.executor import stream_of
 from crucible.lifecycle import Status
 
 HELLO = {"code": "print('hello')"}
@@ -258,3 +260,28 @@ async def test_platform_failure_retries_then_errors(make_api: ApiFactory) -> Non
         done = await finished(api, ev["id"])
         assert done["status"] == Status.error.value and done["attempts"] == 2
         assert done["error"] and done["result"] is None
+
+
+async def test_events_of_a_stream_the_bus_lost_start_from_the_record(
+    make_api: ApiFactory,
+) -> None:
+    """A bus that lost a stream (restarted) while a client holds an id of it: the
+    stream opens with the record's state just above that id, then follows the bus's
+    new log (numbered higher); a finished evaluation gets its result alone."""
+    async with make_api(dispatch=False) as (api, service):
+        ev = (await api.post("/evaluations", json=HELLO)).json()
+        seen = await service.bus.history(stream_of(ev["id"])) or []
+        assert [e.data["status"] for e in seen] == ["queued"]
+        service.bus = InProcessBus()  # the restart (no executor runs: dispatch=False)
+        events = service.events(ev["id"], after=seen[-1].id)
+        first = await asyncio.wait_for(anext(events), 10)
+        assert first == Event(seen[-1].id + 1, "status", {"status": "queued"})
+        live = await service.bus.publish(stream_of(ev["id"]), "status", {"status": "running"})
+        assert await asyncio.wait_for(anext(events), 10) == live and live.id > first.id
+        await events.aclose()
+
+        await api.post(f"/evaluations/{ev['id']}/cancel")
+        service.bus = InProcessBus()  # lost again, now that it is finished
+        replay = [e async for e in service.events(ev["id"], after=first.id)]
+        assert [(e.id, e.type) for e in replay] == [(first.id + 1, "result")]
+        assert replay[0].data["status"] == "cancelled"

@@ -17,6 +17,7 @@ from tests_support import unmount_leftovers
 
 from auth_keys import AUTH
 from crucible.client import Client
+from sse_stream import EventStream, stdout_events
 
 PRINTS = "import time\nfor i in range(6):\n    print('line', i, flush=True)\n    time.sleep(0.1)\n"
 
@@ -42,7 +43,8 @@ def test_sse_streams_output_and_resumes_without_gaps(server: ServerProcess) -> N
     rest = read_events(url, last_event_id=first[-1][0])
     events = first + rest
     ids = [e[0] for e in events]
-    assert ids == list(range(1, len(ids) + 1)), ids  # increasing, no gaps, no repeats
+    # One epoch of the bus: consecutive from its base (increasing, no gaps, no repeats).
+    assert ids == list(range(ids[0], ids[0] + len(ids))), ids
     assert events[-1][1] == "result" and events[-1][2]["status"] == "completed"
     statuses = [e[2]["status"] for e in events if e[1] == "status"]
     assert statuses[0] == "queued" and "running" in statuses
@@ -133,6 +135,56 @@ def test_kill9_then_restart_loses_nothing(
         assert ev.status == "completed", ev
         assert ev.result is not None and ev.result.stdout == "start\nend\n"
         assert ev.attempts == (2 if i in running else 1)
+
+
+# Twenty lines, 0.2 s apart: long enough to kill the server in the middle.
+SLOW_PRINTS = (
+    "import time\nfor i in range(20):\n    print('line', i, flush=True)\n    time.sleep(0.2)\n"
+)
+SLOW_STDOUT = "".join(f"line {i}\n" for i in range(20))
+
+
+# Two server start-ups, a run killed halfway and a full second run: well under a minute
+# on an idle machine; the margin is for a loaded 2-core one.
+@pytest.mark.timeout(240)
+def test_sse_resumes_across_a_server_restart_without_repeats(
+    make_server: Callable[..., ServerProcess], own_state_dir: Path
+) -> None:
+    """kill -9 mid-stream, restart (the in-process bus starts empty; the evaluation is
+    recovered and re-run), resume with Last-Event-ID: ids keep increasing, nothing is
+    sent twice, the new attempt streams in full and one final result ends it."""
+    server = make_server(CRUCIBLE_MAX_CONCURRENCY="1")
+    server.env["CRUCIBLE_STATE_DIR"] = str(own_state_dir)
+    server.start()
+    with Client(server.url) as client:
+        ev = client.submit(SLOW_PRINTS)
+    url = f"{server.url}/api/v1/evaluations/{ev.id}/events"
+
+    with EventStream(url, AUTH) as first:
+        first.read(until=stdout_events(5))
+        assert not first.ended, first.events  # the run is still going
+        server.kill9()  # with the stream open
+        first.read()  # whatever was in flight, then the broken connection
+    before = first.events
+    assert first.ended and not any(e[1] == "result" for e in before)
+    server.start()  # same data dir: recovery re-queues the run, the dispatcher re-runs it
+    with EventStream(url, AUTH, last_event_id=before[-1][0]) as second:
+        second.read()  # to the end: the server closes the stream after its final event
+    after = second.events
+
+    events = before + after
+    ids = [e[0] for e in events]
+    assert ids == sorted(set(ids)), ids  # strictly increasing across the restart
+    assert [e[1] for e in events].count("result") == 1 and events[-1][1] == "result"
+    final = events[-1][2]
+    assert final["status"] == "completed" and final["attempts"] == 2, final
+    assert final["result"]["stdout"] == SLOW_STDOUT
+    # The re-run is announced (a running status with attempt 2) and streamed in full.
+    reruns = [i for i, e in enumerate(after) if e[1] == "status" and e[2].get("attempt") == 2]
+    assert reruns, after
+    rerun = reruns[0]
+    assert "".join(e[2]["data"] for e in after[rerun:] if e[1] == "stdout") == SLOW_STDOUT
+    assert not any(e[1] == "stdout" for e in after[:rerun])  # no output of attempt 1 again
 
 
 def test_interrupted_too_often_becomes_error(
