@@ -7,8 +7,15 @@ side by side on the same (noisy, shared) machine:
 - bare:            the host's /usr/bin/python3 directly, no isolation
 - runc run:        `runc run` of a bundle built like Crucible's (the runtime's own cost)
 - crucible runc:   Sandbox.run(runtime="runc")   (the engine on top of runc)
+- crun run:        `crun run` of the same bundle (on a cgroup hybrid host, under the
+                   wrapper that hides the cgroup2 mount, as Crucible runs it)
+- crucible crun:   Sandbox.run(runtime="crun")
 - runsc run:       `runsc run` of the same bundle
 - crucible gvisor: Sandbox.run(runtime="gvisor")
+
+Wall time per run, and at concurrency 1 also CPU time per run (this process and
+all its children: the runtime, the container, the engine itself), since on a small
+machine CPU per run is what bounds a batch.
 
 Usage (as root): .venv/bin/python bench/sandbox_overhead.py [-n 100]
 """
@@ -19,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import secrets
 import shutil
 import statistics
@@ -96,6 +104,25 @@ def engine(sandbox: Sandbox, runtime: str) -> Callable[[], Awaitable[None]]:
     return one
 
 
+def cpu_ms() -> float:
+    """CPU time used so far by this process and its reaped children, in ms."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return (me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime) * 1000
+
+
+async def measure_cpu(fn: Callable[[], Awaitable[None]], n: int) -> list[float]:
+    """CPU per run, one run at a time (so every delta belongs to one run)."""
+    used: list[float] = []
+    for _ in range(n):
+        before = cpu_ms()
+        await fn()
+        used.append(cpu_ms() - before)
+    return used
+
+
 async def measure(fn: Callable[[], Awaitable[None]], n: int, concurrency: int) -> list[float]:
     times: list[float] = []
     gate = asyncio.Semaphore(concurrency)
@@ -124,6 +151,8 @@ async def main() -> None:
     sandbox = Sandbox(Settings(state_dir=state, max_concurrency=cores))
     await sandbox.prepare()
     runc_root = ["runc", "--root", str(state / "bench-runc")]
+    crun = sandbox.get_runtime("crun")
+    crun_root = [*crun.wrapper, crun.binary, "--root", str(state / "bench-crun")]
     runsc_root = [
         "runsc",
         "--root",
@@ -135,6 +164,8 @@ async def main() -> None:
         ("bare python", bare),
         ("runc run", raw_runtime(runc_root, sandbox, state / "raw")),
         ("crucible runc", engine(sandbox, "runc")),
+        ("crun run", raw_runtime(crun_root, sandbox, state / "raw")),
+        ("crucible crun", engine(sandbox, "crun")),
         ("runsc run", raw_runtime(runsc_root, sandbox, state / "raw")),
         ("crucible gvisor", engine(sandbox, "gvisor")),
     ]
@@ -158,17 +189,28 @@ async def main() -> None:
                 f"| {name} | {concurrency} | {med:.1f} | {pct(results[name], 0.99):.1f} "
                 f"| {med - base:+.1f} | {med / base:.2f}x |"
             )
-    engine_runc = statistics.median(results["crucible runc"]) - statistics.median(
-        results["runc run"]
-    )
-    engine_runsc = statistics.median(results["crucible gvisor"]) - statistics.median(
-        results["runsc run"]
-    )
+
+    def over(a: str, b: str) -> float:
+        return statistics.median(results[a]) - statistics.median(results[b])
+
     print()
     print(
-        f"engine's own cost at concurrency {cores} (median over the plain runtime): "
-        f"runc {engine_runc:+.1f} ms, gvisor {engine_runsc:+.1f} ms"
+        f"engine's own wall cost at concurrency {cores} (median over the plain runtime): "
+        f"runc {over('crucible runc', 'runc run'):+.1f} ms, "
+        f"crun {over('crucible crun', 'crun run'):+.1f} ms, "
+        f"gvisor {over('crucible gvisor', 'runsc run'):+.1f} ms"
     )
+    cpu: dict[str, list[float]] = {name: [] for name, _ in modes}
+    for _ in range(5):
+        for name, fn in modes:
+            cpu[name] += await measure_cpu(fn, max(1, args.n // 5))
+    base_cpu = statistics.median(cpu["bare python"])
+    print()
+    print("| mode | CPU median ms per run | CPU p90 ms | added over bare (median) |")
+    print("|---|---|---|---|")
+    for name, _ in modes:
+        med = statistics.median(cpu[name])
+        print(f"| {name} | {med:.1f} | {pct(cpu[name], 0.9):.1f} | {med - base_cpu:+.1f} |")
     shutil.rmtree(state, ignore_errors=True)
 
 

@@ -10,6 +10,7 @@ need_apt=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have runc || need_apt+=(runc)
 have runsc || need_apt+=(runsc)
+have crun || need_apt+=(crun)
 have gcc || need_apt+=(gcc)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] || need_apt+=(libc6-dev)
 have g++ || need_apt+=(g++)

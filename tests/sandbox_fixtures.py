@@ -16,8 +16,9 @@ from crucible.config import Settings
 from crucible.limits import resolve_limits
 from crucible.sandbox import Limits, Result, RunRequest, Sandbox
 
-RUNTIMES = ["runc", "gvisor"]
-HAVE = {"runc": shutil.which("runc") is not None, "gvisor": shutil.which("runsc") is not None}
+RUNTIMES = ["runc", "crun", "gvisor"]
+BINARY = {"runc": "runc", "crun": "crun", "gvisor": "runsc"}
+HAVE = {name: shutil.which(binary) is not None for name, binary in BINARY.items()}
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +81,7 @@ def leftovers(settings: Settings) -> list[str]:
     """Everything of ours still on the host: containers, bundles, mounts, cgroups."""
     found: list[str] = []
     state = settings.state_dir.resolve()
-    for name, binary in (("runc", "runc"), ("gvisor", "runsc")):
+    for name, binary in BINARY.items():
         root = state / f"{name}-root"
         if root.exists() and HAVE[name]:
             out = subprocess.run(

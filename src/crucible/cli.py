@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast, get_args
 
 import typer
 from rich.console import Console
@@ -85,7 +85,9 @@ def run(
     memory: Annotated[int | None, typer.Option(help="memory limit, MB")] = None,
     cpus: Annotated[float | None, typer.Option(help="CPU cores")] = None,
     pids: Annotated[int | None, typer.Option(help="process/thread limit")] = None,
-    runtime: Annotated[str, typer.Option(help="runc or gvisor")] = "runc",
+    runtime: Annotated[
+        str | None, typer.Option(help="runc, crun or gvisor (default CRUCIBLE_DEFAULT_RUNTIME)")
+    ] = None,
     stdin: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, help="file fed to stdin")
     ] = None,
@@ -96,10 +98,11 @@ def run(
     from crucible.sandbox import Sandbox
 
     settings = get_settings()
-    if runtime not in ("runc", "gvisor"):
-        err.print(f"[red]--runtime must be runc or gvisor, not {runtime!r}")
+    runtime = runtime or settings.default_runtime
+    if runtime not in get_args(RuntimeName):
+        err.print(f"[red]--runtime must be runc, crun or gvisor, not {runtime!r}")
         raise typer.Exit(2)
-    rt: RuntimeName = "gvisor" if runtime == "gvisor" else "runc"
+    rt = cast(RuntimeName, runtime)
     try:
         limits: Limits = resolve_limits(
             {"timeout_s": timeout, "cpu_s": cpu, "memory_mb": memory, "cpus": cpus, "pids": pids},

@@ -163,7 +163,9 @@ def submit(
     stdin: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
     timeout: Annotated[float | None, typer.Option(help="wall-clock limit, seconds")] = None,
     memory: Annotated[int | None, typer.Option(help="memory limit, MB")] = None,
-    runtime: Annotated[str | None, typer.Option(help="runc or gvisor")] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="runc, crun or gvisor (default: the server's)")
+    ] = None,
     priority: Annotated[str | None, typer.Option(help="high, normal or low")] = None,
     label: Annotated[list[str] | None, typer.Option(help="key=value (repeatable)")] = None,
     json_out: AsJson = False,

@@ -397,14 +397,8 @@ class Service:
             return
         if os.geteuid() != 0:
             raise SandboxUnavailable("not root: the sandbox cannot run")
-        binary = (
-            self.settings.runc_path
-            if self.settings.default_runtime == "runc"
-            else self.settings.runsc_path
-        )
-        if shutil.which(binary) is None:
-            raise SandboxUnavailable(f"runtime {binary!r} not found")
         await self.sandbox.prepare()
+        self.sandbox.get_runtime(self.settings.default_runtime)  # raises when not installed
 
 
 def _status_of(row: Evaluation) -> dict[str, object]:

@@ -255,7 +255,9 @@ async def test_probes_and_queue(api: httpx.AsyncClient) -> None:
 
 
 async def test_platform_failure_retries_then_errors(make_api: ApiFactory) -> None:
-    async with make_api(runc_path="/nonexistent/runc", max_attempts=2) as (api, _):
+    async with make_api(
+        runc_path="/nonexistent/runc", crun_path="/nonexistent/crun", max_attempts=2
+    ) as (api, _):
         ev = (await api.post("/evaluations", json=HELLO)).json()
         done = await finished(api, ev["id"])
         assert done["status"] == Status.error.value and done["attempts"] == 2

@@ -24,7 +24,7 @@ def crucible(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CRUCIBLE, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
-@pytest.mark.parametrize("runtime", ["runc", "gvisor"])
+@pytest.mark.parametrize("runtime", ["runc", "crun", "gvisor"])
 def test_run_json_prints_the_result_fields(tmp_path: Path, state_dir: Path, runtime: str) -> None:
     prog = tmp_path / "p.py"
     prog.write_text("import sys\nprint(sys.stdin.read().upper())\nsys.exit(4)\n")

@@ -211,3 +211,37 @@ class TestInputs:
             assert (lang.compile is None) == (lang.name in {"python", "javascript", "bash"})
         with pytest.raises(InvalidSubmission, match="supported: bash, c, cpp, java"):
             get_language("cobol")
+
+
+# The three cgroup layouts, as /proc/self/mountinfo shows them (trimmed to the fields
+# that matter: mount point is the fifth field, the type follows " - ").
+_V1 = (
+    "30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n"
+    "31 30 0:27 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n"
+)
+_HYBRID = _V1 + "32 30 0:28 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n"
+_V2 = "30 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev - cgroup2 cgroup2 rw,nsdelegate\n"
+
+
+@pytest.mark.parametrize(
+    ("mountinfo", "hidden"),
+    [(_V1, []), (_HYBRID, ["/sys/fs/cgroup/unified"]), (_V2, [])],
+    ids=["v1", "hybrid", "v2"],
+)
+def test_only_a_hybrid_host_hides_its_cgroup2_mount_from_crun(
+    mountinfo: str, hidden: list[str]
+) -> None:
+    assert accounting.hybrid_cgroup2_mounts(mountinfo) == hidden
+
+
+def test_crun_runs_under_the_wrapper_only_when_given_one(tmp_path: Path) -> None:
+    from crucible.sandbox.runtime import Runtime
+
+    plain = Runtime("crun", "/usr/bin/crun", tmp_path)
+    assert plain.argv == ["/usr/bin/crun", "--root", str(tmp_path)]
+    wrapped = Runtime(
+        "crun", "/usr/bin/crun", tmp_path, wrapper=("/w", "/sys/fs/cgroup/unified", "--")
+    )
+    assert wrapped.argv[:4] == ["/w", "/sys/fs/cgroup/unified", "--", "/usr/bin/crun"]
+    gvisor = Runtime("gvisor", "/usr/bin/runsc", tmp_path)
+    assert "--platform=ptrace" in gvisor.argv and "--network=none" in gvisor.argv

@@ -43,7 +43,11 @@ def result(stdout: str = "", exit_code: int = 0, **kw: object) -> Result:
 
 def test_defaults_resolved(cfg: Settings) -> None:
     r = request(cfg)
-    assert r.language == "python" and r.runtime == "runc" and r.priority == "normal"
+    assert (
+        r.language == "python"
+        and r.runtime == cfg.default_runtime == "crun"
+        and r.priority == "normal"
+    )
     assert r.limits.timeout_s == cfg.limits.timeout_s[0]
 
 

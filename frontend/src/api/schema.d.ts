@@ -685,9 +685,9 @@ export interface components {
             priority?: components["schemas"]["Priority"] | null;
             /**
              * Runtime
-             * @description runc (default) or gvisor
+             * @description runc, crun or gvisor (default: the server's CRUCIBLE_DEFAULT_RUNTIME)
              */
-            runtime?: ("runc" | "gvisor") | null;
+            runtime?: ("runc" | "crun" | "gvisor") | null;
             /** Stdin */
             stdin?: string | null;
             /**
@@ -739,9 +739,9 @@ export interface components {
             priority?: components["schemas"]["Priority"] | null;
             /**
              * Runtime
-             * @description runc (default) or gvisor
+             * @description runc, crun or gvisor (default: the server's CRUCIBLE_DEFAULT_RUNTIME)
              */
-            runtime?: ("runc" | "gvisor") | null;
+            runtime?: ("runc" | "crun" | "gvisor") | null;
             /** Stdin */
             stdin?: string | null;
             /**
@@ -835,7 +835,7 @@ export interface components {
              * Runtime
              * @enum {string}
              */
-            runtime: "runc" | "gvisor";
+            runtime: "runc" | "crun" | "gvisor";
             /** Stdin */
             stdin: string;
             /** Test Code */
@@ -1162,7 +1162,7 @@ export interface components {
              * Name
              * @enum {string}
              */
-            name: "runc" | "gvisor";
+            name: "runc" | "crun" | "gvisor";
             /** Version */
             version: string;
         };

@@ -23,7 +23,7 @@ export type Termination = (typeof TERMINATIONS)[number];
 export const VERDICTS = ['passed', 'failed'] as const;
 export type Verdict = (typeof VERDICTS)[number];
 
-export type RuntimeName = 'runc' | 'gvisor';
+export type RuntimeName = 'runc' | 'crun' | 'gvisor';
 export type Priority = 'high' | 'normal' | 'low';
 
 export interface Limits {

@@ -75,7 +75,7 @@ export function asCli(req: EvaluationRequest): string {
   }
   const other = Object.entries(limits).filter(([k, v]) => v != null && !LIMIT_FLAGS.some(([f]) => f === k));
   if (other.length) notes.push(`# not settable from the CLI: ${other.map(([k, v]) => `${k}=${v}`).join(', ')}`);
-  if (req.runtime && req.runtime !== 'runc') args.push('--runtime', req.runtime);
+  if (req.runtime) args.push('--runtime', req.runtime);
   if (req.priority && req.priority !== 'normal') args.push('--priority', req.priority);
   for (const [k, v] of Object.entries(req.labels ?? {})) args.push('--label', shellQuote(`${k}=${v}`));
   if (req.stdin) {

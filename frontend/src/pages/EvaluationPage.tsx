@@ -186,7 +186,7 @@ export function EvaluationPage() {
             Evaluation <span className="mono id-title">{shortId(rec.id)}</span> <StatusBadge status={status} />
           </h1>
           <p className="muted small">
-            {request?.language} · {request?.runtime ?? 'runc'} · priority {request?.priority ?? 'normal'}
+            {request?.language} · {request?.runtime ?? 'crun'} · priority {request?.priority ?? 'normal'}
             {rec.batch_id && (
               <>
                 {' '}

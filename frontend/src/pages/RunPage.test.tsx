@@ -52,7 +52,7 @@ describe('RunPage', () => {
     fireEvent.keyDown(screen.getByLabelText('Memory (MB)'), { key: 'Enter', ctrlKey: true });
     expect(await screen.findByText('evaluation page')).toBeInTheDocument();
     const body = JSON.parse(fetchMock.mock.calls[0][1]!.body as string);
-    expect(body).toMatchObject({ language: 'python', limits: { memory_mb: 128 }, runtime: 'runc', priority: 'normal' });
+    expect(body).toMatchObject({ language: 'python', limits: { memory_mb: 128 }, runtime: 'crun', priority: 'normal' });
     expect(body.code).toContain('bytearray');
   });
 

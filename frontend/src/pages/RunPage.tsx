@@ -341,7 +341,8 @@ export function RunPage() {
                   aria-invalid={e('runtime').length > 0}
                   aria-describedby={describedBy('runtime', e('runtime'))}
                 >
-                  <option value="runc">runc (containers, fastest)</option>
+                  <option value="runc">runc (containers)</option>
+                  <option value="crun">crun (containers, least overhead)</option>
                   <option value="gvisor">gVisor (user-space kernel, stronger isolation)</option>
                 </select>
               </Field>

@@ -40,7 +40,10 @@ class EvaluationFields(BaseModel):
     stdin: str | None = None
     args: list[str] | None = None
     limits: LimitsCreate | None = None
-    runtime: RuntimeName | None = Field(None, description="runc (default) or gvisor")
+    runtime: RuntimeName | None = Field(
+        None,
+        description="runc, crun or gvisor (default: the server's CRUCIBLE_DEFAULT_RUNTIME)",
+    )
     priority: Priority | None = None
     labels: dict[LabelKey, LabelValue] | None = Field(None, max_length=50)
     expected_output: str | None = Field(

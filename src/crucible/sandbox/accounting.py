@@ -29,6 +29,28 @@ def cgroup_v2_unified(root: Path = CGROUP_ROOT) -> bool:
     return (root / "cgroup.controllers").exists()
 
 
+def hybrid_cgroup2_mounts(mountinfo: str | None = None, root: Path = CGROUP_ROOT) -> list[str]:
+    """The cgroup2 mounts of a *hybrid* host (v1 controllers at ``root`` plus a cgroup2
+    mount beside them, usually ``/sys/fs/cgroup/unified``); empty on pure v1 and pure v2
+    hosts. ``mountinfo``: the text of /proc/self/mountinfo (read when None)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return []
+    points = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        fstype = line.split(" - ", 1)[1].split()[0]
+        if fstype == "cgroup2":
+            points.append(fields[4])
+    if str(root) in points:  # pure v2: the unified hierarchy is the root itself
+        return []
+    return points
+
+
 @dataclass(frozen=True)
 class Usage:
     cpu_ns: int = 0

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RuntimeName = Literal["runc", "gvisor"]
+RuntimeName = Literal["runc", "crun", "gvisor"]
 
 
 class Termination(StrEnum):

@@ -1,7 +1,9 @@
-"""Drives the OCI runtimes (runc, and gVisor's runsc) through their command lines.
+"""Drives the OCI runtimes (runc, crun, and gVisor's runsc) through their command lines.
 
-Each function is named after the runtime verb it wraps. Both runtimes take the same
-bundle; they differ only in their global flags, collected in :class:`Runtime`.
+Each function is named after the runtime verb it wraps. All three take the same
+bundle and the same verbs; they differ only in how they are invoked, collected in
+:class:`Runtime`: runsc's global flags, and for crun on a cgroup *hybrid* host a
+wrapper that hides the cgroup2 mount crun 1.8 refuses (``hidecg.c``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ class Runtime:
     binary: str
     root: Path  # the runtime's state directory, private to this platform
     timeout: float = 30.0
+    wrapper: tuple[str, ...] = ()  # a command the runtime runs under (see hidecg.c)
 
     @property
     def argv(self) -> list[str]:
-        base = [self.binary, "--root", str(self.root)]
+        base = [*self.wrapper, self.binary, "--root", str(self.root)]
         if self.name == "gvisor":
             # ptrace: the KVM platform hangs on the project's machines. network=none:
             # the sandbox gets no network stack beyond its own loopback. The program's
@@ -35,13 +38,15 @@ class Runtime:
         return base
 
 
-def make_runtime(name: RuntimeName, *, runc: str, runsc: str, state_dir: Path) -> Runtime:
+def make_runtime(
+    name: RuntimeName, *, binary: str, state_dir: Path, timeout: float = 30.0,
+    wrapper: tuple[str, ...] = (),
+) -> Runtime:  # fmt: skip
     """Resolve a runtime's binary; raises SandboxUnavailable when it is not installed."""
-    binary = runc if name == "runc" else runsc
     path = shutil.which(binary)
     if path is None:
         raise SandboxUnavailable(f"{binary} not found on PATH (install Debian's {binary})")
-    return Runtime(name=name, binary=path, root=state_dir / f"{name}-root")
+    return Runtime(name, path, state_dir / f"{name}-root", timeout=timeout, wrapper=wrapper)
 
 
 async def _verb(rt: Runtime, args: list[str], **kwargs: object) -> str:

@@ -75,16 +75,25 @@ class Sandbox:
         self._rootfs: Path | None = None
         self._init: Path | None = None
         self._seccomp: Path | None = None
+        self._hidecg: Path | None = None
+        # crun 1.8 refuses a hybrid host; it runs with these cgroup2 mounts hidden.
+        self._hidden_cgroup2 = accounting.hybrid_cgroup2_mounts()
         self._prepare_lock = asyncio.Lock()
 
     # -- set-up ---------------------------------------------------------------
 
     def get_runtime(self, name: RuntimeName) -> Runtime:
         s = self.settings
-        rt = runtime.make_runtime(
-            name, runc=s.runc_path, runsc=s.runsc_path, state_dir=self.state_dir
-        )
-        return Runtime(rt.name, rt.binary, rt.root, timeout=s.runtime_timeout_s)
+        binary = {"runc": s.runc_path, "crun": s.crun_path, "gvisor": s.runsc_path}[name]
+        wrapper: tuple[str, ...] = ()
+        if name == "crun" and self._hidden_cgroup2:
+            if self._hidecg is None:
+                raise SandboxUnavailable("the sandbox is not prepared (call prepare first)")
+            wrapper = (str(self._hidecg), *self._hidden_cgroup2, "--")
+        return runtime.make_runtime(
+            name, binary=binary, state_dir=self.state_dir, timeout=s.runtime_timeout_s,
+            wrapper=wrapper,
+        )  # fmt: skip
 
     async def prepare(self) -> None:
         """Build the shared root file system and the init binary (idempotent)."""
@@ -100,40 +109,51 @@ class Sandbox:
         self._bundles.mkdir(parents=True, exist_ok=True)
         mount_points = [m for lang in LANGUAGES.values() for m in lang.host_mounts()]
         self._rootfs = spec.ensure_rootfs(self.state_dir / "rootfs", mount_points)
-        self._init = await self._build_init()
+        self._init = await self._build_static("init.c", "init")
+        if self._hidden_cgroup2:
+            self._hidecg = await self._build_static("hidecg.c", "hidecg")
         self._seccomp = self._compile_seccomp()
+
+    def _cached(self, name: str, content: bytes) -> Path:
+        """``state_dir/<name>-<digest of content>``: the path of a file made once per
+        content, written to a temporary name and renamed, so concurrent makers race
+        harmlessly."""
+        return self.state_dir / f"{name}-{hashlib.sha256(content).hexdigest()[:16]}"
 
     def _compile_seccomp(self) -> Path:
         """The shipped profile as BPF, compiled once per content (see seccomp.py)."""
         program = compile_bpf(spec.seccomp_profile())
-        path = self.state_dir / f"seccomp-{hashlib.sha256(program).hexdigest()[:16]}.bpf"
+        path = self._cached("seccomp", program).with_suffix(".bpf")
         if not path.exists():
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
             tmp.write_bytes(program)
             tmp.rename(path)
         return path
 
-    async def _build_init(self) -> Path:
-        source = resources.files("crucible.sandbox").joinpath("init.c").read_bytes()
-        digest = hashlib.sha256(source).hexdigest()[:16]
-        binary = self.state_dir / f"init-{digest}"
+    async def _build_static(self, source_name: str, name: str) -> Path:
+        """A static binary from one of the package's C files, built once per content."""
+        source = resources.files("crucible.sandbox").joinpath(source_name).read_bytes()
+        binary = self._cached(name, source)
         if binary.exists():
             return binary
-        src = self.state_dir / f"init-{digest}.{os.getpid()}.c"
+        suffix = f".{os.getpid()}.{secrets.token_hex(4)}"
+        src = binary.with_name(binary.name + suffix + ".c")
+        tmp = binary.with_name(binary.name + suffix + ".tmp")
         src.write_bytes(source)
-        tmp = binary.with_suffix(f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        done = await run_tool(["gcc", "-static", "-O2", "-o", str(tmp), str(src)], timeout=120)
-        if done.returncode != 0:
-            raise SandboxUnavailable(f"cannot build crucible-init: {done.stderr[:500]}")
-        tmp.rename(binary)  # atomic: concurrent builders race harmlessly
-        src.unlink(missing_ok=True)
+        try:
+            done = await run_tool(["gcc", "-static", "-O2", "-o", str(tmp), str(src)], timeout=120)
+            if done.returncode != 0:
+                raise SandboxUnavailable(f"cannot build {source_name}: {done.stderr[:500]}")
+            tmp.rename(binary)
+        finally:
+            src.unlink(missing_ok=True)
         return binary
 
     async def sweep(self) -> list[str]:
         """Remove leftovers of crashed supervisors (see :mod:`crucible.sandbox.sweep`)."""
         await self.prepare()
         runtimes = []
-        names: tuple[RuntimeName, ...] = ("runc", "gvisor")
+        names: tuple[RuntimeName, ...] = ("runc", "crun", "gvisor")
         for name in names:
             try:
                 runtimes.append(self.get_runtime(name))
@@ -159,8 +179,8 @@ class Sandbox:
         """
         lang = get_language(request.language)
         files = _source_files(request, lang)
-        rt = self.get_runtime(request.runtime)
         await self.prepare()
+        rt = self.get_runtime(request.runtime)
         cancel = cancel or asyncio.Event()
         async with self._limit:
             version = await runtime.runtime_version(rt)
