@@ -105,6 +105,20 @@ CASES = [
         limits={"memory_mb": 128},
     ),
     Case(
+        # gVisor used to report this as a timeout: its sentry pages at the ceiling
+        # instead of being OOM-killed, so the cgroup's limit hits are the evidence.
+        "memory-bomb-node",
+        "const a = []; for (;;) a.push(new Array(1e6).fill(7));",
+        lambda r: (
+            assert_eq(r.termination, "memory_limit"),
+            # The kernel's evidence: an OOM kill, or (gVisor) charges at the limit.
+            assert_true(r.events.oom_kill + r.events.memory_limit_hits >= 1, r.events),
+            assert_true(r.peak_memory_bytes <= 260 << 20, r.peak_memory_bytes),
+        ),
+        language="javascript",
+        limits={"memory_mb": 256, "timeout_s": 6, "cpu_s": 6},
+    ),
+    Case(
         "cpu-spin",
         "while True:\n    pass\n",
         lambda r: (assert_eq(r.termination, "timeout"), assert_true(r.wall_ms >= 1500, r.wall_ms)),

@@ -76,11 +76,13 @@ class TestAccounting:
         (tmp_path / "memory" / base / "memory.oom_control").write_text(
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"
         )
+        (tmp_path / "memory" / base / "memory.failcnt").write_text("5\n")
         (tmp_path / "pids" / base / "pids.events").write_text("max 7\n")
         usage = accounting.CgroupCounters("/crucible/x", root=tmp_path).read()
         assert usage == accounting.Usage(
-            cpu_ns=2_500_000_000, peak_memory_bytes=4096, oom_kill=2, pids_limit=7
-        )
+            cpu_ns=2_500_000_000, peak_memory_bytes=4096, oom_kill=2, pids_limit=7,
+            memory_limit_hits=5,
+        )  # fmt: skip
 
     def test_v2_layout(self, tmp_path: Path) -> None:
         (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
@@ -92,7 +94,7 @@ class TestAccounting:
         (d / "pids.events").write_text("max 4\n")
         counters = accounting.CgroupCounters("/crucible/x", root=tmp_path)
         assert counters.v2
-        assert counters.read() == accounting.Usage(1_500_000, 8192, 1, 4)
+        assert counters.read() == accounting.Usage(1_500_000, 8192, 1, 4, memory_limit_hits=3)
 
     def test_v2_without_memory_peak_falls_back_to_current(self, tmp_path: Path) -> None:
         (tmp_path / "cgroup.controllers").write_text("memory\n")
@@ -245,3 +247,19 @@ def test_crun_runs_under_the_wrapper_only_when_given_one(tmp_path: Path) -> None
     assert wrapped.argv[:4] == ["/w", "/sys/fs/cgroup/unified", "--", "/usr/bin/crun"]
     gvisor = Runtime("gvisor", "/usr/bin/runsc", tmp_path)
     assert "--platform=ptrace" in gvisor.argv and "--network=none" in gvisor.argv
+
+
+def test_a_gvisor_timeout_pinned_at_the_memory_limit_is_a_memory_limit(tmp_path: Path) -> None:
+    from crucible.sandbox.runtime import Runtime
+    from crucible.sandbox.sandbox import _stopped_by_memory
+
+    lim = resolve_limits({"memory_mb": 256}, Settings())
+    pinned = accounting.Usage(cpu_ns=10**10, peak_memory_bytes=256 << 20, memory_limit_hits=9)
+    gvisor = Runtime("gvisor", "/usr/bin/runsc", tmp_path)
+    assert _stopped_by_memory(gvisor, pinned, lim)
+    # Not without the cgroup's evidence, nor below the ceiling, nor where the OOM
+    # killer speaks for itself (runc, crun).
+    assert not _stopped_by_memory(gvisor, accounting.Usage(peak_memory_bytes=256 << 20), lim)
+    low = accounting.Usage(peak_memory_bytes=100 << 20, memory_limit_hits=3)
+    assert not _stopped_by_memory(gvisor, low, lim)
+    assert not _stopped_by_memory(Runtime("runc", "/usr/bin/runc", tmp_path), pinned, lim)

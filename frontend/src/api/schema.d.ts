@@ -847,6 +847,11 @@ export interface components {
          */
         Events: {
             /**
+             * Memory Limit Hits
+             * @default 0
+             */
+            memory_limit_hits: number;
+            /**
              * Oom Kill
              * @default 0
              */

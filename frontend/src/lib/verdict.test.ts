@@ -21,7 +21,7 @@ function result(over: Partial<RunResult>): RunResult {
     files: [],
     runtime: { name: 'runc', version: '1.1.5' },
     limits,
-    events: { oom_kill: 0, pids_limit: 0 },
+    events: { oom_kill: 0, pids_limit: 0, memory_limit_hits: 0 },
     verdict: null,
     ...over,
   };
@@ -56,7 +56,7 @@ describe('explainResult', () => {
   });
 
   it('treats SIGKILL with an OOM kill as the memory limit', () => {
-    const e = explainResult(result({ exit_code: null, signal: 'SIGKILL', events: { oom_kill: 1, pids_limit: 0 } }));
+    const e = explainResult(result({ exit_code: null, signal: 'SIGKILL', events: { oom_kill: 1, pids_limit: 0, memory_limit_hits: 0 } }));
     expect(e.label).toBe('Memory limit');
   });
 
@@ -104,7 +104,7 @@ describe('meanings', () => {
   });
 
   it('describes kernel events', () => {
-    const notes = kernelEventNotes(result({ events: { oom_kill: 2, pids_limit: 5 } }));
+    const notes = kernelEventNotes(result({ events: { oom_kill: 2, pids_limit: 5, memory_limit_hits: 0 } }));
     expect(notes[0]).toMatch(/stopped 2 processes at the 256 MB limit/);
     expect(notes[1]).toMatch(/refused 5 times at the 64-process limit/);
     expect(kernelEventNotes(result({}))).toEqual([]);

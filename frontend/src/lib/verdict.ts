@@ -159,7 +159,7 @@ export function verdictExplanation(r: RunResult | null | undefined, hasTest: boo
 /** Human notes for kernel events read from the run's cgroup. */
 export function kernelEventNotes(r: RunResult): string[] {
   const notes: string[] = [];
-  const ev = r.events ?? { oom_kill: 0, pids_limit: 0 };
+  const ev = r.events ?? { oom_kill: 0, pids_limit: 0, memory_limit_hits: 0 };
   if (ev.oom_kill > 0) {
     notes.push(
       `The kernel's out-of-memory killer stopped ${ev.oom_kill === 1 ? 'a process' : `${ev.oom_kill} processes`} at the ${r.limits.memory_mb} MB limit.`,

@@ -24,7 +24,7 @@ const record = {
     termination: 'memory_limit', exit_code: null, signal: 'SIGKILL', stdout: 'holding 112 MB\n', stderr: '',
     stdout_truncated: false, stderr_truncated: false, stdout_inline_truncated: false, stderr_inline_truncated: false,
     wall_ms: 2000, cpu_ms: 900, peak_memory_bytes: 134217728, files: [{ path: 'out/result.txt', size: 24 }],
-    runtime: { name: 'runc', version: '1.1.5' }, limits: { ...limits, memory_mb: 128 }, events: { oom_kill: 1, pids_limit: 0 }, verdict: null,
+    runtime: { name: 'runc', version: '1.1.5' }, limits: { ...limits, memory_mb: 128 }, events: { oom_kill: 1, pids_limit: 0, memory_limit_hits: 0 }, verdict: null,
   },
 };
 

@@ -10,8 +10,13 @@ counter            v1                              v2
 CPU time           cpuacct/cpuacct.usage (ns)      cpu.stat usage_usec
 peak memory        memory/memory.max_usage_in_bytes memory.peak (5.19+)
 OOM kills          memory/memory.oom_control        memory.events oom_kill
+memory limit hits  memory/memory.failcnt            memory.events max
 pids limit hits    pids/pids.events max             pids.events max
 =================  ==============================  ==========================
+
+*Memory limit hits* count how often a charge hit the limit (and had to reclaim). Under
+gVisor they are the evidence that a run was stopped by memory: the sentry holds the
+program's memory itself and pages it at the ceiling rather than getting OOM-killed.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class Usage:
     peak_memory_bytes: int = 0
     oom_kill: int = 0
     pids_limit: int = 0
+    memory_limit_hits: int = 0
 
 
 def _read_int(path: Path) -> int | None:
@@ -106,11 +112,18 @@ class CgroupCounters:
                 peak = _read_int(self._dir / "memory.current") or 0
             events = _read_keyed(self._dir / "memory.events")
             pid_events = _read_keyed(self._dir / "pids.events")
-            return Usage(self.cpu_ns(), peak, events.get("oom_kill", 0), pid_events.get("max", 0))
+            return Usage(
+                self.cpu_ns(),
+                peak,
+                events.get("oom_kill", 0),
+                pid_events.get("max", 0),
+                events.get("max", 0),
+            )
         peak = _read_int(self._mem / "memory.max_usage_in_bytes") or 0
         oom = _read_keyed(self._mem / "memory.oom_control").get("oom_kill", 0)
         pids_max = _read_keyed(self._pids / "pids.events").get("max", 0)
-        return Usage(self.cpu_ns(), peak, oom, pids_max)
+        hits = _read_int(self._mem / "memory.failcnt") or 0
+        return Usage(self.cpu_ns(), peak, oom, pids_max, hits)
 
 
 def remove_cgroup(cgroups_path: str, *, root: Path = CGROUP_ROOT) -> None:

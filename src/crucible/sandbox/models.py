@@ -77,6 +77,8 @@ class Events(BaseModel):
 
     oom_kill: int = 0
     pids_limit: int = 0
+    # Charges that hit the memory limit (v1 memory.failcnt, v2 memory.events max).
+    memory_limit_hits: int = 0
 
 
 class Result(BaseModel):

@@ -258,7 +258,7 @@ class Sandbox:
                     files=[],
                     runtime=info,
                     limits=limits,
-                    events=Events(oom_kill=phase.usage.oom_kill, pids_limit=phase.usage.pids_limit),
+                    events=_events(phase.usage),
                 )
         before = {f.path for f in workspace.list_files(ws, exclude=set(), max_files=10_000)}
         argv = [a.replace("{entrypoint}", entry) for a in lang.run] + list(request.args)
@@ -272,7 +272,9 @@ class Sandbox:
         if status is None and phase.reason is not None:
             status = ExitStatus(signal=signals.SIGKILL)  # the supervisor killed it
         usage = phase.usage
-        if phase.reason is not None:
+        if phase.reason is Termination.timeout and _stopped_by_memory(rt, usage, limits):
+            termination = Termination.memory_limit
+        elif phase.reason is not None:
             termination = phase.reason
         elif usage.oom_kill > 0 and (status is None or status.signal == signals.SIGKILL):
             termination = Termination.memory_limit
@@ -296,7 +298,7 @@ class Sandbox:
             files=produced,
             runtime=info,
             limits=limits,
-            events=Events(oom_kill=usage.oom_kill, pids_limit=usage.pids_limit),
+            events=_events(usage),
         )
 
     async def _container(
@@ -486,6 +488,31 @@ def _drain(read_fd: int, write_fd: int) -> str:
         return ""
     finally:
         os.close(read_fd)
+
+
+def _events(usage: accounting.Usage) -> Events:
+    return Events(
+        oom_kill=usage.oom_kill,
+        pids_limit=usage.pids_limit,
+        memory_limit_hits=usage.memory_limit_hits,
+    )
+
+
+def _stopped_by_memory(rt: Runtime, usage: accounting.Usage, limits: Limits) -> bool:
+    """A gVisor run that reached its time limit while pinned at its memory limit.
+
+    gVisor's sentry holds the program's memory itself: at the cgroup's ceiling it is
+    not OOM-killed, it reclaims and thrashes until the CPU or wall limit stops it
+    (seen: 256 MB limit, peak exactly 256 MB, 10 s of CPU, oom_kill 0). The cgroup's
+    own count of charges that hit the limit, with the peak at the limit, is the
+    evidence. Under runc and crun the OOM killer fires and is counted instead.
+    """
+    limit = limits.memory_mb << 20
+    return (
+        rt.name == "gvisor"
+        and usage.memory_limit_hits > 0
+        and usage.peak_memory_bytes >= limit - (4 << 20)
+    )
 
 
 def _signal_name(number: int | None) -> str | None:
