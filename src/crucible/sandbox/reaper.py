@@ -80,6 +80,19 @@ async def reap_all(pids: list[int], *, timeout: float = 5.0) -> None:
             await asyncio.sleep(0.005)
 
 
+# Pids that live runs wait for themselves (their containers' init processes):
+# reap_orphans leaves them to their owner, whose pidfd and wait status they are.
+_owned: set[int] = set()
+
+
+def own(pid: int) -> None:
+    _owned.add(pid)
+
+
+def disown(pid: int) -> None:
+    _owned.discard(pid)
+
+
 def reap_orphans() -> None:
     """Reap exited orphans of the runtimes (the ptrace stubs of a finished gVisor sandbox).
 
@@ -96,5 +109,5 @@ def reap_orphans() -> None:
             continue
         end = stat.rindex(b")")
         comm, state = stat[stat.index(b"(") + 1 : end], stat[end + 2 : end + 3]
-        if state == b"Z" and comm == b"exe":
+        if state == b"Z" and comm == b"exe" and pid not in _owned:
             reap(pid)

@@ -351,6 +351,7 @@ class Sandbox:
         pumps: list[asyncio.Task[None]] = []
         created = False
         helpers: list[int] = []
+        pid = -1
         chunk = self.settings.output_chunk_bytes
         try:
             try:
@@ -377,6 +378,7 @@ class Sandbox:
             ]
             out_r = err_r = -1
             pid = int((cbundle / "pid").read_text().strip())
+            reaper.own(pid)
             # A pidfd works on a zombie too: a program that already ended (it is our
             # child: subreaper) makes it readable at once.
             exited = asyncio.Event()
@@ -384,9 +386,9 @@ class Sandbox:
             try:
                 pidfd = os.pidfd_open(pid)
             except ProcessLookupError:
-                # Already exited and reaped: a concurrent run's reap_orphans() may
-                # collect our zombie first (gVisor's sandbox is also called "exe").
-                # Its status is in the trailer, so nothing is lost.
+                # Already exited and reaped: a concurrent gVisor run's reap_orphans()
+                # may collect our zombie before own() above (gVisor's sandbox is also
+                # called "exe"). Its status is in the trailer, so nothing is lost.
                 exited.set()
             else:
                 loop.add_reader(pidfd, exited.set)
@@ -419,10 +421,14 @@ class Sandbox:
                         if fd == pidfd:
                             asyncio.get_running_loop().remove_reader(fd)
                         os.close(fd)
+            if pid != -1:
+                reaper.reap(pid)
+                reaper.disown(pid)
             if created:
                 # runsc delete waits until its sandbox and gofer are gone: reap them.
-                await reaper.reap_all(helpers)
-                reaper.reap_orphans()
+                if rt.name == "gvisor":  # runc and crun leave no orphans to scan for
+                    await reaper.reap_all(helpers)
+                    reaper.reap_orphans()
                 await runtime.runtime_delete(rt, cid)
             shutil.rmtree(cbundle, ignore_errors=True)
 
