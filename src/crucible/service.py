@@ -186,9 +186,12 @@ class Service:
         new.flags = scan_request(new.request)
         await self.access.check_quotas(who, 1)
         await self._admit(1)
+        # Published before the row exists: a worker may claim it the moment it is
+        # committed and publish "running" before this process got to "queued". (An
+        # idempotent replay leaves this event on a stream no evaluation has.)
+        await self.bus.publish(stream_of(new.id), "status", {"status": Status.queued.value})
         row, created = await asyncio.to_thread(self.store.create_evaluation, new)
         if created:
-            await self.bus.publish(stream_of(row.id), "status", {"status": Status.queued.value})
             self.dispatcher.notify()
         return await self._public(row), created
 

@@ -42,9 +42,10 @@ def complete(events: list[tuple[int, str, dict]], text: str, *, queued_event: bo
     assert kinds.count("result") == 1 and kinds[-1] == "result"
     statuses = [e[2]["status"] for e in events if e[1] == "status"]
     final = events[-1][2]
-    assert statuses.count("running") == final["attempts"], statuses
+    summary = [(i, k, d.get("status")) for i, k, d in events]
+    assert statuses.count("running") == final["attempts"], summary
     if queued_event:
-        assert statuses[0] == "queued"
+        assert statuses[0] == "queued", summary
     if final["attempts"] == 1:
         assert "".join(e[2]["data"] for e in events if e[1] == "stdout") == text
     assert final["status"] == "completed" and final["result"]["stdout"] == text
