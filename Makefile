@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup setup-test run test lint typecheck pytest frontend-test e2e bench clean
+.PHONY: setup setup-test run test lint typecheck pytest frontend-test e2e screenshots bench clean
 
 setup:
 	@scripts/setup.sh
@@ -30,6 +30,11 @@ frontend-test: setup-test
 # Real Chromium against a real `crucible serve`; screenshots in frontend/test-artifacts.
 e2e: setup-test
 	cd frontend && npm run --silent e2e
+
+# The same browser tests, also refreshing the README's docs/screenshots (tracked files:
+# only on purpose, never as a side effect of `make test`).
+screenshots: setup-test
+	cd frontend && E2E_DOCS_SCREENSHOTS=1 npm run --silent e2e
 
 test: lint typecheck frontend-test e2e pytest
 
