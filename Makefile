@@ -28,13 +28,15 @@ frontend-test: setup-test
 	cd frontend && npm run --silent check:api && npm run --silent typecheck && npm test --silent
 
 # Real Chromium against a real `crucible serve`; screenshots in frontend/test-artifacts.
+# setup-test has just built dist/ if anything it is built from changed, so Playwright
+# runs on that build (`npm run e2e` would build it a second time).
 e2e: setup-test
-	cd frontend && npm run --silent e2e
+	cd frontend && npx --no-install playwright test
 
 # The same browser tests, also refreshing the README's docs/screenshots (tracked files:
 # only on purpose, never as a side effect of `make test`).
 screenshots: setup-test
-	cd frontend && E2E_DOCS_SCREENSHOTS=1 npm run --silent e2e
+	cd frontend && E2E_DOCS_SCREENSHOTS=1 npx --no-install playwright test
 
 test: lint typecheck frontend-test e2e pytest
 
