@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup setup-test run test lint typecheck pytest frontend-test e2e screenshots bench clean
+.PHONY: setup setup-test run test test-steps lint typecheck pytest frontend-test e2e screenshots bench clean
 
 setup:
 	@scripts/setup.sh
@@ -38,7 +38,11 @@ e2e: setup-test
 screenshots: setup-test
 	cd frontend && E2E_DOCS_SCREENSHOTS=1 npx --no-install playwright test
 
-test: lint typecheck frontend-test e2e pytest
+# One make for all the steps, so setup-test runs once; then the tree must be as it was.
+test:
+	@scripts/unchanged-tree.sh $(MAKE) --no-print-directory test-steps
+
+test-steps: lint typecheck frontend-test e2e pytest
 
 bench: setup
 	$(VENV)/python bench/sandbox_overhead.py
