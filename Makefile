@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup setup-test run test lint typecheck pytest frontend-test e2e bench clean
+.PHONY: setup setup-test run test test-steps lint typecheck pytest frontend-test e2e screenshots bench clean
 
 setup:
 	@scripts/setup.sh
@@ -28,10 +28,21 @@ frontend-test: setup-test
 	cd frontend && npm run --silent check:api && npm run --silent typecheck && npm test --silent
 
 # Real Chromium against a real `crucible serve`; screenshots in frontend/test-artifacts.
+# setup-test has just built dist/ if anything it is built from changed, so Playwright
+# runs on that build (`npm run e2e` would build it a second time).
 e2e: setup-test
-	cd frontend && npm run --silent e2e
+	cd frontend && npx --no-install playwright test
 
-test: lint typecheck frontend-test e2e pytest
+# The same browser tests, also refreshing the README's docs/screenshots (tracked files:
+# only on purpose, never as a side effect of `make test`).
+screenshots: setup-test
+	cd frontend && E2E_DOCS_SCREENSHOTS=1 npx --no-install playwright test
+
+# One make for all the steps, so setup-test runs once; then the tree must be as it was.
+test:
+	@scripts/unchanged-tree.sh $(MAKE) --no-print-directory test-steps
+
+test-steps: lint typecheck frontend-test e2e pytest
 
 bench: setup
 	$(VENV)/python bench/sandbox_overhead.py

@@ -7,12 +7,17 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const ARTIFACTS = resolve(here, '../test-artifacts');
 export const DOCS_SHOTS = resolve(here, '../../docs/screenshots');
 
-/** Saves a full-page screenshot to test-artifacts/NAME.png (and docs/screenshots when asked). */
+/** The README's screenshots are refreshed only on purpose (`make screenshots` sets this):
+ * a test run must leave the work tree as it found it. */
+const REFRESH_DOCS = process.env.E2E_DOCS_SCREENSHOTS === '1';
+
+/** Saves a full-page screenshot to test-artifacts/NAME.png; a `docs` one also to
+ * docs/screenshots when the run refreshes them (REFRESH_DOCS). */
 export async function shot(page: Page, name: string, opts: { docs?: boolean } = {}) {
   mkdirSync(ARTIFACTS, { recursive: true });
   const file = join(ARTIFACTS, `${name}.png`);
   await page.screenshot({ path: file, fullPage: true, animations: 'disabled' });
-  if (opts.docs) {
+  if (opts.docs && REFRESH_DOCS) {
     mkdirSync(DOCS_SHOTS, { recursive: true });
     copyFileSync(file, join(DOCS_SHOTS, `${name}.png`));
   }

@@ -50,13 +50,22 @@ function start(cmd: string, args: string[], env: NodeJS.ProcessEnv, log: string,
   return spawn(cmd, args, { cwd, env, stdio: ['ignore', out, out], detached: true });
 }
 
-function stop(p: ChildProcess | undefined) {
-  if (!p || p.pid === undefined || p.exitCode !== null) return;
+/** SIGTERM to the process group; resolves once the process has exited (at most `ms`). */
+function stop(p: ChildProcess | undefined, ms = 15_000): Promise<void> {
+  if (!p || p.pid === undefined || p.exitCode !== null || p.signalCode !== null) return Promise.resolve();
+  const exited = new Promise<void>((res) => {
+    const timer = setTimeout(res, ms);
+    p.once('exit', () => {
+      clearTimeout(timer);
+      res();
+    });
+  });
   try {
     process.kill(-p.pid, 'SIGTERM');
   } catch {
     /* already gone */
   }
+  return exited;
 }
 
 export default async function globalSetup() {
@@ -82,9 +91,8 @@ export default async function globalSetup() {
   const api = `http://127.0.0.1:${apiPort}`;
   let preview: ChildProcess | undefined;
   const teardown = async () => {
-    stop(preview);
-    stop(server);
-    await new Promise((r) => setTimeout(r, 1500));
+    // The server's files go only once it has exited (not after a fixed pause).
+    await Promise.all([stop(preview), stop(server)]);
     rmSync(work, { recursive: true, force: true });
   };
   try {

@@ -1,10 +1,15 @@
+import { templateById } from '../src/lib/templates';
 import { expect, shot, test } from './fixtures';
 
+// Also the "Long-running with progress" template's own test (templates.spec.ts leaves
+// it to this one): the same selection, verdict and final status checks.
 test('live output arrives before the program ends', async ({ page }) => {
+  const t = templateById('progress')!;
   await page.goto('/');
-  await page.getByLabel('Template').selectOption('progress');
+  await page.getByLabel('Template').selectOption(t.id);
+  await expect(page.getByLabel('Language')).toHaveValue(t.language);
   await page.getByRole('button', { name: 'Run', exact: true }).click();
-  await expect(page).toHaveURL(/\/evaluations\//);
+  await expect(page).toHaveURL(/\/evaluations\/[^/]+$/);
   const stdout = page.getByRole('log', { name: 'stdout output' });
   await expect(stdout).toContainText('step 2/20');
   // Still running: the last line has not been printed and the status says so.
@@ -14,6 +19,8 @@ test('live output arrives before the program ends', async ({ page }) => {
   await shot(page, 'evaluation-live');
   await expect(stdout).toContainText('step 20/20', { timeout: 30_000 });
   await expect(page.getByTestId('verdict')).toContainText('Exited with code 0', { timeout: 20_000 });
+  await expect(page.getByTestId('verdict').locator('.badge').first()).toHaveText(new RegExp(`^(${t.expect})$`));
+  await expect(page.locator('h1 .badge')).toHaveText(/completed|cancelled|error/);
 });
 
 test('cancel a running program', async ({ page }) => {

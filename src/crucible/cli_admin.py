@@ -9,16 +9,19 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from crucible.config import Settings
-from crucible.store import Store
-from crucible.store.audit import AuditEvent, AuditLog
-from crucible.store.keys import ROLES, KeyStore
+
+# The store (SQLAlchemy, Alembic: a third of the CLI's start-up) is imported by the
+# commands that use it, so `crucible submit` and the other client commands, which
+# never touch the database, start without it.
+if TYPE_CHECKING:
+    from crucible.store import Store
 
 out = Console()
 err = Console(stderr=True)
@@ -34,6 +37,8 @@ DatabaseUrl = Annotated[
 
 
 def _store(data_dir: Path | None, database_url: str | None) -> Store:
+    from crucible.store import Store
+
     overrides: dict[str, Any] = {"data_dir": data_dir, "database_url": database_url}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -44,6 +49,8 @@ def _store(data_dir: Path | None, database_url: str | None) -> Store:
 
 def _audit(store: Store, action: str, target: str, detail: dict[str, Any]) -> None:
     """Key changes made at the console are admin actions too (actor: the console)."""
+    from crucible.store.audit import AuditEvent, AuditLog
+
     AuditLog(store).append(
         AuditEvent(action=action, outcome=0, actor_name="console", target=target, detail=detail)
     )
@@ -57,6 +64,8 @@ def keys_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a key and print it, alone, on stdout (shown this once)."""
+    from crucible.store.keys import ROLES, KeyStore
+
     if role not in ROLES:
         err.print(f"[red]error:[/red] --role must be one of {', '.join(ROLES)}")
         raise typer.Exit(2)
@@ -77,6 +86,8 @@ def keys_list(
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Every key (never the secrets)."""
+    from crucible.store.keys import KeyStore
+
     store = _store(data_dir, database_url)
     try:
         keys = KeyStore(store).list()
@@ -109,6 +120,7 @@ def keys_revoke(
 ) -> None:
     """Revoke a key: it stops working at once."""
     from crucible.errors import NotFound
+    from crucible.store.keys import KeyStore
 
     store = _store(data_dir, database_url)
     try:
@@ -131,6 +143,8 @@ def audit_verify(
     ] = None,
 ) -> None:
     """Check the audit chain; exit 1 naming the first entry that was edited or removed."""
+    from crucible.store.audit import AuditLog
+
     store = _store(data_dir, database_url)
     try:
         result = AuditLog(store).verify(expect_head=expect_head)
@@ -148,6 +162,9 @@ def audit_verify(
 def first_key_banner(settings: Settings) -> None:
     """On a first start with no active key (and no bootstrap key configured), create an
     admin key and print it once, with a sign-in link for the web UI."""
+    from crucible.store import Store
+    from crucible.store.keys import KeyStore
+
     if settings.bootstrap_admin_key:
         return
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -58,8 +58,13 @@ def make_server(tmp_path: Path, state_dir: Path) -> Iterator[Callable[..., Serve
         server.stop()
 
 
-@pytest.fixture
-def server(make_server: Callable[..., ServerProcess]) -> ServerProcess:
-    s = make_server(CRUCIBLE_MAX_CONCURRENCY="2")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iterator[ServerProcess]:
+    """One ``crucible serve`` for all of a module's tests: a start costs seconds, and
+    each test looks only at what it submitted itself. Tests that restart, kill or
+    configure a server start their own with ``make_server``."""
+    data_dir = tmp_path_factory.mktemp("server") / "data"
+    s = ServerProcess(data_dir, state_dir, CRUCIBLE_MAX_CONCURRENCY="2")
     s.start()
-    return s
+    yield s
+    s.stop()

@@ -3,8 +3,11 @@ every operation of the served OpenAPI document, with generated valid and invalid
 requests, must never answer 5xx and must answer as documented (status codes, content
 types, bodies, headers), and must not ignore its authentication.
 
-Run through Schemathesis's own CLI (its pytest plugin does not support pytest 9 yet),
-bounded to a few examples per operation so the whole run takes well under 2 minutes.
+Run through Schemathesis's own CLI (its pytest plugin does not support pytest 9 yet).
+The budget is a number of examples per operation and phase, not a time: with
+``--max-time`` Schemathesis repeats the fuzzing phase until the time is spent, so the
+run always took the whole budget and tested more or less depending on the machine's
+load. 20 deterministic examples make about 1,500 requests, however busy the machine.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def test_api_conforms_to_its_schema(tmp_path: Path, state_dir: Path) -> None:
                 "--checks",
                 CHECKS,
                 "--max-examples",
-                "8",
+                "20",
                 "--phases",
                 "examples,coverage,fuzzing",
                 "--generation-deterministic",
@@ -66,8 +69,6 @@ def test_api_conforms_to_its_schema(tmp_path: Path, state_dir: Path) -> None:
                 "--workers",
                 "1",
                 "--no-shrink",
-                "--max-time",
-                "80",
             ],
             capture_output=True,
             text=True,

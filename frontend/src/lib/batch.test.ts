@@ -1,3 +1,4 @@
+// @vitest-environment node
 import { describe, expect, it } from 'vitest';
 import type { EvaluationRecord, RunResult } from '../api/models';
 import { normalizeBatch, normalizeQueue } from '../api/client';

@@ -1,3 +1,4 @@
+// @vitest-environment node
 import { describe, expect, it } from 'vitest';
 import { validationIssues } from '../api/client';
 import { errorsFor, issueKey, mapValidationErrors, unclaimedErrors } from './fieldErrors';

@@ -1,3 +1,4 @@
+// @vitest-environment node
 import { describe, expect, it } from 'vitest';
 import { initialLive, liveReducer, type LiveAction } from './live';
 

@@ -1,3 +1,4 @@
+// @vitest-environment node
 import { describe, expect, it } from 'vitest';
 import type { RunResult } from '../api/models';
 import { exitCodeMeaning, explain, explainResult, kernelEventNotes, signalMeaning, verdictExplanation } from './verdict';
