@@ -244,17 +244,18 @@ async def test_sweep_removes_a_crashed_supervisors_containers(
     script = (
         "import asyncio\nfrom crucible.config import Settings\nfrom crucible.sandbox import Sandbox\n"
         "from crucible.limits import resolve_limits\nfrom crucible.sandbox import RunRequest\n"
-        f"s = Settings(state_dir={str(state)!r}, prefix={sandbox.settings.prefix!r})\n"
+        f"s = Settings(state_dir={str(state)!r}, prefix={sandbox.settings.prefix!r},"
+        " max_concurrency=3)\n"
         "async def main():\n"
         "    sb = Sandbox(s)\n"
         "    req = lambda rt: RunRequest(code='import time; print(1, flush=True); time.sleep(60)',"
         " limits=resolve_limits({'timeout_s': 60}, s), runtime=rt)\n"
-        "    await asyncio.gather(sb.run(req('runc')), sb.run(req('gvisor')))\n"
+        "    await asyncio.gather(sb.run(req('runc')), sb.run(req('crun')), sb.run(req('gvisor')))\n"
         "asyncio.run(main())\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 30
-    while len([x for x in leftovers(sandbox.settings) if x.startswith("container")]) < 2:
+    while len([x for x in leftovers(sandbox.settings) if x.startswith("container")]) < 3:
         assert time.monotonic() < deadline, leftovers(sandbox.settings)
         await asyncio.sleep(0.1)
     os.kill(proc.pid, 9)
@@ -265,5 +266,37 @@ async def test_sweep_removes_a_crashed_supervisors_containers(
     # dies with its parent (runsc sets a parent-death signal), leaving its bundle,
     # workspace mount and cgroup, which the sweep removes as well.
     assert any(r.startswith("container runc:") for r in removed), removed
-    assert len([r for r in removed if r.startswith("bundle")]) == 2, removed
+    assert any(r.startswith("container crun:") for r in removed), removed
+    assert len([r for r in removed if r.startswith("bundle")]) == 3, removed
     assert leftovers(sandbox.settings) == []
+
+
+async def test_sweep_spares_live_runs_started_while_it_sweeps(sandbox: Sandbox) -> None:
+    """Several supervisors share a state directory: a sweep must never take a run of a
+    live one, not even one whose bundle is still being set up (no owner file yet), nor
+    a run that started after the sweep began."""
+    from crucible.sandbox.sweep import owner_token
+
+    await sandbox.prepare()
+    bundles = sandbox.settings.state_dir.resolve() / "bundles"
+    prefix = sandbox.settings.prefix
+    setting_up = bundles / f"{prefix}-settingup"
+    setting_up.mkdir(parents=True)
+    dead = bundles / f"{prefix}-dead"
+    dead.mkdir()
+    (dead / "owner").write_text("999999999:1\n")
+    slow = RunRequest(
+        code="import time; print('started', flush=True); time.sleep(2); print('survived')",
+        limits=limits(sandbox.settings, timeout_s=20),
+        runtime="crun",
+    )
+    started = asyncio.Event()
+    run = asyncio.create_task(sandbox.run(slow, on_output=lambda _name, _data: started.set()))
+    await asyncio.wait_for(started.wait(), 30)  # its bundle and container exist now
+    assert any((b / "owner").read_text().strip() == owner_token() for b in bundles.iterdir()
+               if (b / "owner").exists())  # fmt: skip
+    removed = await sandbox.sweep()
+    result = await run
+    assert (result.termination, result.stdout) == ("exited", "started\nsurvived\n"), result
+    assert f"bundle {prefix}-dead" in removed and setting_up.exists(), removed
+    setting_up.rmdir()

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 from crucible.errors import RuntimeFailure, SandboxUnavailable
@@ -27,11 +28,22 @@ def owner_token(pid: int | None = None) -> str:
     return f"{pid}:{fields[19]}"  # field 22 of stat: start time in clock ticks
 
 
+# A bundle is created (mkdir) a moment before its owner file is written: one without an
+# owner file younger than this is being set up by a live supervisor, not left behind.
+_SETUP_GRACE_S = 60.0
+
+
 def _owner_alive(bundle: Path) -> bool:
     try:
         token = (bundle / "owner").read_text().strip()
-        pid = int(token.split(":")[0])
-        return owner_token(pid) == token
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            return time.time() - bundle.stat().st_mtime < _SETUP_GRACE_S
+        return False
+    except OSError:
+        return False
+    try:
+        return owner_token(int(token.split(":")[0])) == token
     except (OSError, ValueError, IndexError):
         return False
 
@@ -42,11 +54,13 @@ async def sweep_leftovers(
     """Remove leftover containers, workspaces, bundles and cgroups; return what was removed."""
     removed: list[str] = []
     bundles = state_dir / "bundles"
-    live = {b.name for b in bundles.iterdir() if _owner_alive(b)} if bundles.exists() else set()
 
     def orphaned(container_id: str) -> bool:
-        # Container ids are <run id>-c (compile) or <run id>-r (run).
-        return container_id.startswith(f"{prefix}-") and container_id.rsplit("-", 1)[0] not in live
+        # Container ids are <run id>-c (compile) or <run id>-r (run). Judged at the
+        # moment of removal, never from an earlier snapshot: another supervisor sharing
+        # this state directory keeps creating runs while this one sweeps.
+        run_id = container_id.rsplit("-", 1)[0]
+        return container_id.startswith(f"{prefix}-") and not _owner_alive(bundles / run_id)
 
     for rt in runtimes:
         try:
@@ -60,7 +74,7 @@ async def sweep_leftovers(
                 removed.append(f"container {rt.name}:{cid}")
     if bundles.exists():
         for bundle in bundles.iterdir():
-            if bundle.name.startswith(f"{prefix}-") and bundle.name not in live:
+            if bundle.name.startswith(f"{prefix}-") and not _owner_alive(bundle):
                 workspace.unmount(bundle / "workspace")
                 shutil.rmtree(bundle, ignore_errors=True)
                 removed.append(f"bundle {bundle.name}")
