@@ -10,8 +10,15 @@ these to HTTP status codes in one place (``crucible.api.errors``).
     │   └── RuntimeFailure        the OCI runtime itself failed (create/start/delete)
     ├── InvalidSubmission         the request cannot be run as given (bad language, paths)
     │   └── PayloadTooLarge       the submitted code or files exceed max_code_bytes
-    ├── NotFound                  no such evaluation, batch, file
+    ├── NotFound                  no such evaluation, batch, sandbox, file
     ├── Conflict                  illegal state transition, idempotency key reuse
+    │   └── SandboxStopped        the long-lived sandbox is no longer running
+    ├── SandboxFileError          a file operation inside a long-lived sandbox failed;
+    │   │                         ``code`` is the API's machine-readable ``error``
+    │   ├── SandboxFileNotFound       404 not_found
+    │   ├── SandboxPermissionDenied   403 permission_denied
+    │   ├── SandboxIsADirectory       409 is_a_directory
+    │   └── SandboxFileTooLarge       413 too_large
     ├── Overloaded                the queue is full; retry later
     │   └── QuotaExceeded         this key is over one of its quotas (429)
     ├── Unauthenticated           no API key, or not a valid one (401)
@@ -82,3 +89,34 @@ class Unauthenticated(CrucibleError):
 
 class Forbidden(CrucibleError):
     """The key is valid but its role (or a per-key ceiling) does not allow the request."""
+
+
+class SandboxStopped(Conflict):
+    """The long-lived sandbox has stopped (ttl, idle timeout, deleted, lost)."""
+
+
+class SandboxFileError(CrucibleError):
+    """A file operation inside a long-lived sandbox failed for a reason the caller can
+    act on; ``code`` is the machine-readable ``error`` of the API's answer."""
+
+    code = "file_error"
+
+    def __init__(self, path: str, message: str | None = None) -> None:
+        super().__init__(message or f"{path}: {self.code.replace('_', ' ')}")
+        self.path = path
+
+
+class SandboxFileNotFound(SandboxFileError):
+    code = "not_found"
+
+
+class SandboxPermissionDenied(SandboxFileError):
+    code = "permission_denied"
+
+
+class SandboxIsADirectory(SandboxFileError):
+    code = "is_a_directory"
+
+
+class SandboxFileTooLarge(SandboxFileError):
+    code = "too_large"

@@ -100,3 +100,40 @@ class Result(BaseModel):
     runtime: RuntimeInfo
     limits: Limits
     events: Events
+
+
+# -- long-lived (agent) sandboxes: see crucible.sandbox.session ------------------------
+
+
+class SessionLimits(BaseModel):
+    """Limits for a whole long-lived sandbox (every exec in it shares them)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    memory_mb: int = Field(description="memory limit of the whole sandbox (no swap), MiB")
+    cpus: float = Field(description="CPU cores quota")
+    pids: int = Field(description="maximum number of processes and threads")
+    disk_mb: int = Field(description="size of the writable layer over the root, MiB")
+
+
+class SessionSpec(BaseModel):
+    """What to create: a long-lived sandbox an agent drives step by step."""
+
+    model_config = ConfigDict(frozen=True)
+
+    runtime: RuntimeName = "runc"
+    limits: SessionLimits
+
+
+class ExecResult(BaseModel):
+    """What one ``exec`` in a long-lived sandbox did (data, whatever the command did)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    returncode: int = Field(description="exit code; 128+N when killed by signal N")
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool = Field(description="stdout passed its cap; the tail was kept")
+    stderr_truncated: bool = Field(description="stderr passed its cap; the tail was kept")
+    timed_out: bool = Field(description="the exec's timeout killed its process tree")
+    duration_ms: int
