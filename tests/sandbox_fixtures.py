@@ -6,7 +6,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,14 @@ def sandbox_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
 
 
 @pytest.fixture
-def sandbox(sandbox_settings: Settings) -> Sandbox:
+async def sandbox(sandbox_settings: Settings) -> AsyncIterator[Sandbox]:
+    """The engine as servers run it: with its warm pool on (sandbox_settings leaves
+    ``pool_size`` at its default), so every engine suite also tests warm sandboxes."""
     if os.geteuid() != 0:
         pytest.skip("the sandbox needs root")
-    return Sandbox(sandbox_settings)
+    engine = Sandbox(sandbox_settings)
+    yield engine
+    await engine.close()
 
 
 @pytest.fixture(params=RUNTIMES)
@@ -104,14 +108,25 @@ def leftovers(settings: Settings) -> list[str]:
     return found
 
 
+async def settled_leftovers(sandbox: Sandbox) -> list[str]:
+    """``leftovers`` once the engine is closed: its idle warm sandboxes removed and its
+    background tear-downs done (runs return before their containers are deleted)."""
+    await sandbox.close()
+    return leftovers(sandbox.settings)
+
+
 @pytest.fixture
-def host_unharmed(sandbox_settings: Settings, tmp_path: Path) -> Iterator[Path]:
+async def host_unharmed(
+    sandbox_settings: Settings, sandbox: Sandbox, tmp_path: Path
+) -> AsyncIterator[Path]:
     """A canary file and process on the host; after the test, both are intact and
-    nothing of the sandbox is left behind."""
+    nothing of the sandbox is left behind once the engine is closed (its warm
+    sandboxes removed, its background tear-downs finished)."""
     canary = tmp_path / "canary"
     canary.write_text("intact")
     proc = subprocess.Popen(["sleep", "600"])
     yield canary
+    await sandbox.close()
     try:
         assert proc.poll() is None, "a host process was killed"
         assert canary.read_text() == "intact", "a host file was changed"

@@ -11,16 +11,24 @@ collector, so every API instance reports the same, true figures.
     crucible_queue_depth{priority}                          gauge
     crucible_running                                        gauge
     crucible_capacity                                       gauge (this server's sandbox slots)
+    crucible_warm_sandboxes{runtime}                        gauge (this process's idle warm ones)
+    crucible_warm_sandbox_memory_bytes{runtime}             gauge (memory they hold)
+    crucible_warm_sandbox_pids{runtime}                     gauge (processes they hold)
+    crucible_warm_sandbox_requests_total{result}            counter (hit | miss)
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from crucible.sandbox import Sandbox
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -47,6 +55,58 @@ RUN_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
     registry=REGISTRY,
 )
+
+
+class WarmPoolCollector(Collector):
+    """What this process's warm one-shot sandboxes hold, read at scrape time: idle
+    sandboxes are not free, so their memory and pids are counted."""
+
+    def __init__(self) -> None:
+        self.engines: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        idle = GaugeMetricFamily(
+            "crucible_warm_sandboxes", "Idle warm one-shot sandboxes", labels=["runtime"]
+        )
+        memory = GaugeMetricFamily(
+            "crucible_warm_sandbox_memory_bytes",
+            "Memory charged to idle warm sandboxes",
+            labels=["runtime"],
+        )
+        pids = GaugeMetricFamily(
+            "crucible_warm_sandbox_pids", "Processes in idle warm sandboxes", labels=["runtime"]
+        )
+        requests = CounterMetricFamily(
+            "crucible_warm_sandbox_requests",
+            "Runs that found a warm sandbox of their shape (hit) or not (miss)",
+            labels=["result"],
+        )
+        totals: dict[str, list[int]] = {}
+        hits = misses = 0
+        for engine in list(self.engines):
+            for st in engine.warm_stats():
+                row = totals.setdefault(st.runtime, [0, 0, 0])
+                row[0] += st.idle
+                row[1] += st.memory_bytes
+                row[2] += st.pids
+            hits += engine.pool.hits
+            misses += engine.pool.misses
+        for name, (n, mem, procs) in sorted(totals.items()):
+            idle.add_metric([name], n)
+            memory.add_metric([name], mem)
+            pids.add_metric([name], procs)
+        requests.add_metric(["hit"], hits)
+        requests.add_metric(["miss"], misses)
+        yield from (idle, memory, pids, requests)
+
+
+WARM_POOL = WarmPoolCollector()
+REGISTRY.register(WARM_POOL)
+
+
+def watch_warm_pool(engine: Sandbox) -> None:
+    """Report ``engine``'s warm sandboxes in this process's metrics."""
+    WARM_POOL.engines.add(engine)
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:

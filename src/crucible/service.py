@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
+from crucible import metrics
 from crucible.access import Access, apply_ceilings, scoped_idempotency
 from crucible.api.schemas import (
     BatchCreate,
@@ -43,6 +44,7 @@ from crucible.errors import (
 from crucible.events import Event, EventBus, InProcessBus, RedisBus
 from crucible.executor import Executor, stream_of
 from crucible.lifecycle import TERMINAL, Status
+from crucible.limits import resolve_limits
 from crucible.records import batch_public, dead_letter_public, evaluation_public, worker_public
 from crucible.sandbox import Sandbox
 from crucible.scan import scan_request
@@ -143,6 +145,8 @@ class Service:
         if self.sandbox is not None:
             await self.sandbox.sweep()
             shutil.rmtree(self.settings.data_dir / "tmp", ignore_errors=True)
+            metrics.watch_warm_pool(self.sandbox)
+            await self.sandbox.start_pool(resolve_limits({}, self.settings))
         await self.maintenance.heartbeat()
         await self.maintenance.recover()
         self.maintenance.start()
@@ -152,6 +156,8 @@ class Service:
     async def stop(self) -> None:
         await self.dispatcher.stop()
         await self.maintenance.stop()
+        if self.sandbox is not None:
+            await self.sandbox.close()
         if isinstance(self.bus, RedisBus):
             await self.bus.close()
         await asyncio.to_thread(self.store.dispose)

@@ -14,7 +14,7 @@ import pytest
 
 from crucible.errors import InvalidSubmission
 from crucible.sandbox import RunRequest, Sandbox
-from sandbox_fixtures import leftovers, limits, run_code
+from sandbox_fixtures import leftovers, limits, run_code, settled_leftovers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -159,7 +159,7 @@ async def test_cancel_kills_within_a_second(runtime: str, sandbox: Sandbox) -> N
     assert r.signal == "SIGKILL"
     assert time.monotonic() - cancelled_at < 5  # includes runtime delete
     assert r.wall_ms < (time.monotonic() - cancelled_at) * 1000 + r.wall_ms
-    assert leftovers(sandbox.settings) == []
+    assert await settled_leftovers(sandbox) == []
 
 
 async def test_produced_files_listed_and_copied(
@@ -181,7 +181,7 @@ async def test_many_runs_at_once(runtime: str, sandbox: Sandbox) -> None:
     runs = [run_code(sandbox, runtime, f"print({i} * {i})") for i in range(8)]
     results = await asyncio.gather(*runs)
     assert [r.stdout for r in results] == [f"{i * i}\n" for i in range(8)]
-    assert leftovers(sandbox.settings) == []
+    assert await settled_leftovers(sandbox) == []
 
 
 async def test_runs_cannot_see_each_other(runtime: str, sandbox: Sandbox) -> None:
@@ -211,7 +211,7 @@ async def test_cleanup_after_every_kind_of_end(runtime: str, sandbox: Sandbox) -
     await run_code(sandbox, runtime, "while True: pass", timeout_s=0.5)
     await run_code(sandbox, runtime, "x = bytearray(300 << 20)", memory_mb=64)
     await run_code(sandbox, runtime, "int main(void) { return }", language="c")
-    assert leftovers(sandbox.settings) == []
+    assert await settled_leftovers(sandbox) == []
 
 
 async def test_invalid_requests_raise_before_running(sandbox: Sandbox) -> None:
@@ -229,7 +229,7 @@ async def test_invalid_requests_raise_before_running(sandbox: Sandbox) -> None:
     missing = RunRequest(files={"a.py": "1"}, entrypoint="main.py", limits=limits(sandbox.settings))
     with pytest.raises(InvalidSubmission, match="entrypoint"):
         await sandbox.run(missing)
-    assert leftovers(sandbox.settings) == []
+    assert await settled_leftovers(sandbox) == []
 
 
 async def test_sweep_removes_a_crashed_supervisors_containers(
@@ -267,8 +267,9 @@ async def test_sweep_removes_a_crashed_supervisors_containers(
     # workspace mount and cgroup, which the sweep removes as well.
     assert any(r.startswith("container runc:") for r in removed), removed
     assert any(r.startswith("container crun:") for r in removed), removed
-    assert len([r for r in removed if r.startswith("bundle")]) == 3, removed
-    assert leftovers(sandbox.settings) == []
+    # (3 runs, and the warm spares its pool was making)
+    assert len([r for r in removed if r.startswith("bundle")]) >= 3, removed
+    assert await settled_leftovers(sandbox) == []
 
 
 async def test_sweep_spares_live_runs_started_while_it_sweeps(sandbox: Sandbox) -> None:

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
+from crucible import metrics
 from crucible.config import Settings
 from crucible.dispatch import CANCEL_CHANNEL, identity
 from crucible.dispatch.celery_app import QUEUE, make_celery
@@ -37,6 +38,7 @@ from crucible.dispatch.claimer import Claimer, claim_slots
 from crucible.dispatch.maintenance import Maintenance
 from crucible.events import RedisBus
 from crucible.executor import Executor
+from crucible.limits import resolve_limits
 from crucible.metrics import REGISTRY
 from crucible.sandbox import Sandbox
 from crucible.store import BlobStore, Cluster, Store
@@ -90,6 +92,8 @@ class WorkerRuntime:
         self.bus = RedisBus(s.event_redis_url, prefix=s.prefix, retention_s=s.event_retention_s)
         self.sandbox = Sandbox(s, max_concurrency=self.concurrency)
         await self.sandbox.sweep()  # leftovers of dead supervisors on this state dir
+        metrics.watch_warm_pool(self.sandbox)
+        await self.sandbox.start_pool(resolve_limits({}, self.settings))
         shutil.rmtree(s.data_dir / "tmp" / self.info.id, ignore_errors=True)
         self.executor = Executor(
             store=self.store,
@@ -135,6 +139,7 @@ class WorkerRuntime:
                 await task
         await self.claimer.stop(grace_s=self.settings.shutdown_grace_s)
         await self.maintenance.stop()
+        await self.sandbox.close()
         await self.bus.close()
         await asyncio.to_thread(self.store.dispose)
 

@@ -9,6 +9,8 @@ counter            v1                              v2
 =================  ==============================  ==========================
 CPU time           cpuacct/cpuacct.usage (ns)      cpu.stat usage_usec
 peak memory        memory/memory.max_usage_in_bytes memory.peak (5.19+)
+memory now         memory/memory.usage_in_bytes     memory.current
+pids now           pids/pids.current                pids.current
 OOM kills          memory/memory.oom_control        memory.events oom_kill
 memory limit hits  memory/memory.failcnt            memory.events max
 pids limit hits    pids/pids.events max             pids.events max
@@ -104,6 +106,17 @@ class CgroupCounters:
             usec = _read_keyed(self._dir / "cpu.stat").get("usage_usec", 0)
             return usec * 1000
         return _read_int(self._cpu / "cpuacct.usage") or 0
+
+    def memory_bytes(self) -> int:
+        """Memory charged to the cgroup now (0 if unreadable)."""
+        if self.v2:
+            return _read_int(self._dir / "memory.current") or 0
+        return _read_int(self._mem / "memory.usage_in_bytes") or 0
+
+    def pids(self) -> int:
+        """Processes and threads in the cgroup now (0 if unreadable)."""
+        base = self._dir if self.v2 else self._pids
+        return _read_int(base / "pids.current") or 0
 
     def read(self) -> Usage:
         if self.v2:

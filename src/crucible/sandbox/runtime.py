@@ -8,7 +8,9 @@ wrapper that hides the cgroup2 mount crun 1.8 refuses (``hidecg.c``).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,24 @@ async def runtime_run_detached(
         raise RuntimeFailure("run", None, f"timed out after {rt.timeout}s") from None
     if done.returncode != 0:
         raise RuntimeFailure("run", done.returncode, "see the run's stderr")
+
+
+async def runtime_exec(
+    rt: Runtime, container_id: str, process_json: Path, stdio: tuple[int, int, int]
+) -> asyncio.subprocess.Process:
+    """``exec --process``: start a process in the running container and return the
+    runtime's own process, which stays in the foreground until that process ends and
+    exits with its status. Not through ``run_tool``: it lives as long as the process
+    it runs, whose caller owns the timeout (and kills it)."""
+    argv = [*rt.argv, "exec", "--process", str(process_json), container_id]
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=stdio[0],
+        stdout=stdio[1],
+        stderr=stdio[2],
+        close_fds=True,
+        env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+    )
 
 
 async def runtime_start(rt: Runtime, container_id: str) -> None:

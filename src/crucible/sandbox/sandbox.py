@@ -1,24 +1,27 @@
 """The sandbox engine: code in, :class:`Result` out.
 
 One :class:`Sandbox` per process drives any number of runs concurrently (bounded by
-``max_concurrency``). A run is: fresh workspace tmpfs → optional compile container →
-run container → counters → cleanup. Each container goes through the runtime's
-``create`` / ``start`` / ``kill`` / ``delete`` verbs; its end is observed through a
-pidfd on the container's init, and its cgroup is read before ``delete`` removes it.
+``max_concurrency``). A run takes a *box* (a bundle with a fresh workspace tmpfs and a
+run container whose init waits for its job), warm from the pool (``pool.py``) or made
+on the spot; writes the files; runs the optional compile step in a container of its
+own over the same workspace; releases the run container's init with the program
+(``container.py``: create → start → kill → account → delete); and tears the box
+down in the background, so the next run does not wait for ``delete``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
-import json
 import logging
 import os
 import secrets
 import shutil
 import signal as signals
 import time
+from collections.abc import Awaitable, Hashable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -26,9 +29,11 @@ from pathlib import Path
 from crucible.config import Settings, get_settings
 from crucible.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
 from crucible.sandbox import accounting, reaper, runtime, spec, workspace
+from crucible.sandbox.container import Container, job_header
 from crucible.sandbox.languages import LANGUAGES, Language, get_language
 from crucible.sandbox.models import (
     Events,
+    FileInfo,
     Limits,
     Result,
     RunRequest,
@@ -37,6 +42,7 @@ from crucible.sandbox.models import (
     Termination,
 )
 from crucible.sandbox.output import ExitStatus, OutputCallback, OutputCollector, pump
+from crucible.sandbox.pool import WarmPool
 from crucible.sandbox.process import run_tool
 from crucible.sandbox.runtime import Runtime
 from crucible.sandbox.seccomp import compile_bpf
@@ -45,7 +51,6 @@ from crucible.sandbox.sweep import owner_token, sweep_leftovers
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.05  # how often CPU time, the deadline and cancellation are checked
-_KILL_GRACE_S = 2.0  # after `kill`, how long before the host pid is killed directly
 _DRAIN_S = 1.0  # after the init's exit, how long to wait for the pipes' EOF
 
 
@@ -71,7 +76,8 @@ class Sandbox:
         self.settings = settings or get_settings()
         self.state_dir = self.settings.state_dir.resolve()
         self._bundles = self.state_dir / "bundles"
-        self._limit = asyncio.Semaphore(max_concurrency or self.settings.max_concurrency)
+        concurrency = max_concurrency or self.settings.max_concurrency
+        self._limit = asyncio.Semaphore(concurrency)
         self._rootfs: Path | None = None
         self._init: Path | None = None
         self._seccomp: Path | None = None
@@ -79,6 +85,18 @@ class Sandbox:
         # crun 1.8 refuses a hybrid host; it runs with these cgroup2 mounts hidden.
         self._hidden_cgroup2 = accounting.hybrid_cgroup2_mounts()
         self._prepare_lock = asyncio.Lock()
+        # Every language's host mounts in every container: one shape fits all
+        # languages, so a warm sandbox does not depend on the language it will run.
+        self._host_mounts = sorted({m for lang in LANGUAGES.values() for m in lang.host_mounts()})
+        pool_size = self.settings.pool_size
+        self._pool: WarmPool[_Box] = WarmPool(
+            size=concurrency if pool_size is None else pool_size,
+            shapes=self.settings.pool_shapes,
+            make=self._make,
+            discard=self._discard,
+            usable=lambda box: box.container is not None and not box.container.exited.is_set(),
+        )
+        self._tasks: set[asyncio.Task[None]] = set()  # tear-downs in flight
 
     # -- set-up ---------------------------------------------------------------
 
@@ -107,8 +125,7 @@ class Sandbox:
             raise SandboxUnavailable("the sandbox needs root to drive runc/runsc")
         reaper.become_subreaper()
         self._bundles.mkdir(parents=True, exist_ok=True)
-        mount_points = [m for lang in LANGUAGES.values() for m in lang.host_mounts()]
-        self._rootfs = spec.ensure_rootfs(self.state_dir / "rootfs", mount_points)
+        self._rootfs = spec.ensure_rootfs(self.state_dir / "rootfs", self._host_mounts)
         self._init = await self._build_static("init.c", "init")
         if self._hidden_cgroup2:
             self._hidecg = await self._build_static("hidecg.c", "hidecg")
@@ -182,230 +199,228 @@ class Sandbox:
         await self.prepare()
         rt = self.get_runtime(request.runtime)
         cancel = cancel or asyncio.Event()
-        async with self._limit:
-            version = await runtime.runtime_version(rt)
-            run_id = f"{self.settings.prefix}-{secrets.token_hex(8)}"
-            bundle = self._bundles / run_id
-            ws = bundle / "workspace"
-            bundle.mkdir(parents=True)
-            (bundle / "owner").write_text(owner_token() + "\n")
-            try:
-                workspace.mount_tmpfs(ws, request.limits.disk_mb)
-                workspace.write_files(ws, files)
-                return await self._run_phases(
-                    request, lang, rt, version, run_id, bundle, ws, on_output, cancel, files_dir
-                )
-            finally:
-                workspace.unmount(ws)
-                shutil.rmtree(bundle, ignore_errors=True)
-
-    async def _run_phases(
-        self,
-        request: RunRequest,
-        lang: Language,
-        rt: Runtime,
-        version: str,
-        run_id: str,
-        bundle: Path,
-        ws: Path,
-        on_output: OutputCallback | None,
-        cancel: asyncio.Event,
-        files_dir: Path | None,
-    ) -> Result:
         limits = request.limits
-        entry = request.entrypoint or lang.file_name
-        info = RuntimeInfo(name=rt.name, version=version)
-        if lang.compile is not None:
-            c = self.settings.compile_limits
-            compile_limits = Limits(
-                timeout_s=c["timeout_s"],
-                cpu_s=c["cpu_s"],
-                memory_mb=int(c["memory_mb"]),
-                pids=int(c["pids"]),
-                cpus=c["cpus"],
-                output_bytes=int(c["output_bytes"]),
-                disk_mb=limits.disk_mb,
-            )
-            argv = [a.replace("{entrypoint}", entry) for a in lang.compile]
-            phase = await self._container(
-                rt, f"{run_id}-c", bundle, ws, argv, "", compile_limits, lang, None, cancel
-            )
-            status = phase.collector.status
-            failed = phase.reason is not None or status is None or status.exit_code != 0
-            if phase.reason is Termination.cancelled or failed:
-                out = phase.collector
-                termination = (
-                    Termination.cancelled
-                    if phase.reason is Termination.cancelled
-                    else Termination.compile_error
+        async with self._limit:
+            info = RuntimeInfo(name=rt.name, version=await runtime.runtime_version(rt))
+            shape = _Shape(rt.name, limits.memory_mb, limits.pids, limits.cpus, limits.disk_mb)
+            box = self._pool.take(shape) or await self._make(shape)
+            try:
+                workspace.write_files(box.ws, files)
+                entry = request.entrypoint or lang.file_name
+                env = {**_base_env(), **lang.env}
+                if lang.compile is not None:
+                    failed = await self._compile(box, lang, entry, env, limits, info, cancel)
+                    if failed is not None:
+                        return failed
+                listed = workspace.list_files(box.ws, exclude=set(), max_files=10_000)
+                argv = [a.replace("{entrypoint}", entry) for a in lang.run] + list(request.args)
+                step = _Step(argv, env, request.stdin.encode("utf-8", "surrogateescape"), limits)
+                assert box.container is not None
+                phase = await self._step(box.container, box.nonce, step, on_output, cancel)
+                produced = workspace.list_files(
+                    box.ws, exclude={f.path for f in listed}, max_files=self.settings.max_files
                 )
-                stderr = bytes(out.stderr).decode("utf-8", "replace")
-                if phase.reason is Termination.timeout:
-                    stderr += (
-                        f"\n[crucible] compilation stopped after {compile_limits.timeout_s:g}s\n"
+                if files_dir is not None:
+                    workspace.copy_files(
+                        box.ws, produced, files_dir, max_bytes=self.settings.max_file_bytes
                     )
-                return Result(
-                    termination=termination,
-                    exit_code=status.exit_code if status else None,
-                    signal=_signal_name(status.signal if status else None),
-                    stdout=bytes(out.stdout).decode("utf-8", "replace"),
-                    stderr=stderr,
-                    stdout_truncated=out.stdout_truncated,
-                    stderr_truncated=out.stderr_truncated,
-                    wall_ms=phase.wall_ms,
-                    cpu_ms=phase.usage.cpu_ns // 1_000_000,
-                    peak_memory_bytes=phase.usage.peak_memory_bytes,
-                    files=[],
-                    runtime=info,
-                    limits=limits,
-                    events=_events(phase.usage),
-                )
-        before = {f.path for f in workspace.list_files(ws, exclude=set(), max_files=10_000)}
-        argv = [a.replace("{entrypoint}", entry) for a in lang.run] + list(request.args)
-        phase = await self._container(
-            rt, f"{run_id}-r", bundle, ws, argv, request.stdin, limits, lang, on_output, cancel
-        )
-        produced = workspace.list_files(ws, exclude=before, max_files=self.settings.max_files)
-        if files_dir is not None:
-            workspace.copy_files(ws, produced, files_dir, max_bytes=self.settings.max_file_bytes)
-        status = phase.collector.status
-        if status is None and phase.reason is not None:
-            status = ExitStatus(signal=signals.SIGKILL)  # the supervisor killed it
-        usage = phase.usage
-        if phase.reason is Termination.timeout and _stopped_by_memory(rt, usage, limits):
-            termination = Termination.memory_limit
-        elif phase.reason is not None:
-            termination = phase.reason
-        elif usage.oom_kill > 0 and (status is None or status.signal == signals.SIGKILL):
-            termination = Termination.memory_limit
-        elif status is None:
-            raise RuntimeFailure("run", None, "the sandbox ended without reporting a status")
-        else:
-            termination = Termination.exited
-        out = phase.collector
-        return Result(
-            termination=termination,
-            exit_code=status.exit_code if status else None,
-            signal=_signal_name(status.signal if status else None),
-            stdout=bytes(out.stdout).decode("utf-8", "replace"),
-            stderr=bytes(out.stderr).decode("utf-8", "replace"),
-            stdout_truncated=out.stdout_truncated,
-            stderr_truncated=out.stderr_truncated,
-            # The run step's own figures, comparable with its limits (compile excluded).
-            wall_ms=phase.wall_ms,
-            cpu_ms=usage.cpu_ns // 1_000_000,
-            peak_memory_bytes=usage.peak_memory_bytes,
-            files=produced,
-            runtime=info,
-            limits=limits,
-            events=_events(usage),
-        )
+                return _result(_verdict(rt, phase, limits), phase, produced, info, limits)
+            finally:
+                # The next run need not wait for this one's tear-down.
+                self._background(self._discard(box))
 
-    async def _container(
+    async def _compile(
         self,
-        rt: Runtime,
-        cid: str,
-        bundle: Path,
-        ws: Path,
-        argv: list[str],
-        stdin: str,
-        limits: Limits,
+        box: _Box,
         lang: Language,
-        on_output: OutputCallback | None,
+        entry: str,
+        env: dict[str, str],
+        limits: Limits,
+        info: RuntimeInfo,
         cancel: asyncio.Event,
-    ) -> _Phase:
+    ) -> Result | None:
+        """The compile step, in a fresh container of its own over the run's workspace;
+        the compile error (or cancellation) as a Result, or None when it succeeded."""
+        assert lang.compile is not None
+        c = self.settings.compile_limits
+        compile_limits = Limits(
+            timeout_s=c["timeout_s"],
+            cpu_s=c["cpu_s"],
+            memory_mb=int(c["memory_mb"]),
+            pids=int(c["pids"]),
+            cpus=c["cpus"],
+            output_bytes=int(c["output_bytes"]),
+            disk_mb=limits.disk_mb,
+        )
+        container, nonce = await self._create(box, "c", compile_limits, info.name)
+        try:
+            argv = [a.replace("{entrypoint}", entry) for a in lang.compile]
+            step = _Step(argv, env, b"", compile_limits)
+            phase = await self._step(container, nonce, step, None, cancel)
+        finally:
+            await container.delete()
+        status = phase.collector.status
+        if phase.reason is None and status is not None and status.exit_code == 0:
+            return None
+        if phase.reason is Termination.cancelled:
+            return _result(Termination.cancelled, phase, [], info, limits)
+        note = ""
+        if phase.reason is Termination.timeout:
+            note = f"\n[crucible] compilation stopped after {compile_limits.timeout_s:g}s\n"
+        return _result(Termination.compile_error, phase, [], info, limits, stderr_note=note)
+
+    # -- sandboxes ready to run: made cold, or ahead of time by the pool --------
+
+    async def _make(self, shape: Hashable) -> _Box:
+        """A bundle with its workspace and a run container whose init waits for its job."""
+        assert isinstance(shape, _Shape)
+        run_id = f"{self.settings.prefix}-{secrets.token_hex(8)}"
+        bundle = self._bundles / run_id
+        bundle.mkdir(parents=True)
+        (bundle / "owner").write_text(owner_token() + "\n")
+        box = _Box(run_id, bundle, bundle / "workspace")
+        try:
+            workspace.mount_tmpfs(box.ws, shape.disk_mb)
+            box.container, box.nonce = await self._create(
+                box, "r", _shape_limits(shape), shape.runtime
+            )
+        except BaseException:
+            await self._discard(box)
+            raise
+        return box
+
+    async def _create(
+        self, box: _Box, step: str, limits: Limits, runtime_name: RuntimeName
+    ) -> tuple[Container, str]:
+        """Create container ``<run id>-<step>`` over ``box``'s workspace, init waiting."""
         assert self._rootfs is not None and self._init is not None and self._seccomp is not None
+        rt = self.get_runtime(runtime_name)
+        cid = f"{box.run_id}-{step}"
         nonce = secrets.token_hex(16)
-        env = {
-            "PATH": spec.PATH,
-            "HOME": spec.WORKSPACE,
-            "LANG": "C.UTF-8",
-            "TMPDIR": "/tmp",
-            **lang.env,
-            "CRUCIBLE_STATUS_NONCE": nonce,
-        }
         cgroups_path = f"/{self.settings.prefix}/{cid}"
         config = spec.build_config(
-            args=argv,
-            env=env,
+            args=[],  # job mode: the program comes on stdin (init.c)
+            env={"PATH": spec.PATH, "CRUCIBLE_STATUS_NONCE": nonce},
             limits=limits,
             rootfs=self._rootfs,
-            workspace=ws,
+            workspace=box.ws,
             init_binary=self._init,
             seccomp_bpf=self._seccomp,
             cgroups_path=cgroups_path,
-            extra_mounts=lang.host_mounts(),
+            extra_mounts=self._host_mounts,
             gvisor=rt.name == "gvisor",
         )
-        cbundle = bundle / cid
-        cbundle.mkdir()
-        (cbundle / "config.json").write_text(json.dumps(config))
-        stdin_path = cbundle / "stdin"
-        stdin_path.write_bytes(stdin.encode("utf-8", "surrogateescape"))
-        collector = OutputCollector(cap=limits.output_bytes, nonce=nonce, on_output=on_output)
-        counters = accounting.CgroupCounters(cgroups_path)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        stdin_fd = os.open(stdin_path, os.O_RDONLY)
-        pidfd = -1
-        pumps: list[asyncio.Task[None]] = []
-        created = False
-        helpers: list[int] = []
-        pid = -1
-        chunk = self.settings.output_chunk_bytes
+        container = Container(rt, cid, box.bundle / cid, cgroups_path)
         try:
-            try:
-                await runtime.runtime_run_detached(
-                    rt, cid, cbundle, cbundle / "pid", (stdin_fd, out_w, err_w)
-                )
-                started = time.monotonic()
-                created = True
-            except RuntimeFailure as exc:
-                created = True  # a half-created container still needs deleting
-                detail = _drain(err_r, err_w)
-                err_r = err_w = -1
-                raise RuntimeFailure("run", exc.returncode, detail) from exc
-            finally:
-                os.close(stdin_fd)
-                os.close(out_w)
-                if err_w != -1:
-                    os.close(err_w)
-            if rt.name == "gvisor":
-                helpers = reaper.runtime_children(cid)
-            pumps = [
-                asyncio.create_task(pump(out_r, "stdout", collector, chunk)),
-                asyncio.create_task(pump(err_r, "stderr", collector, chunk)),
-            ]
-            out_r = err_r = -1
-            pid = int((cbundle / "pid").read_text().strip())
-            reaper.own(pid)
-            # A pidfd works on a zombie too: a program that already ended (it is our
-            # child: subreaper) makes it readable at once.
-            exited = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            try:
-                pidfd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                # Already exited and reaped: a concurrent gVisor run's reap_orphans()
-                # may collect our zombie before own() above (gVisor's sandbox is also
-                # called "exe"). Its status is in the trailer, so nothing is lost.
-                exited.set()
-            else:
-                loop.add_reader(pidfd, exited.set)
-            reason = await self._supervise(limits, started, exited, collector, counters, cancel)
+            await container.create(config)
+        except BaseException:
+            await container.delete()
+            raise
+        return container, nonce
+
+    async def _discard(self, box: _Box) -> None:
+        try:
+            if box.container is not None:
+                await box.container.delete()
+        except RuntimeFailure as exc:
+            log.warning("cannot delete %s: %s", box.run_id, exc)  # the sweep retries
+        finally:
+            workspace.unmount(box.ws)
+            shutil.rmtree(box.bundle, ignore_errors=True)
+
+    def _background(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.ensure_future(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def warm(
+        self, runtime_name: RuntimeName, limits: Limits, count: int | None = None
+    ) -> None:
+        """Start making warm sandboxes of this shape ahead of the first request
+        (default: the pool's size); returns at once, they are made in the background."""
+        await self.prepare()
+        self.get_runtime(runtime_name)  # raises SandboxUnavailable when not installed
+        shape = _Shape(runtime_name, limits.memory_mb, limits.pids, limits.cpus, limits.disk_mb)
+        self._pool.fill(shape, self._pool.size if count is None else count)
+
+    @property
+    def pool(self) -> WarmPool[_Box]:
+        return self._pool
+
+    def warm_stats(self) -> list[WarmStats]:
+        """Idle warm sandboxes per runtime, with the memory and pids they hold."""
+        totals: dict[str, list[int]] = {}
+        for shape, boxes in self._pool.idle().items():
+            assert isinstance(shape, _Shape)
+            row = totals.setdefault(shape.runtime, [0, 0, 0])
+            for box in boxes:
+                if box.container is not None:
+                    row[0] += 1
+                    row[1] += box.container.counters.memory_bytes()
+                    row[2] += box.container.counters.pids()
+        return [WarmStats(name, *row) for name, row in sorted(totals.items())]
+
+    async def start_pool(self, limits: Limits) -> None:
+        """Warm two sandboxes of the default runtime at ``limits`` (the default limits:
+        what most requests ask for); demand grows the pool from there. A runtime that
+        is not installed is logged, not fatal (requests will say so)."""
+        try:
+            await self.warm(self.settings.default_runtime, limits, min(2, self._pool.size))
+        except SandboxUnavailable as exc:
+            log.warning("no warm sandboxes: %s", exc)
+
+    async def close(self) -> None:
+        """Remove the idle warm sandboxes and wait for tear-downs in flight (idempotent).
+        Runs still work afterwards, without the pool."""
+        await self._pool.close()
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- supervising one step -------------------------------------------------
+
+    async def _step(
+        self,
+        container: Container,
+        nonce: str,
+        step: _Step,
+        on_output: OutputCallback | None,
+        cancel: asyncio.Event,
+    ) -> _Phase:
+        """Release ``container``'s init with ``step`` and supervise it to its end."""
+        limits = step.limits
+        gvisor = container.rt.name == "gvisor"
+        job = job_header(
+            step.argv, step.env, fsize=limits.disk_mb << 20, nproc=limits.pids if gvisor else 0
+        )
+        collector = OutputCollector(cap=limits.output_bytes, nonce=nonce, on_output=on_output)
+        chunk = self.settings.output_chunk_bytes
+        out_r, err_r = container.take_output()
+        pumps = [
+            asyncio.create_task(pump(out_r, "stdout", collector, chunk)),
+            asyncio.create_task(pump(err_r, "stderr", collector, chunk)),
+        ]
+        try:
+            # The cgroup already holds the runtime's own start-up (runc's init is Go):
+            # only what is used from here on is the program's CPU time.
+            cpu_base = container.counters.cpu_ns()
+            await container.start(job, step.stdin)
+            started = time.monotonic()
+            reason = await self._supervise(limits, started, container, collector, cancel, cpu_base)
             if reason is not None:
-                await self._kill(rt, cid, pidfd, exited)
+                await container.kill()
             wall_ms = int((time.monotonic() - started) * 1000)
-            if pidfd != -1:
-                loop.remove_reader(pidfd)
-            reaper.reap(pid)
+            container.discard_stdin()
             # The pipes reach EOF once every process holding them is gone.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*pumps), _DRAIN_S)
             collector.finish()
             if collector.status is not None and collector.status.wall_us is not None:
                 wall_ms = collector.status.wall_us // 1000  # the init's own measure
-            usage = counters.read()
+            usage = container.account()
+            usage = dataclasses.replace(usage, cpu_ns=max(0, usage.cpu_ns - cpu_base))
             cpu_over = usage.cpu_ns > limits.cpu_s * 1e9
             if reason is None and cpu_over and collector.status is None:
                 reason = Termination.timeout
@@ -415,37 +430,21 @@ class Sandbox:
         finally:
             for task in pumps:
                 task.cancel()
-            for fd in (out_r, err_r, pidfd):
-                if fd != -1:
-                    with contextlib.suppress(OSError):
-                        if fd == pidfd:
-                            asyncio.get_running_loop().remove_reader(fd)
-                        os.close(fd)
-            if pid != -1:
-                reaper.reap(pid)
-                reaper.disown(pid)
-            if created:
-                # runsc delete waits until its sandbox and gofer are gone: reap them.
-                if rt.name == "gvisor":  # runc and crun leave no orphans to scan for
-                    await reaper.reap_all(helpers)
-                    reaper.reap_orphans()
-                await runtime.runtime_delete(rt, cid)
-            shutil.rmtree(cbundle, ignore_errors=True)
 
     async def _supervise(
         self,
         limits: Limits,
         started: float,
-        exited: asyncio.Event,
+        container: Container,
         collector: OutputCollector,
-        counters: accounting.CgroupCounters,
         cancel: asyncio.Event,
+        cpu_base: int,
     ) -> Termination | None:
         """Wait for the container's end, enforcing the limits; say why it was stopped."""
         deadline = started + limits.timeout_s
-        cpu_ns_limit = limits.cpu_s * 1e9
+        cpu_ns_limit = cpu_base + limits.cpu_s * 1e9
         waiters = [
-            asyncio.ensure_future(exited.wait()),
+            asyncio.ensure_future(container.exited.wait()),
             asyncio.ensure_future(collector.exceeded.wait()),
             asyncio.ensure_future(cancel.wait()),
         ]
@@ -459,41 +458,115 @@ class Sandbox:
                 )
                 if cancel.is_set():
                     return Termination.cancelled
-                if exited.is_set():
+                if container.exited.is_set():
                     return None
                 if collector.exceeded.is_set():
                     return Termination.output_limit
-                if time.monotonic() >= deadline or counters.cpu_ns() > cpu_ns_limit:
+                if time.monotonic() >= deadline or container.counters.cpu_ns() > cpu_ns_limit:
                     return Termination.timeout
         finally:
             for w in waiters:
                 w.cancel()
 
-    async def _kill(self, rt: Runtime, cid: str, pidfd: int, exited: asyncio.Event) -> None:
-        """Kill the container; fall back to SIGKILL on the host pid if the runtime is slow."""
-        if exited.is_set():
-            return
-        with contextlib.suppress(RuntimeFailure):
-            await asyncio.wait_for(runtime.runtime_kill(rt, cid), _KILL_GRACE_S)
-        try:
-            await asyncio.wait_for(exited.wait(), _KILL_GRACE_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                signals.pidfd_send_signal(pidfd, signals.SIGKILL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(exited.wait(), _KILL_GRACE_S)
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a container is created with, and so what a warm one must match."""
+
+    runtime: RuntimeName
+    memory_mb: int
+    pids: int
+    cpus: float
+    disk_mb: int
 
 
-def _drain(read_fd: int, write_fd: int) -> str:
-    """What the runtime wrote on the run's stderr before failing (its error message)."""
-    os.close(write_fd)
-    os.set_blocking(read_fd, False)
-    try:
-        return os.read(read_fd, 4096).decode("utf-8", "replace")
-    except BlockingIOError:
-        return ""
-    finally:
-        os.close(read_fd)
+def _shape_limits(shape: _Shape) -> Limits:
+    """The container-shaping limits of ``shape`` (the others are enforced at run time)."""
+    return Limits(
+        timeout_s=1, cpu_s=1, output_bytes=1,
+        memory_mb=shape.memory_mb, pids=shape.pids, cpus=shape.cpus, disk_mb=shape.disk_mb,
+    )  # fmt: skip
+
+
+@dataclass
+class _Box:
+    """A one-shot sandbox: its bundle, workspace and run container (init waiting)."""
+
+    run_id: str
+    bundle: Path
+    ws: Path
+    container: Container | None = None
+    nonce: str = ""
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One program to release in a container: the compile step or the run step."""
+
+    argv: list[str]
+    env: dict[str, str]
+    stdin: bytes
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class WarmStats:
+    """Idle warm sandboxes of one runtime and what they hold (for /metrics)."""
+
+    runtime: str
+    idle: int
+    memory_bytes: int
+    pids: int
+
+
+def _base_env() -> dict[str, str]:
+    return {"PATH": spec.PATH, "HOME": spec.WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+
+
+def _verdict(rt: Runtime, phase: _Phase, limits: Limits) -> Termination:
+    status, usage = phase.collector.status, phase.usage
+    if phase.reason is Termination.timeout and _stopped_by_memory(rt, usage, limits):
+        return Termination.memory_limit
+    if phase.reason is not None:
+        return phase.reason
+    if usage.oom_kill > 0 and (status is None or status.signal == signals.SIGKILL):
+        return Termination.memory_limit
+    if status is None:
+        raise RuntimeFailure("run", None, "the sandbox ended without reporting a status")
+    return Termination.exited
+
+
+def _result(
+    termination: Termination,
+    phase: _Phase,
+    files: list[FileInfo],
+    runtime_info: RuntimeInfo,
+    limits: Limits,
+    *,
+    stderr_note: str = "",
+) -> Result:
+    """The one place a Result is built. Figures are the step's own (for a run: compile
+    excluded), comparable with its limits."""
+    out, usage = phase.collector, phase.usage
+    status = out.status
+    if status is None and phase.reason is not None:
+        status = ExitStatus(signal=signals.SIGKILL)  # the supervisor killed it
+    return Result(
+        termination=termination,
+        exit_code=status.exit_code if status else None,
+        signal=_signal_name(status.signal if status else None),
+        stdout=bytes(out.stdout).decode("utf-8", "replace"),
+        stderr=bytes(out.stderr).decode("utf-8", "replace") + stderr_note,
+        stdout_truncated=out.stdout_truncated,
+        stderr_truncated=out.stderr_truncated,
+        wall_ms=phase.wall_ms,
+        cpu_ms=usage.cpu_ns // 1_000_000,
+        peak_memory_bytes=usage.peak_memory_bytes,
+        files=files,
+        runtime=runtime_info,
+        limits=limits,
+        events=_events(usage),
+    )
 
 
 def _events(usage: accounting.Usage) -> Events:
