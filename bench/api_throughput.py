@@ -1,6 +1,8 @@
-"""API throughput: 1,000 hello-world evaluations through `crucible serve`, as one batch and
-as individual requests at concurrency 16, beside the raw engine (`Sandbox.run`) at the
-same concurrency, all in this one invocation.
+"""API throughput: 1,000 hello-world evaluations through `crucible serve` (default runtime,
+warm pool on), as one batch and as individual requests at concurrency 16, beside bare
+`python3 -c` processes and the raw engine (`Sandbox.run`) at the server's concurrency
+(one per core); then one `?wait` request at a time against one bare process at a time.
+All in this one invocation.
 
     .venv/bin/python bench/api_throughput.py [--n 1000] [--concurrency 16]
 """
@@ -12,6 +14,7 @@ import asyncio
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +28,50 @@ from crucible.limits import resolve_limits
 from crucible.sandbox import RunRequest, Sandbox
 
 HELLO = "print('hello')"
+
+
+async def bare(n: int, concurrency: int) -> dict[str, float]:
+    """``python3 -c`` processes, no sandbox, ``concurrency`` at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one() -> None:
+        async with gate:
+            t = time.perf_counter()
+            proc = await asyncio.create_subprocess_exec(
+                "/usr/bin/python3", "-c", HELLO, stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await proc.communicate()
+            latencies.append((time.perf_counter() - t) * 1000)
+            assert out == b"hello\n"
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    wall = time.perf_counter() - start
+    return {
+        "rate": n / wall,
+        "e2e_p50": percentile(latencies, 50),
+        "e2e_p99": percentile(latencies, 99),
+    }
+
+
+def one_at_a_time(url: str, n: int) -> tuple[list[float], list[float]]:
+    """Client round trips of ``POST /evaluations?wait`` and of bare processes,
+    alternating, one at a time (an interactive user, an idle server)."""
+    api: list[float] = []
+    naked: list[float] = []
+    with httpx.Client(base_url=f"{url}/api/v1", timeout=60, headers=AUTH) as http:
+        for _ in range(n):
+            time.sleep(0.05)  # idle between requests, as a person would be: the pool refills
+            t = time.perf_counter()
+            r = http.post("/evaluations", params={"wait": 30}, json={"code": HELLO})
+            api.append((time.perf_counter() - t) * 1000)
+            assert r.status_code == 200 and r.json()["result"]["stdout"] == "hello\n", r.text
+            t = time.perf_counter()
+            done = subprocess.run(["/usr/bin/python3", "-c", HELLO], capture_output=True)
+            naked.append((time.perf_counter() - t) * 1000)
+            assert done.stdout == b"hello\n"
+    return api, naked
 
 
 async def raw_engine(n: int, concurrency: int, slots: int) -> dict[str, float]:
@@ -125,16 +172,20 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     slots = os.cpu_count() or 1
+    runtime = Settings().default_runtime
     print(
-        f"{args.n} python hello-world runs · runc · {slots} sandbox slots · "
+        f"{args.n} python hello-world runs · {runtime} · {slots} sandbox slots · "
         f"client concurrency {args.concurrency}"
     )
+    naked = asyncio.run(bare(args.n, slots))
     raw = asyncio.run(raw_engine(args.n, args.concurrency, slots))
     with serve(CRUCIBLE_MAX_CONCURRENCY=str(slots)) as url:
         batch = via_batch(url, args.n)
         single = asyncio.run(via_requests(url, args.n, args.concurrency))
+        api_one, bare_one = one_at_a_time(url, 100)
     nan = float("nan")
     rows = [
+        (f"bare python3 -c ({slots} at a time)", naked),
         ("raw engine (Sandbox.run)", raw),
         ("API, one batch", batch),
         (f"API, {args.concurrency} concurrent requests", single),
@@ -146,16 +197,19 @@ def main() -> None:
     )
     for name, m in rows:
         print(
-            f"{name:<32} {m['rate']:7.1f} {m['rate'] / raw['rate']:6.2f} "
+            f"{name:<32} {m['rate']:7.1f} {m['rate'] / naked['rate']:6.2f} "
             f"{m.get('wait_p50', nan):9.0f} {m.get('wait_p99', nan):9.0f} "
             f"{m['e2e_p50']:8.0f} {m['e2e_p99']:8.0f}"
         )
     print(
-        "\nms; ratio = eval/s over the raw engine's, measured in this run; e2e = submission to "
-        "finish (batch: stored timestamps; requests: client round trip with ?wait)"
+        "\nms; ratio = eval/s over bare python3 -c processes', measured in this run; e2e = "
+        "submission to finish (batch: stored timestamps; requests: client round trip with ?wait)"
     )
+    a50, b50 = statistics.median(api_one), statistics.median(bare_one)
     print(
-        f"median of raw/batch/requests rates: {statistics.median([m['rate'] for _, m in rows]):.1f}"
+        f"\none ?wait request at a time (100): p50 {a50:.1f} ms, "
+        f"p99 {percentile(api_one, 99):.1f} ms; "
+        f"bare python3 -c p50 {b50:.1f} ms; added {a50 - b50:+.1f} ms"
     )
 
 

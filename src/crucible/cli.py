@@ -11,10 +11,11 @@ from typing import Annotated, cast, get_args
 import typer
 from rich.console import Console
 
-from crucible.config import get_settings
+from crucible.config import Settings, get_settings
 from crucible.errors import CrucibleError
 from crucible.sandbox.languages import LANGUAGES
 from crucible.sandbox.models import Limits, Result, RunRequest, RuntimeName, Termination
+from crucible.sandbox.output import OutputCallback
 
 app = typer.Typer(help="Crucible: run untrusted, model-written code safely.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -47,6 +48,18 @@ _EXTENSIONS = {
     ".cc": "cpp",
     ".java": "java",
 }
+
+
+async def _run_once(settings: Settings, request: RunRequest, live: OutputCallback) -> Result:
+    """One run, the engine closed after it (its tear-down finished): one program needs
+    no warm pool."""
+    from crucible.sandbox import Sandbox  # the engine only for a local run
+
+    engine = Sandbox(settings.model_copy(update={"pool_size": 0}))
+    try:
+        return await engine.run(request, on_output=live)
+    finally:
+        await engine.close()
 
 
 def guess_language(path: Path) -> str:
@@ -95,7 +108,6 @@ def run(
 ) -> None:
     """Run FILE in a sandbox here (no server) and exit with the program's exit code."""
     from crucible.limits import resolve_limits
-    from crucible.sandbox import Sandbox
 
     settings = get_settings()
     runtime = runtime or settings.default_runtime
@@ -122,7 +134,7 @@ def run(
                 target.buffer.write(chunk)
                 target.flush()
 
-        result = asyncio.run(Sandbox(settings).run(request, on_output=live))
+        result = asyncio.run(_run_once(settings, request, live))
     except CrucibleError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import dataclasses
 import logging
 import random
 import shutil
@@ -130,8 +131,11 @@ class Executor:
         cancel = self._cancels[evaluation_id] = asyncio.Event()
         scratch = self._scratch / f"{evaluation_id}-{claim.attempt}"
         try:
-            row = await self._db(self.store.get, evaluation_id)
-            request = EvaluationRequest.model_validate(row.request)
+            if claim.request is None:
+                claim = dataclasses.replace(
+                    claim, request=(await self._db(self.store.get, evaluation_id)).request
+                )
+            request = EvaluationRequest.model_validate(claim.request)
             await self.bus.publish(
                 stream, "status", {"status": "running", "attempt": claim.attempt}
             )
@@ -169,12 +173,15 @@ class Executor:
                     await self.bus.publish(stream, name, {"data": text})
 
         async def watch_cancel() -> None:
+            # A cancel before the claim never reaches here (a queued evaluation is
+            # cancelled in place): the first poll can wait, which spares most short
+            # runs a database read.
             while not cancel.is_set():
+                await asyncio.sleep(self.cancel_poll_s)
                 with contextlib.suppress(DBAPIError):  # the next poll will tell
                     if await asyncio.to_thread(self.store.cancel_requested, evaluation_id):
                         cancel.set()
                         return
-                await asyncio.sleep(self.cancel_poll_s)
 
         publisher = asyncio.create_task(publish_output())
         watcher = asyncio.create_task(watch_cancel())
@@ -260,9 +267,8 @@ class Executor:
         if not stored:
             log.warning("evaluation %s attempt %d: claim was stale", claim.id, claim.attempt)
             return
-        row = await self._db(self.store.get, claim.id)
-        labels = await self._db(self.store.labels_of, [row.seq])
-        public = evaluation_public(row, labels.get(row.seq, {}))
+        row, labels = await self._db(self.store.get_with_labels, claim.id)
+        public = evaluation_public(row, labels)
         stream = stream_of(claim.id)
         await self.bus.publish(stream, "status", {"status": status.value})
         await self.bus.publish(stream, "result", public.model_dump(mode="json"))

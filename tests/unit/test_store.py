@@ -66,6 +66,16 @@ def test_claim_order_priority_then_submission(store: Store) -> None:
     assert order == ["ev_3", "ev_2", "ev_4", "ev_1"]
 
 
+def test_a_claim_carries_the_request_and_the_final_read_its_labels(store: Store) -> None:
+    """The executor needs neither a read after the claim nor two after the finish."""
+    store.create_evaluation(new(1))
+    claim = store.claim_next()
+    assert claim is not None and claim.request == store.get("ev_1").request
+    assert store.finish(claim, Status.completed, result={"ok": True})
+    row, labels = store.get_with_labels("ev_1")
+    assert (row.status, labels) == ("completed", store.labels_of([row.seq]).get(row.seq, {}))
+
+
 def test_claim_is_fenced(store: Store) -> None:
     store.create_evaluation(new(1))
     claim = store.claim("ev_1")

@@ -83,6 +83,8 @@ class Claim:
 
     id: str
     attempt: int
+    # The evaluation's request, when the claim read it (saves the executor a read).
+    request: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -265,6 +267,15 @@ class Store:
             raise NotFound(f"no evaluation {evaluation_id!r}")
         return row
 
+    def get_with_labels(self, evaluation_id: str) -> tuple[Evaluation, dict[str, str]]:
+        """The evaluation and its labels, in one read; raises NotFound."""
+        with self._read() as s:
+            row = s.scalars(select(Evaluation).where(Evaluation.id == evaluation_id)).one_or_none()
+            if row is None:
+                raise NotFound(f"no evaluation {evaluation_id!r}")
+            labels = s.scalars(select(Label).where(Label.evaluation_seq == row.seq))
+            return row, {label.key: label.value for label in labels}
+
     def labels_of(self, seqs: Sequence[int]) -> dict[int, dict[str, str]]:
         out: dict[int, dict[str, str]] = collections.defaultdict(dict)
         if not seqs:
@@ -390,7 +401,7 @@ class Store:
                     worker_id=worker_id,
                     not_before=None,
                 )
-                .returning(Evaluation.id, Evaluation.attempts)
+                .returning(Evaluation.id, Evaluation.attempts, Evaluation.request)
             )
             row = s.execute(stmt).one_or_none()
             if row is None:
@@ -400,7 +411,7 @@ class Store:
                     evaluation_id=row[0], attempt=row[1], worker_id=worker_id, started_at=started
                 )
             )
-        return Claim(row[0], row[1])
+        return Claim(row[0], row[1], row[2])
 
     def _move(
         self,
