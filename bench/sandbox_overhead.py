@@ -11,8 +11,9 @@ side by side on the same (noisy, shared) machine:
 - crucible <rt> cold: Sandbox.run with the warm pool off: a container made per run
 - crucible <rt> pool: the pool on, runs back to back (a replacement is being made
                      while the next run starts, as in a batch)
-- crucible <rt> warm: the pool on, a warm sandbox ready when the run starts (an
-                     interactive request; the wait for it is not timed)
+- crucible <rt> warm: the pool on, a warm sandbox ready and the engine quiet (no
+                     tear-down or refill running) when the run starts: a request that
+                     finds an idle server (the wait for it is not timed)
 
 Wall time per run, and at concurrency 1 also CPU time per run (this process and
 all its children: the runtime, the container, the engine itself), since on a small
@@ -107,8 +108,12 @@ def engine(sandbox: Sandbox, runtime: str) -> Callable[[], Awaitable[None]]:
 
 
 async def warm_ready(sandbox: Sandbox, runtime: str) -> None:
-    """Until a warm sandbox of ``runtime`` is idle (untimed: see ``measure``)."""
-    while not any(s.runtime == runtime and s.idle for s in sandbox.warm_stats()):  # noqa: ASYNC110 - the pool has no event to await
+    """Until a warm sandbox of ``runtime`` is idle and the engine quiet (untimed)."""
+
+    def ready() -> bool:
+        return sandbox.quiet and any(s.runtime == runtime and s.idle for s in sandbox.warm_stats())
+
+    while not ready():  # noqa: ASYNC110 - the pool has no event to await
         await asyncio.sleep(0.002)
 
 

@@ -118,6 +118,11 @@ class WarmPool(Generic[T]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def busy(self) -> bool:
+        """Items are being made or destroyed right now."""
+        return bool(self._tasks)
+
     def idle(self) -> dict[Hashable, list[T]]:
         """The idle items per shape (for metrics); do not modify."""
         return {shape: list(shelf.idle) for shape, shelf in self._shelves.items()}

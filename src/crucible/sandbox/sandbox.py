@@ -70,6 +70,11 @@ class Sandbox:
     ``run`` raises :class:`~crucible.errors.SandboxError` subclasses for platform
     failures and :class:`~crucible.errors.InvalidSubmission` for requests that cannot
     run as given; whatever the program does is reported in the returned Result.
+
+    ``await close()`` before the event loop ends: tear-downs and warm sandboxes are
+    background work, and a loop that cancels them mid-verb (``asyncio.run`` at exit)
+    leaves containers for the next start-up sweep, and on Python 3.11 can hang on a
+    runtime verb cancelled while it was being spawned.
     """
 
     def __init__(self, settings: Settings | None = None, *, max_concurrency: int | None = None):
@@ -349,6 +354,12 @@ class Sandbox:
     @property
     def pool(self) -> WarmPool[_Box]:
         return self._pool
+
+    @property
+    def quiet(self) -> bool:
+        """No tear-down in flight and no warm sandbox being made (benchmarks wait for
+        this to time a request that finds an idle server)."""
+        return not self._tasks and not self._pool.busy
 
     def warm_stats(self) -> list[WarmStats]:
         """Idle warm sandboxes per runtime, with the memory and pids they hold."""
