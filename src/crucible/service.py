@@ -7,6 +7,7 @@ here raises ``crucible.errors`` exceptions, which ``api/errors.py`` maps to HTTP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -210,6 +211,10 @@ class Service:
             async with asyncio.timeout(timeout_s):
                 async for event in self.events(evaluation_id):
                     if event.final:
+                        # The final event carries the finished record: no need to read
+                        # it back (two queries on every ?wait).
+                        with contextlib.suppress(ValidationError):
+                            return EvaluationPublic.model_validate(event.data)
                         break
         except TimeoutError:
             pass
