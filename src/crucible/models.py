@@ -167,6 +167,15 @@ class ExecPublic(BaseModel):
     stderr_preview_truncated: bool = False
     error: str | None = Field(None, description="why it has no result (the sandbox stopped)")
 
+    @property
+    def stdout_bytes(self) -> bytes:
+        """stdout exactly as the command wrote it."""
+        return raw_output(self.stdout, self.stdout_base64)
+
+    @property
+    def stderr_bytes(self) -> bytes:
+        return raw_output(self.stderr, self.stderr_base64)
+
 
 class ExecList(BaseModel):
     items: list[ExecPublic]
