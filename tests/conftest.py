@@ -69,7 +69,7 @@ def _truncate(url: str) -> None:
     with store.engine.begin() as conn:
         conn.execute(
             text(
-                "TRUNCATE labels, evaluations, batches, api_keys, audit_log"
+                "TRUNCATE labels, evaluations, batches, api_keys, audit_log, sandbox_execs, sandboxes"
                 " RESTART IDENTITY CASCADE"
             )
         )

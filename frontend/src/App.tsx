@@ -10,6 +10,8 @@ import { EvaluationsPage } from './pages/EvaluationsPage';
 import { BatchesPage } from './pages/BatchesPage';
 import { BatchPage } from './pages/BatchPage';
 import { DashboardPage } from './pages/DashboardPage';
+import { SandboxesPage } from './pages/SandboxesPage';
+import { SandboxPage } from './pages/SandboxPage';
 
 const NEXT_THEME: Record<ThemeMode, ThemeMode> = { system: 'light', light: 'dark', dark: 'system' };
 
@@ -103,6 +105,7 @@ export function App() {
           </NavLink>
           <NavLink to="/evaluations">Evaluations</NavLink>
           <NavLink to="/batches">Batches</NavLink>
+          <NavLink to="/sandboxes">Sandboxes</NavLink>
           <NavLink to="/dashboard">Dashboard</NavLink>
         </nav>
         <div className="topbar-end">
@@ -122,6 +125,8 @@ export function App() {
           <Route path="/evaluations/:id" element={<EvaluationPage />} />
           <Route path="/batches" element={<BatchesPage />} />
           <Route path="/batches/:id" element={<BatchPage />} />
+          <Route path="/sandboxes" element={<SandboxesPage />} />
+          <Route path="/sandboxes/:id" element={<SandboxPage />} />
           <Route path="/dashboard" element={<DashboardPage />} />
           <Route path="*" element={<NotFound />} />
         </Routes>

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from typing import Any
 
 from crucible.config import Settings
 from crucible.errors import Forbidden, NotFound, QuotaExceeded
-from crucible.store import NewEvaluation, Store
+from crucible.store import Store
 from crucible.store.audit import AuditLog
 from crucible.store.keys import KeyRecord, KeyStore
-from crucible.store.tables import Batch, Evaluation
+from crucible.store.sandboxes import SandboxStore
+from crucible.store.tables import Batch, Evaluation, Sandbox
 
-QUOTAS = ("max_running", "max_queued", "per_hour")
+QUOTAS = ("max_running", "max_queued", "per_hour", "max_sandboxes")
 
 
 def visible(owner: str | None, who: KeyRecord | None) -> bool:
@@ -32,12 +34,14 @@ def scoped_idempotency(key: str | None, who: KeyRecord | None) -> str | None:
     return f"{who.id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
-def apply_ceilings(new: NewEvaluation, requested: dict[str, object], who: KeyRecord | None) -> None:
-    """Apply ``who``'s limit ceilings: a limit asked for above one is Forbidden (403);
-    a default above one is lowered to it."""
+def apply_ceilings(
+    limits: dict[str, Any], requested: dict[str, object], who: KeyRecord | None
+) -> None:
+    """Apply ``who``'s limit ceilings to resolved ``limits`` (an evaluation's or a
+    sandbox's): a limit asked for above one is Forbidden (403); a default above one is
+    lowered to it."""
     if who is None or not who.limit_ceilings:
         return
-    limits = new.request["limits"]
     for name, ceiling in who.limit_ceilings.items():
         if name not in limits or ceiling is None or limits[name] <= ceiling:
             continue
@@ -54,6 +58,7 @@ class Access:
         self.settings = settings
         self.keys = KeyStore(store)
         self.audit = AuditLog(store)
+        self.sandboxes = SandboxStore(store)
         store.default_max_running = settings.quota_max_running
 
     async def bootstrap(self) -> None:
@@ -72,6 +77,12 @@ class Access:
         row = await asyncio.to_thread(self.store.get_batch, batch_id)
         if not visible(row.owner_key_id, who):
             raise NotFound(f"no batch {batch_id!r}")
+        return row
+
+    async def sandbox(self, sandbox_id: str, who: KeyRecord | None) -> Sandbox:
+        row = await asyncio.to_thread(self.sandboxes.get, sandbox_id)
+        if not visible(row.owner_key_id, who):
+            raise NotFound(f"no sandbox {sandbox_id!r}")
         return row
 
     def quota(self, who: KeyRecord, name: str) -> int:

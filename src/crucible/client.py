@@ -6,7 +6,9 @@
         print(ev.status, ev.result.verdict if ev.result else None)
 
 Errors from the server raise :class:`ApiError` carrying the status code, the message
-and the offending field.
+and the offending field (see ``crucible.client_errors`` for the few mapped back to
+``crucible.errors`` exceptions). Long-lived sandboxes: ``Client.sandboxes`` and the
+async ``AsyncClient.sandboxes`` (``crucible.client_sandboxes``).
 """
 
 from __future__ import annotations
@@ -29,18 +31,17 @@ from crucible.api.schemas import (
     EvaluationPublic,
     QueuePublic,
 )
+from crucible.client_errors import ApiError, check
+from crucible.client_sandboxes import AsyncSandboxes, Sandboxes
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
+__all__ = ["DEFAULT_SERVER", "ApiError", "AsyncClient", "Client", "ServerEvent"]
 
-class ApiError(Exception):
-    """The server refused a request."""
 
-    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
-        super().__init__(f"{status}: {detail}")
-        self.status = status
-        self.detail = detail
-        self.field = field
+def _headers(api_key: str | None) -> dict[str, str]:
+    api_key = api_key or os.environ.get("CRUCIBLE_API_KEY")
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,13 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         api_key: str | None = None,
     ) -> None:
-        api_key = api_key or os.environ.get("CRUCIBLE_API_KEY")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(
             base_url=server.rstrip("/") + "/api/v1",
             timeout=timeout,
             transport=transport,
-            headers=headers,
+            headers=_headers(api_key),
         )
+        self.sandboxes = Sandboxes(self.http, self._sse)
 
     def __enter__(self) -> Client:
         return self
@@ -80,14 +80,7 @@ class Client:
         self.http.close()
 
     def _json(self, response: httpx.Response) -> Any:
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                detail, field = str(body.get("detail")), body.get("field")
-            except ValueError:
-                detail, field = response.text[:500], None
-            raise ApiError(response.status_code, detail, field)
-        return response.json()
+        return check(response).json()
 
     # -- evaluations ------------------------------------------------------------
 
@@ -220,3 +213,33 @@ class Client:
 
     def queue(self) -> QueuePublic:
         return QueuePublic.model_validate(self._json(self.http.get("/queue")))
+
+
+class AsyncClient:
+    """The async client; for now it covers long-lived sandboxes (``.sandboxes``), what
+    an agent harness drives from its event loop (the Inspect AI provider)."""
+
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=server.rstrip("/") + "/api/v1",
+            timeout=timeout,
+            transport=transport,
+            headers=_headers(api_key),
+        )
+        self.sandboxes = AsyncSandboxes(self.http)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.http.aclose()

@@ -40,6 +40,35 @@ class LimitBounds(BaseModel):
     )
 
 
+class SandboxBounds(BaseModel):
+    """Default and ceiling of a long-lived (agent) sandbox's limits and lifetimes.
+
+    The limits hold for the whole sandbox (every exec in it shares them); ``ttl_s``
+    bounds its life from creation, ``idle_timeout_s`` the time without an exec;
+    ``exec_timeout_s`` one exec's wall clock.
+    """
+
+    memory_mb: tuple[int, int] = (512, 4096)
+    cpus: tuple[float, float] = (1.0, 4.0)
+    pids: tuple[int, int] = (256, 1024)
+    disk_mb: tuple[int, int] = (1024, 8192)
+    ttl_s: tuple[float, float] = (3600.0, 86_400.0)
+    idle_timeout_s: tuple[float, float] = (600.0, 86_400.0)
+    exec_timeout_s: tuple[float, float] = (60.0, 3600.0)
+
+    minimum: dict[str, float] = Field(
+        default_factory=lambda: {
+            "memory_mb": 16,
+            "cpus": 0.1,
+            "pids": 8,
+            "disk_mb": 1,
+            "ttl_s": 0.1,
+            "idle_timeout_s": 0.1,
+            "exec_timeout_s": 0.01,
+        }
+    )
+
+
 class Settings(BaseSettings):
     """Every tunable of the platform. ``CRUCIBLE_<NAME>`` overrides ``<name>``."""
 
@@ -130,6 +159,13 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "127.0.0.1"
     quota_max_queued: int = 0
     quota_per_hour: int = 0
+    # Long-lived sandboxes running at once per key (0: unlimited).
+    quota_max_sandboxes: int = 0
+
+    # Long-lived (agent) sandboxes: limits, lifetimes, and how often the reaper looks
+    # for sandboxes past their ttl_s or idle_timeout_s (the precision of both).
+    sandbox_limits: SandboxBounds = Field(default_factory=SandboxBounds)
+    sandbox_reap_s: float = 1.0
 
     @model_validator(mode="after")
     def _check_ceilings(self) -> Settings:
@@ -139,6 +175,14 @@ class Settings(BaseSettings):
             default, ceiling = getattr(self.limits, name)
             if default > ceiling:
                 raise ValueError(f"limits.{name}: default {default} above ceiling {ceiling}")
+        for name in SandboxBounds.model_fields:
+            if name == "minimum":
+                continue
+            default, ceiling = getattr(self.sandbox_limits, name)
+            if default > ceiling:
+                raise ValueError(
+                    f"sandbox_limits.{name}: default {default} above ceiling {ceiling}"
+                )
         if self.worker_dead_after_s < 3 * self.heartbeat_s:
             raise ValueError("worker_dead_after_s must be at least 3 heartbeats")
         production_celery = self.environment == "production" and self.dispatcher == "celery"

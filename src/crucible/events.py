@@ -42,7 +42,7 @@ import collections
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,7 +51,8 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-FINAL_TYPES = frozenset({"result"})
+# An evaluation's stream ends with its "result", a long-lived sandbox's with "stopped".
+FINAL_TYPES = frozenset({"result", "stopped"})
 
 # Ids per millisecond of an epoch's life: see the module docstring.
 IDS_PER_MS = 1000
@@ -106,6 +107,42 @@ class EventBus(Protocol):
         the caller can look at the database (or send a keep-alive).
         """
         ...
+
+
+Snapshot = Callable[[], Awaitable[tuple[str, dict[str, Any]]]]
+"""The stored state of a stream's subject as an event (type, data): a final one
+(``result``, ``stopped``) once it has ended, else its current status."""
+
+
+async def follow(
+    bus: EventBus, stream: str, after: int, snapshot: Snapshot, *, idle_s: float = 5.0
+) -> AsyncIterator[Event]:
+    """A stream's events after ``after``, backed by the database's record.
+
+    When the bus keeps no log of the stream (never published, expired, or lost with
+    a restarted bus), opens with ``snapshot()`` numbered ``after + 1``: for a subject
+    that has ended that is all; else it follows the bus, whose next log is numbered
+    above (see the module docstring). Quiet for ``idle_s``, it looks at the record
+    again: a subject that ended where this bus cannot see (its final event lost)
+    gets its final event from the record.
+    """
+    if await bus.bounds(stream) is None:
+        type_, data = await snapshot()
+        after += 1
+        yield Event(after, type_, data)
+        if type_ in FINAL_TYPES:
+            return
+    async for event in bus.subscribe(stream, after, idle_s=idle_s):
+        if event is not None:
+            after = event.id
+            yield event
+            continue
+        type_, data = await snapshot()
+        if type_ in FINAL_TYPES:
+            later = await bus.history(stream, after) or []
+            if not any(e.final for e in later):
+                yield Event(after + 1, type_, data)
+                return
 
 
 @dataclass

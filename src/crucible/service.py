@@ -14,6 +14,7 @@ import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -42,15 +43,18 @@ from crucible.errors import (
     Overloaded,
     SandboxUnavailable,
 )
-from crucible.events import Event, EventBus, InProcessBus, RedisBus
+from crucible.events import Event, EventBus, InProcessBus, RedisBus, follow
 from crucible.executor import Executor, stream_of
 from crucible.lifecycle import TERMINAL, Status
 from crucible.limits import resolve_limits
 from crucible.records import batch_public, dead_letter_public, evaluation_public, worker_public
 from crucible.sandbox import Sandbox
+from crucible.sandbox.session import Sessions
+from crucible.sandboxes import SandboxService, SessionEngine
 from crucible.scan import scan_request
 from crucible.store import BlobStore, Cluster, EvaluationFilter, NewEvaluation, Store
 from crucible.store.keys import KeyRecord
+from crucible.store.sandboxes import Owner
 from crucible.store.tables import Evaluation
 from crucible.submissions import merge, new_id, prepare
 
@@ -80,7 +84,10 @@ class Service:
         *,
         bus: EventBus | None = None,
         dispatch: bool = True,
+        sessions: SessionEngine | None = None,
     ) -> None:
+        """``sessions``: the engine of long-lived sandboxes (default: the real one,
+        ``crucible.sandbox.session.Sessions``); tests inject another."""
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.sqlalchemy_url)
@@ -98,6 +105,7 @@ class Service:
                 prefix=settings.prefix,
                 retention_s=settings.event_retention_s,
             )
+            self.identity = identity.this_process("api", 0)  # hosts sandboxes only
             self.bus: EventBus = bus or redis_bus
             self.dispatcher = CeleryDispatcher(self.cluster, redis_bus, make_celery(settings))
             self.maintenance = Maintenance(
@@ -108,6 +116,7 @@ class Service:
             )
         else:
             info = identity.this_process("embedded", settings.max_concurrency)
+            self.identity = info
             self.bus = bus or InProcessBus()
             self.sandbox = Sandbox(settings)
             self.executor = Executor(
@@ -133,6 +142,18 @@ class Service:
                 on_recovered=embedded.notify,
             )
         self._dispatch = dispatch
+        # Long-lived sandboxes live in this process in both modes (an API instance
+        # hosts its own); the rows name it by the identity the heartbeat uses.
+        owner = self.identity
+        engine: SessionEngine = sessions if sessions is not None else Sessions()
+        self.sandboxes = SandboxService(
+            settings=settings,
+            access=self.access,
+            blobs=self.blobs,
+            bus=self.bus,
+            engine=engine,
+            owner=Owner(owner.id, owner.node, owner.host, owner.pid, owner.proc_start),
+        )
 
     async def start(self) -> None:
         """Migrate, sweep the sandbox's leftovers, recover dead processes' runs, dispatch.
@@ -151,10 +172,12 @@ class Service:
         await self.maintenance.heartbeat()
         await self.maintenance.recover()
         self.maintenance.start()
+        await self.sandboxes.start()
         if self._dispatch:
             self.dispatcher.start()
 
     async def stop(self) -> None:
+        await self.sandboxes.stop()
         await self.dispatcher.stop()
         await self.maintenance.stop()
         if self.sandbox is not None:
@@ -188,7 +211,7 @@ class Service:
         Raises Forbidden (a limit above the key's ceiling), QuotaExceeded, Overloaded.
         """
         new = prepare(body, self.settings, idempotency_key=scoped_idempotency(idempotency_key, who))
-        apply_ceilings(new, body.limits.model_dump() if body.limits else {}, who)
+        apply_ceilings(new.request["limits"], body.limits.model_dump() if body.limits else {}, who)
         new.owner_key_id = who.id if who else None
         new.flags = scan_request(new.request)
         await self.access.check_quotas(who, 1)
@@ -253,29 +276,16 @@ class Service:
         evaluation, else its current status, then follows the bus, whose next log
         is numbered above (see ``crucible.events``).
         """
-        row = await asyncio.to_thread(self.store.get, evaluation_id)  # NotFound
-        stream = stream_of(evaluation_id)
-        if await self.bus.bounds(stream) is None:
-            if Status(row.status) in TERMINAL:
-                public = await self._public(row)
-                yield Event(after + 1, "result", public.model_dump(mode="json"))
-                return
-            after += 1
-            yield Event(after, "status", _status_of(row))
-        async for event in self.bus.subscribe(stream, after, idle_s=5.0):
-            if event is not None:
-                after = event.id
-                yield event
-                continue
-            # Quiet for a while: the run may have ended where this bus cannot see (its
-            # final event was lost, e.g. with a restarted Redis): answer from the record.
+        await asyncio.to_thread(self.store.get, evaluation_id)  # NotFound
+
+        async def snapshot() -> tuple[str, dict[str, Any]]:
             row = await asyncio.to_thread(self.store.get, evaluation_id)
             if Status(row.status) in TERMINAL:
-                later = await self.bus.history(stream, after) or []
-                if not any(e.final for e in later):
-                    public = await self._public(row)
-                    yield Event(after + 1, "result", public.model_dump(mode="json"))
-                    return
+                return "result", (await self._public(row)).model_dump(mode="json")
+            return "status", _status_of(row)
+
+        async for event in follow(self.bus, stream_of(evaluation_id), after, snapshot):
+            yield event
 
     async def output(self, evaluation_id: str, stream: str, who: KeyRecord | None = None) -> bytes:
         """The whole stdout or stderr (the record may hold only a preview)."""
@@ -310,7 +320,7 @@ class Service:
                 merged = merge(item, body.defaults)
                 new = prepare(merged, self.settings)
                 requested = merged.limits.model_dump() if merged.limits else {}
-                apply_ceilings(new, requested, who)
+                apply_ceilings(new.request["limits"], requested, who)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])

@@ -29,3 +29,18 @@ def test_endpoints_document_their_status_codes() -> None:
     schemas = doc["components"]["schemas"]
     assert {"EvaluationCreate", "EvaluationPublic", "BatchCreate", "BatchPublic"} <= set(schemas)
     json.dumps(doc)
+
+
+def test_sandbox_endpoints_document_their_status_codes() -> None:
+    paths = openapi_document()["paths"]
+    base = "/api/v1/sandboxes"
+    assert {"201", "403", "422", "429", "503"} <= set(paths[base]["post"]["responses"])
+    assert {"204", "404"} <= set(paths[f"{base}/{{sandbox_id}}"]["delete"]["responses"])
+    assert {"200", "404", "409"} <= set(paths[f"{base}/{{sandbox_id}}/exec"]["post"]["responses"])
+    read = paths[f"{base}/{{sandbox_id}}/file"]["get"]["responses"]
+    assert {"403", "404", "409", "413"} <= set(read)
+    assert "application/octet-stream" in read["200"]["content"]
+    events = paths[f"{base}/{{sandbox_id}}/events"]["get"]["responses"]["200"]
+    assert "text/event-stream" in events["content"]
+    error = openapi_document()["components"]["schemas"]["ErrorPublic"]["properties"]
+    assert "error" in error

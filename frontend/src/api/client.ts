@@ -12,8 +12,14 @@ import type {
   EvaluationPage,
   EvaluationRecord,
   EvaluationRequest,
+  ExecPage,
+  ExecRecord,
+  ExecRequest,
   Priority,
   QueueStatus,
+  SandboxCreate,
+  SandboxPage,
+  SandboxRecord,
   ValidationIssue,
   WorkerInfo,
 } from './models';
@@ -377,4 +383,34 @@ export async function getHealth(): Promise<Health> {
   };
   const [ok, ready] = await Promise.all([probe('/healthz'), probe('/readyz')]);
   return { ok, ready };
+}
+
+// ---------------------------------------------------------------- sandboxes
+
+export function createSandbox(body: SandboxCreate = {}): Promise<SandboxRecord> {
+  return request(`${API_BASE}/sandboxes`, { method: 'POST', json: body });
+}
+
+export async function listSandboxes(params: { status?: string; cursor?: string; limit?: number } = {}, signal?: AbortSignal): Promise<SandboxPage> {
+  return request(`${API_BASE}/sandboxes${evaluationsQuery(params)}`, { signal });
+}
+
+export function getSandbox(id: string, signal?: AbortSignal): Promise<SandboxRecord> {
+  return request(`${API_BASE}/sandboxes/${enc(id)}`, { signal });
+}
+
+export function deleteSandbox(id: string): Promise<void> {
+  return request(`${API_BASE}/sandboxes/${enc(id)}`, { method: 'DELETE' });
+}
+
+export function execInSandbox(id: string, body: ExecRequest): Promise<ExecRecord> {
+  return request(`${API_BASE}/sandboxes/${enc(id)}/exec`, { method: 'POST', json: body });
+}
+
+export function listSandboxExecs(id: string, cursor?: string, signal?: AbortSignal): Promise<ExecPage> {
+  return request(`${API_BASE}/sandboxes/${enc(id)}/execs${evaluationsQuery({ cursor, limit: 500 })}`, { signal });
+}
+
+export function sandboxEventsUrl(id: string): string {
+  return `${API_BASE}/sandboxes/${enc(id)}/events`;
 }

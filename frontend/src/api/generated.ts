@@ -29,6 +29,14 @@ export type BatchCreated = S['BatchCreated'];
 export type CancelResult = S['CancelPublic'];
 export type WorkerInfo = S['WorkerPublic'];
 export type DeadLetter = S['DeadLetterPublic'];
+// Long-lived (agent) sandboxes.
+export type SandboxRecord = S['SandboxPublic'];
+export type SandboxPage = S['SandboxList'];
+export type SandboxCreate = S['SandboxCreate'];
+export type SandboxStatus = S['SandboxStatus'];
+export type ExecRecord = S['ExecPublic'];
+export type ExecPage = S['ExecList'];
+export type ExecRequest = S['ExecCreate'];
 // Every 422 is documented in Crucible's ErrorPublic shape now; client.ts still reads
 // FastAPI's item shape too, kept in ./types.
 export type { ValidationIssue } from './types';

@@ -365,6 +365,171 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/sandboxes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Sandboxes
+         * @description Sandboxes, newest first; a researcher sees their own, an admin everyone's.
+         */
+        get: operations["list_sandboxes_api_v1_sandboxes_get"];
+        put?: never;
+        /**
+         * Create Sandbox
+         * @description Create a sandbox that stays up until deleted, its `ttl_s` passes, or it is idle
+         *     for `idle_timeout_s`. 403: a limit above the key's ceiling; 422: a limit outside
+         *     the server's bounds; 429: the key's `max_sandboxes` are running; 503: no engine.
+         */
+        post: operations["create_sandbox_api_v1_sandboxes_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/sandboxes/{sandbox_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Sandbox
+         * @description The sandbox: status, `stop_reason`, limits, lifetimes and resources used.
+         */
+        get: operations["get_sandbox_api_v1_sandboxes__sandbox_id__get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete Sandbox
+         * @description Stop and remove the sandbox (`stop_reason` deleted); its record and transcript
+         *     remain. Deleting a stopped sandbox changes nothing (204 all the same).
+         */
+        delete: operations["delete_sandbox_api_v1_sandboxes__sandbox_id__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/sandboxes/{sandbox_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Sandbox Events
+         * @description Server-Sent Events: `exec_started` (the exec), `output` (`seq`, `stream`,
+         *     `data`), `exec_finished` (the exec with a preview of its output), and last
+         *     `stopped` (the record). Without a log of the stream, it opens with `status`
+         *     (the record). Reconnect with `Last-Event-ID` to resume.
+         */
+        get: operations["sandbox_events_api_v1_sandboxes__sandbox_id__events_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/sandboxes/{sandbox_id}/exec": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Exec In Sandbox
+         * @description Run `cmd` (an argv) and answer when it ends, with its whole output (up to the
+         *     engine's cap per stream). The command's failure is data (`returncode`,
+         *     `timed_out`); 409 (`error: sandbox_stopped`) when the sandbox has stopped.
+         */
+        post: operations["exec_in_sandbox_api_v1_sandboxes__sandbox_id__exec_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/sandboxes/{sandbox_id}/execs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Sandbox Execs
+         * @description The transcript, oldest first: every exec with its command, user, exit code,
+         *     duration and an output preview. It outlives the sandbox.
+         */
+        get: operations["list_sandbox_execs_api_v1_sandboxes__sandbox_id__execs_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/sandboxes/{sandbox_id}/execs/{seq}/output/{stream}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Sandbox Exec Output
+         * @description The whole stdout or stderr of one exec (the transcript holds a preview).
+         */
+        get: operations["sandbox_exec_output_api_v1_sandboxes__sandbox_id__execs__seq__output__stream__get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/sandboxes/{sandbox_id}/file": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Read Sandbox File
+         * @description The bytes at `path`. 404 `not_found` (no such file; a missing sandbox has no
+         *     `error`), 403 `permission_denied`, 409 `is_a_directory` or `sandbox_stopped`,
+         *     413 `too_large`.
+         */
+        get: operations["read_sandbox_file_api_v1_sandboxes__sandbox_id__file_get"];
+        /**
+         * Write Sandbox File
+         * @description Write the request body (raw bytes) at `path`, creating parents. 403
+         *     `permission_denied`, 409 `is_a_directory` or `sandbox_stopped`, 413 `too_large`
+         *     (over 100 MiB).
+         */
+        put: operations["write_sandbox_file_api_v1_sandboxes__sandbox_id__file_put"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/workers": {
         parameters: {
             query?: never;
@@ -635,6 +800,11 @@ export interface components {
         ErrorPublic: {
             /** Detail */
             detail: string;
+            /**
+             * Error
+             * @description machine-readable kind, where a status is shared: not_found, permission_denied, is_a_directory, too_large (a file in a sandbox), sandbox_stopped
+             */
+            error?: string | null;
             /** Errors */
             errors?: {
                 [key: string]: unknown;
@@ -863,6 +1033,140 @@ export interface components {
             pids_limit: number;
         };
         /**
+         * ExecCreate
+         * @description One command to run in the sandbox (an argv, no shell unless you ask for one).
+         */
+        ExecCreate: {
+            /**
+             * Cmd
+             * @example [
+             *       "bash",
+             *       "-lc",
+             *       "echo hello"
+             *     ]
+             */
+            cmd: string[];
+            /**
+             * Cwd
+             * @description default: the working dir
+             */
+            cwd?: string | null;
+            /** Env */
+            env?: {
+                [key: string]: string;
+            } | null;
+            /**
+             * Input
+             * @description stdin, as text
+             */
+            input?: string | null;
+            /**
+             * Input Base64
+             * @description stdin, as base64 bytes
+             */
+            input_base64?: string | null;
+            /**
+             * Timeout S
+             * @description kills the exec's processes (not the sandbox) after this
+             */
+            timeout_s?: number | null;
+            /**
+             * User
+             * @description a user inside the sandbox
+             */
+            user?: string | null;
+        };
+        /** ExecList */
+        ExecList: {
+            /** Items */
+            items: components["schemas"]["ExecPublic"][];
+            /**
+             * Next Cursor
+             * @description pass as ?cursor= for the next page
+             */
+            next_cursor: string | null;
+        };
+        /**
+         * ExecPublic
+         * @description One exec: the command, and (once finished) what it did.
+         *
+         *     In the answer to POST …/exec the output is whole (up to the engine's cap per
+         *     stream, past which the tail is kept: ``*_truncated``). In the transcript
+         *     (GET …/execs) it is a preview of ``inline_output_bytes``
+         *     (``*_preview_truncated``); GET …/execs/{seq}/output/{stream} has all of it.
+         */
+        ExecPublic: {
+            /** Cmd */
+            cmd: string[];
+            /** Cwd */
+            cwd: string | null;
+            /** Duration Ms */
+            duration_ms: number | null;
+            /**
+             * Error
+             * @description why it has no result (the sandbox stopped)
+             */
+            error?: string | null;
+            /**
+             * Finished At
+             * @description null while it runs
+             */
+            finished_at: string | null;
+            /**
+             * Returncode
+             * @description 128+N when killed by signal N; null: no end
+             */
+            returncode: number | null;
+            /** Sandbox Id */
+            sandbox_id: string;
+            /**
+             * Seq
+             * @description 1, 2, 3… within the sandbox
+             */
+            seq: number;
+            /**
+             * Started At
+             * Format: date-time
+             */
+            started_at: string;
+            /** Stderr */
+            stderr: string;
+            /**
+             * Stderr Base64
+             * @description set when stderr is not UTF-8
+             */
+            stderr_base64?: string | null;
+            /**
+             * Stderr Preview Truncated
+             * @default false
+             */
+            stderr_preview_truncated: boolean;
+            /** Stderr Truncated */
+            stderr_truncated: boolean;
+            /** Stdout */
+            stdout: string;
+            /**
+             * Stdout Base64
+             * @description set when stdout is not UTF-8
+             */
+            stdout_base64?: string | null;
+            /**
+             * Stdout Preview Truncated
+             * @description stdout here is a preview
+             * @default false
+             */
+            stdout_preview_truncated: boolean;
+            /**
+             * Stdout Truncated
+             * @description the engine's cap was passed; the tail kept
+             */
+            stdout_truncated: boolean;
+            /** Timed Out */
+            timed_out: boolean;
+            /** User */
+            user: string | null;
+        };
+        /**
          * FileInfo
          * @description A file the program left in /workspace.
          */
@@ -891,6 +1195,11 @@ export interface components {
              * @description evaluations running at once
              */
             max_running?: number | null;
+            /**
+             * Max Sandboxes
+             * @description long-lived sandboxes running at once
+             */
+            max_sandboxes?: number | null;
             /** Name */
             name: string;
             /**
@@ -929,6 +1238,8 @@ export interface components {
             max_queued: number | null;
             /** Max Running */
             max_running: number | null;
+            /** Max Sandboxes */
+            max_sandboxes: number | null;
             /** Name */
             name: string;
             /** Per Hour */
@@ -965,6 +1276,8 @@ export interface components {
             max_queued: number | null;
             /** Max Running */
             max_running: number | null;
+            /** Max Sandboxes */
+            max_sandboxes: number | null;
             /** Name */
             name: string;
             /** Per Hour */
@@ -1004,6 +1317,11 @@ export interface components {
              * @description evaluations running at once
              */
             max_running?: number | null;
+            /**
+             * Max Sandboxes
+             * @description long-lived sandboxes running at once
+             */
+            max_sandboxes?: number | null;
             /**
              * Per Hour
              * @description evaluations submitted per hour
@@ -1172,10 +1490,152 @@ export interface components {
             version: string;
         };
         /**
+         * SandboxCreate
+         * @description A long-lived sandbox to create. Unset fields take the server's defaults.
+         */
+        SandboxCreate: {
+            /**
+             * Idle Timeout S
+             * @description stopped after this long idle
+             */
+            idle_timeout_s?: number | null;
+            /** Labels */
+            labels?: {
+                [key: string]: string;
+            } | null;
+            limits?: components["schemas"]["SandboxLimitsCreate"] | null;
+            /**
+             * Runtime
+             * @description runc, crun or gvisor (default: the server's CRUCIBLE_DEFAULT_RUNTIME)
+             */
+            runtime?: ("runc" | "crun" | "gvisor") | null;
+            /**
+             * Ttl S
+             * @description stopped this long after creation
+             */
+            ttl_s?: number | null;
+        };
+        /**
+         * SandboxLimitsCreate
+         * @description Requested limits of the whole sandbox; unset ones take the server's defaults.
+         */
+        SandboxLimitsCreate: {
+            /**
+             * Cpus
+             * @description CPU cores quota
+             */
+            cpus?: number | null;
+            /**
+             * Disk Mb
+             * @description writable layer over the root, MiB
+             */
+            disk_mb?: number | null;
+            /**
+             * Memory Mb
+             * @description memory of the whole sandbox, MiB
+             */
+            memory_mb?: number | null;
+            /**
+             * Pids
+             * @description processes and threads
+             */
+            pids?: number | null;
+        };
+        /** SandboxLimitsPublic */
+        SandboxLimitsPublic: {
+            /** Cpus */
+            cpus: number;
+            /** Disk Mb */
+            disk_mb: number;
+            /** Memory Mb */
+            memory_mb: number;
+            /** Pids */
+            pids: number;
+        };
+        /** SandboxList */
+        SandboxList: {
+            /** Items */
+            items: components["schemas"]["SandboxPublic"][];
+            /**
+             * Next Cursor
+             * @description pass as ?cursor= for the next page
+             */
+            next_cursor: string | null;
+        };
+        /** SandboxPublic */
+        SandboxPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Expires At
+             * Format: date-time
+             * @description created_at + ttl_s
+             */
+            expires_at: string;
+            /** Id */
+            id: string;
+            /** Idle Timeout S */
+            idle_timeout_s: number;
+            /** Labels */
+            labels: {
+                [key: string]: string;
+            };
+            /**
+             * Last Activity At
+             * Format: date-time
+             */
+            last_activity_at: string;
+            limits: components["schemas"]["SandboxLimitsPublic"];
+            /**
+             * Owner Key Id
+             * @description the API key that created it
+             */
+            owner_key_id: string | null;
+            resources: components["schemas"]["SandboxResources"];
+            /**
+             * Runtime
+             * @enum {string}
+             */
+            runtime: "runc" | "crun" | "gvisor";
+            status: components["schemas"]["SandboxStatus"];
+            /** @description why it stopped; null while running */
+            stop_reason: components["schemas"]["StopReason"] | null;
+            /** Stopped At */
+            stopped_at: string | null;
+            /** Ttl S */
+            ttl_s: number;
+        };
+        /**
+         * SandboxResources
+         * @description What the sandbox used so far (its cgroup's counters) and how many execs.
+         */
+        SandboxResources: {
+            /** Cpu Ms */
+            cpu_ms: number;
+            /** Exec Count */
+            exec_count: number;
+            /** Peak Memory Bytes */
+            peak_memory_bytes: number;
+        };
+        /**
+         * SandboxStatus
+         * @description ``running`` → ``stopped`` (with a reason) | ``lost`` (its process died).
+         * @enum {string}
+         */
+        SandboxStatus: "running" | "stopped" | "lost";
+        /**
          * Status
          * @enum {string}
          */
         Status: "queued" | "running" | "completed" | "cancelled" | "error";
+        /**
+         * StopReason
+         * @enum {string}
+         */
+        StopReason: "deleted" | "ttl" | "idle_timeout" | "crashed" | "lost" | "shutdown";
         /**
          * Termination
          * @description Why the program stopped; see the verdict table in the README.
@@ -1278,9 +1738,9 @@ export interface operations {
                 since?: string | null;
                 /** @description before (ISO 8601) */
                 until?: string | null;
+                limit?: number;
                 /** @description next_cursor of the previous page */
                 cursor?: string | null;
-                limit?: number;
             };
             header?: never;
             path?: never;
@@ -1469,7 +1929,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch, file or dead letter */
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1536,7 +1996,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch, file or dead letter */
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1606,7 +2066,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch, file or dead letter */
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1638,9 +2098,9 @@ export interface operations {
     list_dead_letters_api_v1_dead_letters_get: {
         parameters: {
             query?: {
+                limit?: number;
                 /** @description next_cursor of the previous page */
                 cursor?: string | null;
-                limit?: number;
             };
             header?: never;
             path?: never;
@@ -1752,7 +2212,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch, file or dead letter */
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -1813,9 +2273,9 @@ export interface operations {
                 flag?: ("process" | "network" | "ffi" | "file_write" | "dynamic_code") | null;
                 /** @description admins: one key's */
                 owner_key_id?: string | null;
+                limit?: number;
                 /** @description next_cursor of the previous page */
                 cursor?: string | null;
-                limit?: number;
             };
             header?: never;
             path?: never;
@@ -2020,7 +2480,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch, file or dead letter */
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2088,7 +2548,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch, file or dead letter */
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2168,7 +2628,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch, file or dead letter */
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2237,7 +2697,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch, file or dead letter */
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2306,7 +2766,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch, file or dead letter */
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2573,7 +3033,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch, file or dead letter */
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2654,7 +3114,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
-            /** @description No such evaluation, batch, file or dead letter */
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
             404: {
                 headers: {
                     [name: string]: unknown;
@@ -2730,6 +3190,800 @@ export interface operations {
             };
             /** @description Invalid request; `field` names the culprit */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    list_sandboxes_api_v1_sandboxes_get: {
+        parameters: {
+            query?: {
+                status?: components["schemas"]["SandboxStatus"] | null;
+                /** @description admins: one key's */
+                owner_key_id?: string | null;
+                limit?: number;
+                /** @description next_cursor of the previous page */
+                cursor?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxList"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    create_sandbox_api_v1_sandboxes_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SandboxCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxPublic"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The key's role or limit ceilings do not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Over one of the key's quotas (see the message and Retry-After) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Queue full (see Retry-After) or the platform is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    get_sandbox_api_v1_sandboxes__sandbox_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description the sandbox's id (sbx_…) */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SandboxPublic"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    delete_sandbox_api_v1_sandboxes__sandbox_id__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description the sandbox's id (sbx_…) */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Queue full (see Retry-After) or the platform is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    sandbox_events_api_v1_sandboxes__sandbox_id__events_get: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description resume after this event id (SSE reconnect) */
+                "Last-Event-ID"?: string | null;
+            };
+            path: {
+                /** @description the sandbox's id (sbx_…) */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description An event stream (text/event-stream): `id`, `event`, JSON `data` */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": string;
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    exec_in_sandbox_api_v1_sandboxes__sandbox_id__exec_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description the sandbox's id (sbx_…) */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ExecCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExecPublic"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Conflicts with the current state (or Idempotency-Key reuse) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Queue full (see Retry-After) or the platform is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    list_sandbox_execs_api_v1_sandboxes__sandbox_id__execs_get: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description next_cursor of the previous page */
+                cursor?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description the sandbox's id (sbx_…) */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ExecList"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    sandbox_exec_output_api_v1_sandboxes__sandbox_id__execs__seq__output__stream__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description the sandbox's id (sbx_…) */
+                sandbox_id: string;
+                seq: number;
+                stream: "stdout" | "stderr";
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The whole stream */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    read_sandbox_file_api_v1_sandboxes__sandbox_id__file_get: {
+        parameters: {
+            query: {
+                /** @description absolute, or relative to the sandbox's working directory */
+                path: string;
+            };
+            header?: never;
+            path: {
+                /** @description the sandbox's id (sbx_…) */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The file's bytes */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The key's role or limit ceilings do not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Conflicts with the current state (or Idempotency-Key reuse) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Queue full (see Retry-After) or the platform is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    write_sandbox_file_api_v1_sandboxes__sandbox_id__file_put: {
+        parameters: {
+            query: {
+                /** @description absolute, or relative to the sandbox's working directory */
+                path: string;
+            };
+            header?: never;
+            path: {
+                /** @description the sandbox's id (sbx_…) */
+                sandbox_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/octet-stream": string;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The key's role or limit ceilings do not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Conflicts with the current state (or Idempotency-Key reuse) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Queue full (see Retry-After) or the platform is unavailable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -2,7 +2,7 @@
  * A small Server-Sent Events client built on fetch(), because EventSource only
  * delivers events whose names were registered in advance and we want to handle any
  * event name the server sends. Reconnects with Last-Event-ID after a dropped
- * connection and stops after a final event (`result`, `end`, `done`, `complete`).
+ * connection and stops after a final event (`result`, `stopped`, `end`, `done`, …).
  * Being fetch()-based, it also sends the API key as a header (EventSource cannot).
  */
 import { authHeaders, notifyUnauthorized } from './auth';
@@ -75,7 +75,8 @@ export function parseData(data: string): unknown {
   }
 }
 
-export const FINAL_EVENTS = new Set(['result', 'end', 'done', 'complete', 'completed', 'finished']);
+// `stopped` ends a long-lived sandbox's stream.
+export const FINAL_EVENTS = new Set(['result', 'end', 'done', 'complete', 'completed', 'finished', 'stopped']);
 
 export interface SubscribeOptions {
   onEvent: (event: string, data: unknown, id: string | null) => void;

@@ -12,20 +12,28 @@ import crucible
 from crucible.api import errors, frontend
 from crucible.api.deps import authenticate, require_admin
 from crucible.api.middleware import Guard
-from crucible.api.routes import audit, batches, cluster, evaluations, keys, system
+from crucible.api.routes import audit, batches, cluster, evaluations, keys, sandboxes, system
 from crucible.config import Settings, get_settings
+from crucible.sandbox.session import MAX_FILE_BYTES
+from crucible.sandboxes import SessionEngine
 from crucible.service import Service
 
 API_PREFIX = "/api/v1"
 
 
-def create_app(settings: Settings | None = None, *, dispatch: bool = True) -> FastAPI:
-    """The app; ``dispatch=False`` serves the API without running anything."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    dispatch: bool = True,
+    sessions: SessionEngine | None = None,
+) -> FastAPI:
+    """The app; ``dispatch=False`` serves the API without running anything;
+    ``sessions`` replaces the engine of long-lived sandboxes (tests)."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = Service(settings, dispatch=dispatch)
+        service = Service(settings, dispatch=dispatch, sessions=sessions)
         await service.start()
         app.state.service = service
         try:
@@ -54,6 +62,7 @@ def create_app(settings: Settings | None = None, *, dispatch: bool = True) -> Fa
     admin = [Depends(require_admin)]
     api.include_router(evaluations.router)
     api.include_router(batches.router)
+    api.include_router(sandboxes.router)
     api.include_router(system.router)
     api.include_router(cluster.router, dependencies=admin, responses=errors.responses(403))
     api.include_router(keys.router)
@@ -66,7 +75,7 @@ def create_app(settings: Settings | None = None, *, dispatch: bool = True) -> Fa
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=[
                 "Authorization",
                 "Content-Type",
@@ -77,6 +86,9 @@ def create_app(settings: Settings | None = None, *, dispatch: bool = True) -> Fa
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(
-        Guard, max_body_bytes=settings.max_body_bytes, docs_path=f"{API_PREFIX}/docs"
+        Guard,
+        max_body_bytes=settings.max_body_bytes,
+        docs_path=f"{API_PREFIX}/docs",
+        uploads=(("PUT", f"{API_PREFIX}/sandboxes/[^/]+/file", MAX_FILE_BYTES),),
     )
     return app

@@ -11,10 +11,10 @@ import asyncio
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from crucible.errors import Forbidden, Unauthenticated
+from crucible.errors import Forbidden, InvalidSubmission, Unauthenticated
 from crucible.service import Service
 from crucible.store.keys import KeyRecord
 from crucible.store.repo import now
@@ -76,3 +76,18 @@ LastEventId = Annotated[
     str | None,
     Header(alias="Last-Event-ID", description="resume after this event id (SSE reconnect)"),
 ]
+
+
+def parse_cursor(
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> int | None:
+    """A list's ``?cursor=`` (the ``next_cursor`` a previous page gave) as a number."""
+    if cursor is None:
+        return None
+    try:
+        return int(cursor)
+    except ValueError:
+        raise InvalidSubmission("cursor is not one this server gave", field="cursor") from None
+
+
+CursorDep = Annotated[int | None, Depends(parse_cursor)]

@@ -5,6 +5,13 @@ Conflict           409                          Overloaded 503 + Retry-After
 SandboxError       503                          other      500
 Unauthenticated    401 + WWW-Authenticate       Forbidden  403
 QuotaExceeded      429 (+ Retry-After when waiting helps)
+SandboxFileError   by kind: not_found 404, permission_denied 403, is_a_directory 409,
+                   too_large 413; the body's ``error`` is the exception's ``code``
+SandboxStopped     409 with ``error: "sandbox_stopped"``
+
+``error`` is machine-readable where a client must tell failures apart that share a
+status (a missing file vs a missing sandbox, both 404): clients map it back to the
+exception (``crucible.client``).
 """
 
 from __future__ import annotations
@@ -26,10 +33,21 @@ from crucible.errors import (
     PayloadTooLarge,
     QuotaExceeded,
     SandboxError,
+    SandboxFileError,
+    SandboxFileNotFound,
+    SandboxFileTooLarge,
+    SandboxIsADirectory,
+    SandboxPermissionDenied,
+    SandboxStopped,
     Unauthenticated,
 )
 
 STATUS: list[tuple[type[CrucibleError], int]] = [
+    (SandboxFileNotFound, 404),
+    (SandboxPermissionDenied, 403),
+    (SandboxIsADirectory, 409),
+    (SandboxFileTooLarge, 413),
+    (SandboxFileError, 422),
     (Unauthenticated, 401),
     (Forbidden, 403),
     (QuotaExceeded, 429),
@@ -49,8 +67,23 @@ def status_of(exc: CrucibleError) -> int:
     return 500
 
 
-def _body(detail: str, field: str | None = None, errors: list[dict[str, Any]] | None = None) -> Any:
-    return ErrorPublic(detail=detail, field=field, errors=errors).model_dump(exclude_none=True)
+def error_code(exc: CrucibleError) -> str | None:
+    """The machine-readable ``error`` of the answer, for the failures that have one."""
+    if isinstance(exc, SandboxFileError):
+        return exc.code
+    if isinstance(exc, SandboxStopped):
+        return "sandbox_stopped"
+    return None
+
+
+def _body(
+    detail: str,
+    field: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    error: str | None = None,
+) -> Any:
+    public = ErrorPublic(detail=detail, field=field, errors=errors, error=error)
+    return public.model_dump(exclude_none=True)
 
 
 async def _crucible_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -61,7 +94,9 @@ async def _crucible_error(_request: Request, exc: Exception) -> JSONResponse:
     elif isinstance(exc, Unauthenticated):
         headers = {"WWW-Authenticate": 'Bearer realm="crucible"'}
     field = exc.field if isinstance(exc, InvalidSubmission) else None
-    return JSONResponse(_body(str(exc), field), status_code=status_of(exc), headers=headers)
+    return JSONResponse(
+        _body(str(exc), field, error=error_code(exc)), status_code=status_of(exc), headers=headers
+    )
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -89,7 +124,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "No valid API key (send `Authorization: Bearer <key>`)",
         403: "The key's role or limit ceilings do not allow this",
         429: "Over one of the key's quotas (see the message and Retry-After)",
-        404: "No such evaluation, batch, file or dead letter",
+        404: "No such evaluation, batch, sandbox, file or dead letter",
         409: "Conflicts with the current state (or Idempotency-Key reuse)",
         413: "Code or files larger than the server accepts",
         422: "Invalid request; `field` names the culprit",

@@ -8,7 +8,8 @@
   ``Referrer-Policy: no-referrer``. The API docs page gets a CSP that lets it load
   Swagger UI from its CDN.
 * A request body limit: 413 when Content-Length or the bytes actually sent pass
-  ``max_body_bytes``.
+  ``max_body_bytes`` (or, for the few routes in ``uploads``, their own limit: a file
+  written into a long-lived sandbox may be 100 MiB).
 * The audit trail: every state-changing request (POST, PUT, PATCH, DELETE) under
   /api/v1 is appended to the hash-chained audit log once answered, whatever the
   outcome — refused ones included.
@@ -71,10 +72,25 @@ def _headers(docs: bool) -> list[tuple[bytes, bytes]]:
 class Guard:
     """See the module docstring. Audit entries go to the running service's log."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, docs_path: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        docs_path: str,
+        uploads: tuple[tuple[str, str, int], ...] = (),
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.docs_path = docs_path
+        # (method, path regex, limit): routes whose bodies may be larger.
+        self.uploads = [(m, re.compile(p), n) for m, p, n in uploads]
+
+    def _limit(self, method: str, path: str) -> int:
+        for m, pattern, n in self.uploads:
+            if m == method and pattern.fullmatch(path):
+                return max(n, self.max_body_bytes)
+        return self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,6 +118,7 @@ class Guard:
 
         received = 0
         refused = False
+        limit = self._limit(scope["method"], scope["path"])
 
         async def receive_wrapper() -> Message:
             # A body larger than declared (or chunked): answer 413 ourselves and tell
@@ -112,8 +129,8 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes and not response_started:
-                    await self._too_large(send_wrapper)
+                if received > limit and not response_started:
+                    await self._too_large(send_wrapper, limit)
                     refused = True
                     return {"type": "http.disconnect"}
             return message
@@ -124,8 +141,8 @@ class Guard:
 
         try:
             length = headers.get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                await self._too_large(send_wrapper)
+            if length is not None and length.isdigit() and int(length) > limit:
+                await self._too_large(send_wrapper, limit)
             else:
                 try:
                     await self.app(scope, receive_wrapper, app_send)
@@ -146,10 +163,9 @@ class Guard:
                 await self._record(service.access.audit, scope, status, rid)
             logs.request_id.reset(token)
 
-    async def _too_large(self, send: Send) -> None:
-        body = json.dumps(
-            {"detail": f"request body larger than {self.max_body_bytes} bytes"}
-        ).encode()
+    async def _too_large(self, send: Send, limit: int) -> None:
+        detail = f"request body larger than {limit} bytes"
+        body = json.dumps({"detail": detail, "error": "too_large"}).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -8,7 +8,26 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from crucible.lifecycle import Priority, Status, Verdict
+from crucible.models import (  # the sandboxes' shapes live below the API
+    ExecCreate,
+    ExecList,
+    ExecPublic,
+    SandboxCreate,
+    SandboxLimitsCreate,
+    SandboxList,
+    SandboxPublic,
+)
 from crucible.sandbox.models import Limits, Result, RuntimeName
+
+__all__ = [
+    "ExecCreate",
+    "ExecList",
+    "ExecPublic",
+    "SandboxCreate",
+    "SandboxLimitsCreate",
+    "SandboxList",
+    "SandboxPublic",
+]
 
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^:]+$")]
 LabelValue = Annotated[str, StringConstraints(max_length=200)]
@@ -213,6 +232,11 @@ class ErrorPublic(BaseModel):
     detail: str
     field: str | None = None
     errors: list[dict[str, Any]] | None = None
+    error: str | None = Field(
+        None,
+        description="machine-readable kind, where a status is shared: not_found,"
+        " permission_denied, is_a_directory, too_large (a file in a sandbox), sandbox_stopped",
+    )
 
 
 # -- access control and audit ---------------------------------------------------
@@ -235,6 +259,9 @@ class KeyQuotas(BaseModel):
     per_hour: int | None = Field(
         None, ge=0, le=1_000_000_000, description="evaluations submitted per hour"
     )
+    max_sandboxes: int | None = Field(
+        None, ge=0, le=1_000_000, description="long-lived sandboxes running at once"
+    )
     limit_ceilings: dict[LimitName, Annotated[float, Field(gt=0, le=1e12)]] | None = Field(
         None, description="highest value this key may request per limit, e.g. memory_mb"
     )
@@ -256,6 +283,7 @@ class KeyPublic(BaseModel):
     max_running: int | None
     max_queued: int | None
     per_hour: int | None
+    max_sandboxes: int | None
     limit_ceilings: dict[str, float] | None
 
 

@@ -23,7 +23,7 @@ from crucible.store.tables import ApiKey
 
 KEY_PREFIX = "crk_"
 ROLES = ("admin", "researcher")
-QUOTA_FIELDS = ("max_running", "max_queued", "per_hour", "limit_ceilings")
+QUOTA_FIELDS = ("max_running", "max_queued", "per_hour", "max_sandboxes", "limit_ceilings")
 
 
 def new_secret() -> str:
@@ -48,6 +48,7 @@ class KeyRecord:
     max_running: int | None
     max_queued: int | None
     per_hour: int | None
+    max_sandboxes: int | None
     limit_ceilings: dict[str, Any] | None
 
     @property
@@ -67,6 +68,7 @@ def _record(row: ApiKey) -> KeyRecord:
         max_running=row.max_running,
         max_queued=row.max_queued,
         per_hour=row.per_hour,
+        max_sandboxes=row.max_sandboxes,
         limit_ceilings=row.limit_ceilings,
     )
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import secrets
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -150,6 +150,15 @@ class Store:
     def _tx(self) -> Iterator[Session]:
         with self._write() as s, s.begin():
             yield s
+
+    # The store's public unit of work, for its other modules (store/sandboxes.py).
+    def transaction(self) -> AbstractContextManager[Session]:
+        """A write transaction: committed on exit, rolled back on an exception."""
+        return self._tx()
+
+    def reading(self) -> Session:
+        """A read-only session (use as a context manager); records stay readable."""
+        return self._read()
 
     # -- submission -------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -46,7 +47,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: UTCDateTime}
 
 
 class Batch(Base):
@@ -197,6 +198,7 @@ class ApiKey(Base):
     max_running: Mapped[int | None] = mapped_column(Integer)
     max_queued: Mapped[int | None] = mapped_column(Integer)
     per_hour: Mapped[int | None] = mapped_column(Integer)
+    max_sandboxes: Mapped[int | None] = mapped_column(Integer)
     # Per-limit ceilings (e.g. {"memory_mb": 512}), below the platform's.
     limit_ceilings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
@@ -222,3 +224,73 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Sandbox(Base):
+    """A long-lived (agent) sandbox: its settings, state and what it used.
+
+    It lives in one process (``owner_*``, the identity the dispatcher's heartbeat
+    uses): when that process is found dead, its ``running`` rows become ``lost``.
+    """
+
+    __tablename__ = "sandboxes"
+    __table_args__ = (
+        Index("ix_sandboxes_owner_status", "owner_key_id", "status"),
+        Index("ix_sandboxes_status_process", "status", "owner_process_id"),
+    )
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    owner_key_id: Mapped[str | None] = mapped_column(String(32))
+    runtime: Mapped[str] = mapped_column(String(16))
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON)
+    ttl_s: Mapped[float]
+    idle_timeout_s: Mapped[float]
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16))  # running | stopped | lost
+    # deleted | ttl | idle_timeout | crashed | lost | shutdown
+    stop_reason: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    last_activity_at: Mapped[datetime]
+    stopped_at: Mapped[datetime | None]
+    # The hosting process (crucible.dispatch.identity): its id, node, host, pid and
+    # the pid's start time, so a sweep can tell whether it is still alive.
+    owner_process_id: Mapped[str] = mapped_column(String(96))
+    owner_node: Mapped[str] = mapped_column(String(128))
+    owner_host: Mapped[str] = mapped_column(String(255))
+    owner_pid: Mapped[int] = mapped_column(Integer)
+    owner_proc_start: Mapped[str] = mapped_column(String(32))
+    cpu_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    peak_memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    exec_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SandboxExec(Base):
+    """One exec in a sandbox: the transcript, which outlives the sandbox. Output is a
+    preview of ``inline_output_bytes`` here; the whole of it a blob when longer."""
+
+    __tablename__ = "sandbox_execs"
+
+    sandbox_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("sandboxes.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    cmd: Mapped[list[str]] = mapped_column(JSON)
+    cwd: Mapped[str | None] = mapped_column(Text)
+    user: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    returncode: Mapped[int | None] = mapped_column(Integer)
+    timed_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    stdout_preview: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    stderr_preview: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    # The engine's cap was passed (its tail kept) / the preview is shorter than the output.
+    stdout_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    stderr_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    stdout_preview_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    stderr_preview_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Blob digests of the whole output when longer than the preview.
+    stdout_blob: Mapped[str | None] = mapped_column(String(64))
+    stderr_blob: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)

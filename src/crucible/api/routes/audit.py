@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from crucible.api.deps import AdminDep, ServiceDep
+from crucible.api.deps import AdminDep, CursorDep, ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import AuditList, AuditPublic
 from crucible.errors import InvalidSubmission
@@ -21,6 +21,7 @@ router = APIRouter(prefix="/audit", tags=["audit"])
 async def list_audit(
     service: ServiceDep,
     _admin: AdminDep,
+    cursor: CursorDep,
     actor: Annotated[str | None, Query(max_length=100, description="key id or name")] = None,
     action: Annotated[
         str | None, Query(max_length=64, description="e.g. submit_evaluation")
@@ -30,20 +31,17 @@ async def list_audit(
     ] = None,
     since: Annotated[datetime | None, Query(description="at or after (ISO 8601)")] = None,
     until: Annotated[datetime | None, Query(description="before (ISO 8601)")] = None,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> AuditList:
     """Entries newest first: who (key id and name), what, target, when, source address,
     request id and outcome (HTTP status), with the chain's hashes."""
-    try:
-        after = int(cursor) if cursor is not None else None
-    except ValueError:
-        raise InvalidSubmission("cursor is not one this server gave", field="cursor") from None
     for name, when in (("since", since), ("until", until)):
         if when is not None and when.tzinfo is None:
             raise InvalidSubmission(f"{name} needs a time zone (e.g. Z)", field=name)
     where = AuditFilter(actor=actor, action=action, target=target, since=since, until=until)
-    rows, nxt = await asyncio.to_thread(service.access.audit.list, where, cursor=after, limit=limit)
+    rows, nxt = await asyncio.to_thread(
+        service.access.audit.list, where, cursor=cursor, limit=limit
+    )
     return AuditList(
         items=[AuditPublic.model_validate(r, from_attributes=True) for r in rows],
         next_cursor=str(nxt) if nxt is not None else None,

@@ -7,10 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from crucible.api.deps import ServiceDep
+from crucible.api.deps import CursorDep, ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import DeadLetterList, EvaluationPublic, WorkerList
-from crucible.errors import InvalidSubmission
 from crucible.service import Page
 
 router = APIRouter(tags=["cluster"])
@@ -30,16 +29,12 @@ async def list_workers(service: ServiceDep) -> WorkerList:
 @router.get("/dead-letters", responses=responses(422))
 async def list_dead_letters(
     service: ServiceDep,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: CursorDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> DeadLetterList:
     """Evaluations that ended in `error` (platform faults past max_attempts, or an
     internal error), newest first, each with the reason and every attempt."""
-    try:
-        after = int(cursor) if cursor is not None else None
-    except ValueError:
-        raise InvalidSubmission("cursor is not one this server gave", field="cursor") from None
-    return await service.dead_letters(Page(cursor=after, limit=limit))
+    return await service.dead_letters(Page(cursor=cursor, limit=limit))
 
 
 @router.post(

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
-from crucible.api.deps import IdempotencyKey, LastEventId, PrincipalDep, ServiceDep
+from crucible.api.deps import CursorDep, IdempotencyKey, LastEventId, PrincipalDep, ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import CancelPublic, EvaluationCreate, EvaluationList, EvaluationPublic
 from crucible.api.sse import SSE_RESPONSE, parse_last_event_id, sse_response
@@ -71,19 +71,11 @@ def _label(value: str | None) -> tuple[str, str] | None:
     return key, val
 
 
-def _cursor(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidSubmission("cursor is not one this server gave", field="cursor") from None
-
-
 @router.get("", responses=responses(422))
 async def list_evaluations(
     service: ServiceDep,
     who: PrincipalDep,
+    cursor: CursorDep,
     status: Status | None = None,
     language: str | None = None,
     verdict: Verdict | None = None,
@@ -92,7 +84,6 @@ async def list_evaluations(
     batch_id: str | None = None,
     flag: Annotated[ScanFlag | None, Query(description="only those the scan flagged so")] = None,
     owner_key_id: Annotated[str | None, Query(description="admins: one key's")] = None,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> EvaluationList:
     """Evaluations, newest first, filtered; pages follow `next_cursor`.
@@ -109,7 +100,7 @@ async def list_evaluations(
         owner_key_id=owner_key_id if who.admin else who.id,
         flag=flag,
     )
-    return await service.list(where, Page(cursor=_cursor(cursor), limit=limit))
+    return await service.list(where, Page(cursor=cursor, limit=limit))
 
 
 @router.get("/{evaluation_id}", responses=responses(404))

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Request, status
 from crucible.api.deps import AdminDep, PrincipalDep, ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import KeyCreate, KeyCreated, KeyPublic, KeyQuotas, WhoAmI
-from crucible.store.keys import KeyRecord
+from crucible.store.keys import QUOTA_FIELDS, KeyRecord
 
 router = APIRouter(prefix="/keys", tags=["keys"])
 
@@ -41,7 +41,7 @@ async def create_key(
     """A new key (admins only). The response holds the secret, this once."""
     keys = service.access.keys
     record, secret = await asyncio.to_thread(keys.create, body.name, body.role)
-    quotas = body.model_dump(include={"max_running", "max_queued", "per_hour", "limit_ceilings"})
+    quotas = body.model_dump(include=set(QUOTA_FIELDS))
     if any(v is not None for v in quotas.values()):
         record = await asyncio.to_thread(keys.set_quotas, record.id, quotas)
     request.state.audit_target = record.id

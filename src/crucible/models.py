@@ -1,0 +1,198 @@
+"""Domain shapes of long-lived (agent) sandboxes, below the API: the service, the
+client and the CLI use them, and ``crucible.api.schemas`` re-exports them, so the
+arrows point one way (the evaluation shapes still live in the API; see the design
+notes' "core imports HTTP shapes").
+
+Output is bytes in the engine (:class:`crucible.sandbox.models.ExecResult`); on the
+wire it is text: ``stdout``/``stderr`` hold it decoded as UTF-8 (invalid bytes become
+U+FFFD), and ``stdout_base64``/``stderr_base64`` are set exactly when the bytes are
+not valid UTF-8, carrying them unchanged. So ``raw = b64decode(x_base64) if x_base64
+else x.encode()`` holds whatever the command printed.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from crucible.sandbox.models import RuntimeName
+
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^:]+$")]
+LabelValue = Annotated[str, StringConstraints(max_length=200)]
+
+
+class SandboxStatus(StrEnum):
+    """``running`` → ``stopped`` (with a reason) | ``lost`` (its process died)."""
+
+    running = "running"
+    stopped = "stopped"
+    lost = "lost"
+
+
+class StopReason(StrEnum):
+    deleted = "deleted"  # DELETE /sandboxes/{id}
+    ttl = "ttl"  # its ttl_s passed
+    idle_timeout = "idle_timeout"  # idle_timeout_s without an exec
+    crashed = "crashed"  # the sandbox's init died under it
+    lost = "lost"  # the process hosting it died (found by the start-up sweep)
+    shutdown = "shutdown"  # the server hosting it stopped
+
+
+class SandboxLimitsCreate(BaseModel):
+    """Requested limits of the whole sandbox; unset ones take the server's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory_mb: int | None = Field(None, description="memory of the whole sandbox, MiB")
+    cpus: float | None = Field(None, description="CPU cores quota")
+    pids: int | None = Field(None, description="processes and threads")
+    disk_mb: int | None = Field(None, description="writable layer over the root, MiB")
+
+
+class SandboxCreate(BaseModel):
+    """A long-lived sandbox to create. Unset fields take the server's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: RuntimeName | None = Field(
+        None, description="runc, crun or gvisor (default: the server's CRUCIBLE_DEFAULT_RUNTIME)"
+    )
+    limits: SandboxLimitsCreate | None = None
+    ttl_s: float | None = Field(None, description="stopped this long after creation")
+    idle_timeout_s: float | None = Field(None, description="stopped after this long idle")
+    labels: dict[LabelKey, LabelValue] | None = Field(None, max_length=50)
+
+
+class SandboxLimitsPublic(BaseModel):
+    memory_mb: int
+    cpus: float
+    pids: int
+    disk_mb: int
+
+
+class SandboxResources(BaseModel):
+    """What the sandbox used so far (its cgroup's counters) and how many execs."""
+
+    cpu_ms: int
+    peak_memory_bytes: int
+    exec_count: int
+
+
+class SandboxPublic(BaseModel):
+    id: str
+    status: SandboxStatus
+    stop_reason: StopReason | None = Field(description="why it stopped; null while running")
+    runtime: RuntimeName
+    limits: SandboxLimitsPublic
+    ttl_s: float
+    idle_timeout_s: float
+    labels: dict[str, str]
+    owner_key_id: str | None = Field(description="the API key that created it")
+    created_at: datetime
+    last_activity_at: datetime
+    stopped_at: datetime | None
+    expires_at: datetime = Field(description="created_at + ttl_s")
+    resources: SandboxResources
+
+
+class SandboxList(BaseModel):
+    items: list[SandboxPublic]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class ExecCreate(BaseModel):
+    """One command to run in the sandbox (an argv, no shell unless you ask for one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cmd: list[Annotated[str, StringConstraints(max_length=1 << 20)]] = Field(
+        min_length=1, max_length=10_000, examples=[["bash", "-lc", "echo hello"]]
+    )
+    input: str | None = Field(None, description="stdin, as text")
+    input_base64: str | None = Field(None, description="stdin, as base64 bytes")
+    cwd: str | None = Field(None, max_length=4096, description="default: the working dir")
+    env: dict[str, str] | None = Field(None, max_length=1000)
+    user: str | None = Field(None, max_length=64, description="a user inside the sandbox")
+    timeout_s: float | None = Field(
+        None, gt=0, description="kills the exec's processes (not the sandbox) after this"
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> ExecCreate:
+        if self.input is not None and self.input_base64 is not None:
+            raise ValueError("give input or input_base64, not both")
+        if self.input_base64 is not None:
+            try:
+                base64.b64decode(self.input_base64, validate=True)
+            except ValueError:
+                raise ValueError("input_base64 is not valid base64") from None
+        return self
+
+    def stdin(self) -> bytes | None:
+        if self.input_base64 is not None:
+            return base64.b64decode(self.input_base64)
+        return self.input.encode() if self.input is not None else None
+
+
+class ExecPublic(BaseModel):
+    """One exec: the command, and (once finished) what it did.
+
+    In the answer to POST …/exec the output is whole (up to the engine's cap per
+    stream, past which the tail is kept: ``*_truncated``). In the transcript
+    (GET …/execs) it is a preview of ``inline_output_bytes``
+    (``*_preview_truncated``); GET …/execs/{seq}/output/{stream} has all of it.
+    """
+
+    sandbox_id: str
+    seq: int = Field(description="1, 2, 3… within the sandbox")
+    cmd: list[str]
+    cwd: str | None
+    user: str | None
+    started_at: datetime
+    finished_at: datetime | None = Field(description="null while it runs")
+    returncode: int | None = Field(description="128+N when killed by signal N; null: no end")
+    timed_out: bool
+    duration_ms: int | None
+    stdout: str
+    stderr: str
+    stdout_base64: str | None = Field(None, description="set when stdout is not UTF-8")
+    stderr_base64: str | None = Field(None, description="set when stderr is not UTF-8")
+    stdout_truncated: bool = Field(description="the engine's cap was passed; the tail kept")
+    stderr_truncated: bool
+    stdout_preview_truncated: bool = Field(False, description="stdout here is a preview")
+    stderr_preview_truncated: bool = False
+    error: str | None = Field(None, description="why it has no result (the sandbox stopped)")
+
+    @property
+    def stdout_bytes(self) -> bytes:
+        """stdout exactly as the command wrote it."""
+        return raw_output(self.stdout, self.stdout_base64)
+
+    @property
+    def stderr_bytes(self) -> bytes:
+        return raw_output(self.stderr, self.stderr_base64)
+
+
+class ExecList(BaseModel):
+    items: list[ExecPublic]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+def text_fields(name: str, data: bytes) -> dict[str, str | None]:
+    """``{name: text, name_base64: exact bytes or None}`` as described above."""
+    try:
+        return {name: data.decode("utf-8"), f"{name}_base64": None}
+    except UnicodeDecodeError:
+        return {
+            name: data.decode("utf-8", "replace"),
+            f"{name}_base64": base64.b64encode(data).decode("ascii"),
+        }
+
+
+def raw_output(text: str, b64: str | None) -> bytes:
+    """The exact bytes of an output field pair (the inverse of :func:`text_fields`)."""
+    return base64.b64decode(b64) if b64 is not None else text.encode("utf-8")

@@ -1,0 +1,126 @@
+"""Stored sandbox rows → public records, output previews, and the live output of an
+exec on the bus (shared by the service and its reaper)."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+from datetime import timedelta
+
+from crucible.events import EventBus
+from crucible.models import (
+    ExecPublic,
+    SandboxLimitsPublic,
+    SandboxPublic,
+    SandboxResources,
+    SandboxStatus,
+    StopReason,
+    text_fields,
+)
+from crucible.sandbox.accounting import Usage
+from crucible.sandbox.models import ExecResult
+from crucible.store.tables import Sandbox, SandboxExec
+
+
+def stream_of(sandbox_id: str) -> str:
+    return f"sandbox:{sandbox_id}"
+
+
+def usage_pair(usage: Usage) -> tuple[int, int]:
+    return usage.cpu_ns // 1_000_000, usage.peak_memory_bytes
+
+
+def sandbox_public(row: Sandbox, usage: Usage | None = None) -> SandboxPublic:
+    """The record; ``usage``: live counters of a running sandbox (else the stored)."""
+    cpu_ms, peak = usage_pair(usage) if usage else (row.cpu_ms, row.peak_memory_bytes)
+    return SandboxPublic(
+        id=row.id,
+        status=SandboxStatus(row.status),
+        stop_reason=StopReason(row.stop_reason) if row.stop_reason else None,
+        runtime=row.runtime,
+        limits=SandboxLimitsPublic.model_validate(row.limits),
+        ttl_s=row.ttl_s,
+        idle_timeout_s=row.idle_timeout_s,
+        labels=row.labels,
+        owner_key_id=row.owner_key_id,
+        created_at=row.created_at,
+        last_activity_at=row.last_activity_at,
+        stopped_at=row.stopped_at,
+        expires_at=row.created_at + timedelta(seconds=row.ttl_s),
+        resources=SandboxResources(
+            cpu_ms=cpu_ms, peak_memory_bytes=peak, exec_count=row.exec_count
+        ),
+    )
+
+
+def exec_public(row: SandboxExec, result: ExecResult | None = None) -> ExecPublic:
+    """An exec as in the transcript (previews), or with ``result``'s whole output."""
+    stdout = result.stdout if result else row.stdout_preview
+    stderr = result.stderr if result else row.stderr_preview
+    return ExecPublic(
+        sandbox_id=row.sandbox_id,
+        seq=row.seq,
+        cmd=row.cmd,
+        cwd=row.cwd,
+        user=row.user,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        returncode=row.returncode,
+        timed_out=row.timed_out,
+        duration_ms=row.duration_ms,
+        **text_fields("stdout", stdout),
+        **text_fields("stderr", stderr),
+        stdout_truncated=row.stdout_truncated,
+        stderr_truncated=row.stderr_truncated,
+        stdout_preview_truncated=row.stdout_preview_truncated and result is None,
+        stderr_preview_truncated=row.stderr_preview_truncated and result is None,
+        error=row.error,
+    )
+
+
+def preview(data: bytes, cap: int) -> bytes:
+    """The first ``cap`` bytes; when the output is text, cut at a character boundary
+    (so the preview stays valid UTF-8 and needs no base64)."""
+    if len(data) <= cap:
+        return data
+    head = data[:cap]
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return head
+    return head.decode("utf-8", "ignore").encode("utf-8")
+
+
+class LiveOutput:
+    """Publishes an exec's output chunks in order as ``output`` events.
+
+    The engine's callback is synchronous and may run on any thread, so chunks are
+    handed to the loop with ``call_soon_threadsafe`` and published by one task. Text
+    is decoded incrementally (a character split between chunks is kept whole); the
+    exact bytes are in the finished exec.
+    """
+
+    def __init__(self, bus: EventBus, stream: str, seq: int) -> None:
+        self.bus, self.stream, self.seq = bus, stream, seq
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        self.decoders = {
+            name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")
+        }
+        self.task = asyncio.create_task(self._publish())
+
+    def __call__(self, stream: str, chunk: bytes) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (stream, chunk))
+
+    async def _publish(self) -> None:
+        while (item := await self.queue.get()) is not None:
+            name, chunk = item
+            text = self.decoders[name].decode(chunk)
+            if text:
+                data = {"seq": self.seq, "stream": name, "data": text}
+                await self.bus.publish(self.stream, "output", data)
+
+    async def finish(self) -> None:
+        # call_soon keeps FIFO order behind chunks scheduled from other threads.
+        self.loop.call_soon(self.queue.put_nowait, None)
+        await self.task
