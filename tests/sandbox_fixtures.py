@@ -15,6 +15,8 @@ import pytest
 from crucible.config import Settings
 from crucible.limits import resolve_limits
 from crucible.sandbox import Limits, Result, RunRequest, Sandbox
+from crucible.sandbox.models import SessionLimits, SessionSpec
+from crucible.sandbox.session import Session
 
 RUNTIMES = ["runc", "crun", "gvisor"]
 BINARY = {"runc": "runc", "crun": "crun", "gvisor": "runsc"}
@@ -25,6 +27,10 @@ HAVE = {name: shutil.which(binary) is not None for name, binary in BINARY.items(
 def sandbox_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings with a private state directory, so test runs never touch /run/crucible."""
     state = tmp_path_factory.mktemp("state")
+    # Sandboxes with a user namespace (agent sessions) resolve their bundle as an
+    # unprivileged host uid: every directory above it must be searchable (not listable).
+    for d in (state, *state.parents):
+        d.chmod(d.stat().st_mode | 0o111)
     # A prefix of its own, so the cgroup check below sees only this session's runs.
     yield Settings(
         state_dir=state,
@@ -56,6 +62,20 @@ def runtime(request: pytest.FixtureRequest) -> str:
     if not HAVE[name]:
         pytest.fail(f"{name} is not installed; `make test` installs it")
     return name
+
+
+@pytest.fixture
+async def session(sandbox: Sandbox, runtime: str) -> AsyncIterator[Session]:
+    """A long-lived sandbox of ``runtime`` with small limits, closed afterwards."""
+    made = await sandbox.sessions.create(
+        SessionSpec(runtime=runtime, limits=SESSION_LIMITS),  # type: ignore[arg-type]
+        session_id=f"sb_test{secrets.token_hex(4)}",
+    )
+    yield made
+    await made.close()
+
+
+SESSION_LIMITS = SessionLimits(memory_mb=256, cpus=1, pids=128, disk_mb=256)
 
 
 def limits(settings: Settings, **overrides: Any) -> Limits:

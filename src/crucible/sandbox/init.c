@@ -225,7 +225,7 @@ static int file_code(int err) {
     case ENOENT: case ENOTDIR: case ENAMETOOLONG: case ELOOP: return FILE_NOT_FOUND;
     case EACCES: case EPERM: case EROFS: return FILE_PERMISSION;
     case EISDIR: return FILE_IS_DIR;
-    case EFBIG: return FILE_TOO_LARGE;
+    case EFBIG: case ENOSPC: case EDQUOT: return FILE_TOO_LARGE; /* or the disk is full */
     default: return FILE_OTHER;
     }
 }
