@@ -438,7 +438,9 @@ static int find_user(const char *name, struct passwd *out) {
         if (*fields[2] == '\0' || *end1 != '\0' || *end2 != '\0' || uid < 0 || gid < 0) {
             continue;
         }
-        if ((name[0] != '\0' && strcmp(fields[0], name) == 0) || (name[0] == '\0' && uid == 0)) {
+        /* by name, or by uid ("1000"): Inspect passes either */
+        int named = strcmp(fields[0], name) == 0 || strcmp(fields[2], name) == 0;
+        if ((name[0] != '\0' && named) || (name[0] == '\0' && uid == 0)) {
             out->pw_name = strdup(fields[0]);
             out->pw_uid = (uid_t)uid;
             out->pw_gid = (gid_t)gid;

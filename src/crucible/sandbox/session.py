@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from crucible.errors import (
     InvalidSubmission,
+    RuntimeFailure,
     SandboxFileError,
     SandboxFileNotFound,
     SandboxFileTooLarge,
@@ -57,7 +58,7 @@ from crucible.errors import (
     SandboxStopped,
     SandboxUnavailable,
 )
-from crucible.sandbox import overlay, spec, workspace
+from crucible.sandbox import accounting, overlay, runtime, spec, workspace
 from crucible.sandbox.accounting import Usage
 from crucible.sandbox.container import Container
 from crucible.sandbox.models import ExecResult, Limits, SessionSpec
@@ -538,6 +539,26 @@ class Sessions:
                         dead[bundle] = marker.read_text()[:200]
         await self._engine.sweep()
         return sorted(sid for bundle, sid in dead.items() if not bundle.exists())
+
+    async def remove(self, session_id: str) -> bool:
+        """Remove the sandbox named ``session_id`` wherever its owner is (an operator's
+        cleanup: ``inspect sandbox cleanup crucible <id>``); False when there is none."""
+        if (session := self._sessions.get(session_id)) is not None:
+            await session.close()
+            return True
+        bundles = self._engine.bundles_dir
+        for bundle in bundles.iterdir() if bundles.exists() else []:
+            with contextlib.suppress(OSError):
+                if (bundle / "session").read_text() != session_id:
+                    continue
+                for name in ("runc", "crun", "gvisor"):
+                    with contextlib.suppress(SandboxUnavailable, RuntimeFailure):
+                        rt = self._engine.get_runtime(name)
+                        await runtime.runtime_delete(rt, f"{bundle.name}-s")
+                _remove_bundle(bundle)
+                accounting.remove_cgroup(f"/{self._engine.settings.prefix}/{bundle.name}-s")
+                return True
+        return False
 
     async def close_all(self) -> None:
         results = await asyncio.gather(
