@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,12 @@ HAVE = {name: shutil.which(binary) is not None for name, binary in BINARY.items(
 @pytest.fixture(scope="session")
 def sandbox_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings with a private state directory, so test runs never touch /run/crucible."""
-    state = tmp_path_factory.mktemp("state")
-    # Sandboxes with a user namespace (agent sessions) resolve their bundle as an
-    # unprivileged host uid: every directory above it must be searchable (not listable).
-    for d in (state, *state.parents):
-        d.chmod(d.stat().st_mode | 0o111)
+    # Not under pytest's basetemp: sandboxes with a user namespace (agent sessions)
+    # resolve their bundle as an unprivileged host uid, so every directory above it
+    # must be searchable, and any pytest starting on this host resets
+    # /tmp/pytest-of-<user> to 0700.
+    state = Path(tempfile.mkdtemp(prefix="crucible-state-"))
+    state.chmod(0o711)
     # A prefix of its own, so the cgroup check below sees only this session's runs.
     yield Settings(
         state_dir=state,
@@ -43,6 +45,7 @@ def sandbox_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
         mounted = [line.split()[1] for line in f if line.split()[1].startswith(str(state))]
     for target in sorted(mounted, reverse=True):
         subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+    shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
