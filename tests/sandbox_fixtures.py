@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import pytest
 from crucible.config import Settings
 from crucible.limits import resolve_limits
 from crucible.sandbox import Limits, Result, RunRequest, Sandbox
+from crucible.sandbox.models import SessionLimits, SessionSpec
+from crucible.sandbox.session import Session
 
 RUNTIMES = ["runc", "crun", "gvisor"]
 BINARY = {"runc": "runc", "crun": "crun", "gvisor": "runsc"}
@@ -24,7 +27,12 @@ HAVE = {name: shutil.which(binary) is not None for name, binary in BINARY.items(
 @pytest.fixture(scope="session")
 def sandbox_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings with a private state directory, so test runs never touch /run/crucible."""
-    state = tmp_path_factory.mktemp("state")
+    # Not under pytest's basetemp: sandboxes with a user namespace (agent sessions)
+    # resolve their bundle as an unprivileged host uid, so every directory above it
+    # must be searchable, and any pytest starting on this host resets
+    # /tmp/pytest-of-<user> to 0700.
+    state = Path(tempfile.mkdtemp(prefix="crucible-state-"))
+    state.chmod(0o711)
     # A prefix of its own, so the cgroup check below sees only this session's runs.
     yield Settings(
         state_dir=state,
@@ -37,6 +45,7 @@ def sandbox_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
         mounted = [line.split()[1] for line in f if line.split()[1].startswith(str(state))]
     for target in sorted(mounted, reverse=True):
         subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+    shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
@@ -56,6 +65,20 @@ def runtime(request: pytest.FixtureRequest) -> str:
     if not HAVE[name]:
         pytest.fail(f"{name} is not installed; `make test` installs it")
     return name
+
+
+@pytest.fixture
+async def session(sandbox: Sandbox, runtime: str) -> AsyncIterator[Session]:
+    """A long-lived sandbox of ``runtime`` with small limits, closed afterwards."""
+    made = await sandbox.sessions.create(
+        SessionSpec(runtime=runtime, limits=SESSION_LIMITS),  # type: ignore[arg-type]
+        session_id=f"sb_test{secrets.token_hex(4)}",
+    )
+    yield made
+    await made.close()
+
+
+SESSION_LIMITS = SessionLimits(memory_mb=256, cpus=1, pids=128, disk_mb=256)
 
 
 def limits(settings: Settings, **overrides: Any) -> Limits:

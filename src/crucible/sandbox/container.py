@@ -156,7 +156,33 @@ class Container:
         """
         path = self.directory / f"exec-{name}.json"
         path.write_text(json.dumps(process))
-        return await runtime.runtime_exec(self.rt, self.cid, path, stdio)
+        pid_file = self.directory / f"exec-{name}.pid" if self.rt.name == "gvisor" else None
+        return await runtime.runtime_exec(
+            self.rt, self.cid, path, stdio, internal_pid_file=pid_file
+        )
+
+    async def signal_exec(
+        self, proc: asyncio.subprocess.Process, name: str, signum: signals.Signals
+    ) -> None:
+        """Send ``signum`` to the process of exec ``name`` (not to the runtime's own):
+        runc and crun forward what their ``exec`` receives; runsc is asked by pid."""
+        if proc.returncode is not None:
+            return
+        if self.rt.name != "gvisor":
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+            return
+        try:
+            pid = int((self.directory / f"exec-{name}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return  # not started yet (or already gone)
+        with contextlib.suppress(RuntimeFailure, TimeoutError):
+            await runtime.runtime_kill(self.rt, self.cid, signum.name.removeprefix("SIG"), pid=pid)
+
+    def forget_exec(self, name: str) -> None:
+        """Remove exec ``name``'s files (once it has ended)."""
+        for suffix in ("json", "pid"):
+            (self.directory / f"exec-{name}.{suffix}").unlink(missing_ok=True)
 
     # -- kill, account, delete --------------------------------------------------
 

@@ -31,6 +31,25 @@
  * The job is read before any untrusted code runs, so it is trusted input, but it is
  * still parsed with bounds. EOF before a job means the warm sandbox was discarded.
  *
+ *
+ * Long-lived sandboxes (session.py) use four more modes, chosen by argv[1]:
+ *
+ *   --session                 PID 1 of the sandbox: reaps orphans until killed.
+ *   --exec USER CWD FLAGS -- ARGV...
+ *                             the wrapper of one exec (started by the runtime's
+ *                             `exec`): a child subreaper that runs ARGV as USER
+ *                             ("" = stay root) in CWD under the seccomp filter and
+ *                             exits with its status (code, or 128+signal). SIGUSR1
+ *                             (the supervisor's timeout, forwarded by the runtime)
+ *                             stops and kills the exec's whole process tree.
+ *   --read PATH MAX           copy a regular file to stdout (at most MAX bytes)
+ *   --write PATH              create parents, then copy stdin into PATH
+ *
+ * --read and --write run *inside* the sandbox, as its root, so every path the
+ * untrusted program controls (symlinks, `..`, swapped directories) is resolved in
+ * the sandbox's own mount namespace and root: nothing outside it can be reached.
+ * Their failures are exit codes FILE_* below; the supervisor maps them to errors.
+ *
  * The program's seccomp filter is installed here, in the child just before execve:
  * a BPF program compiled once by the supervisor from seccomp.json (seccomp.py) and
  * bound read-only at SECCOMP_PATH. Without it, nothing runs (fail closed).
@@ -44,7 +63,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <grp.h>
+#include <pwd.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -190,6 +214,377 @@ static char **read_job(void) {
     return args;
 }
 
+
+/* ---- long-lived sandboxes ------------------------------------------------------- */
+
+enum { FILE_OK = 0, FILE_OTHER = 1, FILE_NOT_FOUND = 2, FILE_PERMISSION = 3, FILE_IS_DIR = 4,
+       FILE_TOO_LARGE = 5 };
+
+static int file_code(int err) {
+    switch (err) {
+    case ENOENT: case ENOTDIR: case ENAMETOOLONG: case ELOOP: return FILE_NOT_FOUND;
+    case EACCES: case EPERM: case EROFS: return FILE_PERMISSION;
+    case EISDIR: return FILE_IS_DIR;
+    case EFBIG: case ENOSPC: case EDQUOT: return FILE_TOO_LARGE; /* or the disk is full */
+    default: return FILE_OTHER;
+    }
+}
+
+static int fail(const char *what, const char *path, int err) {
+    fprintf(stderr, "crucible: %s %s: %s\n", what, path, strerror(err));
+    return file_code(err);
+}
+
+static int copy_fd(int in, int out, long long max, long long *copied) {
+    static char buf[1 << 16];
+    *copied = 0;
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            return -1;
+        }
+        if (n == 0) {
+            return 0;
+        }
+        *copied += n;
+        if (max >= 0 && *copied > max) {
+            errno = EFBIG;
+            return -1;
+        }
+        for (ssize_t done = 0; done < n;) {
+            ssize_t w = write(out, buf + done, (size_t)(n - done));
+            if (w < 0 && errno == EINTR) {
+                continue;
+            }
+            if (w < 0) {
+                return -1;
+            }
+            done += w;
+        }
+    }
+}
+
+static int file_read(const char *path, const char *max_s) {
+    char *end;
+    long long max = strtoll(max_s, &end, 10);
+    if (*max_s == '\0' || *end != '\0' || max < 0) {
+        return FILE_OTHER;
+    }
+    /* O_NONBLOCK: a FIFO planted at the path must not hang the open. */
+    int fd = open(path, O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        return fail("cannot read", path, errno);
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        return fail("cannot read", path, errno);
+    }
+    if (S_ISDIR(st.st_mode)) {
+        return fail("cannot read", path, EISDIR);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fprintf(stderr, "crucible: cannot read %s: not a regular file\n", path);
+        return FILE_OTHER;
+    }
+    if (st.st_size > max) {
+        return fail("cannot read", path, EFBIG);
+    }
+    fcntl(fd, F_SETFL, 0);
+    long long copied;
+    if (copy_fd(fd, STDOUT_FILENO, max, &copied) != 0) {
+        return fail("cannot read", path, errno);
+    }
+    return FILE_OK;
+}
+
+static int file_write(const char *path) {
+    char *dir = strdup(path);
+    if (dir == NULL) {
+        return FILE_OTHER;
+    }
+    /* mkdir -p of every parent; EEXIST (a directory, or a symlink to one) is fine. */
+    for (char *p = dir + 1; *p != '\0'; p++) {
+        if (*p != '/') {
+            continue;
+        }
+        *p = '\0';
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+            return fail("cannot create directory", dir, errno);
+        }
+        *p = '/';
+    }
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOCTTY | O_NONBLOCK | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        return fail("cannot write", path, errno);
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "crucible: cannot write %s: not a regular file\n", path);
+        return FILE_OTHER;
+    }
+    fcntl(fd, F_SETFL, 0);
+    long long copied;
+    if (copy_fd(STDIN_FILENO, fd, -1, &copied) != 0 || close(fd) != 0) {
+        return fail("cannot write", path, errno);
+    }
+    return FILE_OK;
+}
+
+static volatile sig_atomic_t kill_requested;
+
+static void on_kill_request(int sig) {
+    (void)sig;
+    kill_requested = 1;
+}
+
+/* Parent pid of pid, from /proc/<pid>/stat (the field after the comm's last ')'). */
+static pid_t parent_of(const char *pid) {
+    char path[300], buf[512];
+    snprintf(path, sizeof path, "/proc/%s/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) {
+        return -1;
+    }
+    buf[n] = '\0';
+    char *close_paren = strrchr(buf, ')');
+    int ppid;
+    char state;
+    if (close_paren == NULL || sscanf(close_paren + 1, " %c %d", &state, &ppid) != 2) {
+        return -1;
+    }
+    return (pid_t)ppid;
+}
+
+#define MAX_TREE 65536
+static pid_t tree[MAX_TREE];
+
+/* Stops, then kills, every descendant of this process. We are a child subreaper, so
+ * no descendant can escape to PID 1 while we live (a daemon's double fork reparents
+ * it to us). Stopped processes cannot fork: passes repeat until one finds nothing
+ * new, then every stopped process gets SIGKILL. Reads /proc, not the optional
+ * /proc/<pid>/task/<tid>/children, so it works under gVisor's kernel too. */
+static void kill_tree(void) {
+    size_t count = 0;
+    pid_t self = getpid();
+    for (int pass = 0; pass < 1000; pass++) {
+        size_t before = count;
+        DIR *proc = opendir("/proc");
+        if (proc == NULL) {
+            break;
+        }
+        struct dirent *e;
+        while ((e = readdir(proc)) != NULL && count < MAX_TREE) {
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') {
+                continue;
+            }
+            pid_t pid = (pid_t)atoi(e->d_name);
+            if (pid == self) {
+                continue;
+            }
+            /* A descendant: its parent is us or an already found process. */
+            pid_t parent = parent_of(e->d_name);
+            int ours = parent == self;
+            for (size_t i = 0; !ours && i < count; i++) {
+                ours = tree[i] == parent;
+            }
+            int known = 0;
+            for (size_t i = 0; i < count; i++) {
+                known |= tree[i] == pid;
+            }
+            if (ours && !known) {
+                kill(pid, SIGSTOP);
+                tree[count++] = pid;
+            }
+        }
+        closedir(proc);
+        if (count == before) {
+            break;
+        }
+    }
+    for (size_t i = 0; i < count; i++) {
+        kill(tree[i], SIGKILL);
+    }
+}
+
+static int find_user(const char *name, struct passwd *out) {
+    /* /etc/passwd parsed here: a static binary cannot load NSS modules. */
+    static char line[4096];
+    FILE *f = fopen("/etc/passwd", "re");
+    if (f == NULL) {
+        return -1;
+    }
+    int found = -1;
+    while (found != 0 && fgets(line, sizeof line, f) != NULL) {
+        char *fields[7] = {0};
+        char *p = line;
+        int i = 0;
+        for (; i < 7 && p != NULL; i++) {
+            fields[i] = strsep(&p, ":");
+        }
+        if (i < 7 || fields[6] == NULL) {
+            continue;
+        }
+        fields[6][strcspn(fields[6], "\n")] = '\0';
+        char *end1, *end2;
+        long uid = strtol(fields[2], &end1, 10), gid = strtol(fields[3], &end2, 10);
+        if (*fields[2] == '\0' || *end1 != '\0' || *end2 != '\0' || uid < 0 || gid < 0) {
+            continue;
+        }
+        /* by name, or by uid ("1000"): Inspect passes either */
+        int named = strcmp(fields[0], name) == 0 || strcmp(fields[2], name) == 0;
+        if ((name[0] != '\0' && named) || (name[0] == '\0' && uid == 0)) {
+            out->pw_name = strdup(fields[0]);
+            out->pw_uid = (uid_t)uid;
+            out->pw_gid = (gid_t)gid;
+            out->pw_dir = strdup(fields[5]);
+            found = 0;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/* The supplementary groups naming user in /etc/group, plus its primary group. */
+static int user_groups(const char *user, gid_t primary, gid_t *groups, int max) {
+    static char line[65536];
+    int n = 0;
+    groups[n++] = primary;
+    FILE *f = fopen("/etc/group", "re");
+    if (f == NULL) {
+        return n;
+    }
+    while (n < max && fgets(line, sizeof line, f) != NULL) {
+        char *p = line, *name = strsep(&p, ":"), *pw = strsep(&p, ":"), *gid = strsep(&p, ":");
+        (void)name;
+        (void)pw;
+        if (gid == NULL || p == NULL) {
+            continue;
+        }
+        p[strcspn(p, "\n")] = '\0';
+        for (char *m; (m = strsep(&p, ",")) != NULL;) {
+            if (strcmp(m, user) == 0) {
+                groups[n++] = (gid_t)strtol(gid, NULL, 10);
+                break;
+            }
+        }
+    }
+    fclose(f);
+    return n;
+}
+
+static int exec_mode(int argc, char **argv) {
+    /* argv: init --exec USER CWD FLAGS -- ARGV... */
+    if (argc < 7 || strcmp(argv[5], "--") != 0) {
+        fprintf(stderr, "crucible-init: usage: --exec USER CWD FLAGS -- ARGV...\n");
+        return 125;
+    }
+    const char *user = argv[2], *cwd = argv[3];
+    int defaulted = strchr(argv[4], 'c') != NULL, keep_home = strchr(argv[4], 'h') != NULL;
+    char **program = argv + 6;
+    struct passwd pw = {0};
+    if (find_user(user, &pw) != 0) {
+        if (user[0] != '\0') {
+            fprintf(stderr, "crucible: unable to find user %s: no matching entry in /etc/passwd\n",
+                    user);
+            return 126;
+        }
+        pw.pw_dir = "/";
+    }
+    setenv("HOME", pw.pw_dir, !keep_home); /* the runtime sets HOME for uid 0 */
+    if (pw.pw_name != NULL) {
+        setenv("USER", pw.pw_name, 0);
+        setenv("LOGNAME", pw.pw_name, 0);
+    }
+    int instructions = read_filter();
+    if (instructions < 0) {
+        fprintf(stderr, "crucible-init: no seccomp filter at %s; refusing to run\n", SECCOMP_PATH);
+        return 125;
+    }
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_kill_request;
+    sigaction(SIGUSR1, &sa, NULL);
+    pid_t child = fork();
+    if (child < 0) {
+        perror("crucible-init: fork");
+        return 125;
+    }
+    if (child == 0) {
+        signal(SIGUSR1, SIG_DFL);
+        if (user[0] != '\0') {
+            static gid_t groups[256];
+            int n = user_groups(pw.pw_name, pw.pw_gid, groups, 256);
+            if (setgroups((size_t)n, groups) != 0 || setgid(pw.pw_gid) != 0 ||
+                setuid(pw.pw_uid) != 0) {
+                fprintf(stderr, "crucible: cannot become user %s: %s\n", user, strerror(errno));
+                _exit(126);
+            }
+        }
+        if (chdir(cwd) != 0) {
+            /* The default directory may be closed to a non-root user: use its home. */
+            if (!defaulted || (chdir(pw.pw_dir) != 0 && chdir("/") != 0)) {
+                fprintf(stderr, "crucible: cannot change directory to %s: %s\n", cwd,
+                        strerror(errno));
+                _exit(126);
+            }
+        }
+        struct sock_fprog prog = {.len = (unsigned short)instructions, .filter = filter};
+        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) {
+            fprintf(stderr, "crucible-init: cannot install seccomp filter: %s\n", strerror(errno));
+            _exit(126);
+        }
+        execvp(program[0], program);
+        int err = errno;
+        fprintf(stderr, "crucible: cannot execute %s: %s\n", program[0], strerror(err));
+        /* The shell's convention: 126 found but not executable, 127 not found. */
+        _exit(err == ENOENT ? 127 : 126);
+    }
+    int killed = 0;
+    for (;;) {
+        if (kill_requested && !killed) {
+            kill_tree();
+            killed = 1;
+        }
+        int st;
+        pid_t pid = waitpid(-1, &st, 0);
+        if (pid == child) {
+            if (killed) {
+                while (waitpid(-1, NULL, WNOHANG) > 0) { /* the killed tree's zombies */
+                }
+                return 128 + SIGKILL;
+            }
+            return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : WEXITSTATUS(st);
+        }
+        if (pid < 0 && errno != EINTR) {
+            return 125;
+        }
+    }
+}
+
+static int session_mode(void) {
+    /* PID 1 of a long-lived sandbox: reap orphans until the runtime kills us.
+     * SIGCHLD is blocked and waited for (its default disposition would never wake a
+     * pause()), then every exited child is collected. */
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, NULL);
+    for (;;) {
+        while (waitpid(-1, NULL, WNOHANG) > 0) {
+        }
+        sigwaitinfo(&chld, NULL);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     char nonce[128] = "";
     const char *env_nonce = getenv("CRUCIBLE_STATUS_NONCE");
@@ -202,6 +597,18 @@ int main(int argc, char **argv) {
         memset((char *)env_nonce, 'x', strlen(env_nonce));
     }
     unsetenv("CRUCIBLE_STATUS_NONCE");
+    if (argc >= 2 && strcmp(argv[1], "--session") == 0) {
+        return session_mode();
+    }
+    if (argc >= 2 && strcmp(argv[1], "--exec") == 0) {
+        return exec_mode(argc, argv);
+    }
+    if (argc == 4 && strcmp(argv[1], "--read") == 0) {
+        return file_read(argv[2], argv[3]);
+    }
+    if (argc == 3 && strcmp(argv[1], "--write") == 0) {
+        return file_write(argv[2]);
+    }
     char **program = argv + 1;
     if (argc < 2) {
         /* Job mode: wait for the program on stdin (see read_job). */

@@ -87,13 +87,23 @@ async def runtime_run_detached(
 
 
 async def runtime_exec(
-    rt: Runtime, container_id: str, process_json: Path, stdio: tuple[int, int, int]
+    rt: Runtime,
+    container_id: str,
+    process_json: Path,
+    stdio: tuple[int, int, int],
+    *,
+    internal_pid_file: Path | None = None,
 ) -> asyncio.subprocess.Process:
     """``exec --process``: start a process in the running container and return the
     runtime's own process, which stays in the foreground until that process ends and
     exits with its status. Not through ``run_tool``: it lives as long as the process
-    it runs, whose caller owns the timeout (and kills it)."""
-    argv = [*rt.argv, "exec", "--process", str(process_json), container_id]
+    it runs, whose caller owns the timeout (and kills it).
+
+    runc and crun forward the signals their ``exec`` receives to the process; runsc
+    does not, so there ``internal_pid_file`` (runsc only) records the process's pid
+    inside the sandbox, for ``runtime_kill(..., pid=)``."""
+    extra = ["--internal-pid-file", str(internal_pid_file)] if internal_pid_file else []
+    argv = [*rt.argv, "exec", *extra, "--process", str(process_json), container_id]
     return await asyncio.create_subprocess_exec(
         *argv,
         stdin=stdio[0],
@@ -108,9 +118,13 @@ async def runtime_start(rt: Runtime, container_id: str) -> None:
     await _verb(rt, ["start", container_id])
 
 
-async def runtime_kill(rt: Runtime, container_id: str, signal: str = "KILL") -> None:
-    """Signal the container's init; when it dies the kernel kills the whole pid namespace."""
-    await _verb(rt, ["kill", container_id, signal])
+async def runtime_kill(
+    rt: Runtime, container_id: str, signal: str = "KILL", *, pid: int | None = None
+) -> None:
+    """Signal the container's init; when it dies the kernel kills the whole pid namespace.
+    ``pid`` (runsc only): signal that process of the sandbox instead."""
+    target = ["--pid", str(pid)] if pid is not None else []
+    await _verb(rt, ["kill", *target, container_id, signal])
 
 
 async def runtime_delete(rt: Runtime, container_id: str) -> None:

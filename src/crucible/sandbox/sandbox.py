@@ -46,6 +46,7 @@ from crucible.sandbox.pool import WarmPool
 from crucible.sandbox.process import run_tool
 from crucible.sandbox.runtime import Runtime
 from crucible.sandbox.seccomp import compile_bpf
+from crucible.sandbox.session import Sessions
 from crucible.sandbox.sweep import owner_token, sweep_leftovers
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,36 @@ class Sandbox:
             usable=lambda box: box.container is not None and not box.container.exited.is_set(),
         )
         self._tasks: set[asyncio.Task[None]] = set()  # tear-downs in flight
+        self._sessions: Sessions | None = None
+
+    # -- what long-lived sandboxes (session.py) share with one-shot runs ---------
+
+    @property
+    def sessions(self) -> Sessions:
+        """This engine's long-lived sandboxes (``session.py``)."""
+        if self._sessions is None:
+            self._sessions = Sessions(self)
+        return self._sessions
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self._bundles
+
+    @property
+    def host_mounts(self) -> list[str]:
+        return list(self._host_mounts)
+
+    @property
+    def init_binary(self) -> Path:
+        if self._init is None:
+            raise SandboxUnavailable("the sandbox is not prepared (call prepare first)")
+        return self._init
+
+    @property
+    def seccomp_bpf(self) -> Path:
+        if self._seccomp is None:
+            raise SandboxUnavailable("the sandbox is not prepared (call prepare first)")
+        return self._seccomp
 
     # -- set-up ---------------------------------------------------------------
 
@@ -384,8 +415,10 @@ class Sandbox:
             log.warning("no warm sandboxes: %s", exc)
 
     async def close(self) -> None:
-        """Remove the idle warm sandboxes and wait for tear-downs in flight (idempotent).
-        Runs still work afterwards, without the pool."""
+        """Close the long-lived sandboxes, remove the idle warm ones and wait for
+        tear-downs in flight (idempotent). Runs still work afterwards, without the pool."""
+        if self._sessions is not None:
+            await self._sessions.close_all()
         await self._pool.close()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,35 +1,206 @@
 """Long-lived sandboxes an agent drives step by step: exec, write_file, read_file.
 
-INTERFACE SKELETON (being implemented): the signatures below are the contract between
-the engine (this module) and the service/API layer (``crucible.sandboxes``). Keep them.
+A :class:`Session` is one container that stays up until closed, built on the same
+lifecycle as one-shot runs (``container.py``: create → exec … → kill → account →
+delete):
 
-A :class:`Session` is one container that stays up until closed: a writable root over
-the read-only base (an overlay with a size-limited upper layer), root inside mapped
-to an unprivileged host uid range (runc) or gVisor's own root, no network, limits for
-the whole sandbox. It is built on the same container lifecycle as one-shot runs
-(``crucible.sandbox.container``).
+- **root file system**: a writable overlay over a Debian-looking base, its upper layer
+  a tmpfs of ``disk_mb`` on the host (``overlay.py``); what one exec writes is there
+  for the next;
+- **identity**: root inside; under runc and crun a user namespace maps it to a host
+  uid range of its own (``overlay.IdRange``), never host root; under gVisor it is the
+  root of gVisor's kernel;
+- **no network** and cgroup limits (memory, CPU, pids) for the whole sandbox.
+
+**Exec mechanism**: the runtime's ``exec`` verb, running ``crucible-init --exec`` (see
+init.c) as the process: it switches to the requested user (from the sandbox's own
+/etc/passwd), changes directory, installs the seccomp filter and runs the command as
+a child subreaper, so that a timeout (SIGUSR1, forwarded by the runtime) stops and
+kills the exec's whole process tree and nothing else. Measured against an exec agent
+in the init: the runtime verb costs a Go process per exec (runc about 25 ms, runsc
+about 150 ms; ``bench/sandboxes.py``) but needs no protocol between the supervisor and
+code inside the sandbox; the figures are the ratio to a bare ``runc exec``.
+
+**Files** are read and written by the init's ``--read``/``--write`` modes run the same
+way, inside the sandbox as its root: paths are resolved by the sandbox's kernel in the
+sandbox's own root and mount namespace, so no symlink, ``..`` or swapped directory the
+program planted can reach the host. (Host-side I/O on the overlay would also be wrong
+under gVisor, whose sentry caches the files it serves.)
+
+Everything that comes back (exit codes, output) was produced inside the sandbox and is
+treated as untrusted data: sizes are capped as it is read, codes mapped by table.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import posixpath
+import secrets
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from crucible.errors import (
+    InvalidSubmission,
+    RuntimeFailure,
+    SandboxFileError,
+    SandboxFileNotFound,
+    SandboxFileTooLarge,
+    SandboxIsADirectory,
+    SandboxPermissionDenied,
+    SandboxStopped,
+    SandboxUnavailable,
+)
+from crucible.sandbox import accounting, overlay, runtime, spec, workspace
 from crucible.sandbox.accounting import Usage
-from crucible.sandbox.models import ExecResult, SessionSpec
+from crucible.sandbox.container import Container
+from crucible.sandbox.models import ExecResult, Limits, SessionSpec
 from crucible.sandbox.output import OutputCallback
+from crucible.sandbox.sweep import owner_alive, owner_token
+
+if TYPE_CHECKING:
+    from crucible.sandbox.sandbox import Sandbox
+
+log = logging.getLogger(__name__)
 
 MAX_EXEC_OUTPUT = 10 << 20  # per stream; the tail is kept past it
 MAX_FILE_BYTES = 100 << 20
+MAX_ARGS_BYTES = 2 << 20  # argv + env of one exec (Linux's ARG_MAX with an 8 MiB stack)
+WORKDIR = "/root"  # the sandbox's working directory: root's home, as on a Debian box
+ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+}
+_KILL_GRACE_S = 2.0  # after the tree-kill request, before the runtime's exec is killed
+_RESEND_S = 0.1  # the request is repeated (a signal can land between two checks)
+_DRAIN_S = 0.2  # after the exec's end: output left by background holders of the pipes
+_FILE_TIMEOUT_S = 120.0
+_CHUNK = 1 << 16
+
+# init.c's FILE_* exit codes.
+_FILE_ERRORS: dict[int, type[SandboxFileError]] = {
+    2: SandboxFileNotFound,
+    3: SandboxPermissionDenied,
+    4: SandboxIsADirectory,
+    5: SandboxFileTooLarge,
+}
+
+
+class _Stream:
+    """One stream's bytes, capped: the tail (exec output) or the head (a file read)."""
+
+    def __init__(self, cap: int, *, keep_head: bool = False) -> None:
+        self.cap = cap
+        self.keep_head = keep_head
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.size = 0
+        self.truncated = False
+
+    def add(self, data: bytes) -> None:
+        if self.keep_head:
+            room = self.cap - self.size
+            if len(data) > room:
+                self.truncated = True
+                data = data[: max(room, 0)]
+        if data:
+            self.chunks.append(data)
+            self.size += len(data)
+        while not self.keep_head and self.size > self.cap:
+            self.truncated = True
+            over = self.size - self.cap
+            first = self.chunks[0]
+            if len(first) <= over:
+                self.chunks.popleft()
+                self.size -= len(first)
+            else:
+                self.chunks[0] = first[over:]
+                self.size -= over
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+async def _read(fd: int, name: str, sink: _Stream, on_output: OutputCallback | None) -> None:
+    """Read ``fd`` until EOF into ``sink`` (and ``on_output``); closes ``fd``."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    readable = asyncio.Event()
+    loop.add_reader(fd, readable.set)
+    try:
+        while True:
+            try:
+                data = os.read(fd, _CHUNK)
+            except BlockingIOError:
+                readable.clear()
+                await readable.wait()
+                continue
+            if not data:
+                return
+            sink.add(data)
+            if on_output is not None:
+                on_output(name, data)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+class _Input(asyncio.Protocol):
+    lost = False  # the transport is closed: flushed, or the reader went away
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
 
 
 class Session:
     """One long-lived sandbox. Obtain with :meth:`Sessions.create`; ``close`` when done."""
 
-    id: str
-    spec: SessionSpec
+    def __init__(
+        self,
+        session_id: str,
+        session_spec: SessionSpec,
+        *,
+        container: Container,
+        bundle: Path,
+        ids: overlay.IdRange | None,
+        owner: Sessions,
+    ) -> None:
+        self.id = session_id
+        self.spec = session_spec
+        self.bundle = bundle
+        self._container = container
+        self._ids = ids
+        self._owner = owner
+        self._names = itertools.count()
+        self._closing = False
+        self._final: Usage | None = None
+        self._close_lock = asyncio.Lock()
 
     @property
     def alive(self) -> bool:
         """False once the sandbox's init has ended (killed, crashed) or it was closed."""
-        raise NotImplementedError
+        return not self._closing and not self._container.exited.is_set()
+
+    @property
+    def runtime(self) -> str:
+        return self._container.rt.name
+
+    @property
+    def container_id(self) -> str:
+        return self._container.cid
+
+    def _check_alive(self) -> None:
+        if not self.alive:
+            raise SandboxStopped(f"sandbox {self.id} is no longer running")
+
+    # -- exec -----------------------------------------------------------------
 
     async def exec(
         self,
@@ -48,47 +219,351 @@ class Session:
         ``on_output(stream, chunk)`` receives output as it is produced. A timeout
         kills the exec's whole process tree (not the sandbox): ``timed_out`` is set.
         An unknown ``user`` gives a failed result (returncode != 0) naming the user.
-        Raises :class:`~crucible.errors.SandboxStopped` when the sandbox is gone.
+        A command that cannot be executed gives 126 (not executable) or 127 (not
+        found), as a shell does. Raises :class:`~crucible.errors.SandboxStopped` when
+        the sandbox is gone, ``InvalidSubmission`` for an empty command, a NUL in an
+        argument or arguments over ``MAX_ARGS_BYTES``.
         """
-        raise NotImplementedError
+        if not cmd:
+            raise InvalidSubmission("the command is empty", field="cmd")
+        env = {**ENV, **(env or {})}  # HOME: the user's, unless given here
+        fields = [*cmd, user or "", cwd or "", *env, *env.values()]
+        if any("\0" in f for f in fields):
+            raise InvalidSubmission("arguments may not contain NUL", field="cmd")
+        if sum(len(f.encode("utf-8", "surrogateescape")) + 1 for f in fields) > MAX_ARGS_BYTES:
+            raise InvalidSubmission(
+                f"arguments and environment exceed {MAX_ARGS_BYTES} bytes", field="cmd"
+            )
+        directory = posixpath.join(WORKDIR, cwd) if cwd else WORKDIR
+        flags = ("" if cwd else "c") + ("h" if "HOME" in env else "") or "-"
+        return await self._exec(
+            [spec.INIT_PATH, "--exec", user or "", directory, flags, "--", *cmd],
+            env,
+            input=input,
+            timeout_s=timeout_s,
+            on_output=on_output,
+            stdout=_Stream(output_cap),
+            stderr=_Stream(output_cap),
+        )
+
+    async def _exec(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        input: bytes | None,
+        timeout_s: float | None,
+        on_output: OutputCallback | None,
+        stdout: _Stream,
+        stderr: _Stream,
+    ) -> ExecResult:
+        self._check_alive()
+        limits = self.spec.limits
+        process = spec.session_process(
+            argv, env, disk_mb=limits.disk_mb, pids=limits.pids, gvisor=self.runtime == "gvisor"
+        )
+        loop = asyncio.get_running_loop()
+        in_r, in_w = os.pipe() if input is not None else (os.open(os.devnull, os.O_RDONLY), -1)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        name = f"{next(self._names)}-{secrets.token_hex(4)}"
+        started = time.monotonic()
+        try:
+            proc = await self._container.exec(process, (in_r, out_w, err_w), name=name)
+        except BaseException:
+            for fd in (in_w, out_r, err_r):
+                if fd != -1:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        feeder: asyncio.WriteTransport | None = None
+        fed = _Input()
+        if input is not None:
+            pipe = os.fdopen(in_w, "wb", buffering=0)
+            feeder, fed = await loop.connect_write_pipe(_Input, pipe)
+            feeder.write(input)
+            feeder.close()  # EOF once flushed
+        readers = [
+            asyncio.ensure_future(_read(out_r, "stdout", stdout, on_output)),
+            asyncio.ensure_future(_read(err_r, "stderr", stderr, on_output)),
+        ]
+        timed_out = False
+        try:
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), timeout_s)
+            except TimeoutError:
+                timed_out = True
+                await self._kill_tree(proc, name)
+            # What the command wrote is in the pipes; a background process it left
+            # holding them must not keep this exec open.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*readers)), _DRAIN_S)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._kill_tree(proc, name))
+            raise
+        finally:
+            for task in readers:
+                task.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
+            if feeder is not None and not fed.lost:
+                feeder.abort()  # the command left some of its input unread
+            # Read by the runtime when the exec starts; not before it has ended.
+            self._container.forget_exec(name)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        if not self.alive:
+            raise SandboxStopped(f"sandbox {self.id} stopped during the exec")
+        code = proc.returncode if proc.returncode is not None else -signal.SIGKILL
+        return ExecResult(
+            returncode=128 - code if code < 0 else code,  # runtime exec killed by a signal
+            stdout=stdout.value(),
+            stderr=stderr.value(),
+            stdout_truncated=stdout.truncated,
+            stderr_truncated=stderr.truncated,
+            timed_out=timed_out,
+            duration_ms=duration_ms,
+        )
+
+    async def _kill_tree(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        """Ask the exec's wrapper to kill its process tree (SIGUSR1); kill the
+        runtime's exec if that fails."""
+        deadline = time.monotonic() + _KILL_GRACE_S
+        while proc.returncode is None and time.monotonic() < deadline:
+            await self._container.signal_exec(proc, name, signal.SIGUSR1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), _RESEND_S)
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    # -- files ----------------------------------------------------------------
+
+    def _path(self, path: str) -> str:
+        if not path or "\0" in path:
+            raise InvalidSubmission(f"invalid path {path!r}", field="path")
+        return posixpath.join(WORKDIR, path)
+
+    async def _file_op(
+        self, path: str, op: list[str], *, input: bytes | None, max_out: int
+    ) -> bytes:
+        out = _Stream(max_out, keep_head=True)
+        err = _Stream(4096, keep_head=True)
+        argv = [spec.INIT_PATH, "--exec", "", "/", "-", "--", spec.INIT_PATH, *op]
+        result = await self._exec(
+            argv, dict(ENV), input=input, timeout_s=_FILE_TIMEOUT_S, on_output=None,
+            stdout=out, stderr=err,
+        )  # fmt: skip
+        if result.returncode == 0 and not result.timed_out:
+            return result.stdout
+        message = result.stderr.decode("utf-8", "replace").strip()
+        error = _FILE_ERRORS.get(result.returncode, SandboxFileError)
+        text = message.removeprefix("crucible: ") if message.startswith("crucible: ") else ""
+        if error is SandboxIsADirectory:
+            text = f"{path}: is a directory"
+        elif error is SandboxFileTooLarge:
+            text = f"{path}: file too large"
+        elif not text:
+            text = f"{path}: file operation failed (exit {result.returncode})"
+        raise error(path, text[:500])
 
     async def write_file(self, path: str, data: bytes) -> None:
         """Write ``data`` at ``path`` (absolute, or relative to the working directory),
         creating parents. Never reaches outside the sandbox's own root, whatever
         symlinks the program planted. Raises ``SandboxPermissionDenied``,
-        ``SandboxIsADirectory``, ``SandboxFileTooLarge`` (over ``MAX_FILE_BYTES``),
+        ``SandboxIsADirectory``, ``SandboxFileTooLarge`` (over ``MAX_FILE_BYTES``, or
+        the disk is full), ``SandboxFileNotFound`` (a parent is not a directory),
         ``SandboxStopped``."""
-        raise NotImplementedError
+        if len(data) > MAX_FILE_BYTES:
+            raise SandboxFileTooLarge(path, f"{path}: {len(data)} bytes > {MAX_FILE_BYTES}")
+        await self._file_op(path, ["--write", self._path(path)], input=data, max_out=0)
 
     async def read_file(self, path: str, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         """The bytes at ``path``. Raises ``SandboxFileNotFound``,
         ``SandboxPermissionDenied``, ``SandboxIsADirectory``, ``SandboxFileTooLarge``
         (over ``max_bytes``), ``SandboxStopped``."""
-        raise NotImplementedError
+        max_bytes = min(max_bytes, MAX_FILE_BYTES)
+        op = ["--read", self._path(path), str(max_bytes)]
+        data = await self._file_op(path, op, input=None, max_out=max_bytes + 1)
+        if len(data) > max_bytes:  # the helper checks too; the pipe is not trusted
+            raise SandboxFileTooLarge(path, f"{path}: file too large")
+        return data
+
+    # -- counters, close ------------------------------------------------------
 
     def usage(self) -> Usage:
         """The sandbox's cgroup counters so far (CPU, peak memory, OOM kills)."""
-        raise NotImplementedError
+        if self._final is not None:
+            return self._final
+        return self._container.account()
 
     async def close(self) -> Usage:
         """Stop and remove the sandbox (idempotent); returns its final counters."""
-        raise NotImplementedError
+        async with self._close_lock:
+            if self._final is not None:
+                return self._final
+            self._closing = True
+            usage = Usage()
+            try:
+                await self._container.kill()
+                usage = self._container.account()
+                await self._container.delete()
+            finally:
+                self._final = usage
+                _remove_bundle(self.bundle)
+                if self._ids is not None:
+                    self._ids.release()
+                self._owner._forget(self.id)
+            return usage
+
+
+def _remove_bundle(bundle: Path) -> None:
+    workspace.unmount_below(bundle)  # overlays over host directories: before rmtree
+    shutil.rmtree(bundle, ignore_errors=True)
 
 
 class Sessions:
-    """Creates and tracks this process's long-lived sandboxes (one per engine)."""
+    """Creates and tracks this process's long-lived sandboxes (one per engine:
+    ``Sandbox.sessions``), sharing the engine's prepare(), init, runtimes and sweep."""
 
-    async def create(self, spec: SessionSpec, *, session_id: str) -> Session:
+    def __init__(self, engine: Sandbox) -> None:
+        self._engine = engine
+        self._sessions: dict[str, Session] = {}
+        self._skeleton: Path | None = None
+
+    def _prepare(self) -> Path:
+        engine = self._engine
+        if self._skeleton is None:
+            self._skeleton = overlay.ensure_skeleton(
+                engine.state_dir / "session-root", engine.host_mounts
+            )
+        return self._skeleton
+
+    def _searchable(self) -> None:
+        """runc's init resolves the bundle as the sandbox's mapped root, which is not
+        host root: every directory on the way must be searchable by others."""
+        state = self._engine.state_dir
+        for d in (self._engine.bundles_dir, state):
+            d.chmod(d.stat().st_mode | 0o111)
+        for parent in state.parents:
+            if not parent.stat().st_mode & 0o001:
+                raise SandboxUnavailable(
+                    f"{parent} must be searchable by others (chmod o+x) for sandboxes "
+                    "with a user namespace (the state directory is under it)"
+                )
+
+    async def create(self, spec_: SessionSpec, *, session_id: str) -> Session:
         """Create and start a sandbox named ``session_id`` (the API's sandbox id).
-        Raises ``SandboxUnavailable`` / ``RuntimeFailure`` on platform failures."""
-        raise NotImplementedError
+        Raises ``SandboxUnavailable`` / ``RuntimeFailure`` on platform failures,
+        ``Conflict``-free: the id is the caller's to keep unique."""
+        engine = self._engine
+        await engine.prepare()
+        rt = engine.get_runtime(spec_.runtime)
+        skeleton = self._prepare()
+        namespaced = rt.name != "gvisor"
+        if namespaced:
+            self._searchable()
+        run_id = f"{engine.settings.prefix}-{secrets.token_hex(8)}"
+        bundle = engine.bundles_dir / run_id
+        bundle.mkdir(parents=True)
+        bundle.chmod(0o711)
+        (bundle / "owner").write_text(owner_token() + "\n")
+        (bundle / "session").write_text(session_id)
+        ids: overlay.IdRange | None = None
+        container: Container | None = None
+        try:
+            userns_fd = -1
+            if namespaced:
+                ids = overlay.IdRange(engine.state_dir / "id-ranges")
+                userns_fd = await overlay.user_namespace(ids.base)
+            try:
+                rootfs = await overlay.mount_root(
+                    bundle, skeleton, spec_.limits.disk_mb,
+                    id_base=ids.base if ids else None, userns_fd=userns_fd,
+                )  # fmt: skip
+            finally:
+                if userns_fd != -1:
+                    os.close(userns_fd)  # the idmapped mounts hold their own reference
+            limits = spec_.limits
+            cid = f"{run_id}-s"
+            cgroups_path = f"/{engine.settings.prefix}/{cid}"
+            config = spec.build_session_config(
+                limits=Limits(
+                    timeout_s=1, cpu_s=1, output_bytes=1, memory_mb=limits.memory_mb,
+                    pids=limits.pids, cpus=limits.cpus, disk_mb=limits.disk_mb,
+                ),
+                rootfs=rootfs,
+                init_binary=engine.init_binary,
+                seccomp_bpf=engine.seccomp_bpf,
+                cgroups_path=cgroups_path,
+                id_base=ids.base if ids else None,
+                gvisor=not namespaced,
+            )  # fmt: skip
+            container = Container(rt, cid, bundle / cid, cgroups_path)
+            await container.create(config)
+        except BaseException:
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    await container.delete()
+            _remove_bundle(bundle)
+            if ids is not None:
+                ids.release()
+            raise
+        session = Session(
+            session_id, spec_, container=container, bundle=bundle, ids=ids, owner=self
+        )
+        self._sessions[session_id] = session
+        return session
 
     def get(self, session_id: str) -> Session | None:
-        raise NotImplementedError
+        return self._sessions.get(session_id)
+
+    def all(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def _forget(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
 
     async def sweep(self) -> list[str]:
-        """Remove sandboxes left by a dead owner process; returns their ids."""
-        raise NotImplementedError
+        """Remove sandboxes left by a dead owner process; returns their ids (those of
+        this engine's state directory; the engine's sweep removes the rest of what
+        crashed supervisors left)."""
+        bundles = self._engine.bundles_dir
+        dead: dict[Path, str] = {}
+        if bundles.exists():
+            for bundle in bundles.iterdir():
+                marker = bundle / "session"
+                if marker.exists() and not owner_alive(bundle):
+                    with contextlib.suppress(OSError):
+                        dead[bundle] = marker.read_text()[:200]
+        await self._engine.sweep()
+        return sorted(sid for bundle, sid in dead.items() if not bundle.exists())
+
+    async def remove(self, session_id: str) -> bool:
+        """Remove the sandbox named ``session_id`` wherever its owner is (an operator's
+        cleanup: ``inspect sandbox cleanup crucible <id>``); False when there is none."""
+        if (session := self._sessions.get(session_id)) is not None:
+            await session.close()
+            return True
+        bundles = self._engine.bundles_dir
+        for bundle in bundles.iterdir() if bundles.exists() else []:
+            with contextlib.suppress(OSError):
+                if (bundle / "session").read_text() != session_id:
+                    continue
+                for name in ("runc", "crun", "gvisor"):
+                    with contextlib.suppress(SandboxUnavailable, RuntimeFailure):
+                        rt = self._engine.get_runtime(name)
+                        await runtime.runtime_delete(rt, f"{bundle.name}-s")
+                _remove_bundle(bundle)
+                accounting.remove_cgroup(f"/{self._engine.settings.prefix}/{bundle.name}-s")
+                return True
+        return False
 
     async def close_all(self) -> None:
-        raise NotImplementedError
+        results = await asyncio.gather(
+            *(s.close() for s in list(self._sessions.values())), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                log.warning("closing a sandbox failed: %s", r)

@@ -240,3 +240,90 @@ def build_config(
             # in the program's process; see seccomp.py for why.
         },
     }
+
+
+# -- long-lived sandboxes (session.py) -------------------------------------------------
+
+# Docker's default capability set: what "root in a container" can do. No CAP_SYS_ADMIN
+# (no mount, no namespaces), no CAP_SYS_PTRACE, no CAP_NET_ADMIN.
+SESSION_CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]  # fmt: skip
+
+
+def session_process(
+    args: list[str], env: dict[str, str], *, disk_mb: int, pids: int, gvisor: bool
+) -> dict[str, Any]:
+    """The OCI process of a long-lived sandbox's init and of each of its execs: root
+    (of the sandbox's user namespace, or of gVisor's kernel) with Docker's capabilities,
+    no new privileges, the same rlimits as one-shot runs."""
+    caps = list(SESSION_CAPABILITIES)
+    nproc = [{"type": "RLIMIT_NPROC", "hard": pids, "soft": pids}] if gvisor else []
+    return {
+        "terminal": False,
+        "user": {"uid": 0, "gid": 0, "additionalGids": []},
+        "args": args,
+        "env": [f"{k}={v}" for k, v in env.items()],
+        "cwd": "/",
+        "capabilities": {
+            "bounding": caps,
+            "effective": caps,
+            "permitted": caps,
+            "inheritable": [],
+            "ambient": [],
+        },
+        "rlimits": [
+            {"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096},
+            {"type": "RLIMIT_FSIZE", "hard": disk_mb << 20, "soft": disk_mb << 20},
+            {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+            *nproc,
+        ],
+        "noNewPrivileges": True,
+    }
+
+
+def build_session_config(
+    *,
+    limits: Limits,
+    rootfs: Path,
+    init_binary: Path,
+    seccomp_bpf: Path,
+    cgroups_path: str,
+    id_base: int | None,
+    gvisor: bool = False,
+) -> dict[str, Any]:
+    """The config.json of a long-lived sandbox: a writable ``rootfs`` (the overlay of
+    ``overlay.mount_root``), the init waiting in ``--session`` mode, no network, and
+    under runc/crun a user namespace mapping 0..65535 inside to ``id_base``.. outside
+    (``id_base`` None: gVisor, whose own kernel is the boundary)."""
+    config = build_config(
+        args=["--session"],
+        env={"PATH": PATH},
+        limits=limits,
+        rootfs=rootfs,
+        workspace=rootfs,  # unused: replaced below
+        init_binary=init_binary,
+        seccomp_bpf=seccomp_bpf,
+        cgroups_path=cgroups_path,
+        gvisor=gvisor,
+    )
+    config["process"] = session_process(
+        [INIT_PATH, "--session"], {"PATH": PATH}, disk_mb=limits.disk_mb, pids=limits.pids,
+        gvisor=gvisor,
+    )  # fmt: skip
+    config["root"] = {"path": str(rootfs), "readonly": False}
+    keep = {"/proc", "/dev", "/dev/shm"}
+    config["mounts"] = [
+        *(m for m in config["mounts"] if m["destination"] in keep),
+        _bind(INIT_PATH, str(init_binary)),
+        _bind(SECCOMP_PATH, str(seccomp_bpf)),
+    ]
+    linux = config["linux"]
+    if id_base is not None:
+        linux["namespaces"].append({"type": "user"})
+        mapping = [{"containerID": 0, "hostID": id_base, "size": 65536}]
+        linux["uidMappings"] = mapping
+        linux["gidMappings"] = mapping
+    return config

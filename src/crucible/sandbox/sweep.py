@@ -33,7 +33,8 @@ def owner_token(pid: int | None = None) -> str:
 _SETUP_GRACE_S = 60.0
 
 
-def _owner_alive(bundle: Path) -> bool:
+def owner_alive(bundle: Path) -> bool:
+    """Whether the process that made ``bundle`` (its ``owner`` file) still lives."""
     try:
         token = (bundle / "owner").read_text().strip()
     except FileNotFoundError:
@@ -60,7 +61,7 @@ async def sweep_leftovers(
         # moment of removal, never from an earlier snapshot: another supervisor sharing
         # this state directory keeps creating runs while this one sweeps.
         run_id = container_id.rsplit("-", 1)[0]
-        return container_id.startswith(f"{prefix}-") and not _owner_alive(bundles / run_id)
+        return container_id.startswith(f"{prefix}-") and not owner_alive(bundles / run_id)
 
     for rt in runtimes:
         try:
@@ -74,8 +75,8 @@ async def sweep_leftovers(
                 removed.append(f"container {rt.name}:{cid}")
     if bundles.exists():
         for bundle in bundles.iterdir():
-            if bundle.name.startswith(f"{prefix}-") and not _owner_alive(bundle):
-                workspace.unmount(bundle / "workspace")
+            if bundle.name.startswith(f"{prefix}-") and not owner_alive(bundle):
+                workspace.unmount_below(bundle)  # workspace, or a session's overlays
                 shutil.rmtree(bundle, ignore_errors=True)
                 removed.append(f"bundle {bundle.name}")
     for parent in _cgroup_parents(prefix):

@@ -25,10 +25,12 @@ _MS_NOSUID, _MS_NODEV = 2, 4
 _MNT_DETACH = 2
 
 
-def mount_tmpfs(target: Path, size_mb: int) -> None:
-    """Mount a tmpfs of ``size_mb`` MiB owned by the sandbox user at ``target``."""
+def mount_tmpfs(target: Path, size_mb: int, *, options: str | None = None) -> None:
+    """Mount a tmpfs of ``size_mb`` MiB at ``target``: by default owned by the sandbox
+    user, mode 0700; ``options`` replaces those (e.g. ``mode=0755,uid=...``)."""
     target.mkdir(parents=True, exist_ok=True)
-    opts = f"size={size_mb}m,nr_inodes=65536,uid={SANDBOX_UID},gid={SANDBOX_GID},mode=0700"
+    rest = options or f"nr_inodes=65536,uid={SANDBOX_UID},gid={SANDBOX_GID},mode=0700"
+    opts = f"size={size_mb}m,{rest}"
     rc = _libc.mount(
         b"tmpfs", str(target).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts.encode()
     )
@@ -43,6 +45,19 @@ def unmount(target: Path) -> None:
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOENT):
             raise OSError(err, os.strerror(err), str(target))
+
+
+def unmount_below(root: Path) -> None:
+    """Lazily unmount everything mounted at or below ``root``, deepest first: a
+    session's bundle holds overlays over host directories, which must be gone before
+    anything under ``root`` is removed (``rmtree`` crosses mount points)."""
+    prefix = str(root).rstrip("/")
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    # mountinfo escapes blanks as octal (\040); our bundle paths have none.
+    mine = [p for p in points if p == prefix or p.startswith(prefix + "/")]
+    for point in sorted(mine, key=lambda p: p.count("/"), reverse=True):
+        unmount(Path(point))
 
 
 def safe_relative(path: str) -> PurePosixPath:

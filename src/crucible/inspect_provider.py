@@ -1,0 +1,392 @@
+"""Crucible as an Inspect AI sandbox provider: ``sandbox=("crucible", config)``.
+
+Registered under the entry-point group ``inspect_ai`` (name ``crucible``, see
+pyproject.toml): Inspect imports this module when a task names the ``crucible``
+sandbox, and ``@sandboxenv`` registers the class. Each sample gets one long-lived
+Crucible sandbox (``crucible.sandbox.session``), created in ``sample_init`` and closed
+in ``sample_cleanup``.
+
+Config (a YAML file path, a dict, or :class:`CrucibleSandboxConfig`):
+
+    server   URL of a Crucible server; absent: the engine runs in this process
+    api_key  the server's API key (else CRUCIBLE_API_KEY)
+    runtime  runc | crun | gvisor
+    limits   memory_mb, cpus, pids, disk_mb (the whole sandbox)
+    ttl_s    lifetime of a sandbox on the server (local sandboxes live for the sample)
+
+Failures are Inspect's exceptions: ``TimeoutError``, ``PermissionError``,
+``FileNotFoundError``, ``IsADirectoryError``, ``OutputLimitExceededError``,
+``SandboxUnavailableError``. Inspect's output and read limits are read at call time.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Union, overload
+
+import yaml  # type: ignore[import-untyped]  # (inspect_ai depends on PyYAML)
+from inspect_ai.util import (
+    ExecResult,
+    OutputLimitExceededError,
+    SandboxConnection,
+    SandboxEnvironment,
+    SandboxEnvironmentConfigType,
+    SandboxEnvironmentLimits,
+    sandboxenv,
+)
+from inspect_ai.util._sandbox.environment import SandboxUnavailableError
+from pydantic import BaseModel, ConfigDict, Field
+
+from crucible.errors import (
+    SandboxFileError,
+    SandboxFileNotFound,
+    SandboxFileTooLarge,
+    SandboxIsADirectory,
+    SandboxPermissionDenied,
+    SandboxStopped,
+)
+from crucible.sandbox.models import RuntimeName, SessionLimits, SessionSpec
+
+if TYPE_CHECKING:  # the engine is imported when first used
+    from crucible.sandbox import Sandbox
+
+
+class CrucibleSandboxConfig(BaseModel):
+    """The provider's configuration."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    server: str | None = Field(default=None, description="Crucible server URL; None: local")
+    api_key: str | None = Field(default=None, description="else CRUCIBLE_API_KEY")
+    runtime: RuntimeName = "runc"
+    limits: SessionLimits = SessionLimits(memory_mb=1024, cpus=1, pids=512, disk_mb=1024)
+    ttl_s: float | None = Field(default=None, description="sandbox lifetime on the server")
+
+
+def load_config(config: SandboxEnvironmentConfigType | None) -> CrucibleSandboxConfig:
+    if config is None:
+        return CrucibleSandboxConfig()
+    if isinstance(config, CrucibleSandboxConfig):
+        return config
+    if isinstance(config, str):
+        data = yaml.safe_load(Path(config).read_text()) or {}
+        return CrucibleSandboxConfig.model_validate(data)
+    if isinstance(config, BaseModel):
+        return CrucibleSandboxConfig.model_validate(config.model_dump())
+    return CrucibleSandboxConfig.model_validate(config)
+
+
+# -- backends: the local engine, or a server ---------------------------------------------
+
+
+class Backend(Protocol):
+    """One sandbox, local or remote: what the provider needs of it."""
+
+    id: str
+
+    async def exec(
+        self,
+        cmd: list[str],
+        *,
+        input: bytes | None,
+        cwd: str | None,
+        env: dict[str, str] | None,
+        user: str | None,
+        timeout_s: float | None,
+        output_cap: int,
+    ) -> tuple[int, bytes, bytes, bool]:
+        """(returncode, stdout, stderr, timed_out)"""
+        ...
+
+    async def write_file(self, path: str, data: bytes) -> None: ...
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+_engine: Sandbox | None = None
+
+
+def use_engine(engine: Sandbox | None) -> None:
+    """Run local sandboxes on ``engine`` (tests, embedding) instead of a default one."""
+    global _engine
+    _engine = engine
+
+
+def local_engine() -> Sandbox:
+    global _engine
+    if _engine is None:
+        from crucible.sandbox import Sandbox
+
+        _engine = Sandbox()
+    return _engine
+
+
+class LocalBackend:
+    """A sandbox of the engine in this process."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self.id: str = session.id
+
+    async def exec(
+        self,
+        cmd: list[str],
+        *,
+        input: bytes | None,
+        cwd: str | None,
+        env: dict[str, str] | None,
+        user: str | None,
+        timeout_s: float | None,
+        output_cap: int,
+    ) -> tuple[int, bytes, bytes, bool]:
+        r = await self._session.exec(
+            cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s,
+            output_cap=output_cap,
+        )  # fmt: skip
+        return r.returncode, r.stdout, r.stderr, r.timed_out
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        await self._session.write_file(path, data)
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes:
+        data: bytes = await self._session.read_file(path, max_bytes=max_bytes)
+        return data
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class RemoteBackend:
+    """A sandbox on a Crucible server, through ``crucible.client.AsyncClient.sandboxes``.
+
+    Assumes: ``AsyncClient(server, api_key=...)`` with ``.sandboxes.create(runtime=,
+    limits=, ttl_s=)`` returning an object with ``.id`` and async ``exec(cmd, *,
+    input, cwd, env, user, timeout_s)`` (a result with ``returncode``, ``stdout``,
+    ``stderr`` as str or bytes, ``timed_out``), ``write_file(path, data)``,
+    ``read_file(path) -> bytes``, ``close()``; HTTP errors raised as the
+    ``crucible.errors`` file exceptions (by the answer's ``error`` code) and
+    ``SandboxStopped``; ``AsyncClient.close()``.
+    """
+
+    def __init__(self, client: Any, remote: Any) -> None:
+        self._client = client
+        self._remote = remote
+        self.id: str = remote.id
+
+    @classmethod
+    async def create(cls, config: CrucibleSandboxConfig) -> RemoteBackend:
+        from crucible.client import AsyncClient  # type: ignore[attr-defined]
+
+        assert config.server is not None
+        key = config.api_key or os.environ.get("CRUCIBLE_API_KEY")
+        client = AsyncClient(config.server, api_key=key)
+        try:
+            remote = await client.sandboxes.create(
+                runtime=config.runtime, limits=config.limits.model_dump(), ttl_s=config.ttl_s
+            )
+        except BaseException:
+            await client.close()
+            raise
+        return cls(client, remote)
+
+    async def exec(
+        self,
+        cmd: list[str],
+        *,
+        input: bytes | None,
+        cwd: str | None,
+        env: dict[str, str] | None,
+        user: str | None,
+        timeout_s: float | None,
+        output_cap: int,
+    ) -> tuple[int, bytes, bytes, bool]:
+        r = await self._remote.exec(
+            cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s
+        )
+
+        def raw(value: str | bytes) -> bytes:
+            data = value.encode() if isinstance(value, str) else bytes(value)
+            return data[-output_cap:] if output_cap else data
+
+        timed_out = bool(getattr(r, "timed_out", False))
+        return int(r.returncode), raw(r.stdout), raw(r.stderr), timed_out
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        await self._remote.write_file(path, data)
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes:
+        data: bytes = await self._remote.read_file(path)
+        if len(data) > max_bytes:
+            raise SandboxFileTooLarge(path)
+        return data
+
+    async def close(self) -> None:
+        try:
+            await self._remote.close()
+        finally:
+            await self._client.close()
+
+
+async def _create(config: CrucibleSandboxConfig) -> Backend:
+    if config.server is not None:
+        return await RemoteBackend.create(config)
+    engine = local_engine()
+    spec = SessionSpec(runtime=config.runtime, limits=config.limits)
+    session = await engine.sessions.create(spec, session_id=f"sb_{secrets.token_hex(10)}")
+    return LocalBackend(session)
+
+
+# -- the provider -------------------------------------------------------------------------
+
+
+def _file_error(exc: SandboxFileError, file: str) -> Exception:
+    if isinstance(exc, SandboxFileNotFound):
+        return FileNotFoundError(errno.ENOENT, f"File not found: {file}", file)
+    if isinstance(exc, SandboxPermissionDenied):
+        return PermissionError(errno.EACCES, f"Permission denied: {file}", file)
+    if isinstance(exc, SandboxIsADirectory):
+        return IsADirectoryError(errno.EISDIR, f"{file} is a directory", file)
+    if isinstance(exc, SandboxFileTooLarge):
+        return OutputLimitExceededError(
+            limit_str=SandboxEnvironmentLimits.MAX_READ_FILE_SIZE_STR, truncated_output=None
+        )
+    return RuntimeError(str(exc))
+
+
+@sandboxenv(name="crucible")
+class CrucibleSandboxEnvironment(SandboxEnvironment):
+    """One Crucible sandbox per sample (see the module docstring)."""
+
+    def __init__(self, backend: Backend, config: CrucibleSandboxConfig) -> None:
+        super().__init__()
+        self.backend = backend
+        self.config = config
+
+    @classmethod
+    def config_deserialize(cls, config: dict[str, Any]) -> BaseModel:
+        return CrucibleSandboxConfig.model_validate(config)
+
+    @classmethod
+    def default_concurrency(cls) -> int | None:
+        # Idle sandboxes cost little (bench/sandboxes.py: memory per idle sandbox);
+        # execs are bounded by the machine's cores.
+        return 4 * (os.cpu_count() or 1)
+
+    @classmethod
+    async def task_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None) -> None:
+        if load_config(config).server is None:
+            await local_engine().prepare()
+
+    @classmethod
+    async def sample_init(
+        cls, task_name: str, config: SandboxEnvironmentConfigType | None, metadata: dict[str, str]
+    ) -> dict[str, SandboxEnvironment]:
+        cfg = load_config(config)
+        try:
+            backend = await _create(cfg)
+        except Exception as exc:
+            raise SandboxUnavailableError(f"cannot create a Crucible sandbox: {exc}") from exc
+        return {"default": cls(backend, cfg)}
+
+    @classmethod
+    async def sample_cleanup(
+        cls,
+        task_name: str,
+        config: SandboxEnvironmentConfigType | None,
+        environments: dict[str, SandboxEnvironment],
+        interrupted: bool,
+    ) -> None:
+        for env in environments.values():
+            if isinstance(env, CrucibleSandboxEnvironment):
+                await env.backend.close()
+
+    @classmethod
+    async def task_cleanup(
+        cls, task_name: str, config: SandboxEnvironmentConfigType | None, cleanup: bool
+    ) -> None:
+        # Samples close their own sandboxes; what an interrupted run leaked is the
+        # sweep's (cli_cleanup) once this process is gone.
+        pass
+
+    @classmethod
+    async def cli_cleanup(cls, id: str | None) -> None:
+        """``inspect sandbox cleanup crucible [id]``: remove local sandboxes whose
+        owner process died (all of them, or the one named ``id``)."""
+        engine = local_engine()
+        removed = await engine.sessions.sweep()
+        if id is not None and id not in removed:
+            await engine.sessions.remove(id)
+
+    async def exec(
+        self,
+        cmd: list[str],
+        input: str | bytes | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        timeout: int | None = None,
+        timeout_retry: bool = True,
+        concurrency: bool = True,
+    ) -> ExecResult[str]:
+        # timeout_retry: retries are for transports that fail transiently; here a
+        # timeout is the command's own, and a retry would run it again.
+        data = input.encode("utf-8") if isinstance(input, str) else input
+        try:
+            code, out, err, timed_out = await self.backend.exec(
+                cmd, input=data, cwd=cwd, env=env, user=user,
+                timeout_s=float(timeout) if timeout is not None else None,
+                output_cap=SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE,
+            )  # fmt: skip
+        except SandboxStopped as exc:
+            raise SandboxUnavailableError(str(exc)) from exc
+        if timed_out:
+            raise TimeoutError(f"command timed out after {timeout} seconds")
+        stderr = err.decode("utf-8", "replace")
+        if code == 126 and "Permission denied" in stderr:
+            raise PermissionError(errno.EACCES, stderr.strip(), cmd[0] if cmd else "")
+        return ExecResult(
+            success=code == 0,
+            returncode=code,
+            stdout=out.decode("utf-8", "replace"),
+            stderr=stderr,
+        )
+
+    async def write_file(self, file: str, contents: str | bytes) -> None:
+        data = contents.encode("utf-8") if isinstance(contents, str) else contents
+        try:
+            await self.backend.write_file(file, data)
+        except SandboxStopped as exc:
+            raise SandboxUnavailableError(str(exc)) from exc
+        except SandboxFileError as exc:
+            raise _file_error(exc, file) from exc
+
+    @overload
+    async def read_file(self, file: str, text: Literal[True] = True) -> str: ...
+
+    @overload
+    async def read_file(self, file: str, text: Literal[False]) -> bytes: ...
+
+    async def read_file(self, file: str, text: bool = True) -> Union[str | bytes]:  # noqa: UP007
+        try:
+            data = await self.backend.read_file(file, SandboxEnvironmentLimits.MAX_READ_FILE_SIZE)
+        except SandboxStopped as exc:
+            raise SandboxUnavailableError(str(exc)) from exc
+        except SandboxFileError as exc:
+            raise _file_error(exc, file) from exc
+        if not text:
+            return data
+        # newline="" semantics: bytes decoded as they are, CRLF kept.
+        return data.decode("utf-8")
+
+    async def connection(self, *, user: str | None = None) -> SandboxConnection:
+        command = f"crucible shell {self.backend.id}"
+        if user:
+            command += f" --user {user}"
+        if self.config.server:
+            command += f" --server {self.config.server}"
+        return SandboxConnection(type="crucible", command=command, container=self.backend.id)

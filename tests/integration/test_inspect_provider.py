@@ -1,0 +1,122 @@
+"""Inspect AI's own sandbox conformance suite (``inspect_ai.util._sandbox.self_check``)
+against the ``crucible`` provider, local mode, under runc and under gVisor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from inspect_ai import Task
+from inspect_ai import eval as inspect_eval
+from inspect_ai.dataset import Sample
+from inspect_ai.model import ChatMessage, ChatMessageTool, ModelOutput, ModelUsage, get_model
+from inspect_ai.scorer import includes
+from inspect_ai.solver import generate, use_tools
+from inspect_ai.tool import bash
+from inspect_ai.util import SandboxEnvironment
+from inspect_ai.util._sandbox.self_check import *  # noqa: F403
+
+from crucible import inspect_provider
+from crucible.config import Settings
+from crucible.inspect_provider import CrucibleSandboxConfig, CrucibleSandboxEnvironment
+from crucible.sandbox import Sandbox
+from crucible.sandbox.models import SessionLimits
+from sandbox_fixtures import leftovers
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    # Inspect's retry set-up passes tenacity a deprecated argument (not ours to fix).
+    pytest.mark.filterwarnings("ignore:The 'initial' parameter is deprecated:DeprecationWarning"),
+]
+
+# Upstream accepts these for a provider whose default user is root: root reads and
+# writes files whatever their mode.
+ROOT_XFAILS = {
+    "test_read_file_not_allowed",
+    "test_write_text_file_without_permissions",
+    "test_write_binary_file_without_permissions",
+}
+
+
+@pytest.fixture(params=["runc", "gvisor"])
+async def sandbox_env(
+    request: pytest.FixtureRequest, sandbox: Sandbox
+) -> AsyncIterator[SandboxEnvironment]:
+    if request.node.originalname in ROOT_XFAILS:
+        request.node.add_marker(pytest.mark.xfail(reason="root default user", strict=True))
+    inspect_provider.use_engine(sandbox)
+    config = CrucibleSandboxConfig(
+        runtime=request.param,
+        limits=SessionLimits(memory_mb=512, cpus=1, pids=256, disk_mb=512),
+    )
+    await CrucibleSandboxEnvironment.task_init("conformance", config)
+    envs = await CrucibleSandboxEnvironment.sample_init("conformance", config, {})
+    try:
+        yield envs["default"]
+    finally:
+        await CrucibleSandboxEnvironment.sample_cleanup("conformance", config, envs, False)
+        inspect_provider.use_engine(None)
+
+
+# inspect_ai's eval leaves an anyio memory stream unclosed (a ResourceWarning at gc).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_eval_runs_an_agent_in_several_sandboxes_at_once(
+    sandbox_settings: Settings, tmp_path: Path
+) -> None:
+    """A real ``inspect_ai.eval()``: a scripted agent (mockllm) calls the bash tool in
+    each sample's sandbox and answers with what it read there. Offline: the bash tool
+    is a plain exec, and every output carries ``usage`` (no tokenizer download)."""
+    engine = Sandbox(sandbox_settings)
+    inspect_provider.use_engine(engine)
+    alive_at_once: list[int] = []
+    usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+
+    async def agent(
+        messages: list[ChatMessage], tools: object, tool_choice: object, config: object
+    ) -> ModelOutput:
+        alive_at_once.append(len(engine.sessions.all()))
+        last = messages[-1]
+        if isinstance(last, ChatMessageTool):  # the tool ran: answer with what it saw
+            output = ModelOutput.from_content("mockllm/model", f"I read: {last.text}")
+        else:
+            output = ModelOutput.for_tool_call(
+                "mockllm/model", "bash", {"command": "sleep 0.5; cat secret.txt; id -u"}
+            )
+        output.usage = usage
+        return output
+
+    secrets_ = [f"secret-{i}-{os.urandom(4).hex()}" for i in range(4)]
+    task = Task(
+        dataset=[
+            Sample(input="what is in secret.txt?", target=s, files={"secret.txt": s})
+            for s in secrets_
+        ],
+        solver=[use_tools(bash(timeout=30)), generate()],
+        scorer=includes(),
+        sandbox=("crucible", CrucibleSandboxConfig(runtime="runc")),
+    )
+    try:
+        [log] = inspect_eval(
+            task,
+            model=get_model("mockllm/model", custom_outputs=agent),
+            log_dir=str(tmp_path),
+            display="none",
+            max_samples=4,
+            max_sandboxes=4,
+        )
+    finally:
+        inspect_provider.use_engine(None)
+        asyncio.run(engine.close())
+    assert log.status == "success", log.error
+    assert log.samples is not None and len(log.samples) == 4
+    for sample in log.samples:
+        answer = sample.output.completion
+        assert str(sample.target) in answer and answer.rstrip().endswith("0"), answer
+        others = [s for s in secrets_ if s != sample.target]
+        assert not any(o in answer for o in others)  # its own sandbox, nobody else's
+        assert sample.scores is not None and sample.scores["includes"].value == "C"
+    assert max(alive_at_once) >= 2, alive_at_once  # sandboxes were up side by side
+    assert leftovers(sandbox_settings) == []
