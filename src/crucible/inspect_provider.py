@@ -180,7 +180,7 @@ class RemoteBackend:
 
     @classmethod
     async def create(cls, config: CrucibleSandboxConfig) -> RemoteBackend:
-        from crucible.client import AsyncClient  # type: ignore[attr-defined]
+        from crucible.client import AsyncClient
 
         assert config.server is not None
         key = config.api_key or os.environ.get("CRUCIBLE_API_KEY")

@@ -49,7 +49,6 @@ from crucible.lifecycle import TERMINAL, Status
 from crucible.limits import resolve_limits
 from crucible.records import batch_public, dead_letter_public, evaluation_public, worker_public
 from crucible.sandbox import Sandbox
-from crucible.sandbox.session import Sessions
 from crucible.sandboxes import SandboxService, SessionEngine
 from crucible.scan import scan_request
 from crucible.store import BlobStore, Cluster, EvaluationFilter, NewEvaluation, Store
@@ -145,7 +144,10 @@ class Service:
         # Long-lived sandboxes live in this process in both modes (an API instance
         # hosts its own); the rows name it by the identity the heartbeat uses.
         owner = self.identity
-        engine: SessionEngine = sessions if sessions is not None else Sessions()
+        # In distributed mode this engine runs no evaluations (no warm pool), only the
+        # sandboxes this API instance hosts.
+        self._session_host = self.sandbox or Sandbox(settings.model_copy(update={"pool_size": 0}))
+        engine: SessionEngine = sessions if sessions is not None else self._session_host.sessions
         self.sandboxes = SandboxService(
             settings=settings,
             access=self.access,
@@ -180,8 +182,7 @@ class Service:
         await self.sandboxes.stop()
         await self.dispatcher.stop()
         await self.maintenance.stop()
-        if self.sandbox is not None:
-            await self.sandbox.close()
+        await self._session_host.close()  # self.sandbox in embedded mode
         if isinstance(self.bus, RedisBus):
             await self.bus.close()
         await asyncio.to_thread(self.store.dispose)
