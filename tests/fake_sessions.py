@@ -213,10 +213,13 @@ class FakeSessions:
         self.fail_create = fail_create
         self.leftovers = leftovers or []  # ids "left by a dead process", for sweep()
         self.created: list[SessionSpec] = []
+        self.hold_create: asyncio.Event | None = None  # set: create waits for it
 
     async def create(self, spec: SessionSpec, *, session_id: str) -> FakeSession:
         if self.fail_create:
             raise SandboxUnavailable("the fake engine was told to fail")
+        if self.hold_create is not None:
+            await self.hold_create.wait()
         self.created.append(spec)
         session = self.sessions[session_id] = FakeSession(session_id, spec)
         return session

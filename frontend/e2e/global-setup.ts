@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -74,6 +74,9 @@ export default async function globalSetup() {
   if (process.env.E2E_BASE_URL) return;
 
   const work = mkdtempSync(join(tmpdir(), 'crucible-e2e-'));
+  // Agent sandboxes run runc's init as an unprivileged host uid (a user namespace):
+  // the directories above their state directory must be searchable by others.
+  chmodSync(work, 0o711);
   mkdirSync(join(work, 'state'), { recursive: true });
   const apiPort = await freePort();
   // The server makes sure this admin key exists; the tests' browser pages start

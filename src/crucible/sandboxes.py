@@ -132,6 +132,7 @@ class SandboxService:
         self.owner = owner
         self._busy: Counter[str] = Counter()  # execs in flight, per sandbox
         self._reaper: asyncio.Task[None] | None = None
+        self._creating: set[str] = set()  # rows whose engine sandbox is being made
 
     # -- start and stop -------------------------------------------------------------
 
@@ -188,6 +189,9 @@ class SandboxService:
         )
         quota = self.access.quota(who, "max_sandboxes") if who else 0
         row = await asyncio.to_thread(self.store.create, new, max_sandboxes=quota)
+        # The row is `running` (it holds the quota) a moment before the engine's sandbox
+        # exists: the reaper must not take that moment for a crash.
+        self._creating.add(new.id)
         try:
             await self.engine.create(spec, session_id=new.id)
         except NotImplementedError:
@@ -198,6 +202,8 @@ class SandboxService:
         except BaseException:
             await asyncio.to_thread(self.store.discard, new.id)  # it never existed
             raise
+        finally:
+            self._creating.discard(new.id)
         return sandbox_public(row)
 
     async def get(self, sandbox_id: str, who: KeyRecord | None = None) -> SandboxPublic:
@@ -426,6 +432,8 @@ class SandboxService:
         stopped: builtins.list[tuple[str, StopReason]] = []
         t = now()
         for row in await asyncio.to_thread(self.store.running, process_id=self.owner.id):
+            if row.id in self._creating:
+                continue
             session = self.engine.get(row.id)
             reason: StopReason | None = None
             if session is None or not session.alive:

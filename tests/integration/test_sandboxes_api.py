@@ -384,6 +384,28 @@ async def test_a_crashed_sandbox_is_stopped_and_says_so(
         assert (box["status"], box["stop_reason"]) == ("stopped", "crashed")
 
 
+async def test_a_sandbox_being_created_is_not_reaped_as_crashed(
+    sandbox_api: SandboxApi, engine: FakeSessions
+) -> None:
+    """Its row holds the quota before the engine's sandbox exists; a reaper pass in
+    that moment (seen with the real engine: a new sandbox "crashed" at age 0 s) must
+    leave it alone."""
+    engine.hold_create = asyncio.Event()
+    async with sandbox_api() as (client, service):
+        creating = asyncio.create_task(client.post("/sandboxes", json={}))
+        await until(lambda: _has_rows(service))
+        assert await service.sandboxes.reap() == []
+        engine.hold_create.set()
+        r = await creating
+        assert r.status_code == 201, r.text
+        box = (await client.get(f"/sandboxes/{r.json()['id']}")).json()
+        assert box["status"] == "running", box
+
+
+async def _has_rows(service: Service) -> bool:
+    return bool(await asyncio.to_thread(service.sandboxes.store.running))
+
+
 async def test_an_engine_failure_leaves_no_sandbox(settings: Settings) -> None:
     app = create_app(settings, dispatch=False, sessions=FakeSessions(fail_create=True))
     async with (
