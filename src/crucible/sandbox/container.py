@@ -43,7 +43,9 @@ def job_header(argv: list[str], env: dict[str, str], *, fsize: int = 0, nproc: i
     return b"CRUCIBLE-JOB %d\n" % len(payload) + payload
 
 
-class _Stdin(asyncio.Protocol):
+class WritePipeState(asyncio.Protocol):
+    """A write pipe's protocol that only remembers whether the pipe is closed."""
+
     lost = False  # the transport is closed: flushed, or the reader went away
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -68,7 +70,7 @@ class Container:
         self.stderr = -1
         self._stdin = -1  # write end of its stdin pipe
         self._stdin_pipe: asyncio.WriteTransport | None = None
-        self._stdin_state = _Stdin()
+        self._stdin_state = WritePipeState()
         self._pidfd = -1
         self._created = False
         self._helpers: list[int] = []  # runsc's sandbox and gofer processes
@@ -138,7 +140,7 @@ class Container:
         loop = asyncio.get_running_loop()
         pipe = os.fdopen(self._stdin, "wb", buffering=0)
         self._stdin = -1
-        transport, self._stdin_state = await loop.connect_write_pipe(_Stdin, pipe)
+        transport, self._stdin_state = await loop.connect_write_pipe(WritePipeState, pipe)
         self._stdin_pipe = transport
         transport.write(job + stdin)
         transport.close()  # after the buffer is flushed

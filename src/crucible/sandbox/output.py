@@ -89,8 +89,9 @@ class OutputCollector:
             self._store("stderr", carry)
 
 
-async def pump(fd: int, stream: str, collector: OutputCollector, chunk: int) -> None:
-    """Read ``fd`` until EOF into ``collector``; closes ``fd``."""
+async def pump(fd: int, stream: str, feed: OutputCallback, chunk: int) -> None:
+    """Read ``fd`` until EOF, handing each read to ``feed(stream, data)`` (e.g. an
+    OutputCollector's ``feed``); closes ``fd``."""
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
     readable = asyncio.Event()
@@ -105,7 +106,7 @@ async def pump(fd: int, stream: str, collector: OutputCollector, chunk: int) -> 
                 continue
             if not data:
                 return
-            collector.feed(stream, data)
+            feed(stream, data)
     finally:
         loop.remove_reader(fd)
         os.close(fd)

@@ -443,8 +443,8 @@ class Sandbox:
         chunk = self.settings.output_chunk_bytes
         out_r, err_r = container.take_output()
         pumps = [
-            asyncio.create_task(pump(out_r, "stdout", collector, chunk)),
-            asyncio.create_task(pump(err_r, "stderr", collector, chunk)),
+            asyncio.create_task(pump(out_r, "stdout", collector.feed, chunk)),
+            asyncio.create_task(pump(err_r, "stderr", collector.feed, chunk)),
         ]
         try:
             # The cgroup already holds the runtime's own start-up (runc's init is Go):

@@ -60,9 +60,9 @@ from crucible.errors import (
 )
 from crucible.sandbox import accounting, overlay, runtime, spec, workspace
 from crucible.sandbox.accounting import Usage
-from crucible.sandbox.container import Container
+from crucible.sandbox.container import Container, WritePipeState
 from crucible.sandbox.models import ExecResult, Limits, SessionSpec
-from crucible.sandbox.output import OutputCallback
+from crucible.sandbox.output import OutputCallback, pump
 from crucible.sandbox.sweep import owner_alive, owner_token
 
 if TYPE_CHECKING:
@@ -128,35 +128,15 @@ class _Stream:
         return b"".join(self.chunks)
 
 
-async def _read(fd: int, name: str, sink: _Stream, on_output: OutputCallback | None) -> None:
-    """Read ``fd`` until EOF into ``sink`` (and ``on_output``); closes ``fd``."""
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
-    readable = asyncio.Event()
-    loop.add_reader(fd, readable.set)
-    try:
-        while True:
-            try:
-                data = os.read(fd, _CHUNK)
-            except BlockingIOError:
-                readable.clear()
-                await readable.wait()
-                continue
-            if not data:
-                return
-            sink.add(data)
-            if on_output is not None:
-                on_output(name, data)
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+def _feeder(sinks: dict[str, _Stream], on_output: OutputCallback | None) -> OutputCallback:
+    """What ``pump`` hands each read to: the stream's capped sink, and ``on_output``."""
 
+    def feed(name: str, data: bytes) -> None:
+        sinks[name].add(data)
+        if on_output is not None:
+            on_output(name, data)
 
-class _Input(asyncio.Protocol):
-    lost = False  # the transport is closed: flushed, or the reader went away
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
+    return feed
 
 
 class Session:
@@ -279,15 +259,16 @@ class Session:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
         feeder: asyncio.WriteTransport | None = None
-        fed = _Input()
+        fed = WritePipeState()
         if input is not None:
             pipe = os.fdopen(in_w, "wb", buffering=0)
-            feeder, fed = await loop.connect_write_pipe(_Input, pipe)
+            feeder, fed = await loop.connect_write_pipe(WritePipeState, pipe)
             feeder.write(input)
             feeder.close()  # EOF once flushed
+        feed = _feeder({"stdout": stdout, "stderr": stderr}, on_output)
         readers = [
-            asyncio.ensure_future(_read(out_r, "stdout", stdout, on_output)),
-            asyncio.ensure_future(_read(err_r, "stderr", stderr, on_output)),
+            asyncio.ensure_future(pump(out_r, "stdout", feed, _CHUNK)),
+            asyncio.ensure_future(pump(err_r, "stderr", feed, _CHUNK)),
         ]
         timed_out = False
         try:
