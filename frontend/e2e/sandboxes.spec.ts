@@ -3,9 +3,9 @@
  * see it in the transcript (command, output, exit code), stop it.
  * Against a real `crucible serve` with the real session engine (runc).
  */
-import { AUTH, expect, shot, test } from './fixtures';
+import { expect, shot, test } from './fixtures';
 
-test('a sandbox from the UI: run a command, watch the transcript, stop it', async ({ page, api }) => {
+test('a sandbox from the UI: run a command, watch the transcript, stop it', async ({ page }) => {
   await page.goto('/sandboxes');
   await page.getByRole('button', { name: 'New sandbox' }).click();
   await expect(page).toHaveURL(/\/sandboxes\/sbx_[0-9a-f]+$/);
