@@ -120,3 +120,51 @@ def test_eval_runs_an_agent_in_several_sandboxes_at_once(
         assert sample.scores is not None and sample.scores["includes"].value == "C"
     assert max(alive_at_once) >= 2, alive_at_once  # sandboxes were up side by side
     assert leftovers(sandbox_settings) == []
+
+
+def test_the_provider_is_registered_under_the_inspect_ai_entry_point() -> None:
+    from importlib.metadata import entry_points
+
+    from inspect_ai.util._sandbox.registry import registry_find_sandboxenv
+
+    names = {e.name: e.value for e in entry_points(group="inspect_ai")}
+    assert names.get("crucible") == "crucible.inspect_provider", names
+    assert registry_find_sandboxenv("crucible") is CrucibleSandboxEnvironment
+
+
+def test_inspect_sandbox_cleanup_removes_a_dead_evals_sandboxes(
+    sandbox_settings: Settings,
+) -> None:
+    """An eval process killed with -9 leaves its sandbox; the real
+    ``inspect sandbox cleanup crucible`` command removes it."""
+    import subprocess
+    import sys
+    import time
+
+    state = str(sandbox_settings.state_dir)
+    env = {**os.environ, "CRUCIBLE_STATE_DIR": state, "CRUCIBLE_PREFIX": sandbox_settings.prefix}
+    script = (
+        "import asyncio, time\n"
+        "from crucible.inspect_provider import CrucibleSandboxEnvironment as E, CrucibleSandboxConfig\n"
+        "async def main():\n"
+        "    envs = await E.sample_init('t', CrucibleSandboxConfig(runtime='runc'), {})\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        finally:
+            proc.kill()
+    assert any(x.startswith("container") for x in leftovers(sandbox_settings))
+    inspect_cli = str(Path(sys.executable).with_name("inspect"))
+    done = subprocess.run(
+        [inspect_cli, "sandbox", "cleanup", "crucible"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Bound: the sweep deletes the container before returning; mounts go lazily.
+    deadline = time.monotonic() + 10
+    while leftovers(sandbox_settings):
+        assert time.monotonic() < deadline, leftovers(sandbox_settings)
+        time.sleep(0.1)
