@@ -131,6 +131,10 @@ class SandboxService:
         self.engine = engine
         self.owner = owner
         self._busy: Counter[str] = Counter()  # execs in flight, per sandbox
+        # Rows whose engine sandbox is still being made: the row comes first (the
+        # quota is counted in the insert), so the reaper would see it running with no
+        # session and stop it as crashed.
+        self._creating: set[str] = set()
         self._reaper: asyncio.Task[None] | None = None
 
     # -- start and stop -------------------------------------------------------------
@@ -187,18 +191,25 @@ class SandboxService:
             owner_key_id=who.id if who else None,
         )
         quota = self.access.quota(who, "max_sandboxes") if who else 0
-        row = await asyncio.to_thread(self.store.create, new, max_sandboxes=quota)
+        self._creating.add(new.id)
         try:
-            await self.engine.create(spec, session_id=new.id)
+            row = await asyncio.to_thread(self.store.create, new, max_sandboxes=quota)
+            await self._create_session(spec, new.id)
+        finally:
+            self._creating.discard(new.id)
+        return sandbox_public(row)
+
+    async def _create_session(self, spec: SessionSpec, sandbox_id: str) -> None:
+        try:
+            await self.engine.create(spec, session_id=sandbox_id)
         except NotImplementedError:
-            await asyncio.to_thread(self.store.discard, new.id)
+            await asyncio.to_thread(self.store.discard, sandbox_id)
             raise SandboxUnavailable(
                 "long-lived sandboxes need the session engine, which this build lacks"
             ) from None
         except BaseException:
-            await asyncio.to_thread(self.store.discard, new.id)  # it never existed
+            await asyncio.to_thread(self.store.discard, sandbox_id)  # it never existed
             raise
-        return sandbox_public(row)
 
     async def get(self, sandbox_id: str, who: KeyRecord | None = None) -> SandboxPublic:
         return self._public(await self.access.sandbox(sandbox_id, who))
@@ -426,6 +437,8 @@ class SandboxService:
         stopped: builtins.list[tuple[str, StopReason]] = []
         t = now()
         for row in await asyncio.to_thread(self.store.running, process_id=self.owner.id):
+            if row.id in self._creating:
+                continue
             session = self.engine.get(row.id)
             reason: StopReason | None = None
             if session is None or not session.alive:

@@ -384,6 +384,20 @@ async def test_a_crashed_sandbox_is_stopped_and_says_so(
         assert (box["status"], box["stop_reason"]) == ("stopped", "crashed")
 
 
+async def test_the_reaper_leaves_a_sandbox_being_created_alone(
+    sandbox_api: SandboxApi, engine: FakeSessions
+) -> None:
+    """The row is written before the engine makes the sandbox (the quota is counted
+    there): a reaper tick in between used to stop it as ``crashed``."""
+    engine.create_delay_s = 0.5
+    async with sandbox_api(sandbox_reap_s=0.02) as (client, _service):
+        sid = (await create(client))["id"]
+        r = await client.post(f"/sandboxes/{sid}/exec", json={"cmd": ["true"]})
+        assert r.status_code == 200, r.text
+        box = (await client.get(f"/sandboxes/{sid}")).json()
+        assert (box["status"], box["stop_reason"]) == ("running", None)
+
+
 async def test_an_engine_failure_leaves_no_sandbox(settings: Settings) -> None:
     app = create_app(settings, dispatch=False, sessions=FakeSessions(fail_create=True))
     async with (
