@@ -279,6 +279,12 @@ async def test_upload_limit_is_the_file_cap_not_the_body_limit(sandbox_api: Sand
         sid = (await create(client))["id"]
         r = await client.put(f"/sandboxes/{sid}/file", params={"path": "f"}, content=b"z" * 5000)
         assert r.status_code == 204, r.text
+        # So is an exec's stdin (as base64 in the JSON body).
+        stdin = base64.b64encode(b"y" * 5000).decode()
+        r = await client.post(
+            f"/sandboxes/{sid}/exec", json={"cmd": ["cat"], "input_base64": stdin}
+        )
+        assert r.status_code == 200 and r.json()["stdout"] == "y" * 5000, r.text
         # Other routes keep the body limit.
         big = await client.post("/sandboxes", json={"labels": {"k": "v" * 2000}})
         assert big.status_code == 413 and big.json()["error"] == "too_large"
