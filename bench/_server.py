@@ -50,6 +50,7 @@ def server_cpu_s(url: str) -> tuple[float, float]:
 def serve(**env: str) -> Iterator[str]:
     """Start a server; yields its URL; stops it and removes its directories."""
     root = Path(tempfile.mkdtemp(prefix="crucible-bench-", dir="/tmp"))
+    root.chmod(0o755)  # user-namespaced sandboxes traverse it (their state dir is under it)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

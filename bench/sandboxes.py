@@ -2,7 +2,9 @@
 
     create / close      p50 and p99 per runtime (target: create <= 150 ms under runc)
     exec of `true`      Session.exec round trip vs a bare `runc exec` into the same
-                        running container (the mechanism's own overhead, as a ratio)
+                        running container (the mechanism's own overhead, as a ratio),
+                        and through the API (POST …/exec to a `crucible serve`
+                        subprocess, runc; target p50 <= 25 ms), interleaved with both
     20 alive at once    memory per idle sandbox (its cgroup's usage)
 
 Run as root: ``.venv/bin/python bench/sandboxes.py [--n 30]``.
@@ -19,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
+from _server import AUTH, serve
 from crucible.config import Settings
 from crucible.sandbox import Sandbox
 from crucible.sandbox.models import SessionLimits, SessionSpec
@@ -55,20 +60,34 @@ async def main(n: int) -> None:
         print(line(f"close ({rt})", closes))
     s = await engine.sessions.create(spec["runc"], session_id="exec")
     rt = engine.get_runtime("runc")
-    ours, bare = [], []
-    for _ in range(n):  # interleaved, so both see the same machine
-        t0 = time.perf_counter()
-        await s.exec(["true"])
-        ours.append((time.perf_counter() - t0) * 1000)
-        t0 = time.perf_counter()
-        await asyncio.to_thread(
-            subprocess.run, [*rt.argv, "exec", s.container_id, "true"], check=True
-        )
-        bare.append((time.perf_counter() - t0) * 1000)
+    ours, bare, api = [], [], []
+    with serve(CRUCIBLE_DEFAULT_RUNTIME="runc") as url:
+        async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=AUTH, timeout=60) as c:
+            r = await c.post("/sandboxes", json={"runtime": "runc", "limits": LIMITS.model_dump()})
+            r.raise_for_status()
+            sid = r.json()["id"]
+            await c.post(f"/sandboxes/{sid}/exec", json={"cmd": ["true"]})  # warm
+            for _ in range(n):  # interleaved, so all three see the same machine
+                t0 = time.perf_counter()
+                await s.exec(["true"])
+                ours.append((time.perf_counter() - t0) * 1000)
+                t0 = time.perf_counter()
+                await asyncio.to_thread(
+                    subprocess.run, [*rt.argv, "exec", s.container_id, "true"], check=True
+                )
+                bare.append((time.perf_counter() - t0) * 1000)
+                t0 = time.perf_counter()
+                r = await c.post(f"/sandboxes/{sid}/exec", json={"cmd": ["true"]})
+                api.append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 200 and r.json()["returncode"] == 0, r.text
+            await c.delete(f"/sandboxes/{sid}")
     print(line("exec true (Session.exec, runc)", ours))
     print(line("exec true (bare runc exec)", bare))
+    print(line("exec true (through the API, runc)", api))
     ratio = statistics.median(ours) / statistics.median(bare)
     print(f"{'ratio Session.exec / runc exec':<34} {ratio:.2f}")
+    ratio = statistics.median(api) / statistics.median(ours)
+    print(f"{'ratio API / Session.exec':<34} {ratio:.2f}")
     await s.close()
     many = [await engine.sessions.create(spec["runc"], session_id=f"m{i}") for i in range(20)]
     await asyncio.sleep(1)

@@ -208,18 +208,23 @@ class FakeSession:
 class FakeSessions:
     """The engine's manager: creates and tracks :class:`FakeSession` objects."""
 
-    def __init__(self, *, fail_create: bool = False, leftovers: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fail_create: bool = False,
+        leftovers: list[str] | None = None,
+        create_delay_s: float = 0.0,
+    ) -> None:
         self.sessions: dict[str, FakeSession] = {}
         self.fail_create = fail_create
+        self.create_delay_s = create_delay_s  # a real engine takes tens of ms
         self.leftovers = leftovers or []  # ids "left by a dead process", for sweep()
         self.created: list[SessionSpec] = []
-        self.hold_create: asyncio.Event | None = None  # set: create waits for it
 
     async def create(self, spec: SessionSpec, *, session_id: str) -> FakeSession:
         if self.fail_create:
             raise SandboxUnavailable("the fake engine was told to fail")
-        if self.hold_create is not None:
-            await self.hold_create.wait()
+        await asyncio.sleep(self.create_delay_s)
         self.created.append(spec)
         session = self.sessions[session_id] = FakeSession(session_id, spec)
         return session

@@ -21,12 +21,16 @@ Failures are Inspect's exceptions: ``TimeoutError``, ``PermissionError``,
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Union, overload
 
+import httpx
 import yaml  # type: ignore[import-untyped]  # (inspect_ai depends on PyYAML)
 from inspect_ai.util import (
     ExecResult,
@@ -47,10 +51,13 @@ from crucible.errors import (
     SandboxIsADirectory,
     SandboxPermissionDenied,
     SandboxStopped,
+    SandboxUnavailable,
 )
 from crucible.sandbox.models import RuntimeName, SessionLimits, SessionSpec
 
-if TYPE_CHECKING:  # the engine is imported when first used
+if TYPE_CHECKING:  # the engine and the client are imported when first used
+    from crucible.client import AsyncClient
+    from crucible.client_sandboxes import AsyncRemoteSandbox
     from crucible.sandbox import Sandbox
 
 
@@ -82,6 +89,17 @@ def load_config(config: SandboxEnvironmentConfigType | None) -> CrucibleSandboxC
 # -- backends: the local engine, or a server ---------------------------------------------
 
 
+@dataclass(frozen=True)
+class ExecOutcome:
+    """What the provider needs of one exec's end, whichever backend ran it."""
+
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool
+    truncated: bool  # a stream passed ``output_cap`` (or the server's own cap)
+
+
 class Backend(Protocol):
     """One sandbox, local or remote: what the provider needs of it."""
 
@@ -97,8 +115,8 @@ class Backend(Protocol):
         user: str | None,
         timeout_s: float | None,
         output_cap: int,
-    ) -> tuple[int, bytes, bytes, bool]:
-        """(returncode, stdout, stderr, timed_out)"""
+    ) -> ExecOutcome:
+        """The command's end; ``output_cap`` bounds each stream (the tail kept)."""
         ...
 
     async def write_file(self, path: str, data: bytes) -> None: ...
@@ -143,12 +161,13 @@ class LocalBackend:
         user: str | None,
         timeout_s: float | None,
         output_cap: int,
-    ) -> tuple[int, bytes, bytes, bool]:
+    ) -> ExecOutcome:
         r = await self._session.exec(
             cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s,
             output_cap=output_cap,
         )  # fmt: skip
-        return r.returncode, r.stdout, r.stderr, r.timed_out
+        truncated = r.stdout_truncated or r.stderr_truncated
+        return ExecOutcome(r.returncode, r.stdout, r.stderr, r.timed_out, truncated)
 
     async def write_file(self, path: str, data: bytes) -> None:
         await self._session.write_file(path, data)
@@ -164,16 +183,15 @@ class LocalBackend:
 class RemoteBackend:
     """A sandbox on a Crucible server, through ``crucible.client.AsyncClient.sandboxes``.
 
-    Assumes: ``AsyncClient(server, api_key=...)`` with ``.sandboxes.create(runtime=,
-    limits=, ttl_s=)`` returning an object with ``.id`` and async ``exec(cmd, *,
-    input, cwd, env, user, timeout_s)`` (a result with ``returncode``, ``stdout``,
-    ``stderr`` as str or bytes, ``timed_out``), ``write_file(path, data)``,
-    ``read_file(path) -> bytes``, ``close()``; HTTP errors raised as the
-    ``crucible.errors`` file exceptions (by the answer's ``error`` code) and
-    ``SandboxStopped``; ``AsyncClient.close()``.
+    Output comes back exact (``ExecPublic.stdout_bytes``: base64 when not UTF-8); the
+    server keeps the tail of each stream past its own cap (``*_truncated``), and a
+    smaller Inspect limit is applied here. File and stop errors arrive as the
+    ``crucible.errors`` exceptions (``crucible.client_errors``); the server being
+    unreachable, the sandbox gone (404) or hosted elsewhere (503) raise
+    :class:`SandboxUnavailable`.
     """
 
-    def __init__(self, client: Any, remote: Any) -> None:
+    def __init__(self, client: AsyncClient, remote: AsyncRemoteSandbox) -> None:
         self._client = client
         self._remote = remote
         self.id: str = remote.id
@@ -204,32 +222,50 @@ class RemoteBackend:
         user: str | None,
         timeout_s: float | None,
         output_cap: int,
-    ) -> tuple[int, bytes, bytes, bool]:
-        r = await self._remote.exec(
-            cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s
-        )
-
-        def raw(value: str | bytes) -> bytes:
-            data = value.encode() if isinstance(value, str) else bytes(value)
-            return data[-output_cap:] if output_cap else data
-
-        timed_out = bool(getattr(r, "timed_out", False))
-        return int(r.returncode), raw(r.stdout), raw(r.stderr), timed_out
+    ) -> ExecOutcome:
+        async with _reachable(self.id):
+            r = await self._remote.exec(
+                cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s
+            )
+        out, err = r.stdout_bytes, r.stderr_bytes
+        truncated = r.stdout_truncated or r.stderr_truncated
+        if len(out) > output_cap or len(err) > output_cap:
+            out, err, truncated = out[-output_cap:], err[-output_cap:], True
+        code = r.returncode if r.returncode is not None else 1
+        return ExecOutcome(code, out, err, r.timed_out, truncated)
 
     async def write_file(self, path: str, data: bytes) -> None:
-        await self._remote.write_file(path, data)
+        async with _reachable(self.id):
+            await self._remote.write_file(path, data)
 
     async def read_file(self, path: str, max_bytes: int) -> bytes:
-        data: bytes = await self._remote.read_file(path)
+        async with _reachable(self.id):
+            data: bytes = await self._remote.read_file(path)
         if len(data) > max_bytes:
             raise SandboxFileTooLarge(path)
         return data
 
     async def close(self) -> None:
         try:
-            await self._remote.close()
+            async with _reachable(self.id):
+                await self._remote.close()
         finally:
             await self._client.close()
+
+
+@contextlib.asynccontextmanager
+async def _reachable(sandbox_id: str) -> AsyncIterator[None]:
+    """The server not answering, the sandbox gone or elsewhere: SandboxUnavailable."""
+    from crucible.client_errors import ApiError
+
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise SandboxUnavailable(f"the Crucible server is unreachable: {exc!r}") from exc
+    except ApiError as exc:
+        if exc.status in (404, 503):
+            raise SandboxUnavailable(f"sandbox {sandbox_id}: {exc}") from exc
+        raise
 
 
 async def _create(config: CrucibleSandboxConfig) -> Backend:
@@ -337,30 +373,36 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
         # timeout is the command's own, and a retry would run it again.
         data = input.encode("utf-8") if isinstance(input, str) else input
         try:
-            code, out, err, timed_out = await self.backend.exec(
+            r = await self.backend.exec(
                 cmd, input=data, cwd=cwd, env=env, user=user,
                 timeout_s=float(timeout) if timeout is not None else None,
                 output_cap=SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE,
             )  # fmt: skip
-        except SandboxStopped as exc:
+        except (SandboxStopped, SandboxUnavailable) as exc:
             raise SandboxUnavailableError(str(exc)) from exc
-        if timed_out:
+        if r.timed_out:
             raise TimeoutError(f"command timed out after {timeout} seconds")
-        stderr = err.decode("utf-8", "replace")
-        if code == 126 and "Permission denied" in stderr:
+        stderr = r.stderr.decode("utf-8", "replace")
+        if r.returncode == 126 and "Permission denied" in stderr:
             raise PermissionError(errno.EACCES, stderr.strip(), cmd[0] if cmd else "")
-        return ExecResult(
-            success=code == 0,
-            returncode=code,
-            stdout=out.decode("utf-8", "replace"),
+        result = ExecResult(
+            success=r.returncode == 0,
+            returncode=r.returncode,
+            stdout=r.stdout.decode("utf-8", "replace"),
             stderr=stderr,
         )
+        if r.truncated:  # Inspect's contract: the limit raises, with the tail kept
+            raise OutputLimitExceededError(
+                limit_str=SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE_STR,
+                truncated_output=result.stdout,
+            )
+        return result
 
     async def write_file(self, file: str, contents: str | bytes) -> None:
         data = contents.encode("utf-8") if isinstance(contents, str) else contents
         try:
             await self.backend.write_file(file, data)
-        except SandboxStopped as exc:
+        except (SandboxStopped, SandboxUnavailable) as exc:
             raise SandboxUnavailableError(str(exc)) from exc
         except SandboxFileError as exc:
             raise _file_error(exc, file) from exc
@@ -374,7 +416,7 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
     async def read_file(self, file: str, text: bool = True) -> Union[str | bytes]:  # noqa: UP007
         try:
             data = await self.backend.read_file(file, SandboxEnvironmentLimits.MAX_READ_FILE_SIZE)
-        except SandboxStopped as exc:
+        except (SandboxStopped, SandboxUnavailable) as exc:
             raise SandboxUnavailableError(str(exc)) from exc
         except SandboxFileError as exc:
             raise _file_error(exc, file) from exc

@@ -131,8 +131,11 @@ class SandboxService:
         self.engine = engine
         self.owner = owner
         self._busy: Counter[str] = Counter()  # execs in flight, per sandbox
+        # Rows whose engine sandbox is still being made: the row comes first (the
+        # quota is counted in the insert), so the reaper would see it running with no
+        # session and stop it as crashed.
+        self._creating: set[str] = set()
         self._reaper: asyncio.Task[None] | None = None
-        self._creating: set[str] = set()  # rows whose engine sandbox is being made
 
     # -- start and stop -------------------------------------------------------------
 
@@ -188,23 +191,25 @@ class SandboxService:
             owner_key_id=who.id if who else None,
         )
         quota = self.access.quota(who, "max_sandboxes") if who else 0
-        row = await asyncio.to_thread(self.store.create, new, max_sandboxes=quota)
-        # The row is `running` (it holds the quota) a moment before the engine's sandbox
-        # exists: the reaper must not take that moment for a crash.
         self._creating.add(new.id)
         try:
-            await self.engine.create(spec, session_id=new.id)
+            row = await asyncio.to_thread(self.store.create, new, max_sandboxes=quota)
+            await self._create_session(spec, new.id)
+        finally:
+            self._creating.discard(new.id)
+        return sandbox_public(row)
+
+    async def _create_session(self, spec: SessionSpec, sandbox_id: str) -> None:
+        try:
+            await self.engine.create(spec, session_id=sandbox_id)
         except NotImplementedError:
-            await asyncio.to_thread(self.store.discard, new.id)
+            await asyncio.to_thread(self.store.discard, sandbox_id)
             raise SandboxUnavailable(
                 "long-lived sandboxes need the session engine, which this build lacks"
             ) from None
         except BaseException:
-            await asyncio.to_thread(self.store.discard, new.id)  # it never existed
+            await asyncio.to_thread(self.store.discard, sandbox_id)  # it never existed
             raise
-        finally:
-            self._creating.discard(new.id)
-        return sandbox_public(row)
 
     async def get(self, sandbox_id: str, who: KeyRecord | None = None) -> SandboxPublic:
         return self._public(await self.access.sandbox(sandbox_id, who))

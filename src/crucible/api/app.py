@@ -18,6 +18,9 @@ from crucible.sandbox.session import MAX_FILE_BYTES
 from crucible.sandboxes import SessionEngine
 from crucible.service import Service
 
+# POST …/exec: stdin up to MAX_FILE_BYTES as base64 (4/3), plus the argv and env.
+EXEC_BODY_BYTES = MAX_FILE_BYTES * 4 // 3 + (8 << 20)
+
 API_PREFIX = "/api/v1"
 
 
@@ -89,6 +92,10 @@ def create_app(
         Guard,
         max_body_bytes=settings.max_body_bytes,
         docs_path=f"{API_PREFIX}/docs",
-        uploads=(("PUT", f"{API_PREFIX}/sandboxes/[^/]+/file", MAX_FILE_BYTES),),
+        uploads=(
+            ("PUT", f"{API_PREFIX}/sandboxes/[^/]+/file", MAX_FILE_BYTES),
+            # An exec's stdin may be as large as a file, sent as base64 in JSON.
+            ("POST", f"{API_PREFIX}/sandboxes/[^/]+/exec", EXEC_BODY_BYTES),
+        ),
     )
     return app
