@@ -88,8 +88,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
 
 @pytest.fixture
 def settings(tmp_path: Path, state_dir: Path) -> Settings:
+    # A prefix of its own: containers and cgroups a test may check for leftovers are
+    # its own, not those of another run on the machine (a server, a benchmark).
     return Settings(
         data_dir=tmp_path / "data",
         state_dir=state_dir,
         max_concurrency=2,
+        prefix=f"crucible-i{secrets.token_hex(3)}",
     )
