@@ -344,12 +344,12 @@ class SandboxService:
         finally:
             if not live.task.done():
                 await live.finish()
+        usage = None
+        with contextlib.suppress(Exception):  # counters are best effort
+            usage = usage_pair(session.usage())
         row = await asyncio.to_thread(
-            self.store.finish_exec, sandbox_id, started.seq, await self._outcome(result)
+            self.store.finish_exec, sandbox_id, started.seq, await self._outcome(result), usage
         )
-        with contextlib.suppress(Exception):
-            cpu_ms, peak = usage_pair(session.usage())
-            await asyncio.to_thread(self.store.record_usage, sandbox_id, cpu_ms, peak)
         await self.bus.publish(stream, "exec_finished", exec_public(row).model_dump(mode="json"))
         return exec_public(row, result)
 

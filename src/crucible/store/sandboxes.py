@@ -205,14 +205,6 @@ class SandboxStore:
                 )
         return bool(moved)
 
-    def record_usage(self, sandbox_id: str, cpu_ms: int, peak_memory_bytes: int) -> None:
-        with self.store.transaction() as s:
-            s.execute(
-                update(Sandbox)
-                .where(Sandbox.id == sandbox_id)
-                .values(cpu_ms=cpu_ms, peak_memory_bytes=peak_memory_bytes)
-            )
-
     def touch(self, sandbox_id: str) -> None:
         """Activity other than an exec (a file written or read) keeps it from idling."""
         with self.store.transaction() as s:
@@ -258,8 +250,15 @@ class SandboxStore:
             s.add(row)
         return row
 
-    def finish_exec(self, sandbox_id: str, seq: int, outcome: ExecOutcome) -> SandboxExec:
-        """Record what the exec did; its end is the sandbox's latest activity."""
+    def finish_exec(
+        self,
+        sandbox_id: str,
+        seq: int,
+        outcome: ExecOutcome,
+        usage: tuple[int, int] | None = None,
+    ) -> SandboxExec:
+        """Record what the exec did; its end is the sandbox's latest activity. ``usage``
+        (cpu_ms, peak_memory_bytes) of the sandbox so far, in the same transaction."""
         t = now()
         with self.store.transaction() as s:
             row = s.get(SandboxExec, (sandbox_id, seq))
@@ -269,10 +268,13 @@ class SandboxStore:
             row.error = None
             for name, value in vars(outcome).items():
                 setattr(row, name, value)
+            values: dict[str, object] = {"last_activity_at": t}
+            if usage is not None:
+                values.update(cpu_ms=usage[0], peak_memory_bytes=usage[1])
             s.execute(
                 update(Sandbox)
                 .where(Sandbox.id == sandbox_id, Sandbox.status == RUNNING)
-                .values(last_activity_at=t)
+                .values(**values)
             )
         return row
 
