@@ -43,6 +43,11 @@ def test_api_conforms_to_its_schema(tmp_path: Path, state_dir: Path) -> None:
         # Generated programs are mostly nonsense; keep the ones that do run short.
         CRUCIBLE_LIMITS__TIMEOUT_S="[1, 300]",
         CRUCIBLE_LIMITS__CPU_S="[1, 300]",
+        # Sandboxes it creates end within seconds, and with them their event streams
+        # (an open stream would hold a request until --request-timeout).
+        CRUCIBLE_SANDBOX_LIMITS__TTL_S="[3, 5]",
+        CRUCIBLE_SANDBOX_LIMITS__IDLE_TIMEOUT_S="[2, 5]",
+        CRUCIBLE_SANDBOX_LIMITS__EXEC_TIMEOUT_S="[2, 5]",
     )
     server.start()
     try:

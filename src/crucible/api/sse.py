@@ -21,7 +21,21 @@ from crucible.errors import InvalidSubmission
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "An event stream (text/event-stream): `id`, `event`, JSON `data`",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # One event of the stream (OpenAPI 3.2's reading of an event-stream schema,
+        # which Schemathesis checks every event against): `data` is JSON text.
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "event": {"type": "string"},
+                        "data": {"type": "string", "description": "JSON"},
+                        "retry": {"type": "integer"},
+                    },
+                }
+            }
+        },
     }
 }
 
