@@ -57,6 +57,8 @@ class FakeSession:
     def alive(self) -> bool:
         return not self.closed.is_set() and not self.crashed
 
+    close_delay_s = 0.0
+
     def crash(self) -> None:
         """Make the sandbox's init die (for tests of crash handling)."""
         self.crashed = True
@@ -201,7 +203,8 @@ class FakeSession:
         return Usage(cpu_ns=self.cpu_ns, peak_memory_bytes=8 << 20)
 
     async def close(self) -> Usage:
-        self.closed.set()
+        self.closed.set()  # dead at once, as a real sandbox's init is when killed
+        await asyncio.sleep(self.close_delay_s)  # while its tear-down takes a moment
         return self.usage()
 
 
@@ -217,6 +220,7 @@ class FakeSessions:
     ) -> None:
         self.sessions: dict[str, FakeSession] = {}
         self.fail_create = fail_create
+        self.close_delay_s = 0.0  # given to every session it makes
         self.create_delay_s = create_delay_s  # a real engine takes tens of ms
         self.leftovers = leftovers or []  # ids "left by a dead process", for sweep()
         self.created: list[SessionSpec] = []
@@ -227,6 +231,7 @@ class FakeSessions:
         await asyncio.sleep(self.create_delay_s)
         self.created.append(spec)
         session = self.sessions[session_id] = FakeSession(session_id, spec)
+        session.close_delay_s = self.close_delay_s
         return session
 
     def get(self, session_id: str) -> FakeSession | None:

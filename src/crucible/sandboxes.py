@@ -135,6 +135,7 @@ class SandboxService:
         # quota is counted in the insert), so the reaper would see it running with no
         # session and stop it as crashed.
         self._creating: set[str] = set()
+        self._stopping: set[str] = set()  # being stopped by _stop (see there)
         self._reaper: asyncio.Task[None] | None = None
 
     # -- start and stop -------------------------------------------------------------
@@ -271,7 +272,18 @@ class SandboxService:
         return session
 
     async def _stop(self, sandbox_id: str, reason: StopReason) -> bool:
-        """Close the engine's sandbox and record the stop once; publishes ``stopped``."""
+        """Close the engine's sandbox and record the stop once; publishes ``stopped``.
+        One stop at a time per sandbox: while a delete closes it, its init is already
+        dead, and the reaper must not record that as a crash (it did, in a browser test)."""
+        if sandbox_id in self._stopping:
+            return False
+        self._stopping.add(sandbox_id)
+        try:
+            return await self._close_and_record(sandbox_id, reason)
+        finally:
+            self._stopping.discard(sandbox_id)
+
+    async def _close_and_record(self, sandbox_id: str, reason: StopReason) -> bool:
         usage: tuple[int, int] | None = None
         session = self.engine.get(sandbox_id)
         if session is not None:

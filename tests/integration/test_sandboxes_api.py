@@ -404,6 +404,19 @@ async def test_the_reaper_leaves_a_sandbox_being_created_alone(
         assert (box["status"], box["stop_reason"]) == ("running", None)
 
 
+async def test_a_deleted_sandbox_is_deleted_not_crashed(
+    sandbox_api: SandboxApi, engine: FakeSessions
+) -> None:
+    """While a delete closes the sandbox, its init is already dead: a reaper tick then
+    used to record the stop as ``crashed`` (seen in the browser test)."""
+    engine.close_delay_s = 0.3
+    async with sandbox_api(sandbox_reap_s=0.02) as (client, _service):
+        sid = (await create(client))["id"]
+        assert (await client.delete(f"/sandboxes/{sid}")).status_code == 204
+        box = (await client.get(f"/sandboxes/{sid}")).json()
+        assert (box["status"], box["stop_reason"]) == ("stopped", "deleted")
+
+
 async def test_an_engine_failure_leaves_no_sandbox(settings: Settings) -> None:
     app = create_app(settings, dispatch=False, sessions=FakeSessions(fail_create=True))
     async with (
