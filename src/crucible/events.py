@@ -124,7 +124,10 @@ async def follow(
     that has ended that is all; else it follows the bus, whose next log is numbered
     above (see the module docstring). Quiet for ``idle_s``, it looks at the record
     again: a subject that ended where this bus cannot see (its final event lost)
-    gets its final event from the record.
+    gets its final event from the record, but only once the bus has nothing newer
+    than what was yielded. (The record turns final a moment before its publisher
+    sends the run's last events; events published while this reader was looking
+    at the record are real and come first, numbered by the bus.)
     """
     if await bus.bounds(stream) is None:
         type_, data = await snapshot()
@@ -138,11 +141,9 @@ async def follow(
             yield event
             continue
         type_, data = await snapshot()
-        if type_ in FINAL_TYPES:
-            later = await bus.history(stream, after) or []
-            if not any(e.final for e in later):
-                yield Event(after + 1, type_, data)
-                return
+        if type_ in FINAL_TYPES and not await bus.history(stream, after):
+            yield Event(after + 1, type_, data)
+            return
 
 
 @dataclass

@@ -1,6 +1,6 @@
 import asyncio
 
-from crucible.events import IDS_PER_MS, Event, InProcessBus, epoch_base, index_after
+from crucible.events import IDS_PER_MS, Event, InProcessBus, epoch_base, follow, index_after
 
 T0 = 1_750_000_000.0  # a fixed wall clock (seconds) for the buses below
 BASE = epoch_base(int(T0 * 1000))
@@ -109,3 +109,41 @@ async def test_ended_streams_are_evicted_beyond_the_cap() -> None:
         await bus.publish(name, "result", {})
     assert await bus.history("a") is None
     assert len(await bus.history("c") or []) == 1
+
+
+async def test_follow_keeps_events_published_while_it_read_the_record() -> None:
+    """A quiet reader looks at the record; the run ends meanwhile: its record turns
+    final before the worker has published the run's last events. Those are real, come
+    in order, and the real final event ends the stream (not one made from the record,
+    which would skip them and reuse an id)."""
+    bus = InProcessBus()
+    queued = await bus.publish("s", "status", {"status": "queued"})
+
+    async def snapshot() -> tuple[str, dict]:
+        if (await bus.bounds("s") or (0, 0))[1] == queued.id:  # the run, in a blink
+            await bus.publish("s", "status", {"status": "running"})
+            await bus.publish("s", "stdout", {"data": "hi"})
+            # ... and its final event right after (well within the reader's idle_s).
+            asyncio.get_running_loop().call_soon(
+                lambda: asyncio.ensure_future(bus.publish("s", "result", {"real": True}))
+            )
+        return "result", {"real": False}
+
+    events = [e async for e in follow(bus, "s", 0, snapshot, idle_s=0.5)]
+    assert [e.type for e in events] == ["status", "status", "stdout", "result"]
+    assert [e.id for e in events] == list(range(queued.id, queued.id + 4))
+    assert events[-1].data == {"real": True}
+
+
+async def test_follow_ends_from_the_record_when_the_final_event_is_lost() -> None:
+    bus = InProcessBus()
+    queued = await bus.publish("s", "status", {"status": "queued"})
+    await bus.publish("s", "stdout", {"data": "hi"})  # then the publisher died
+
+    async def snapshot() -> tuple[str, dict]:
+        return "result", {"from": "record"}
+
+    events = [e async for e in follow(bus, "s", 0, snapshot, idle_s=0.01)]
+    assert [e.type for e in events] == ["status", "stdout", "result"]
+    assert [e.id for e in events] == [queued.id, queued.id + 1, queued.id + 2]
+    assert events[-1].data == {"from": "record"}
