@@ -11,6 +11,10 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have runc || need_apt+=(runc)
 have runsc || need_apt+=(runsc)
 have crun || need_apt+=(crun)
+# Environments (crucible env import / build): OCI images and Debian root file systems.
+have skopeo || need_apt+=(skopeo)
+have umoci || need_apt+=(umoci)
+have mmdebstrap || need_apt+=(mmdebstrap)
 have gcc || need_apt+=(gcc)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] || need_apt+=(libc6-dev)
 have g++ || need_apt+=(g++)

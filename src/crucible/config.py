@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     pool_size: int | None = None
     pool_shapes: int = 2
 
+    # Environments (crucible.environments): the store, by default <data_dir>/environments
+    # (shared by every worker, like the blobs), and the largest image accepted, as an
+    # archive and unpacked.
+    environments_dir: Path | None = None
+    environment_max_bytes: int = 4 << 30
+
     max_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1)
     limits: LimitBounds = Field(default_factory=LimitBounds)
     compile_limits: dict[str, float] = Field(
@@ -213,6 +219,10 @@ class Settings(BaseSettings):
         if self.broker_url.startswith(("redis://", "rediss://", "unix://")):
             return self.broker_url
         raise ValueError("CRUCIBLE_REDIS_URL is needed when the broker is not Redis")
+
+    @property
+    def environments_root(self) -> Path:
+        return self.environments_dir or self.data_dir / "environments"
 
     @property
     def sqlalchemy_url(self) -> str:

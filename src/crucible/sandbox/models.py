@@ -7,6 +7,7 @@ are exceptions (``crucible.errors``), never a ``Result``.
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,6 +40,22 @@ class Limits(BaseModel):
     disk_mb: int = Field(description="size of the /workspace and /tmp tmpfs, MiB")
 
 
+class EnvironmentRoot(BaseModel):
+    """An environment's root file system, as the engine takes it (see
+    ``crucible.environments``): the read-only lower layer of a run's or a sandbox's
+    root, with what the image's config says about running in it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    digest: str
+    path: Path  # the read-only root on the host
+    env: dict[str, str] = Field(default_factory=dict)  # the image config's Env
+    workdir: str = ""
+    user: str = ""
+    programs: dict[str, str] = Field(default_factory=dict)  # e.g. python3 -> /usr/bin/python3
+
+
 class RunRequest(BaseModel):
     """One program to run. ``files`` maps relative paths to contents."""
 
@@ -52,6 +69,7 @@ class RunRequest(BaseModel):
     args: list[str] = Field(default_factory=list)
     limits: Limits
     runtime: RuntimeName = "runc"
+    environment: EnvironmentRoot | None = None  # None: the host's toolchain
 
 
 class FileInfo(BaseModel):
