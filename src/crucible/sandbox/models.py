@@ -141,6 +141,7 @@ class SessionSpec(BaseModel):
 
     runtime: RuntimeName = "runc"
     limits: SessionLimits
+    environment: EnvironmentRoot | None = None  # None: the Debian-looking host skeleton
 
 
 class ExecResult(BaseModel):
