@@ -185,3 +185,87 @@ def tar_directory(source: Path, path: Path) -> Path:
         for child in sorted(source.iterdir()):
             tar.add(child, arcname=child.name)
     return path
+
+
+# -- a userland taken from the host ---------------------------------------------------
+
+_USERLAND_PROGRAMS = ("/bin/bash", "/usr/bin/ls", "/usr/bin/cat", "/usr/bin/stat", "/usr/bin/id")
+
+
+def _libraries(binaries: list[str]) -> set[str]:
+    """The shared libraries ``binaries`` load (ldd), host paths."""
+    import subprocess
+
+    found: set[str] = set()
+    for binary in binaries:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            for word in line.split():
+                if word.startswith("/"):
+                    found.add(word)
+    return found
+
+
+def host_userland_layer(*, python: bool = True) -> bytes:
+    """A base layer made of the host's own files: bash, a few coreutils, the C library
+    and (``python``) the host's python3 with its standard library; a merged-/usr
+    layout with ``bin``, ``lib``, ``lib64`` and ``sbin`` as symlinks into ``usr``. Only
+    what those programs load, nothing else of the host."""
+    import glob
+    import os
+    import sys
+
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    programs = list(_USERLAND_PROGRAMS)
+    trees: list[str] = []
+    if python:
+        programs.append(f"/usr/bin/{version}")
+        trees.append(f"/usr/lib/{version}")
+    libs = _libraries(programs + sorted(glob.glob(f"/usr/lib/{version}/lib-dynload/*.so")))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+
+        def add_dir(name: str, mode: int = 0o755) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, mode
+            tar.addfile(info)
+
+        def add_link(name: str, target: str) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
+            tar.addfile(info)
+
+        for d in ("usr", "usr/bin", "usr/lib", "usr/lib64", "usr/sbin", "etc", "workspace"):
+            add_dir(d)
+        add_dir("tmp", 0o1777)
+        for top in ("bin", "lib", "lib64", "sbin"):
+            add_link(top, f"usr/{top}")
+        made: set[str] = set()
+        for path in sorted({*programs, *libs}):
+            real = os.path.realpath(path)
+            name = "usr/" + path.removeprefix("/usr/").lstrip("/")
+            if path.startswith(("/lib/", "/lib64/", "/bin/")):
+                name = "usr" + path
+            parent = name.rsplit("/", 1)[0]
+            parts = parent.split("/")
+            for i in range(2, len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in made and d not in ("usr/bin", "usr/lib", "usr/lib64", "usr/sbin"):
+                    add_dir(d)
+                    made.add(d)
+            tar.add(real, arcname=name, recursive=False)
+        if python:
+            add_link("usr/bin/python3", version)
+            for tree in trees:
+                tar.add(tree, arcname=tree.lstrip("/"), filter=_no_caches)
+        passwd = b"root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/bin/false\n"
+        for name, data in (("etc/passwd", passwd), ("etc/group", b"root:x:0:\nnogroup:x:65534:\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _no_caches(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    skip = ("__pycache__", "/test/", "/idlelib", "/tkinter", "/ensurepip", "/lib2to3")
+    return None if any(s in f"/{info.name}/" for s in skip) else info

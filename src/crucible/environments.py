@@ -43,6 +43,7 @@ from typing import IO, Any
 
 from crucible.config import Settings
 from crucible.errors import Conflict, CrucibleError, InvalidSubmission, NotFound, PayloadTooLarge
+from crucible.sandbox.languages import LANGUAGE_PROGRAMS
 from crucible.sandbox.models import EnvironmentRoot
 
 HOST = "host"
@@ -50,17 +51,6 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,128})?$")
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
-
-# What each language needs, by program name, looked up on the environment's PATH.
-LANGUAGE_PROGRAMS: dict[str, tuple[str, ...]] = {
-    "python": ("python3",),
-    "javascript": ("node",),
-    "bash": ("bash",),
-    "c": ("gcc",),
-    "cpp": ("g++",),
-    "java": ("javac", "java"),
-}
-
 
 class ImageRejected(InvalidSubmission):
     """The image is malformed or hostile; nothing of it was kept."""

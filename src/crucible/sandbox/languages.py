@@ -84,6 +84,18 @@ LANGUAGES: dict[str, Language] = {
 }
 
 
+def programs_of(lang: Language) -> tuple[str, ...]:
+    """The programs ``lang`` runs, by name (``python3``; ``javac`` and ``java``): what
+    an environment must have on its PATH to offer the language."""
+    argvs = [lang.compile, lang.run] if lang.compile else [lang.run]
+    return tuple(argv[0].rsplit("/", 1)[1] for argv in argvs if argv[0].startswith("/"))
+
+
+LANGUAGE_PROGRAMS: dict[str, tuple[str, ...]] = {
+    name: programs_of(lang) for name, lang in LANGUAGES.items()
+}
+
+
 def get_language(name: str) -> Language:
     """The language called ``name``; raises InvalidSubmission listing the supported ones."""
     try:

@@ -35,6 +35,7 @@ import ctypes.util
 import fcntl
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -176,10 +177,18 @@ def layers() -> list[str]:
 
 
 async def mount_root(
-    bundle: Path, skeleton: Path, disk_mb: int, *, id_base: int | None, userns_fd: int
+    bundle: Path,
+    skeleton: Path,
+    disk_mb: int,
+    *,
+    id_base: int | None,
+    userns_fd: int,
+    host_toolchain: bool = True,
 ) -> Path:
     """Mount the writable root of a sandbox under ``bundle``; returns the merged root.
 
+    ``skeleton``: the lower layer of ``/``: the session skeleton with the host's
+    toolchain layered in (``host_toolchain``), or an environment's root, alone.
     ``id_base``: the host uid of the sandbox's root (runc, crun), or None (gVisor).
     Undo with :func:`crucible.sandbox.workspace.unmount_below` of ``bundle``.
     """
@@ -188,7 +197,7 @@ async def mount_root(
     owner = f",uid={id_base},gid={id_base}" if id_base is not None else ""
     workspace.mount_tmpfs(upper, disk_mb, options=f"nr_inodes=262144,mode=0755{owner}")
     merged = bundle / "rootfs"
-    pairs = [("/", skeleton), *((d, Path(d)) for d in layers())]
+    pairs = [("/", skeleton), *((d, Path(d)) for d in (layers() if host_toolchain else []))]
     for dest, source in pairs:
         name = dest.strip("/") or "root"
         diff, work = upper / name / "diff", upper / name / "work"
@@ -206,7 +215,44 @@ async def mount_root(
             lower = bundle / "lower" / name
             bind_idmapped(source, lower, userns_fd)
         mount_overlay(merged / dest.lstrip("/") if dest != "/" else merged, lower, diff, work)
+    if not host_toolchain:  # an image's root: whatever it has at /tmp
+        sticky_tmp(merged, id_base or 0)
     return merged
+
+
+def mount_run_root(bundle: Path, lower: Path, disk_mb: int) -> Path:
+    """The root of a one-shot run in an environment: an overlay over the environment's
+    read-only root (``lower``), with an upper layer of its own on a tmpfs of
+    ``disk_mb`` (runc makes its mount points there; the container sees the root
+    read-only). Returns the merged root; undo with ``workspace.unmount_below(bundle)``."""
+    upper = bundle / "upper"
+    upper.mkdir()
+    workspace.mount_tmpfs(upper, disk_mb, options="nr_inodes=65536,mode=0755")
+    diff, work = upper / "diff", upper / "work"
+    diff.mkdir()
+    work.mkdir()
+    merged = bundle / "rootfs"
+    mount_overlay(merged, lower, diff, work)
+    sticky_tmp(merged)
+    return merged
+
+
+def sticky_tmp(root: Path, uid: int = 0) -> None:
+    """Make ``root``'s /tmp a real directory of mode 1777, whatever the image had there
+    (nothing, a file, a symlink to anywhere: it is replaced in the upper layer, never
+    followed). runc 1.1 gives the /tmp tmpfs its mount point's mode."""
+    tmp = root / "tmp"
+    try:
+        st = os.lstat(tmp)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        os.unlink(tmp)
+        st = None
+    if st is None:
+        os.mkdir(tmp)
+        os.chown(tmp, uid, uid, follow_symlinks=False)
+    os.chmod(tmp, 0o1777)  # a directory (checked above), not a link to follow
 
 
 # -- the skeleton ---------------------------------------------------------------------

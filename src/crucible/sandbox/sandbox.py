@@ -28,10 +28,11 @@ from pathlib import Path
 
 from crucible.config import Settings, get_settings
 from crucible.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
-from crucible.sandbox import accounting, reaper, runtime, spec, workspace
+from crucible.sandbox import accounting, overlay, reaper, runtime, spec, workspace
 from crucible.sandbox.container import Container, job_header
-from crucible.sandbox.languages import LANGUAGES, Language, get_language
+from crucible.sandbox.languages import LANGUAGE_PROGRAMS, LANGUAGES, Language, get_language
 from crucible.sandbox.models import (
+    EnvironmentRoot,
     Events,
     FileInfo,
     Limits,
@@ -236,14 +237,20 @@ class Sandbox:
         rt = self.get_runtime(request.runtime)
         cancel = cancel or asyncio.Event()
         limits = request.limits
+        environment = request.environment
+        if environment is not None:
+            lang = in_environment(lang, environment)
         async with self._limit:
             info = RuntimeInfo(name=rt.name, version=await runtime.runtime_version(rt))
-            shape = _Shape(rt.name, limits.memory_mb, limits.pids, limits.cpus, limits.disk_mb)
+            shape = _Shape(
+                rt.name, limits.memory_mb, limits.pids, limits.cpus, limits.disk_mb,
+                environment.path if environment else None,
+            )  # fmt: skip
             box = self._pool.take(shape) or await self._make(shape)
             try:
                 workspace.write_files(box.ws, files)
                 entry = request.entrypoint or lang.file_name
-                env = {**_base_env(), **lang.env}
+                env = {**_base_env(environment), **lang.env}
                 if lang.compile is not None:
                     failed = await self._compile(box, lang, entry, env, limits, info, cancel)
                     if failed is not None:
@@ -317,6 +324,8 @@ class Sandbox:
         box = _Box(run_id, bundle, bundle / "workspace")
         try:
             workspace.mount_tmpfs(box.ws, shape.disk_mb)
+            if shape.root is not None:
+                box.rootfs = overlay.mount_run_root(bundle, shape.root, shape.disk_mb)
             box.container, box.nonce = await self._create(
                 box, "r", _shape_limits(shape), shape.runtime
             )
@@ -338,13 +347,14 @@ class Sandbox:
             args=[],  # job mode: the program comes on stdin (init.c)
             env={"PATH": spec.PATH, "CRUCIBLE_STATUS_NONCE": nonce},
             limits=limits,
-            rootfs=self._rootfs,
+            rootfs=box.rootfs or self._rootfs,
             workspace=box.ws,
             init_binary=self._init,
             seccomp_bpf=self._seccomp,
             cgroups_path=cgroups_path,
             extra_mounts=self._host_mounts,
             gvisor=rt.name == "gvisor",
+            host_toolchain=box.rootfs is None,
         )
         container = Container(rt, cid, box.bundle / cid, cgroups_path)
         try:
@@ -362,6 +372,8 @@ class Sandbox:
             log.warning("cannot delete %s: %s", box.run_id, exc)  # the sweep retries
         finally:
             workspace.unmount(box.ws)
+            if box.rootfs is not None:
+                workspace.unmount_below(box.bundle)
             shutil.rmtree(box.bundle, ignore_errors=True)
 
     def _background(self, work: Awaitable[None]) -> None:
@@ -522,6 +534,7 @@ class _Shape:
     pids: int
     cpus: float
     disk_mb: int
+    root: Path | None = None  # an environment's root (the lower layer); None: the host's
 
 
 def _shape_limits(shape: _Shape) -> Limits:
@@ -541,6 +554,7 @@ class _Box:
     ws: Path
     container: Container | None = None
     nonce: str = ""
+    rootfs: Path | None = None  # the run's own overlay root in an environment
 
 
 @dataclass(frozen=True)
@@ -563,8 +577,44 @@ class WarmStats:
     pids: int
 
 
-def _base_env() -> dict[str, str]:
-    return {"PATH": spec.PATH, "HOME": spec.WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+def _base_env(environment: EnvironmentRoot | None = None) -> dict[str, str]:
+    """The program's environment: fixed, but for what an environment's image sets
+    (its PATH, LANG, its own variables); HOME and TMPDIR stay the sandbox's."""
+    fixed = {"PATH": spec.PATH, "HOME": spec.WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+    if environment is None:
+        return fixed
+    return {**fixed, **environment.env, "HOME": spec.WORKSPACE, "TMPDIR": "/tmp"}
+
+
+def in_environment(lang: Language, environment: EnvironmentRoot) -> Language:
+    """``lang`` with its programs found in ``environment`` (``/usr/bin/python3`` becomes
+    what the environment's PATH gives, e.g. ``/usr/local/bin/python3``); raises
+    InvalidSubmission naming the languages the environment has."""
+
+    def resolve(argv: tuple[str, ...]) -> tuple[str, ...]:
+        program = argv[0]
+        if not program.startswith("/"):
+            return argv  # ./main: the compiled program
+        found = environment.programs.get(program.rsplit("/", 1)[1])
+        if found is None:
+            have = sorted(
+                name
+                for name, needs in LANGUAGE_PROGRAMS.items()
+                if all(p in environment.programs for p in needs)
+            )
+            raise InvalidSubmission(
+                f"environment {environment.name!r} has no {lang.name} "
+                f"(it has: {', '.join(have) or 'none of the languages'})",
+                field="language",
+            )
+        return (found, *argv[1:])
+
+    return dataclasses.replace(
+        lang,
+        run=resolve(lang.run),
+        compile=resolve(lang.compile) if lang.compile else None,
+        version=resolve(lang.version) if lang.version else (),
+    )
 
 
 def _verdict(rt: Runtime, phase: _Phase, limits: Limits) -> Termination:

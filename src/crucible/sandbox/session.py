@@ -162,6 +162,11 @@ class Session:
         self._closing = False
         self._final: Usage | None = None
         self._close_lock = asyncio.Lock()
+        # What an environment's image config says (Env, WorkingDir, User); else Debian's.
+        image = session_spec.environment
+        self.workdir = (image.workdir if image and image.workdir.startswith("/") else "") or WORKDIR
+        self.env = {**ENV, **(image.env if image else {})}
+        self.user = image.user.split(":", 1)[0] if image else ""
 
     @property
     def alive(self) -> bool:
@@ -206,7 +211,7 @@ class Session:
         """
         if not cmd:
             raise InvalidSubmission("the command is empty", field="cmd")
-        env = {**ENV, **(env or {})}  # HOME: the user's, unless given here
+        env = {**self.env, **(env or {})}  # HOME: the user's, unless given here
         fields = [*cmd, user or "", cwd or "", *env, *env.values()]
         if any("\0" in f for f in fields):
             raise InvalidSubmission("arguments may not contain NUL", field="cmd")
@@ -214,10 +219,10 @@ class Session:
             raise InvalidSubmission(
                 f"arguments and environment exceed {MAX_ARGS_BYTES} bytes", field="cmd"
             )
-        directory = posixpath.join(WORKDIR, cwd) if cwd else WORKDIR
+        directory = posixpath.join(self.workdir, cwd) if cwd else self.workdir
         flags = ("" if cwd else "c") + ("h" if "HOME" in env else "") or "-"
         return await self._exec(
-            [spec.INIT_PATH, "--exec", user or "", directory, flags, "--", *cmd],
+            [spec.INIT_PATH, "--exec", user or self.user, directory, flags, "--", *cmd],
             env,
             input=input,
             timeout_s=timeout_s,
@@ -324,7 +329,7 @@ class Session:
     def _path(self, path: str) -> str:
         if not path or "\0" in path:
             raise InvalidSubmission(f"invalid path {path!r}", field="path")
-        return posixpath.join(WORKDIR, path)
+        return posixpath.join(self.workdir, path)
 
     async def _file_op(
         self, path: str, op: list[str], *, input: bytes | None, max_out: int
@@ -333,7 +338,7 @@ class Session:
         err = _Stream(4096, keep_head=True)
         argv = [spec.INIT_PATH, "--exec", "", "/", "-", "--", spec.INIT_PATH, *op]
         result = await self._exec(
-            argv, dict(ENV), input=input, timeout_s=_FILE_TIMEOUT_S, on_output=None,
+            argv, dict(self.env), input=input, timeout_s=_FILE_TIMEOUT_S, on_output=None,
             stdout=out, stderr=err,
         )  # fmt: skip
         if result.returncode == 0 and not result.timed_out:
@@ -459,9 +464,11 @@ class Sessions:
                 ids = overlay.IdRange(engine.state_dir / "id-ranges")
                 userns_fd = await overlay.user_namespace(ids.base)
             try:
+                image = spec_.environment
                 rootfs = await overlay.mount_root(
-                    bundle, skeleton, spec_.limits.disk_mb,
+                    bundle, image.path if image else skeleton, spec_.limits.disk_mb,
                     id_base=ids.base if ids else None, userns_fd=userns_fd,
+                    host_toolchain=image is None,
                 )  # fmt: skip
             finally:
                 if userns_fd != -1:

@@ -144,6 +144,7 @@ def build_config(
     cgroups_path: str,
     extra_mounts: list[str] = (),  # type: ignore[assignment]
     gvisor: bool = False,
+    host_toolchain: bool = True,
 ) -> dict[str, Any]:
     """The OCI runtime configuration (config.json) of one container.
 
@@ -153,6 +154,9 @@ def build_config(
     cgroup gets ``GVISOR_PIDS_OVERHEAD`` more, and the program's own count is
     bounded by RLIMIT_NPROC, which gVisor's kernel enforces per sandbox (under runc
     RLIMIT_NPROC would count every sandbox's uid-65534 processes host-wide).
+
+    ``host_toolchain``: bind the host's /usr (and /etc files) into ``rootfs``, the
+    shared skeleton; False for an environment's root, which has its own.
     """
     memory = limits.memory_mb << 20
     pids = limits.pids + GVISOR_PIDS_OVERHEAD if gvisor else limits.pids
@@ -212,7 +216,7 @@ def build_config(
                 "source": "tmpfs",
                 "options": ["nosuid", "nodev", "mode=1777", disk],
             },
-            *_host_binds(rootfs, list(extra_mounts)),
+            *(_host_binds(rootfs, list(extra_mounts)) if host_toolchain else []),
             _bind(INIT_PATH, str(init_binary)),
             _bind(SECCOMP_PATH, str(seccomp_bpf)),
             _bind(WORKSPACE, str(workspace), readonly=False),
