@@ -189,7 +189,10 @@ def tar_directory(source: Path, path: Path) -> Path:
 
 # -- a userland taken from the host ---------------------------------------------------
 
-_USERLAND_PROGRAMS = ("/bin/bash", "/usr/bin/ls", "/usr/bin/cat", "/usr/bin/stat", "/usr/bin/id")
+_USERLAND_PROGRAMS = (
+    "/bin/bash", "/usr/bin/dash", "/usr/bin/ls", "/usr/bin/cat", "/usr/bin/stat",
+    "/usr/bin/id", "/usr/bin/sleep",
+)  # fmt: skip
 
 
 def _libraries(binaries: list[str]) -> set[str]:
@@ -254,11 +257,12 @@ def host_userland_layer(*, python: bool = True) -> bytes:
                     add_dir(d)
                     made.add(d)
             tar.add(real, arcname=name, recursive=False)
+        add_link("usr/bin/sh", "dash")
         if python:
             add_link("usr/bin/python3", version)
             for tree in trees:
                 tar.add(tree, arcname=tree.lstrip("/"), filter=_no_caches)
-        passwd = b"root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/bin/false\n"
+        passwd = FEATURE_PASSWD.encode()
         for name, data in (("etc/passwd", passwd), ("etc/group", b"root:x:0:\nnogroup:x:65534:\n")):
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -269,3 +273,50 @@ def host_userland_layer(*, python: bool = True) -> bytes:
 def _no_caches(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
     skip = ("__pycache__", "/test/", "/idlelib", "/tkinter", "/ensurepip", "/lib2to3")
     return None if any(s in f"/{info.name}/" for s in skip) else info
+
+
+# -- the image the environment tests run in -------------------------------------------
+
+FEATURE_PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/nonexistent:/bin/false\n"
+
+
+def feature_image() -> Image:
+    """The host's userland plus two layers exercising what an import must get right:
+    a whiteout (``/data/gone``), an opaque directory (``/opq``: ``old`` hidden, ``new``
+    shown), a file replaced (``/etc/motd``), a hard link (``/data/hard`` = ``keep``), a
+    setuid-root copy of ``id`` (``/usr/local/bin/su-probe``), symlinks pointing out of
+    the image (``/host-etc`` -> ``/etc``, ``/up`` -> ``../../../..``), a world-writable
+    directory (``/scratch``), and Env, WorkingDir and User in the config."""
+    with open("/usr/bin/id", "rb") as f:
+        id_binary = f.read()
+    two = layer_tar(
+        [
+            directory("data"),
+            file("data/keep", "kept\n"),
+            file("data/gone", "gone\n"),
+            directory("opq"),
+            file("opq/old", "old\n"),
+            file("etc/motd", "layer two\n"),
+            directory("usr/local"),
+            directory("usr/local/bin"),
+            file("usr/local/bin/su-probe", id_binary, mode=0o4755),
+            symlink("host-etc", "/etc"),
+            symlink("up", "../../../.."),
+            hardlink("data/hard", "data/keep"),
+            directory("scratch", mode=0o777),
+        ]
+    )
+    three = layer_tar(
+        [
+            whiteout("data/gone"),
+            opaque("opq"),
+            file("opq/new", "new\n"),
+            file("etc/motd", "layer three\n"),
+        ]
+    )
+    return Image(
+        [host_userland_layer(), two, three],
+        env=["PATH=/usr/local/bin:/usr/bin:/bin", "FOO=from-image"],
+        workdir="/data",
+        user="nobody",
+    )

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from crucible.config import Settings
+from crucible.environments import Environment, EnvironmentStore
 from crucible.limits import resolve_limits
 from crucible.sandbox import Limits, Result, RunRequest, Sandbox
 from crucible.sandbox.models import SessionLimits, SessionSpec
@@ -92,6 +93,7 @@ async def run_code(
     *,
     language: str = "python",
     stdin: str = "",
+    environment: Environment | None = None,
     **limit_overrides: Any,
 ) -> Result:
     request = RunRequest(
@@ -100,6 +102,7 @@ async def run_code(
         stdin=stdin,
         limits=limits(sandbox.settings, **limit_overrides),
         runtime=runtime,  # type: ignore[arg-type]
+        environment=environment.root_spec() if environment else None,
     )
     return await sandbox.run(request)
 
@@ -157,3 +160,30 @@ async def host_unharmed(
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``oci_images.feature_image()`` written once per session in the three forms
+    ``crucible env import`` takes: a docker save archive, an OCI layout, a tar of one."""
+    import oci_images
+
+    root = tmp_path_factory.mktemp("images")
+    image = oci_images.feature_image()
+    layout = oci_images.write_oci_layout(image, root / "layout")
+    return {
+        "docker-archive": oci_images.write_docker_archive(image, root / "docker.tar"),
+        "oci-layout": layout,
+        "oci-archive": oci_images.tar_directory(layout, root / "oci.tar"),
+    }
+
+
+@pytest.fixture(scope="session")
+def environments(sandbox_settings: Settings) -> EnvironmentStore:
+    return EnvironmentStore.of(sandbox_settings)
+
+
+@pytest.fixture(scope="session")
+def test_environment(environments: EnvironmentStore, image_files: dict[str, Path]) -> Environment:
+    """The feature image, imported (from its docker save archive) as ``test/features``."""
+    return environments.import_image(image_files["docker-archive"], "test/features")

@@ -52,6 +52,7 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,128})?$")
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 
+
 class ImageRejected(InvalidSubmission):
     """The image is malformed or hostile; nothing of it was kept."""
 
@@ -301,7 +302,10 @@ def _tool(argv: list[str], what: str) -> None:
         raise CrucibleError(f"{argv[0]} is not installed (Debian package {argv[0]})")
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise ImageRejected(f"{what}: {proc.stderr.strip()[-800:]}")
+        text = proc.stderr.strip()
+        # skopeo logs as logrus does: time="..." level=fatal msg="what went wrong"
+        said = re.findall(r'msg="((?:[^"\\]|\\.)*)"', text)
+        raise ImageRejected(f"{what}: {(said[-1] if said else text)[-800:]}")
 
 
 def _skopeo_source(source: Path, max_bytes: int) -> tuple[str, str]:

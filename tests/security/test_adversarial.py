@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from crucible.environments import Environment
 from crucible.sandbox import Result, Sandbox
 from sandbox_fixtures import run_code
 
@@ -32,6 +33,8 @@ class Case:
     language: str = "python"
     limits: dict[str, Any] = field(default_factory=dict)
     skip: dict[str, str] = field(default_factory=dict)  # runtime -> reason
+    # The check in an imported environment, where it differs (the image sets Env).
+    in_environment: Check | None = None
 
 
 def exited(code: int = 0, *, out: str | None = None) -> Check:
@@ -340,6 +343,23 @@ CASES = [
                 ),
             ),
         ),
+        in_environment=lambda r: (
+            exited(0)(r),
+            assert_eq(
+                r.stdout.strip(),
+                str(
+                    sorted(
+                        {
+                            "PATH": "/usr/local/bin:/usr/bin:/bin",
+                            "FOO": "from-image",  # the image's Env, and nothing else
+                            "HOME": "/workspace",
+                            "LANG": "C.UTF-8",
+                            "TMPDIR": "/tmp",
+                        }.items()
+                    )
+                ),
+            ),
+        ),
     ),
     Case(
         "symlink-to-host-file",
@@ -522,3 +542,27 @@ async def test_hostile_program(
     result = await run_code(sandbox, runtime, code, language=case.language, **case.limits)
     assert result.runtime.name == runtime
     case.check(result)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+async def test_hostile_program_in_an_imported_environment(
+    case: Case,
+    sandbox: Sandbox,
+    host_unharmed: Path,
+    test_environment: Environment,
+) -> None:
+    """The same cases once more, under the default runtime, in an environment imported
+    from an image (tests/oci_images.py: the host's python3 and bash, with hostile
+    layers of its own: setuid, links out of the image) instead of the host's toolchain."""
+    runtime = sandbox.settings.default_runtime
+    if case.language not in test_environment.languages:
+        pytest.skip(f"the test image has no {case.language}")
+    if runtime in case.skip:
+        pytest.skip(case.skip[runtime])
+    code = case.code.replace("__RUNTIME__", runtime).replace("__CHECKOUT__", str(Path.cwd()))
+    result = await run_code(
+        sandbox, runtime, code, language=case.language, environment=test_environment,
+        **case.limits,
+    )  # fmt: skip
+    assert result.runtime.name == runtime
+    (case.in_environment or case.check)(result)

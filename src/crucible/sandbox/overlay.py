@@ -158,14 +158,22 @@ def bind_idmapped(source: Path, target: Path, userns_fd: int) -> None:
 
 
 def mount_overlay(target: Path, lower: Path, upper: Path, work: Path) -> None:
+    """Mount an overlay at ``target``. The layers are named through ``/proc/self/fd``:
+    overlayfs shows its options as given in the container's /proc/self/mounts, and
+    host paths (the data directory, the state directory) are none of its business."""
     target.mkdir(parents=True, exist_ok=True)
-    # userxattr is not needed: the overlay is mounted by the host's root. index=off and
-    # metacopy=off: the kernel's defaults, said aloud (copy-ups are whole files).
-    opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    rc = _libc.mount(
-        b"overlay", str(target).encode(), b"overlay", _MS_NOSUID | _MS_NODEV, opts.encode()
-    )
-    _check(rc, f"mount overlay on {target}")
+    fds = [os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for d in (lower, upper, work)]
+    try:
+        low, up, wk = (f"/proc/self/fd/{fd}" for fd in fds)
+        # userxattr is not needed: the overlay is mounted by the host's root.
+        opts = f"lowerdir={low},upperdir={up},workdir={wk}"
+        rc = _libc.mount(
+            b"overlay", str(target).encode(), b"overlay", _MS_NOSUID | _MS_NODEV, opts.encode()
+        )
+        _check(rc, f"mount overlay on {target}")
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 # -- the mounted root -----------------------------------------------------------------
