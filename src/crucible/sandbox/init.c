@@ -488,6 +488,9 @@ static int exec_mode(int argc, char **argv) {
     }
     const char *user = argv[2], *cwd = argv[3];
     int defaulted = strchr(argv[4], 'c') != NULL, keep_home = strchr(argv[4], 'h') != NULL;
+    /* 'd': a service (compose's command): detached, in a session of its own, stdio on
+     * /dev/null; the exec returns at once and the sandbox's init adopts it. */
+    int detach = strchr(argv[4], 'd') != NULL;
     char **program = argv + 6;
     struct passwd pw = {0};
     if (find_user(user, &pw) != 0) {
@@ -512,6 +515,11 @@ static int exec_mode(int argc, char **argv) {
     struct sigaction sa = {0};
     sa.sa_handler = on_kill_request;
     sigaction(SIGUSR1, &sa, NULL);
+    int started[2] = {-1, -1}; /* detached: closed by a successful exec, else errno */
+    if (detach && pipe2(started, O_CLOEXEC) != 0) {
+        perror("crucible-init: pipe");
+        return 125;
+    }
     pid_t child = fork();
     if (child < 0) {
         perror("crucible-init: fork");
@@ -536,6 +544,13 @@ static int exec_mode(int argc, char **argv) {
                 _exit(126);
             }
         }
+        if (detach) {
+            int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+            if (null < 0 || setsid() < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 ||
+                dup2(null, 2) < 0) {
+                _exit(126);
+            }
+        }
         struct sock_fprog prog = {.len = (unsigned short)instructions, .filter = filter};
         if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) {
             fprintf(stderr, "crucible-init: cannot install seccomp filter: %s\n", strerror(errno));
@@ -543,9 +558,21 @@ static int exec_mode(int argc, char **argv) {
         }
         execvp(program[0], program);
         int err = errno;
+        if (detach) {
+            (void)!write(started[1], &err, sizeof err);
+        }
         fprintf(stderr, "crucible: cannot execute %s: %s\n", program[0], strerror(err));
         /* The shell's convention: 126 found but not executable, 127 not found. */
         _exit(err == ENOENT ? 127 : 126);
+    }
+    if (detach) {
+        close(started[1]);
+        int err = 0;
+        if (read(started[0], &err, sizeof err) == (ssize_t)sizeof err) {
+            fprintf(stderr, "crucible: cannot execute %s: %s\n", program[0], strerror(err));
+            return err == ENOENT ? 127 : 126;
+        }
+        return 0;
     }
     int killed = 0;
     for (;;) {

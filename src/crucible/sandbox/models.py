@@ -134,6 +134,18 @@ class SessionLimits(BaseModel):
     disk_mb: int = Field(description="size of the writable layer over the root, MiB")
 
 
+class NetworkAttachment(BaseModel):
+    """A sandbox's place on a private network shared with the other sandboxes of the
+    same ``group`` (one sample's services): its ``hostname``, and every member's
+    name, itself included (each member's /etc/hosts names them all)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    group: str = Field(min_length=1, max_length=200)
+    hostname: str
+    members: tuple[str, ...]
+
+
 class SessionSpec(BaseModel):
     """What to create: a long-lived sandbox an agent drives step by step."""
 
@@ -142,6 +154,7 @@ class SessionSpec(BaseModel):
     runtime: RuntimeName = "runc"
     limits: SessionLimits
     environment: EnvironmentRoot | None = None  # None: the Debian-looking host skeleton
+    network: NetworkAttachment | None = None  # None: no network at all (loopback only)
 
 
 class ExecResult(BaseModel):

@@ -42,6 +42,7 @@ from crucible.sandbox.models import (
     RuntimeName,
     Termination,
 )
+from crucible.sandbox.network import sweep_networks
 from crucible.sandbox.output import ExitStatus, OutputCallback, OutputCollector, pump
 from crucible.sandbox.pool import WarmPool
 from crucible.sandbox.process import run_tool
@@ -213,7 +214,8 @@ class Sandbox:
                 runtimes.append(self.get_runtime(name))
             except SandboxUnavailable:
                 continue
-        return await sweep_leftovers(self.state_dir, self.settings.prefix, runtimes)
+        swept = await sweep_leftovers(self.state_dir, self.settings.prefix, runtimes)
+        return swept + await sweep_networks(self.state_dir)
 
     # -- one run --------------------------------------------------------------
 

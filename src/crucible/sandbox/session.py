@@ -61,7 +61,8 @@ from crucible.errors import (
 from crucible.sandbox import accounting, overlay, runtime, spec, workspace
 from crucible.sandbox.accounting import Usage
 from crucible.sandbox.container import Container, WritePipeState
-from crucible.sandbox.models import ExecResult, Limits, SessionSpec
+from crucible.sandbox.models import ExecResult, Limits, NetworkAttachment, SessionSpec
+from crucible.sandbox.network import Network
 from crucible.sandbox.output import OutputCallback, pump
 from crucible.sandbox.sweep import owner_alive, owner_token
 
@@ -198,8 +199,13 @@ class Session:
         timeout_s: float | None = None,
         on_output: OutputCallback | None = None,
         output_cap: int = MAX_EXEC_OUTPUT,
+        detach: bool = False,
     ) -> ExecResult:
         """Run ``cmd`` in the sandbox and report what it did.
+
+        ``detach``: start ``cmd`` as a service (a compose service's command) in a
+        session of its own with its output discarded, and return once it has been
+        executed (127 or 126 when it could not be); the sandbox's init adopts it.
 
         ``on_output(stream, chunk)`` receives output as it is produced. A timeout
         kills the exec's whole process tree (not the sandbox): ``timed_out`` is set.
@@ -220,7 +226,8 @@ class Session:
                 f"arguments and environment exceed {MAX_ARGS_BYTES} bytes", field="cmd"
             )
         directory = posixpath.join(self.workdir, cwd) if cwd else self.workdir
-        flags = ("" if cwd else "c") + ("h" if "HOME" in env else "") or "-"
+        flags = ("" if cwd else "c") + ("h" if "HOME" in env else "") + ("d" if detach else "")
+        flags = flags or "-"
         return await self._exec(
             [spec.INIT_PATH, "--exec", user or self.user, directory, flags, "--", *cmd],
             env,
@@ -401,6 +408,7 @@ class Session:
                 if self._ids is not None:
                     self._ids.release()
                 self._owner._forget(self.id)
+                await self._owner._leave_network(self.spec)
             return usage
 
 
@@ -417,6 +425,8 @@ class Sessions:
         self._engine = engine
         self._sessions: dict[str, Session] = {}
         self._skeleton: Path | None = None
+        self._networks: dict[str, Network] = {}
+        self._network_lock = asyncio.Lock()
 
     def _prepare(self) -> Path:
         engine = self._engine
@@ -439,6 +449,47 @@ class Sessions:
                     "with a user namespace (the state directory is under it)"
                 )
 
+    async def _join_network(self, attachment: NetworkAttachment) -> Network:
+        """The network of ``attachment.group``, made with its first member."""
+        async with self._network_lock:
+            net = self._networks.get(attachment.group)
+            members = list(attachment.members)
+            if net is not None and net.members != members:
+                raise InvalidSubmission(
+                    f"network {attachment.group!r} has members {net.members}, not {members}",
+                    field="network",
+                )
+            if attachment.hostname not in members:
+                raise InvalidSubmission(
+                    f"{attachment.hostname!r} is not one of the members {members}",
+                    field="network",
+                )
+            if attachment.hostname in (net.joined if net else set()):
+                raise InvalidSubmission(
+                    f"{attachment.hostname!r} is already on network {attachment.group!r}",
+                    field="network",
+                )
+            if net is None:
+                engine = self._engine
+                net = await Network.create(engine.settings.prefix, engine.state_dir, members)
+                self._networks[attachment.group] = net
+            net.joined.add(attachment.hostname)
+            return net
+
+    async def _leave_network(self, spec_: SessionSpec) -> None:
+        """A member left; the network goes with its last member."""
+        attachment = spec_.network
+        if attachment is None:
+            return
+        async with self._network_lock:
+            net = self._networks.get(attachment.group)
+            if net is None:
+                return
+            net.joined.discard(attachment.hostname)
+            if not net.joined:
+                del self._networks[attachment.group]
+                await net.remove()
+
     async def create(self, spec_: SessionSpec, *, session_id: str) -> Session:
         """Create and start a sandbox named ``session_id`` (the API's sandbox id).
         Raises ``SandboxUnavailable`` / ``RuntimeFailure`` on platform failures,
@@ -446,6 +497,11 @@ class Sessions:
         engine = self._engine
         await engine.prepare()
         rt = engine.get_runtime(spec_.runtime)
+        if spec_.network is not None and rt.name == "gvisor":
+            raise SandboxUnavailable(
+                "sandbox networks need runc or crun: Debian's runsc 20221219 cannot start "
+                "its network stack on Linux 6 (see crucible.sandbox.network)"
+            )
         skeleton = self._prepare()
         namespaced = rt.name != "gvisor"
         if namespaced:
@@ -458,7 +514,10 @@ class Sessions:
         (bundle / "session").write_text(session_id)
         ids: overlay.IdRange | None = None
         container: Container | None = None
+        net: Network | None = None
         try:
+            if spec_.network is not None:
+                net = await self._join_network(spec_.network)
             userns_fd = -1
             if namespaced:
                 ids = overlay.IdRange(engine.state_dir / "id-ranges")
@@ -488,8 +547,12 @@ class Sessions:
                 id_base=ids.base if ids else None,
                 gvisor=not namespaced,
             )  # fmt: skip
+            if spec_.network is not None:
+                config["hostname"] = spec_.network.hostname
             container = Container(rt, cid, bundle / cid, cgroups_path)
             await container.create(config)
+            if net is not None and spec_.network is not None:
+                await net.attach(spec_.network.hostname, container.pid)
         except BaseException:
             if container is not None:
                 with contextlib.suppress(Exception):
@@ -497,11 +560,20 @@ class Sessions:
             _remove_bundle(bundle)
             if ids is not None:
                 ids.release()
+            if net is not None:
+                await self._leave_network(spec_)
             raise
         session = Session(
             session_id, spec_, container=container, bundle=bundle, ids=ids, owner=self
         )
         self._sessions[session_id] = session
+        if net is not None and spec_.network is not None:
+            try:  # written from inside: the image's /etc may be a link to anywhere
+                await session.write_file("/etc/hosts", net.hosts(spec_.network.hostname).encode())
+                await session.write_file("/etc/hostname", f"{spec_.network.hostname}\n".encode())
+            except BaseException:
+                await session.close()
+                raise
         return session
 
     def get(self, session_id: str) -> Session | None:
