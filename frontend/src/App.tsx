@@ -12,6 +12,7 @@ import { BatchPage } from './pages/BatchPage';
 import { DashboardPage } from './pages/DashboardPage';
 import { SandboxesPage } from './pages/SandboxesPage';
 import { SandboxPage } from './pages/SandboxPage';
+import { EnvironmentsPage } from './pages/EnvironmentsPage';
 
 const NEXT_THEME: Record<ThemeMode, ThemeMode> = { system: 'light', light: 'dark', dark: 'system' };
 
@@ -106,6 +107,7 @@ export function App() {
           <NavLink to="/evaluations">Evaluations</NavLink>
           <NavLink to="/batches">Batches</NavLink>
           <NavLink to="/sandboxes">Sandboxes</NavLink>
+          <NavLink to="/environments">Environments</NavLink>
           <NavLink to="/dashboard">Dashboard</NavLink>
         </nav>
         <div className="topbar-end">
@@ -127,6 +129,7 @@ export function App() {
           <Route path="/batches/:id" element={<BatchPage />} />
           <Route path="/sandboxes" element={<SandboxesPage />} />
           <Route path="/sandboxes/:id" element={<SandboxPage />} />
+          <Route path="/environments" element={<EnvironmentsPage />} />
           <Route path="/dashboard" element={<DashboardPage />} />
           <Route path="*" element={<NotFound />} />
         </Routes>

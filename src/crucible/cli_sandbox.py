@@ -36,6 +36,10 @@ Ttl = Annotated[
     float | None, typer.Option("--ttl", help="stopped this many seconds after creation")
 ]
 Idle = Annotated[float | None, typer.Option("--idle-timeout", help="stopped after this long idle")]
+EnvironmentOpt = Annotated[
+    str | None,
+    typer.Option("--environment", "-e", help="root under the writable layer (default host)"),
+]
 FAILURES = (ApiError, CrucibleError, OSError)
 
 sandbox_app = typer.Typer(help="Long-lived sandboxes an agent (or you) drives step by step.")
@@ -72,6 +76,7 @@ def _age(record: SandboxPublic) -> str:
 def create(
     server: Server = DEFAULT_SERVER,
     runtime: Runtime = None,
+    environment: EnvironmentOpt = None,
     memory: Memory = None,
     cpus: Cpus = None,
     pids: Pids = None,
@@ -91,6 +96,7 @@ def create(
                 ttl_s=ttl,
                 idle_timeout_s=idle_timeout,
                 labels=labels or None,
+                environment=environment,
             )
         except FAILURES as exc:
             raise _fail(exc) from None
@@ -186,6 +192,7 @@ def shell(
     ] = None,
     server: Server = DEFAULT_SERVER,
     runtime: Runtime = None,
+    environment: EnvironmentOpt = None,
     memory: Memory = None,
     ttl: Ttl = None,
     timeout: Annotated[float | None, typer.Option(help="each command's time limit")] = None,
@@ -196,7 +203,10 @@ def shell(
         try:
             if sandbox_id is None:
                 box = client.sandboxes.create(
-                    runtime=runtime, limits=_limits(memory, None, None, None), ttl_s=ttl
+                    runtime=runtime,
+                    limits=_limits(memory, None, None, None),
+                    ttl_s=ttl,
+                    environment=environment,
                 )
                 err.print(f"sandbox {box.id} (removed when you leave)")
             else:

@@ -166,6 +166,10 @@ def submit(
     runtime: Annotated[
         str | None, typer.Option(help="runc, crun or gvisor (default: the server's)")
     ] = None,
+    environment: Annotated[
+        str | None,
+        typer.Option("--environment", "-e", help="environment to run in (default host)"),
+    ] = None,
     priority: Annotated[str | None, typer.Option(help="high, normal or low")] = None,
     label: Annotated[list[str] | None, typer.Option(help="key=value (repeatable)")] = None,
     json_out: AsJson = False,
@@ -180,6 +184,7 @@ def submit(
         "test_code": test.read_text() if test else None,
         "stdin": stdin.read_text() if stdin else None,
         "runtime": runtime,
+        "environment": environment,
         "priority": priority,
         "labels": labels or None,
         "limits": limits or None,

@@ -8,7 +8,8 @@
 Errors from the server raise :class:`ApiError` carrying the status code, the message
 and the offending field (see ``crucible.client_errors`` for the few mapped back to
 ``crucible.errors`` exceptions). Long-lived sandboxes: ``Client.sandboxes`` and the
-async ``AsyncClient.sandboxes`` (``crucible.client_sandboxes``).
+async ``AsyncClient.sandboxes`` (``crucible.client_sandboxes``); environments:
+``.environments`` on both (``crucible.client_environments``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from crucible.api.schemas import (
     EvaluationPublic,
     QueuePublic,
 )
+from crucible.client_environments import AsyncEnvironments, Environments
 from crucible.client_errors import ApiError, check
 from crucible.client_sandboxes import AsyncSandboxes, Sandboxes
 
@@ -69,6 +71,7 @@ class Client:
             headers=_headers(api_key),
         )
         self.sandboxes = Sandboxes(self.http, self._sse)
+        self.environments = Environments(self.http)
 
     def __enter__(self) -> Client:
         return self
@@ -89,15 +92,17 @@ class Client:
         code: str | None = None,
         *,
         language: str = "python",
+        environment: str | None = None,
         wait: float | None = None,
         idempotency_key: str | None = None,
         **fields: Any,
     ) -> EvaluationPublic:
         """Queue ``code`` (or ``files=``/``entrypoint=``); other fields as in the API.
 
+        ``environment``: the root to run in (``environments.list()``; default host).
         With ``wait`` (≤ 60 s) the server answers once the evaluation ends, if it does.
         """
-        body = {"code": code, "language": language, **fields}
+        body = {"code": code, "language": language, "environment": environment, **fields}
         body = {k: v for k, v in body.items() if v is not None}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         params = {"wait": wait} if wait else {}
@@ -191,8 +196,12 @@ class Client:
         items: builtins.list[dict[str, Any]],
         defaults: dict[str, Any] | None = None,
         labels: dict[str, str] | None = None,
+        environment: str | None = None,
     ) -> BatchCreated:
+        """Queue ``items``; ``environment`` goes into ``defaults`` (an item's own wins)."""
         body: dict[str, Any] = {"items": items}
+        if environment is not None:
+            defaults = {**(defaults or {}), "environment": environment}
         if defaults:
             body["defaults"] = defaults
         if labels:
@@ -217,7 +226,8 @@ class Client:
 
 class AsyncClient:
     """The async client; for now it covers long-lived sandboxes (``.sandboxes``), what
-    an agent harness drives from its event loop (the Inspect AI provider)."""
+    an agent harness drives from its event loop (the Inspect AI provider), and
+    ``.environments``."""
 
     def __init__(
         self,
@@ -234,6 +244,7 @@ class AsyncClient:
             headers=_headers(api_key),
         )
         self.sandboxes = AsyncSandboxes(self.http)
+        self.environments = AsyncEnvironments(self.http)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -41,9 +41,11 @@ def _create_body(
     ttl_s: float | None,
     idle_timeout_s: float | None,
     labels: dict[str, str] | None,
+    environment: str | None = None,
 ) -> dict[str, Any]:
     body = {
         "runtime": runtime,
+        "environment": environment,
         "limits": limits,
         "ttl_s": ttl_s,
         "idle_timeout_s": idle_timeout_s,
@@ -163,9 +165,11 @@ class Sandboxes:
         ttl_s: float | None = None,
         idle_timeout_s: float | None = None,
         labels: dict[str, str] | None = None,
+        environment: str | None = None,
     ) -> RemoteSandbox:
-        """A new running sandbox (unset fields: the server's defaults)."""
-        body = _create_body(runtime, limits, ttl_s, idle_timeout_s, labels)
+        """A new running sandbox (unset fields: the server's defaults; ``environment``
+        the root under its writable layer, default host)."""
+        body = _create_body(runtime, limits, ttl_s, idle_timeout_s, labels, environment)
         record = SandboxPublic.model_validate(check(self.http.post("/sandboxes", json=body)).json())
         return RemoteSandbox(self.http, record, self._sse)
 
@@ -251,8 +255,9 @@ class AsyncSandboxes:
         ttl_s: float | None = None,
         idle_timeout_s: float | None = None,
         labels: dict[str, str] | None = None,
+        environment: str | None = None,
     ) -> AsyncRemoteSandbox:
-        body = _create_body(runtime, limits, ttl_s, idle_timeout_s, labels)
+        body = _create_body(runtime, limits, ttl_s, idle_timeout_s, labels, environment)
         r = await self.http.post("/sandboxes", json=body)
         return AsyncRemoteSandbox(self.http, SandboxPublic.model_validate(check(r).json()))
 

@@ -10,7 +10,7 @@ these to HTTP status codes in one place (``crucible.api.errors``).
     │   └── RuntimeFailure        the OCI runtime itself failed (create/start/delete)
     ├── InvalidSubmission         the request cannot be run as given (bad language, paths)
     │   └── PayloadTooLarge       the submitted code or files exceed max_code_bytes
-    ├── NotFound                  no such evaluation, batch, sandbox, file
+    ├── NotFound                  no such evaluation, batch, sandbox, file, environment
     ├── Conflict                  illegal state transition, idempotency key reuse
     │   └── SandboxStopped        the long-lived sandbox is no longer running
     ├── SandboxFileError          a file operation inside a long-lived sandbox failed;
@@ -19,6 +19,8 @@ these to HTTP status codes in one place (``crucible.api.errors``).
     │   ├── SandboxPermissionDenied   403 permission_denied
     │   ├── SandboxIsADirectory       409 is_a_directory
     │   └── SandboxFileTooLarge       413 too_large
+    ├── EnvironmentUnavailable    a queued evaluation's environment was removed or
+    │                             replaced since submission (it ends in error, no retry)
     ├── Overloaded                the queue is full; retry later
     │   └── QuotaExceeded         this key is over one of its quotas (429)
     ├── Unauthenticated           no API key, or not a valid one (401)
@@ -68,6 +70,11 @@ class NotFound(CrucibleError):
 
 class Conflict(CrucibleError):
     """The request conflicts with the resource's current state."""
+
+
+class EnvironmentUnavailable(CrucibleError):
+    """The environment an evaluation was submitted to is gone, or its name now holds
+    another root (digest pinned at submission); retrying cannot help."""
 
 
 class Overloaded(CrucibleError):

@@ -10,6 +10,9 @@ or ``cancelled``) and is never retried; a platform fault
 (:class:`~crucible.errors.SandboxError`) re-queues the evaluation with exponential
 back-off until ``max_attempts`` claims were spent, then ends it in ``error`` with a
 dead letter. A database that drops its connection is waited for (``db_retry_s``).
+An environment removed or replaced since submission
+(:class:`~crucible.errors.EnvironmentUnavailable`) ends the evaluation in ``error`` at
+once: no retry can bring the submitted root back.
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from crucible import logs, metrics
 from crucible.api.schemas import EvaluationRequest
 from crucible.config import Settings
-from crucible.errors import InvalidSubmission, SandboxError
+from crucible.environments import HOST, EnvironmentStore
+from crucible.errors import EnvironmentUnavailable, InvalidSubmission, SandboxError
 from crucible.events import EventBus
 from crucible.lifecycle import Status, retry_delay_s
 from crucible.records import evaluation_public
 from crucible.sandbox import Result, Sandbox, Termination
 from crucible.store import BlobStore, Claim, Store
-from crucible.submissions import run_request, verdict
+from crucible.submissions import pinned_root, run_request, verdict
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,9 @@ class Executor:
         self.worker_id = worker_id
         self._cancels: dict[str, asyncio.Event] = {}
         self._scratch = settings.data_dir / "tmp"
+        # This process's own view of the environments (a worker's settings name the
+        # store it can read), consulted at run time: see submissions.pinned_root.
+        self.environments = EnvironmentStore.of(settings)
 
     def cancel(self, evaluation_id: str) -> bool:
         """Stop ``evaluation_id`` if it runs here; False when it does not."""
@@ -143,6 +150,9 @@ class Executor:
         except SandboxError as exc:
             await self._platform_failure(claim, exc)
             return
+        except EnvironmentUnavailable as exc:
+            await self._end(claim, Status.error, error=str(exc))
+            return
         except InvalidSubmission as exc:  # validated at submission; only if the sandbox disagrees
             await self._end(claim, Status.error, error=f"invalid submission: {exc}")
             return
@@ -159,6 +169,9 @@ class Executor:
         self, evaluation_id: str, request: EvaluationRequest, cancel: asyncio.Event, scratch: Path
     ) -> tuple[Result, dict[str, str]]:
         stream = stream_of(evaluation_id)
+        root = None
+        if request.environment != HOST:  # file reads: not on the loop
+            root = await asyncio.to_thread(pinned_root, request, self.environments)
         chunks: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
         decoders = {
             name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")
@@ -188,7 +201,7 @@ class Executor:
         await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
         try:
             result = await self.sandbox.run(
-                run_request(request),
+                run_request(request, root),
                 on_output=lambda name, data: chunks.put_nowait((name, data)),
                 cancel=cancel,
                 files_dir=scratch,

@@ -11,6 +11,9 @@ Config (a YAML file path, a dict, or :class:`CrucibleSandboxConfig`):
     server   URL of a Crucible server; absent: the engine runs in this process
     api_key  the server's API key (else CRUCIBLE_API_KEY)
     runtime  runc | crun | gvisor
+    environment  the root file system under the sandbox's writable layer (default
+             host); locally from this machine's store (``crucible env ls``), else the
+             server's (GET /api/v1/environments)
     limits   memory_mb, cpus, pids, disk_mb (the whole sandbox)
     ttl_s    lifetime of a sandbox on the server (local sandboxes live for the sample)
 
@@ -53,7 +56,7 @@ from crucible.errors import (
     SandboxStopped,
     SandboxUnavailable,
 )
-from crucible.sandbox.models import RuntimeName, SessionLimits, SessionSpec
+from crucible.sandbox.models import EnvironmentRoot, RuntimeName, SessionLimits, SessionSpec
 
 if TYPE_CHECKING:  # the engine and the client are imported when first used
     from crucible.client import AsyncClient
@@ -69,6 +72,7 @@ class CrucibleSandboxConfig(BaseModel):
     server: str | None = Field(default=None, description="Crucible server URL; None: local")
     api_key: str | None = Field(default=None, description="else CRUCIBLE_API_KEY")
     runtime: RuntimeName = "runc"
+    environment: str = Field(default="host", description="an environment's name; host: none")
     limits: SessionLimits = SessionLimits(memory_mb=1024, cpus=1, pids=512, disk_mb=1024)
     ttl_s: float | None = Field(default=None, description="sandbox lifetime on the server")
 
@@ -205,7 +209,10 @@ class RemoteBackend:
         client = AsyncClient(config.server, api_key=key)
         try:
             remote = await client.sandboxes.create(
-                runtime=config.runtime, limits=config.limits.model_dump(), ttl_s=config.ttl_s
+                runtime=config.runtime,
+                limits=config.limits.model_dump(),
+                ttl_s=config.ttl_s,
+                environment=config.environment,
             )
         except BaseException:
             await client.close()
@@ -268,11 +275,24 @@ async def _reachable(sandbox_id: str) -> AsyncIterator[None]:
         raise
 
 
+def _local_root(name: str) -> EnvironmentRoot | None:
+    """The root of environment ``name`` in this machine's store (None: host); raises
+    NotFound naming the known ones and the import command."""
+    if name == "host":
+        return None
+    from crucible.config import get_settings
+    from crucible.environments import EnvironmentStore
+
+    return EnvironmentStore.of(get_settings()).get(name).root_spec()
+
+
 async def _create(config: CrucibleSandboxConfig) -> Backend:
     if config.server is not None:
         return await RemoteBackend.create(config)
     engine = local_engine()
-    spec = SessionSpec(runtime=config.runtime, limits=config.limits)
+    spec = SessionSpec(
+        runtime=config.runtime, limits=config.limits, environment=_local_root(config.environment)
+    )
     session = await engine.sessions.create(spec, session_id=f"sb_{secrets.token_hex(10)}")
     return LocalBackend(session)
 

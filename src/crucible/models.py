@@ -23,6 +23,9 @@ from crucible.sandbox.models import RuntimeName
 
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^:]+$")]
 LabelValue = Annotated[str, StringConstraints(max_length=200)]
+# An environment's name as a request gives it (checked against the store, which
+# also checks its form: crucible.environments.check_name).
+EnvironmentName = Annotated[str, StringConstraints(min_length=1, max_length=300)]
 
 
 class SandboxStatus(StrEnum):
@@ -61,6 +64,12 @@ class SandboxCreate(BaseModel):
     runtime: RuntimeName | None = Field(
         None, description="runc, crun or gvisor (default: the server's CRUCIBLE_DEFAULT_RUNTIME)"
     )
+    environment: EnvironmentName | None = Field(
+        None,
+        description="the root the sandbox's writable layer goes over (GET"
+        " /api/v1/environments); default host: the host skeleton",
+        examples=["host", "python:3.12-slim"],
+    )
     limits: SandboxLimitsCreate | None = None
     ttl_s: float | None = Field(None, description="stopped this long after creation")
     idle_timeout_s: float | None = Field(None, description="stopped after this long idle")
@@ -87,6 +96,8 @@ class SandboxPublic(BaseModel):
     status: SandboxStatus
     stop_reason: StopReason | None = Field(description="why it stopped; null while running")
     runtime: RuntimeName
+    environment: str = Field(description="the environment's name (host: the host skeleton)")
+    environment_digest: str | None = Field(description="its digest at creation; null for host")
     limits: SandboxLimitsPublic
     ttl_s: float
     idle_timeout_s: float
@@ -196,3 +207,18 @@ def text_fields(name: str, data: bytes) -> dict[str, str | None]:
 def raw_output(text: str, b64: str | None) -> bytes:
     """The exact bytes of an output field pair (the inverse of :func:`text_fields`)."""
     return base64.b64decode(b64) if b64 is not None else text.encode("utf-8")
+
+
+class EnvironmentPublic(BaseModel):
+    """A named, content-addressed, read-only root file system runs can name."""
+
+    name: str = Field(examples=["python:3.12-slim"])
+    digest: str = Field(description="sha256:… of its content; names may share one")
+    size_bytes: int = Field(description="disk used by the root")
+    created_at: datetime
+    source: str = Field(description="docker-archive, oci or build")
+    env: list[str] = Field(description="the image config's Env (KEY=value)")
+    workdir: str = Field(description="the image config's WorkingDir")
+    user: str = Field(description="the image config's User")
+    programs: dict[str, str] = Field(description="program → its path inside the root")
+    languages: list[str] = Field(description="the languages whose programs it has")

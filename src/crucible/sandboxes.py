@@ -21,11 +21,12 @@ import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from crucible.access import Access, apply_ceilings
 from crucible.config import Settings
 from crucible.dispatch import identity
+from crucible.environments import HOST
 from crucible.errors import (
     InvalidSubmission,
     NotFound,
@@ -34,6 +35,9 @@ from crucible.errors import (
     SandboxUnavailable,
 )
 from crucible.events import Event, EventBus, follow
+
+if TYPE_CHECKING:
+    from crucible.environment_service import EnvironmentService
 from crucible.limits import resolve_bounds, resolve_session_limits
 from crucible.models import (
     ExecCreate,
@@ -122,8 +126,11 @@ class SandboxService:
         bus: EventBus,
         engine: SessionEngine,
         owner: Owner,
+        environments: EnvironmentService,
     ) -> None:
+        """``environments``: where a create's ``environment`` is looked up."""
         self.settings = settings
+        self.environments = environments
         self.access = access
         self.store = access.sandboxes
         self.blobs = blobs
@@ -167,8 +174,9 @@ class SandboxService:
 
     async def create(self, body: SandboxCreate, who: KeyRecord | None = None) -> SandboxPublic:
         """Create a running sandbox. Raises InvalidSubmission (a limit outside its
-        bounds), Forbidden (above the key's ceiling), QuotaExceeded (max_sandboxes),
-        SandboxUnavailable / RuntimeFailure (the engine could not)."""
+        bounds, an unknown environment), Forbidden (above the key's ceiling),
+        QuotaExceeded (max_sandboxes), SandboxUnavailable / RuntimeFailure (the
+        engine could not)."""
         requested = body.limits.model_dump() if body.limits else {}
         limits = resolve_session_limits(requested, self.settings)
         values: dict[str, Any] = limits.model_dump()
@@ -180,7 +188,14 @@ class SandboxService:
             prefix="",
         )
         runtime = body.runtime or self.settings.default_runtime
-        spec = SessionSpec.model_validate({"runtime": runtime, "limits": values})
+        environment = await self.environments.resolve(body.environment)  # None: host
+        spec = SessionSpec.model_validate(
+            {
+                "runtime": runtime,
+                "limits": values,
+                "environment": environment.root_spec() if environment else None,
+            }
+        )
         new = NewSandbox(
             id=f"sbx_{secrets.token_hex(10)}",
             runtime=runtime,
@@ -190,6 +205,8 @@ class SandboxService:
             owner=self.owner,
             labels=body.labels or {},
             owner_key_id=who.id if who else None,
+            environment=environment.name if environment else HOST,
+            environment_digest=environment.digest if environment else None,
         )
         quota = self.access.quota(who, "max_sandboxes") if who else 0
         self._creating.add(new.id)

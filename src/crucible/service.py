@@ -37,6 +37,8 @@ from crucible.dispatch import identity
 from crucible.dispatch.claimer import Claimer, claim_slots
 from crucible.dispatch.distributed import CeleryDispatcher
 from crucible.dispatch.maintenance import Maintenance
+from crucible.environment_service import EnvironmentService
+from crucible.environments import HOST, Environment, EnvironmentStore
 from crucible.errors import (
     InvalidSubmission,
     NotFound,
@@ -93,6 +95,9 @@ class Service:
         self.access = Access(self.store, settings)  # keys, audit, quotas, scoping
         self.cluster = Cluster(self.store)
         self.blobs = BlobStore(settings.data_dir / "blobs")
+        self.environments = EnvironmentService(
+            EnvironmentStore.of(settings), self.store, self.access.sandboxes
+        )
         self.distributed = settings.dispatcher == "celery"
         self.dispatcher: Claimer | CeleryDispatcher
         self.sandbox: Sandbox | None = None
@@ -154,6 +159,7 @@ class Service:
             blobs=self.blobs,
             bus=self.bus,
             engine=engine,
+            environments=self.environments,
             owner=Owner(owner.id, owner.node, owner.host, owner.pid, owner.proc_start),
         )
 
@@ -209,9 +215,16 @@ class Service:
     ) -> tuple[EvaluationPublic, bool]:
         """Queue one evaluation; returns (record, created). See Store.create_evaluation.
 
-        Raises Forbidden (a limit above the key's ceiling), QuotaExceeded, Overloaded.
+        Raises InvalidSubmission (also: an unknown environment, or a language it
+        lacks), Forbidden (a limit above the key's ceiling), QuotaExceeded, Overloaded.
         """
-        new = prepare(body, self.settings, idempotency_key=scoped_idempotency(idempotency_key, who))
+        environment = await self.environments.resolve(body.environment)
+        new = prepare(
+            body,
+            self.settings,
+            idempotency_key=scoped_idempotency(idempotency_key, who),
+            environment=environment,
+        )
         apply_ceilings(new.request["limits"], body.limits.model_dump() if body.limits else {}, who)
         new.owner_key_id = who.id if who else None
         new.flags = scan_request(new.request)
@@ -315,11 +328,15 @@ class Service:
             raise InvalidSubmission(
                 f"a batch holds at most {self.settings.max_batch_items} items", field="items"
             )
+        environments = await self._batch_environments(body)
         news: list[NewEvaluation] = []
         for i, item in enumerate(body.items):
             try:
                 merged = merge(item, body.defaults)
-                new = prepare(merged, self.settings)
+                environment = environments[merged.environment or HOST]
+                if isinstance(environment, InvalidSubmission):
+                    raise InvalidSubmission(str(environment), field="environment")
+                new = prepare(merged, self.settings, environment=environment)
                 requested = merged.limits.model_dump() if merged.limits else {}
                 apply_ceilings(new.request["limits"], requested, who)
             except ValidationError as exc:
@@ -341,6 +358,19 @@ class Service:
         )
         self.dispatcher.notify(len(news))
         return BatchCreated(id=batch_id, count=len(news))
+
+    async def _batch_environments(
+        self, body: BatchCreate
+    ) -> dict[str, Environment | InvalidSubmission | None]:
+        """Each environment a batch names, resolved once (or why it cannot be)."""
+        default = body.defaults.environment if body.defaults else None
+        resolved: dict[str, Environment | InvalidSubmission | None] = {}
+        for name in {item.environment or default or HOST for item in body.items}:
+            try:
+                resolved[name] = await self.environments.resolve(name)
+            except InvalidSubmission as exc:
+                resolved[name] = exc
+        return resolved
 
     async def batch(self, batch_id: str, who: KeyRecord | None = None) -> BatchPublic:
         row = await self.access.batch(batch_id, who)

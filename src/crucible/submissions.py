@@ -3,6 +3,13 @@
 Validation happens here, before anything is queued, so a request that cannot run is
 refused with 4xx instead of failing later in a worker. Judging (``expected_output``,
 ``test_code``) lives here too: it is how a request becomes a program and a verdict.
+
+Environments: a request names one (``host`` by default). At submission the name is
+resolved (:func:`resolve_environment`; unknown → 422 naming the known ones) and the
+language checked against what it has; the stored request keeps the name and the
+digest. At run time :func:`run_request` resolves the name again in the worker's own
+store and refuses (:class:`~crucible.errors.EnvironmentUnavailable`) a root that is
+gone or is no longer the one submitted to.
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ from typing import Any
 
 from crucible.api.schemas import EvaluationCreate, EvaluationFields, EvaluationRequest
 from crucible.config import Settings
-from crucible.errors import InvalidSubmission, PayloadTooLarge
+from crucible.environments import HOST, Environment, EnvironmentStore
+from crucible.errors import EnvironmentUnavailable, InvalidSubmission, NotFound, PayloadTooLarge
 from crucible.lifecycle import Priority, Verdict
 from crucible.limits import resolve_limits
 from crucible.sandbox.languages import get_language
-from crucible.sandbox.models import Result, RunRequest, Termination
+from crucible.sandbox.models import EnvironmentRoot, Result, RunRequest, Termination
 from crucible.sandbox.workspace import safe_relative
 from crucible.store import NewEvaluation
 
@@ -49,12 +57,44 @@ def merge(item: EvaluationFields, defaults: EvaluationFields | None) -> Evaluati
     return EvaluationCreate.model_validate(values)
 
 
-def prepare(
-    body: EvaluationCreate, settings: Settings, *, idempotency_key: str | None = None
-) -> NewEvaluation:
-    """Validate ``body`` and resolve its defaults; raises InvalidSubmission / PayloadTooLarge."""
-    language = body.language or "python"
+def resolve_environment(name: str | None, store: EnvironmentStore) -> Environment | None:
+    """The environment a request names (None: ``host``). Raises InvalidSubmission
+    (field ``environment``) naming the known ones and the import command."""
+    if name is None or name == HOST:
+        return None
+    try:
+        return store.get(name)
+    except NotFound as exc:
+        raise InvalidSubmission(str(exc), field="environment") from None
+
+
+def check_language(language: str, environment: Environment | None) -> None:
+    """InvalidSubmission (field ``language``) unless ``language`` runs there."""
     get_language(language)  # InvalidSubmission listing the supported languages
+    if environment is not None and language not in environment.languages:
+        has = ", ".join(environment.languages) or "none of the known languages"
+        raise InvalidSubmission(
+            f"environment {environment.name!r} has no {language} (its languages: {has})",
+            field="language",
+        )
+
+
+def prepare(
+    body: EvaluationCreate,
+    settings: Settings,
+    *,
+    idempotency_key: str | None = None,
+    environment: Environment | None = None,
+) -> NewEvaluation:
+    """Validate ``body`` and resolve its defaults; raises InvalidSubmission / PayloadTooLarge.
+
+    ``environment``: what ``body.environment`` resolved to (:func:`resolve_environment`;
+    None: host).
+    """
+    language = body.language or "python"
+    if (body.environment or HOST) != (environment.name if environment else HOST):
+        raise ValueError("environment does not match the body's")  # a caller's bug
+    check_language(language, environment)
     size = len((body.code or "").encode()) + len((body.test_code or "").encode())
     size += sum(len(k) + len(v.encode()) for k, v in (body.files or {}).items())
     if size > settings.max_code_bytes:
@@ -85,6 +125,8 @@ def prepare(
         args=body.args or [],
         limits=resolve_limits(requested, settings),
         runtime=body.runtime or settings.default_runtime,
+        environment=environment.name if environment else HOST,
+        environment_digest=environment.digest if environment else None,
         priority=body.priority or Priority.normal,
         labels=body.labels or {},
         expected_output=body.expected_output,
@@ -98,11 +140,37 @@ def prepare(
         request_hash=request_hash(body),
         labels=request.labels,
         idempotency_key=idempotency_key,
+        environment=request.environment,
     )
 
 
-def run_request(request: EvaluationRequest) -> RunRequest:
-    """The sandbox request for a stored evaluation (``test_code`` appended)."""
+def pinned_root(request: EvaluationRequest, store: EnvironmentStore) -> EnvironmentRoot | None:
+    """The root a stored request was submitted to, from ``store`` (None: host).
+
+    Raises EnvironmentUnavailable when the name is gone or now holds another root:
+    running elsewhere than what was submitted would be a different evaluation.
+    """
+    if request.environment == HOST:
+        return None
+    name = request.environment
+    try:
+        env = store.get(name)
+    except NotFound:
+        raise EnvironmentUnavailable(
+            f"environment {name!r} was removed after this evaluation was submitted;"
+            " import it again and resubmit"
+        ) from None
+    if env.digest != request.environment_digest:
+        raise EnvironmentUnavailable(
+            f"environment {name!r} changed since this evaluation was submitted (then"
+            f" {request.environment_digest}, now {env.digest}); resubmit to run in it"
+        )
+    return env.root_spec()
+
+
+def run_request(request: EvaluationRequest, root: EnvironmentRoot | None = None) -> RunRequest:
+    """The sandbox request for a stored evaluation (``test_code`` appended), in
+    ``root`` (:func:`pinned_root`; None: the host's toolchain)."""
     code, files = request.code, request.files
     if request.test_code is not None:
         if code is not None:
@@ -119,6 +187,7 @@ def run_request(request: EvaluationRequest) -> RunRequest:
         args=request.args,
         limits=request.limits,
         runtime=request.runtime,
+        environment=root,
     )
 
 

@@ -9,6 +9,7 @@ import type {
   BatchRequest,
   CancelResult,
   DeadLetter,
+  EnvironmentRecord,
   EvaluationPage,
   EvaluationRecord,
   EvaluationRequest,
@@ -383,6 +384,12 @@ export async function getHealth(): Promise<Health> {
   };
   const [ok, ready] = await Promise.all([probe('/healthz'), probe('/readyz')]);
   return { ok, ready };
+}
+
+// ---------------------------------------------------------------- environments
+
+export function listEnvironments(signal?: AbortSignal): Promise<EnvironmentRecord[]> {
+  return request(`${API_BASE}/environments`, { signal });
 }
 
 // ---------------------------------------------------------------- sandboxes

@@ -37,6 +37,8 @@ export type SandboxStatus = S['SandboxStatus'];
 export type ExecRecord = S['ExecPublic'];
 export type ExecPage = S['ExecList'];
 export type ExecRequest = S['ExecCreate'];
+// Environments: named, read-only root file systems runs can name.
+export type EnvironmentRecord = S['EnvironmentPublic'];
 // Every 422 is documented in Crucible's ErrorPublic shape now; client.ts still reads
 // FastAPI's item shape too, kept in ./types.
 export type { ValidationIssue } from './types';

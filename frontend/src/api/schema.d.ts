@@ -146,6 +146,60 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/environments": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Environments
+         * @description Every environment, by name (`host`, the default, is not listed: it is the host's
+         *     own toolchain).
+         */
+        get: operations["list_environments_api_v1_environments_get"];
+        put?: never;
+        /**
+         * Upload Environment
+         * @description Import the body, a `docker save` archive or a tar of an OCI image layout, as
+         *     `name` (admins). Streamed to disk, never held whole; digests and every layer are
+         *     checked before anything is unpacked. 409: the name exists (without `replace`) or
+         *     is in use; 413: larger than `environment_max_bytes`; 422: a malformed or hostile
+         *     image, with the reason (nothing of it is kept).
+         */
+        post: operations["upload_environment_api_v1_environments_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/environments/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Environment
+         * @description One environment (names contain `/` and `:`, sent as they are).
+         */
+        get: operations["get_environment_api_v1_environments__name__get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete Environment
+         * @description Remove the environment (admins); its root goes once no other name shares it.
+         *     409 while queued or running evaluations or running sandboxes name it.
+         */
+        delete: operations["delete_environment_api_v1_environments__name__delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/evaluations": {
         parameters: {
             query?: never;
@@ -794,6 +848,64 @@ export interface components {
             retried_at: string | null;
         };
         /**
+         * EnvironmentPublic
+         * @description A named, content-addressed, read-only root file system runs can name.
+         */
+        EnvironmentPublic: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Digest
+             * @description sha256:… of its content; names may share one
+             */
+            digest: string;
+            /**
+             * Env
+             * @description the image config's Env (KEY=value)
+             */
+            env: string[];
+            /**
+             * Languages
+             * @description the languages whose programs it has
+             */
+            languages: string[];
+            /**
+             * Name
+             * @example python:3.12-slim
+             */
+            name: string;
+            /**
+             * Programs
+             * @description program → its path inside the root
+             */
+            programs: {
+                [key: string]: string;
+            };
+            /**
+             * Size Bytes
+             * @description disk used by the root
+             */
+            size_bytes: number;
+            /**
+             * Source
+             * @description docker-archive, oci or build
+             */
+            source: string;
+            /**
+             * User
+             * @description the image config's User
+             */
+            user: string;
+            /**
+             * Workdir
+             * @description the image config's WorkingDir
+             */
+            workdir: string;
+        };
+        /**
          * ErrorPublic
          * @description Every error response: a message, and the offending field when there is one.
          */
@@ -829,6 +941,13 @@ export interface components {
              * @description the file to run, among files
              */
             entrypoint?: string | null;
+            /**
+             * Environment
+             * @description the root file system to run in (GET /api/v1/environments); default host: the host's toolchain
+             * @example host
+             * @example python:3.12-slim
+             */
+            environment?: string | null;
             /**
              * Expected Output
              * @description judged against stdout, trailing whitespace ignored
@@ -883,6 +1002,13 @@ export interface components {
              * @description the file to run, among files
              */
             entrypoint?: string | null;
+            /**
+             * Environment
+             * @description the root file system to run in (GET /api/v1/environments); default host: the host's toolchain
+             * @example host
+             * @example python:3.12-slim
+             */
+            environment?: string | null;
             /**
              * Expected Output
              * @description judged against stdout, trailing whitespace ignored
@@ -987,6 +1113,17 @@ export interface components {
             code: string | null;
             /** Entrypoint */
             entrypoint: string | null;
+            /**
+             * Environment
+             * @description the environment's name
+             * @default host
+             */
+            environment: string;
+            /**
+             * Environment Digest
+             * @description its digest when submitted (null for host); a run needs the same
+             */
+            environment_digest?: string | null;
             /** Expected Output */
             expected_output: string | null;
             /** Files */
@@ -1495,6 +1632,13 @@ export interface components {
          */
         SandboxCreate: {
             /**
+             * Environment
+             * @description the root the sandbox's writable layer goes over (GET /api/v1/environments); default host: the host skeleton
+             * @example host
+             * @example python:3.12-slim
+             */
+            environment?: string | null;
+            /**
              * Idle Timeout S
              * @description stopped after this long idle
              */
@@ -1569,6 +1713,16 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /**
+             * Environment
+             * @description the environment's name (host: the host skeleton)
+             */
+            environment: string;
+            /**
+             * Environment Digest
+             * @description its digest at creation; null for host
+             */
+            environment_digest: string | null;
             /**
              * Expires At
              * Format: date-time
@@ -2256,6 +2410,295 @@ export interface operations {
             };
             /** @description Queue full (see Retry-After) or the platform is unavailable */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    list_environments_api_v1_environments_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnvironmentPublic"][];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    upload_environment_api_v1_environments_post: {
+        parameters: {
+            query: {
+                /** @description e.g. python:3.12-slim */
+                name: string;
+                /** @description replace an environment of this name */
+                replace?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/octet-stream": string;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnvironmentPublic"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The key's role or limit ceilings do not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Conflicts with the current state (or Idempotency-Key reuse) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    get_environment_api_v1_environments__name__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnvironmentPublic"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    delete_environment_api_v1_environments__name__delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The key's role or limit ceilings do not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Conflicts with the current state (or Idempotency-Key reuse) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

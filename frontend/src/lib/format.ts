@@ -60,6 +60,12 @@ export function durationBetween(a: string | null | undefined, b: string | null |
 }
 
 /** "ev_3be90748bb4e186f7e86" → "ev_3be90748": enough to tell rows apart. */
+/** sha256:0123456789ab… → 0123456789ab (what a person compares at a glance). */
+export function shortDigest(digest: string | null | undefined): string {
+  if (!digest) return '—';
+  return digest.replace(/^sha256:/, '').slice(0, 12);
+}
+
 export function shortId(id: string): string {
   const m = /^([a-z]{1,4}_)(.*)$/.exec(id);
   return m ? m[1] + m[2].slice(0, 8) : id.slice(0, 8);

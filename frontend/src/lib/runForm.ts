@@ -12,6 +12,8 @@ export interface RunForm {
   args: string; // one per line
   limits: Record<LimitKey, string>;
   runtime: RuntimeName;
+  /** an environment's name; 'host' is the host's toolchain */
+  environment: string;
   priority: Priority;
   labels: { key: string; value: string }[];
   check: CheckMode;
@@ -50,6 +52,7 @@ export function defaultForm(): RunForm {
     args: '',
     limits: { ...EMPTY_LIMITS },
     runtime: 'crun',
+    environment: 'host',
     priority: 'normal',
     labels: [],
     check: 'none',
@@ -87,6 +90,7 @@ export function formToRequest(form: RunForm): EvaluationRequest {
     priority: form.priority,
     labels,
   };
+  if (form.environment && form.environment !== 'host') req.environment = form.environment;
   if (form.files && Object.keys(form.files).length > 0) {
     // Multi-file request: the editor edits the entrypoint, the other files ride along.
     req.files = form.entrypoint ? { ...form.files, [form.entrypoint]: form.code } : form.files;
@@ -110,6 +114,7 @@ export function requestToForm(req: EvaluationRequest): RunForm {
     args: (req.args ?? []).join('\n'),
     limits: limitsToForm(req.limits),
     runtime: req.runtime ?? 'crun',
+    environment: req.environment ?? 'host',
     priority: req.priority ?? 'normal',
     labels: Object.entries(req.labels ?? {}).map(([key, value]) => ({ key, value: String(value) })),
     check: req.test_code ? 'test' : req.expected_output != null ? 'expected' : 'none',

@@ -186,7 +186,9 @@ export function EvaluationPage() {
             Evaluation <span className="mono id-title">{shortId(rec.id)}</span> <StatusBadge status={status} />
           </h1>
           <p className="muted small">
-            {request?.language} · {request?.runtime ?? 'crun'} · priority {request?.priority ?? 'normal'}
+            {request?.language} · {request?.runtime ?? 'crun'} ·{' '}
+            <span title={request?.environment_digest ?? 'the host toolchain'}>environment {request?.environment ?? 'host'}</span> · priority{' '}
+            {request?.priority ?? 'normal'}
             {rec.batch_id && (
               <>
                 {' '}

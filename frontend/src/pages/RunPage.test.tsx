@@ -9,6 +9,12 @@ afterEach(() => {
   localStorage.clear();
 });
 
+const ENV = {
+  name: 'python:3.12-slim', digest: 'sha256:0123456789abcdef' + '0'.repeat(48), size_bytes: 52428800,
+  created_at: '2026-01-01T00:00:00Z', source: 'docker-archive', env: [], workdir: '', user: '',
+  programs: { python3: '/usr/local/bin/python3', bash: '/bin/bash' }, languages: ['bash', 'python'],
+};
+
 const routes = [
   { path: '/', element: <RunPage /> },
   { path: '/evaluations/:id', element: <p>evaluation page</p> },
@@ -51,9 +57,39 @@ describe('RunPage', () => {
     expect(screen.getByLabelText('Memory (MB)')).toHaveValue(128);
     fireEvent.keyDown(screen.getByLabelText('Memory (MB)'), { key: 'Enter', ctrlKey: true });
     expect(await screen.findByText('evaluation page')).toBeInTheDocument();
-    const body = JSON.parse(fetchMock.mock.calls[0][1]!.body as string);
+    const post = fetchMock.mock.calls.find(([, init]) => init?.method === 'POST')!;
+    const body = JSON.parse(post[1]!.body as string);
     expect(body).toMatchObject({ language: 'python', limits: { memory_mb: 128 }, runtime: 'crun', priority: 'normal' });
+    expect(body).not.toHaveProperty('environment'); // host: left to the server's default
     expect(body.code).toContain('bytearray');
+  });
+
+  it('runs in the environment chosen, and marks those lacking the language', async () => {
+    const fetchMock = mockFetch({
+      'GET /api/v1/environments': () => json([ENV, { ...ENV, name: 'shell-only', languages: ['bash'] }]),
+      'POST /api/v1/evaluations': () => json({ id: 'abc', status: 'queued' }, 202),
+    });
+    renderAt('/', routes);
+    const select = screen.getByLabelText('Environment');
+    expect(await screen.findByRole('option', { name: 'shell-only (bash) · no python' })).toBeInTheDocument();
+    await userEvent.selectOptions(select, 'python:3.12-slim');
+    await userEvent.click(screen.getByRole('button', { name: 'Run' }));
+    expect(await screen.findByText('evaluation page')).toBeInTheDocument();
+    const post = fetchMock.mock.calls.find(([, init]) => init?.method === 'POST')!;
+    expect(JSON.parse(post[1]!.body as string)).toMatchObject({ environment: 'python:3.12-slim', language: 'python' });
+  });
+
+  it("shows the server's refusal of a language the environment lacks", async () => {
+    mockFetch({
+      'GET /api/v1/environments': () => json([{ ...ENV, name: 'shell-only', languages: ['bash'] }]),
+      'POST /api/v1/evaluations': () =>
+        json({ detail: "environment 'shell-only' has no python (its languages: bash)", field: 'language' }, 422),
+    });
+    renderAt('/', routes);
+    await screen.findByRole('option', { name: /shell-only/ });
+    await userEvent.selectOptions(screen.getByLabelText('Environment'), 'shell-only');
+    await userEvent.click(screen.getByRole('button', { name: 'Run' }));
+    expect(await screen.findByText(/has no python \(its languages: bash\)/)).toBeInTheDocument();
   });
 
   it('says so when the server is unreachable', async () => {

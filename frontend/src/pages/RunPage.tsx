@@ -5,6 +5,7 @@ import { ApiError, submitEvaluation } from '../api/client';
 import { LANGUAGES, type EvaluationRequest, type Language } from '../api/models';
 import { CodeEditor } from '../components/CodeEditor';
 import { Field, describedBy } from '../components/ui';
+import { EnvironmentSelect } from '../components/EnvironmentSelect';
 import { errorsFor, mapValidationErrors, unclaimedErrors, type FieldErrors } from '../lib/fieldErrors';
 import { defaultForm, formToRequest, LIMIT_FIELDS, limitsToForm, requestToForm, type RunForm } from '../lib/runForm';
 import { STARTERS, TEMPLATES, templateById } from '../lib/templates';
@@ -28,6 +29,7 @@ const KNOWN_FIELDS = [
   'args',
   'limits',
   'runtime',
+  'environment',
   'priority',
   'labels',
   'expected_output',
@@ -345,6 +347,16 @@ export function RunPage() {
                   <option value="crun">crun (containers, least overhead)</option>
                   <option value="gvisor">gVisor (user-space kernel, stronger isolation)</option>
                 </select>
+              </Field>
+              <Field id="environment" label="Environment" errors={e('environment')}>
+                <EnvironmentSelect
+                  id="environment"
+                  value={form.environment}
+                  language={form.language}
+                  onChange={(name) => update('environment', name)}
+                  aria-invalid={e('environment').length > 0}
+                  aria-describedby={describedBy('environment', e('environment'))}
+                />
               </Field>
               <Field id="priority" label="Priority" errors={e('priority')}>
                 <select

@@ -4,7 +4,7 @@ import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
 import { deleteSandbox, execInSandbox, getSandbox, listSandboxExecs, sandboxEventsUrl } from '../api/client';
 import { subscribe } from '../api/sse';
 import { Badge, ErrorState, Spinner } from '../components/ui';
-import { formatBytes, formatMs, formatTime } from '../lib/format';
+import { formatBytes, formatMs, formatTime, shortDigest } from '../lib/format';
 import { formatCommand, initialTranscript, orderedEntries, outcome, stopReason, transcriptReducer, type TranscriptEntry } from '../lib/transcript';
 import { SandboxStatusBadge, sandboxAge } from './SandboxesPage';
 
@@ -127,6 +127,11 @@ export function SandboxPage() {
         <dl className="kv">
           <dt>Runtime</dt>
           <dd>{rec.runtime}</dd>
+          <dt>Environment</dt>
+          <dd>
+            {rec.environment}
+            {rec.environment_digest && <span className="mono muted small"> {shortDigest(rec.environment_digest)}</span>}
+          </dd>
           <dt>Owner</dt>
           <dd className="mono">{rec.owner_key_id ?? '—'}</dd>
           <dt>Age</dt>

@@ -4,6 +4,7 @@ import { keepPreviousData, useMutation, useQuery } from '@tanstack/react-query';
 import { createSandbox, listSandboxes } from '../api/client';
 import type { SandboxRecord } from '../api/models';
 import { Badge, Empty, ErrorState, Spinner } from '../components/ui';
+import { EnvironmentSelect } from '../components/EnvironmentSelect';
 import { formatBytes, formatTime, relativeTime, shortId } from '../lib/format';
 import { stopReason } from '../lib/transcript';
 import type { Tone } from '../lib/verdict';
@@ -42,6 +43,9 @@ function Row({ rec }: { rec: SandboxRecord }) {
       </td>
       <td className="mono small">{rec.owner_key_id ?? '—'}</td>
       <td>{rec.runtime}</td>
+      <td className="mono small" title={rec.environment_digest ?? undefined}>
+        {rec.environment}
+      </td>
       <td className="num">{sandboxAge(rec)}</td>
       <td className="num">{rec.resources.exec_count}</td>
       <td className="num hide-narrow">{rec.resources.cpu_ms} ms</td>
@@ -58,6 +62,7 @@ function Row({ rec }: { rec: SandboxRecord }) {
 export function SandboxesPage() {
   const navigate = useNavigate();
   const [status, setStatus] = useState('');
+  const [environment, setEnvironment] = useState('host');
   const query = useQuery({
     queryKey: ['sandboxes', status],
     queryFn: ({ signal }) => listSandboxes({ status: status || undefined, limit: 100 }, signal),
@@ -65,7 +70,7 @@ export function SandboxesPage() {
     refetchInterval: 2000, // live status: sandboxes stop on their own (ttl, idle)
   });
   const create = useMutation({
-    mutationFn: () => createSandbox({}),
+    mutationFn: () => createSandbox(environment === 'host' ? {} : { environment }),
     onSuccess: (rec) => navigate(`/sandboxes/${encodeURIComponent(rec.id)}`),
   });
   const items = query.data?.items ?? [];
@@ -74,9 +79,15 @@ export function SandboxesPage() {
     <div className="page">
       <div className="page-head page-head-row">
         <h1>Sandboxes</h1>
-        <button type="button" className="btn btn-primary" onClick={() => create.mutate()} disabled={create.isPending}>
-          {create.isPending ? 'Creating…' : 'New sandbox'}
-        </button>
+        <div className="actions new-sandbox">
+          <div className="field field-compact">
+            <label htmlFor="new-sbx-env">Environment</label>
+            <EnvironmentSelect id="new-sbx-env" value={environment} onChange={setEnvironment} />
+          </div>
+          <button type="button" className="btn btn-primary" onClick={() => create.mutate()} disabled={create.isPending}>
+            {create.isPending ? 'Creating…' : 'New sandbox'}
+          </button>
+        </div>
       </div>
       <p className="muted">Long-lived sandboxes an agent drives one command at a time; each keeps a transcript of every command.</p>
       {create.isError && (
@@ -110,6 +121,7 @@ export function SandboxesPage() {
                 <th scope="col">Status</th>
                 <th scope="col">Owner</th>
                 <th scope="col">Runtime</th>
+                <th scope="col">Environment</th>
                 <th scope="col" className="num">
                   Age
                 </th>

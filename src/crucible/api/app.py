@@ -12,7 +12,16 @@ import crucible
 from crucible.api import errors, frontend
 from crucible.api.deps import authenticate, require_admin
 from crucible.api.middleware import Guard
-from crucible.api.routes import audit, batches, cluster, evaluations, keys, sandboxes, system
+from crucible.api.routes import (
+    audit,
+    batches,
+    cluster,
+    environments,
+    evaluations,
+    keys,
+    sandboxes,
+    system,
+)
 from crucible.config import Settings, get_settings
 from crucible.sandbox.session import MAX_FILE_BYTES
 from crucible.sandboxes import SessionEngine
@@ -66,6 +75,7 @@ def create_app(
     api.include_router(evaluations.router)
     api.include_router(batches.router)
     api.include_router(sandboxes.router)
+    api.include_router(environments.router)
     api.include_router(system.router)
     api.include_router(cluster.router, dependencies=admin, responses=errors.responses(403))
     api.include_router(keys.router)
@@ -96,6 +106,8 @@ def create_app(
             ("PUT", f"{API_PREFIX}/sandboxes/[^/]+/file", MAX_FILE_BYTES),
             # An exec's stdin may be as large as a file, sent as base64 in JSON.
             ("POST", f"{API_PREFIX}/sandboxes/[^/]+/exec", EXEC_BODY_BYTES),
+            # An image archive, streamed to disk; the store enforces its own limit.
+            ("POST", f"{API_PREFIX}/environments", settings.environment_max_bytes),
         ),
     )
     return app

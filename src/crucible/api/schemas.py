@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from crucible.lifecycle import Priority, Status, Verdict
 from crucible.models import (  # the sandboxes' shapes live below the API
+    EnvironmentName,
+    EnvironmentPublic,
     ExecCreate,
     ExecList,
     ExecPublic,
@@ -20,6 +22,7 @@ from crucible.models import (  # the sandboxes' shapes live below the API
 from crucible.sandbox.models import Limits, Result, RuntimeName
 
 __all__ = [
+    "EnvironmentPublic",
     "ExecCreate",
     "ExecList",
     "ExecPublic",
@@ -63,6 +66,12 @@ class EvaluationFields(BaseModel):
         None,
         description="runc, crun or gvisor (default: the server's CRUCIBLE_DEFAULT_RUNTIME)",
     )
+    environment: EnvironmentName | None = Field(
+        None,
+        description="the root file system to run in (GET /api/v1/environments); default"
+        " host: the host's toolchain",
+        examples=["host", "python:3.12-slim"],
+    )
     priority: Priority | None = None
     labels: dict[LabelKey, LabelValue] | None = Field(None, max_length=50)
     expected_output: str | None = Field(
@@ -96,6 +105,10 @@ class EvaluationRequest(BaseModel):
     args: list[str]
     limits: Limits
     runtime: RuntimeName
+    environment: str = Field("host", description="the environment's name")
+    environment_digest: str | None = Field(
+        None, description="its digest when submitted (null for host); a run needs the same"
+    )
     priority: Priority
     labels: dict[str, str]
     expected_output: str | None

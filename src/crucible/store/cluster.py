@@ -215,6 +215,7 @@ class Cluster:
                     priority=old.priority,
                     language=old.language,
                     request=old.request,
+                    environment=old.environment,
                     idempotency_key=None,
                     request_hash=old.request_hash,
                     created_at=created,

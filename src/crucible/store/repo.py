@@ -100,6 +100,7 @@ class NewEvaluation:
     idempotency_key: str | None = None
     owner_key_id: str | None = None
     flags: str = ""  # ",name,name," (crucible.scan)
+    environment: str = "host"  # its name; the digest is in ``request``
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,15 @@ class Store:
         with self._read() as s:
             q = select(func.count()).where(
                 Evaluation.owner_key_id == owner_key_id, Evaluation.status == Status.queued
+            )
+            return int(s.scalar(q) or 0)
+
+    def environment_in_use(self, environment: str) -> int:
+        """How many evaluations naming ``environment`` are queued or running."""
+        with self._read() as s:
+            q = select(func.count()).where(
+                Evaluation.environment == environment,
+                Evaluation.status.in_([Status.queued.value, Status.running.value]),
             )
             return int(s.scalar(q) or 0)
 
@@ -249,6 +259,7 @@ class Store:
                 "request_hash": n.request_hash,
                 "owner_key_id": n.owner_key_id,
                 "flags": n.flags,
+                "environment": n.environment,
                 "created_at": created,
                 "attempts": 0,
                 "cancel_requested": False,

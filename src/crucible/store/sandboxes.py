@@ -46,6 +46,8 @@ class NewSandbox:
     owner: Owner
     labels: dict[str, str] = field(default_factory=dict)
     owner_key_id: str | None = None
+    environment: str = "host"
+    environment_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class SandboxStore:
             cpu_ms=0,
             peak_memory_bytes=0,
             exec_count=0,
+            environment=new.environment,
+            environment_digest=new.environment_digest,
         )
         with self.store.transaction() as s:
             if new.owner_key_id is not None and max_sandboxes > 0:
@@ -170,6 +174,14 @@ class SandboxStore:
             q = q.where(Sandbox.owner_process_id != other_than)
         with self.store.reading() as s:
             return list(s.scalars(q))
+
+    def environment_in_use(self, environment: str) -> int:
+        """How many running sandboxes run over ``environment``."""
+        q = select(func.count()).where(
+            Sandbox.environment == environment, Sandbox.status == RUNNING
+        )
+        with self.store.reading() as s:
+            return int(s.scalar(q) or 0)
 
     def stop(
         self,

@@ -69,6 +69,8 @@ class Evaluation(Base):
         # The queue: next to claim is the lowest (priority, seq) among queued.
         Index("ix_evaluations_queue", "status", "priority", "seq"),
         Index("ix_evaluations_batch", "batch_id", "status"),
+        # Is an environment in use (queued or running work naming it)?
+        Index("ix_evaluations_environment", "environment", "status"),
     )
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
@@ -103,6 +105,9 @@ class Evaluation(Base):
     worker_id: Mapped[str | None] = mapped_column(String(96), index=True)
     # A retry's backoff: not claimed before this.
     not_before: Mapped[datetime | None]
+    # The environment's name ("host": the host's toolchain); its digest, pinned at
+    # submission, is in ``request``.
+    environment: Mapped[str] = mapped_column(String(300), default="host")
 
 
 class Worker(Base):
@@ -237,6 +242,7 @@ class Sandbox(Base):
     __table_args__ = (
         Index("ix_sandboxes_owner_status", "owner_key_id", "status"),
         Index("ix_sandboxes_status_process", "status", "owner_process_id"),
+        Index("ix_sandboxes_environment", "environment", "status"),
     )
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
@@ -263,6 +269,9 @@ class Sandbox(Base):
     cpu_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     peak_memory_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     exec_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The root it runs over ("host": the host skeleton) and that root's digest.
+    environment: Mapped[str] = mapped_column(String(300), default="host")
+    environment_digest: Mapped[str | None] = mapped_column(String(80))
 
 
 class SandboxExec(Base):

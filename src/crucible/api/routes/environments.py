@@ -1,0 +1,72 @@
+"""/api/v1/environments: the root file systems runs can name; admins add and remove."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from crucible.api.deps import AdminDep, ServiceDep
+from crucible.api.errors import responses
+from crucible.api.schemas import EnvironmentPublic
+
+router = APIRouter(prefix="/environments", tags=["environments"])
+
+ARCHIVE = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+NameQuery = Annotated[
+    str,
+    Query(min_length=1, max_length=300, description="e.g. python:3.12-slim", examples=["base"]),
+]
+
+
+@router.get("")
+async def list_environments(service: ServiceDep) -> list[EnvironmentPublic]:
+    """Every environment, by name (`host`, the default, is not listed: it is the host's
+    own toolchain)."""
+    return await service.environments.list()
+
+
+@router.get("/{name:path}", responses=responses(404))
+async def get_environment(name: str, service: ServiceDep) -> EnvironmentPublic:
+    """One environment (names contain `/` and `:`, sent as they are)."""
+    return await service.environments.get(name)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra={"requestBody": {"required": True, "content": ARCHIVE}},
+    responses=responses(403, 409, 413, 422),
+)
+async def upload_environment(
+    name: NameQuery,
+    request: Request,
+    service: ServiceDep,
+    _admin: AdminDep,
+    replace: Annotated[bool, Query(description="replace an environment of this name")] = False,
+) -> EnvironmentPublic:
+    """Import the body, a `docker save` archive or a tar of an OCI image layout, as
+    `name` (admins). Streamed to disk, never held whole; digests and every layer are
+    checked before anything is unpacked. 409: the name exists (without `replace`) or
+    is in use; 413: larger than `environment_max_bytes`; 422: a malformed or hostile
+    image, with the reason (nothing of it is kept)."""
+    request.state.audit_target = name
+    length = request.headers.get("content-length")
+    return await service.environments.upload(
+        request.stream(),
+        name,
+        replace=replace,
+        length=int(length) if length and length.isdigit() else None,
+    )
+
+
+@router.delete(
+    "/{name:path}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=responses(403, 404, 409),
+)
+async def delete_environment(name: str, service: ServiceDep, _admin: AdminDep) -> None:
+    """Remove the environment (admins); its root goes once no other name shares it.
+    409 while queued or running evaluations or running sandboxes name it."""
+    await service.environments.delete(name)

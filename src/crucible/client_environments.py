@@ -1,0 +1,137 @@
+"""Environments from Python: ``Client.environments`` and ``AsyncClient.environments``.
+
+    with Client(server) as c:
+        env = c.environments.upload("python-3.12.tar", "python:3.12-slim")  # admins
+        print(env.digest, env.languages)
+        c.submit("print(1)", environment="python:3.12-slim", wait=30)
+
+An upload is streamed from the file (never read whole): a path, or an open binary
+file such as ``sys.stdin.buffer`` (``docker save IMAGE | python upload.py``).
+Refusals raise :class:`crucible.client_errors.ApiError` (404, 409, 413, 422 …).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import os
+import stat
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO
+from urllib.parse import quote
+
+import httpx
+
+from crucible.client_errors import check
+from crucible.models import EnvironmentPublic
+
+CHUNK = 1 << 20
+# An import checks every layer and unpacks the image: minutes for a large one.
+UPLOAD_TIMEOUT_S = 1800.0
+
+Source = str | os.PathLike[str] | IO[bytes]
+
+
+def _path(name: str) -> str:
+    return "/environments/" + quote(name, safe="/:")
+
+
+def _open(source: Source, stack: ExitStack) -> IO[bytes]:
+    if isinstance(source, str | os.PathLike):
+        return stack.enter_context(open(Path(source), "rb"))
+    return source
+
+
+def _headers(f: IO[bytes]) -> dict[str, str]:
+    """Content-Length when the file is a regular one (the server refuses an
+    oversized archive before it is sent); else the body goes chunked."""
+    try:
+        st = os.fstat(f.fileno())
+        if stat.S_ISREG(st.st_mode):
+            return {
+                "Content-Length": str(st.st_size - f.tell()),
+                "Content-Type": "application/octet-stream",
+            }
+    except (OSError, ValueError):  # io.UnsupportedOperation: no file descriptor
+        pass
+    return {"Content-Type": "application/octet-stream"}
+
+
+def _chunks(f: IO[bytes]) -> Iterator[bytes]:
+    while chunk := f.read(CHUNK):
+        yield chunk
+
+
+async def _achunks(f: IO[bytes]) -> AsyncIterator[bytes]:
+    while chunk := await asyncio.to_thread(f.read, CHUNK):
+        yield chunk
+
+
+def _params(name: str, replace: bool) -> dict[str, str]:
+    return {"name": name, **({"replace": "true"} if replace else {})}
+
+
+class Environments:
+    """``Client.environments``: list, get, upload (admins), delete (admins)."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+
+    def list(self) -> builtins.list[EnvironmentPublic]:
+        r = check(self.http.get("/environments"))
+        return [EnvironmentPublic.model_validate(e) for e in r.json()]
+
+    def get(self, name: str) -> EnvironmentPublic:
+        return EnvironmentPublic.model_validate(check(self.http.get(_path(name))).json())
+
+    def upload(self, source: Source, name: str, *, replace: bool = False) -> EnvironmentPublic:
+        """Import ``source`` (a ``docker save`` archive or a tar of an OCI layout)
+        as ``name``; ``replace`` an environment of that name (not one in use)."""
+        with ExitStack() as stack:
+            f = _open(source, stack)
+            r = self.http.post(
+                "/environments",
+                params=_params(name, replace),
+                content=_chunks(f),
+                headers=_headers(f),
+                timeout=UPLOAD_TIMEOUT_S,
+            )
+        return EnvironmentPublic.model_validate(check(r).json())
+
+    def delete(self, name: str) -> None:
+        """Remove ``name`` (409 while queued or running work names it)."""
+        check(self.http.delete(_path(name)))
+
+
+class AsyncEnvironments:
+    """``AsyncClient.environments``: :class:`Environments`, awaited."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def list(self) -> builtins.list[EnvironmentPublic]:
+        r = check(await self.http.get("/environments"))
+        return [EnvironmentPublic.model_validate(e) for e in r.json()]
+
+    async def get(self, name: str) -> EnvironmentPublic:
+        r = await self.http.get(_path(name))
+        return EnvironmentPublic.model_validate(check(r).json())
+
+    async def upload(
+        self, source: Source, name: str, *, replace: bool = False
+    ) -> EnvironmentPublic:
+        with ExitStack() as stack:
+            f = _open(source, stack)
+            r = await self.http.post(
+                "/environments",
+                params=_params(name, replace),
+                content=_achunks(f),
+                headers=_headers(f),
+                timeout=UPLOAD_TIMEOUT_S,
+            )
+        return EnvironmentPublic.model_validate(check(r).json())
+
+    async def delete(self, name: str) -> None:
+        check(await self.http.delete(_path(name)))

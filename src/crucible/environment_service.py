@@ -1,0 +1,153 @@
+"""Environments as the service offers them: listed, imported and removed (admins)
+through the API, and resolved for submissions and sandboxes.
+
+The store (:class:`crucible.environments.EnvironmentStore`) does the work: imports
+run skopeo and umoci and remove walks a tree, so every call goes through a thread.
+An upload is read from the request as it arrives and written to the store's ``tmp``
+(:meth:`EnvironmentStore.receive`, which refuses it past ``environment_max_bytes``);
+it is never held in memory. "In use" means queued or running evaluations, or running
+sandboxes, naming the environment: such an environment is neither removed nor
+replaced (409), so what was pinned at submission is still there when it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+from collections.abc import AsyncIterator
+from typing import IO, cast
+
+from crucible.environments import HOST, Environment, EnvironmentStore, check_name
+from crucible.errors import Conflict, InvalidSubmission, NotFound, PayloadTooLarge
+from crucible.models import EnvironmentPublic
+from crucible.store import Store
+from crucible.store.sandboxes import SandboxStore
+from crucible.submissions import resolve_environment
+
+# An upload that sends nothing for this long is abandoned (its thread must not wait
+# forever on a client that went away without closing).
+STALL_S = 300.0
+
+
+def environment_public(env: Environment) -> EnvironmentPublic:
+    return EnvironmentPublic.model_validate(env.public())
+
+
+class _Body(io.RawIOBase):
+    """A blocking file over an async request body, for the store's thread to read:
+    each read waits, on the event loop, for the next chunk the client sends."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._loop = loop
+        self._pending = b""
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    async def _next(self) -> bytes | None:
+        try:
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            return None
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._pending and not self._done:
+            future = asyncio.run_coroutine_threadsafe(self._next(), self._loop)
+            try:
+                chunk = future.result(timeout=STALL_S)
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                raise InvalidSubmission("the upload stopped arriving", field="body") from None
+            if chunk is None:
+                self._done = True
+            else:
+                self._pending = chunk
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+class EnvironmentService:
+    """The environment store, with what the API adds: in-use checks, threads."""
+
+    def __init__(self, store: EnvironmentStore, evaluations: Store, sandboxes: SandboxStore):
+        self.store = store
+        self.evaluations = evaluations
+        self.sandboxes = sandboxes
+
+    async def list(self) -> list[EnvironmentPublic]:
+        envs = await asyncio.to_thread(self.store.all)
+        return [environment_public(e) for e in envs]
+
+    async def get(self, name: str) -> EnvironmentPublic:
+        """Raises NotFound (naming the known ones)."""
+        return environment_public(await asyncio.to_thread(self.store.get, name))
+
+    async def resolve(self, name: str | None) -> Environment | None:
+        """What a request's ``environment`` names (None: host); InvalidSubmission
+        (422, naming the known ones and the import command) when unknown."""
+        if name is None or name == HOST:
+            return None
+        return await asyncio.to_thread(resolve_environment, name, self.store)
+
+    async def in_use(self, name: str) -> tuple[int, int]:
+        """(queued or running evaluations, running sandboxes) naming ``name``."""
+        evaluations = await asyncio.to_thread(self.evaluations.environment_in_use, name)
+        sandboxes = await asyncio.to_thread(self.sandboxes.environment_in_use, name)
+        return evaluations, sandboxes
+
+    async def _refuse_if_in_use(self, name: str, doing: str) -> None:
+        evaluations, sandboxes = await self.in_use(name)
+        if evaluations or sandboxes:
+            raise Conflict(
+                f"cannot {doing} environment {name!r}: {evaluations} queued or running"
+                f" evaluations and {sandboxes} running sandboxes use it"
+            )
+
+    async def _exists(self, name: str) -> bool:
+        try:
+            await asyncio.to_thread(self.store.get, name)
+        except NotFound:
+            return False
+        return True
+
+    async def upload(
+        self,
+        chunks: AsyncIterator[bytes],
+        name: str,
+        *,
+        replace: bool = False,
+        length: int | None = None,
+    ) -> EnvironmentPublic:
+        """Import the archive arriving in ``chunks`` (a ``docker save`` tar or a tar
+        of an OCI layout) as ``name``.
+
+        Raises InvalidSubmission (a bad name), Conflict (the name exists and not
+        ``replace``, or it is in use), PayloadTooLarge (over the store's limit, by
+        ``length`` before reading or as it arrives), ImageRejected (422: malformed or
+        hostile; nothing of it is kept).
+        """
+        check_name(name)
+        if length is not None and length > self.store.max_bytes:
+            raise PayloadTooLarge(
+                f"the archive is larger than the limit of {self.store.max_bytes} bytes"
+            )
+        if await self._exists(name):
+            if not replace:
+                raise Conflict(f"environment {name!r} exists; send replace=true to replace it")
+            await self._refuse_if_in_use(name, "replace")
+        body = _Body(chunks, asyncio.get_running_loop())
+        env = await asyncio.to_thread(self.store.import_image, cast(IO[bytes], body), name)
+        return environment_public(env)
+
+    async def delete(self, name: str) -> None:
+        """Forget ``name`` (its root goes when no other name shares it). Raises
+        NotFound, Conflict while queued or running work names it."""
+        await asyncio.to_thread(self.store.get, name)  # NotFound first
+        await self._refuse_if_in_use(name, "remove")
+        await asyncio.to_thread(self.store.remove, name)

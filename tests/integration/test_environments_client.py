@@ -1,0 +1,149 @@
+"""``client.environments`` (sync and async: streamed uploads), ``environment=`` on
+submit, batch and sandboxes, and the CLI's ``--environment``, against the real app
+served over HTTP by uvicorn in this process (nothing is dispatched; sandboxes run on
+the in-memory engine of ``tests/fake_sessions.py``)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from service_helpers import CRUCIBLE, free_port
+
+from crucible.api.app import create_app
+from crucible.client import AsyncClient, Client
+from crucible.client_errors import ApiError
+from crucible.config import Settings
+from fake_sessions import FakeSessions
+from oci_images import Image, directory, file, layer_tar, write_docker_archive
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("skopeo") and shutil.which("umoci")), reason="needs skopeo and umoci"
+)
+
+
+def archive(path: Path, *programs: str) -> Path:
+    entries = [directory("usr"), directory("usr/bin")]
+    entries += [file(f"usr/bin/{p}", "#!/bin/sh\n", mode=0o755) for p in programs]
+    return write_docker_archive(Image([layer_tar(entries)]), path)
+
+
+@pytest.fixture
+def live(settings: Settings) -> Iterator[tuple[str, FakeSessions]]:
+    engine = FakeSessions()
+    port = free_port()
+    app = create_app(settings, dispatch=False, sessions=engine)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", log_config=None)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", engine
+    server.should_exit = True
+    thread.join(30)
+
+
+def test_sync_client(live: tuple[str, FakeSessions], tmp_path: Path) -> None:
+    url, engine = live
+    with Client(url) as c:
+        env = c.environments.upload(archive(tmp_path / "a.tar", "python3"), "lab/py:3")
+        assert env.name == "lab/py:3" and env.languages == ["python"]
+        assert [e.name for e in c.environments.list()] == ["lab/py:3"]
+        assert c.environments.get("lab/py:3").digest == env.digest
+        with pytest.raises(ApiError) as taken:
+            c.environments.upload(tmp_path / "a.tar", "lab/py:3")
+        assert taken.value.status == 409
+        ev = c.submit("print(1)", environment="lab/py:3")
+        assert ev.request.environment == "lab/py:3"
+        assert ev.request.environment_digest == env.digest
+        batch = c.batch([{"code": "print(2)"}], environment="lab/py:3")
+        (item,) = c.list(batch_id=batch.id).items
+        assert item.request.environment == "lab/py:3"
+        with pytest.raises(ApiError) as unknown:
+            c.submit("print(1)", environment="nope")
+        assert unknown.value.status == 422 and unknown.value.field == "environment"
+        box = c.sandboxes.create(environment="lab/py:3")
+        assert box.record.environment == "lab/py:3"
+        assert engine.sessions[box.id].spec.environment is not None
+        box.close()
+        c.cancel(ev.id)
+        c.cancel_batch(batch.id)
+        c.environments.delete("lab/py:3")
+        assert c.environments.list() == []
+
+
+async def test_async_client_streams_a_file_object(
+    live: tuple[str, FakeSessions], tmp_path: Path
+) -> None:
+    url, _ = live
+    data = archive(tmp_path / "b.tar", "bash").read_bytes()
+    async with AsyncClient(url) as c:
+        # A BytesIO has no file descriptor: the body goes chunked, no Content-Length.
+        env = await c.environments.upload(io.BytesIO(data), "shell")
+        assert env.languages == ["bash"]
+        assert (await c.environments.get("shell")).digest == env.digest
+        assert [e.name for e in await c.environments.list()] == ["shell"]
+        box = await c.sandboxes.create(environment="shell")
+        assert box.record.environment_digest == env.digest
+        await box.close()
+        await c.environments.delete("shell")
+        with pytest.raises(ApiError) as gone:
+            await c.environments.get("shell")
+        assert gone.value.status == 404
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CRUCIBLE_SERVER": url}
+    return subprocess.run([CRUCIBLE, *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_cli_environment_options(live: tuple[str, FakeSessions], tmp_path: Path) -> None:
+    url, engine = live
+    with Client(url) as c:
+        c.environments.upload(archive(tmp_path / "c.tar", "python3"), "py")
+        program = tmp_path / "p.py"
+        program.write_text("print(1)\n")
+        submitted = cli(url, "submit", str(program), "-e", "py")
+        assert submitted.returncode == 0, submitted.stderr
+        ev = c.get(submitted.stdout.strip())
+        assert ev.request.environment == "py"
+        refused = cli(url, "submit", str(program), "--environment", "nope")
+        assert refused.returncode == 2 and "crucible env import" in refused.stderr
+        created = cli(url, "sandbox", "create", "--environment", "py")
+        assert created.returncode == 0, created.stderr
+        box = created.stdout.strip()
+        assert engine.sessions[box].spec.environment is not None
+        assert c.sandboxes.get(box).record.environment == "py"
+        c.sandboxes.get(box).close()
+        c.cancel(ev.id)
+
+
+async def test_inspect_provider_passes_the_environment(
+    live: tuple[str, FakeSessions], tmp_path: Path
+) -> None:
+    pytest.importorskip("inspect_ai")
+    from crucible.inspect_provider import RemoteBackend, load_config
+
+    url, engine = live
+    async with AsyncClient(url) as c:
+        env = await c.environments.upload(archive(tmp_path / "d.tar", "bash"), "agent")
+    assert load_config(None).environment == "host"
+    config = load_config({"server": url, "environment": "agent", "runtime": "runc"})
+    backend = await RemoteBackend.create(config)
+    try:
+        spec = engine.sessions[backend.id].spec
+        assert spec.environment is not None and spec.environment.digest == env.digest
+    finally:
+        await backend.close()
