@@ -36,6 +36,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -269,10 +270,24 @@ class EnvironmentStore:
             except OSError:  # the same content arrived meanwhile
                 shutil.rmtree(staged, ignore_errors=True)
         link = self._name_file(name)
+        previous = None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            previous = json.loads(link.read_text())["digest"]
         tmp = link.with_suffix(f".{secrets.token_hex(4)}")
         tmp.write_text(json.dumps({"name": name, "digest": digest}))
         tmp.rename(link)
+        if previous is not None and previous != digest:  # replaced: the old root may go
+            self._drop_unnamed(previous)
         return self._load(name, digest)
+
+    def _drop_unnamed(self, digest: str) -> None:
+        if any(e.digest == digest for e in self.all()):
+            return
+        home = self._home(digest)
+        if home.exists():
+            trash = self.root / "tmp" / f"rm-{secrets.token_hex(4)}"
+            home.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
 
     # -- removing -----------------------------------------------------------------------
 
@@ -282,16 +297,16 @@ class EnvironmentStore:
         if in_use:
             raise Conflict(f"environment {name!r} is in use by queued or running work")
         self._name_file(name).unlink()
-        if not any(e.digest == env.digest for e in self.all()):
-            home = self._home(env.digest)
-            trash = self.root / "tmp" / f"rm-{secrets.token_hex(4)}"
-            home.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
+        self._drop_unnamed(env.digest)
 
-    def sweep(self) -> None:
-        """Remove what interrupted imports left in ``tmp``."""
+    def sweep(self, older_than_s: float = 3600.0) -> None:
+        """Remove what interrupted imports and builds left in ``tmp`` (only what is
+        older than ``older_than_s``: an import may be running in another process)."""
+        cutoff = time.time() - older_than_s
         for child in (self.root / "tmp").iterdir():
-            shutil.rmtree(child, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                if child.lstat().st_mtime < cutoff:
+                    shutil.rmtree(child, ignore_errors=True)
 
 
 # -- checking an image ----------------------------------------------------------------

@@ -172,6 +172,7 @@ class Service:
         """
         await asyncio.to_thread(self.store.migrate)
         await self.access.bootstrap()
+        await asyncio.to_thread(self.environments.store.sweep)  # abandoned imports
         if self.sandbox is not None:
             await self.sandbox.sweep()
             shutil.rmtree(self.settings.data_dir / "tmp", ignore_errors=True)

@@ -179,3 +179,27 @@ def test_bad_names_are_refused(store: EnvironmentStore, tmp_path: Path, name: st
     with pytest.raises(Exception, match="invalid environment name"):
         store.import_image(path, name)
     assert_nothing_left(store)
+
+
+def test_replacing_a_name_drops_the_root_nothing_else_names(
+    store: EnvironmentStore, tmp_path: Path
+) -> None:
+    first = store.import_image(
+        write_docker_archive(one_layer(file("etc/v", "1")), tmp_path / "1.tar"), "test/x"
+    )
+    second = store.import_image(
+        write_docker_archive(one_layer(file("etc/v", "2")), tmp_path / "2.tar"), "test/x"
+    )
+    assert first.digest != second.digest and store.get("test/x").digest == second.digest
+    assert not first.root.exists() and (second.root / "etc/v").read_text() == "2"
+
+
+def test_the_sweep_keeps_an_import_in_progress(store: EnvironmentStore) -> None:
+    import os
+
+    fresh, stale = store.root / "tmp" / "fresh", store.root / "tmp" / "stale"
+    fresh.mkdir()
+    stale.mkdir()
+    os.utime(stale, (0, 0))
+    store.sweep()
+    assert fresh.exists() and not stale.exists()
