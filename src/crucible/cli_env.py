@@ -169,7 +169,7 @@ def list_(
     table.add_column("digest", no_wrap=True)
     table.add_column("size", justify="right")
     table.add_column("created", no_wrap=True)
-    table.add_column("source")
+    table.add_column("source", no_wrap=True)
     table.add_column("languages")
     for e in envs:
         table.add_row(
