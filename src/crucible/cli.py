@@ -154,12 +154,14 @@ def run(
 
 # The evaluation service's commands: serve, submit, status, logs, cancel, list, batch.
 from crucible.cli_admin import register as register_admin  # noqa: E402
+from crucible.cli_env import env_app  # noqa: E402
 from crucible.cli_sandbox import register as register_sandbox  # noqa: E402
 from crucible.cli_service import register  # noqa: E402
 
 register(app)
 register_admin(app)
 register_sandbox(app)
+app.add_typer(env_app, name="env")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,213 @@
+"""Environments from the command line: ``crucible env import|build|ls|inspect|rm``.
+
+An operator's commands: they act on the environment store of the configured data
+directory (``--data-dir`` / ``CRUCIBLE_DATA_DIR``, or ``CRUCIBLE_ENVIRONMENTS_DIR``)
+on this machine, not through a server.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from crucible.config import Settings
+from crucible.environments import EnvironmentStore, check_name
+from crucible.errors import CrucibleError, NotFound
+
+out = Console()
+err = Console(stderr=True)
+
+env_app = typer.Typer(
+    help="Environments: named, read-only root file systems that runs and sandboxes use.",
+    no_args_is_help=True,
+)
+
+DataDir = Annotated[Path | None, typer.Option(help="default ./data (or CRUCIBLE_DATA_DIR)")]
+Name = Annotated[str, typer.Option("--name", help="the environment's name, e.g. python:3.12")]
+FAILURES = (CrucibleError, OSError)
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    return Settings(data_dir=data_dir) if data_dir is not None else Settings()
+
+
+def _store(settings: Settings) -> EnvironmentStore:
+    return EnvironmentStore.of(settings)
+
+
+def _existing_store(settings: Settings, name: str | None = None) -> EnvironmentStore | None:
+    """The store, if there is one: reading commands do not create it (the store makes
+    its directories when opened). With ``name``, a missing store is NotFound."""
+    if settings.environments_root.is_dir():
+        return _store(settings)
+    if name is not None:
+        raise NotFound(f"no environment {name!r} (no environments in {settings.environments_root})")
+    return None
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    # One line: a tool's multi-line stderr is folded into it.
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    return typer.Exit(2)
+
+
+def environment_in_use(settings: Settings, name: str) -> bool:
+    """Whether queued or running evaluations, or live sandboxes, name ``name``:
+    ``crucible env rm`` refuses to remove it while they do.
+
+    TODO(environments): answer from the database (evaluations queued or running and
+    sandboxes running whose request names the environment); until the engine records
+    environments, nothing is ever in use.
+    """
+    return False
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    value, unit = n / 1000, "KB"
+    for bigger in ("MB", "GB", "TB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{value:.1f} {unit}"
+
+
+def _created(stamp: str) -> str:
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return stamp
+
+
+@env_app.command("import")
+def import_(
+    source: Annotated[
+        str, typer.Argument(help="a docker save archive, an OCI layout (dir or tar), or -")
+    ],
+    name: Name,
+    data_dir: DataDir = None,
+) -> None:
+    """Import an image: `docker save IMAGE | crucible env import - --name NAME`."""
+    try:
+        check_name(name)  # before the store is made
+        store = _store(_settings(data_dir))
+        env = store.import_image(sys.stdin.buffer if source == "-" else Path(source), name)
+    except FAILURES as exc:
+        raise _fail(exc) from None
+    out.print(f"{env.name} · {env.digest[:19]} · {_size(env.size_bytes)}")
+
+
+def _packages(value: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
+
+
+@env_app.command("build")
+def build(
+    name: Name,
+    debian: Annotated[
+        str | None, typer.Option(help="Debian packages, comma-separated (e.g. python3-numpy)")
+    ] = None,
+    pip: Annotated[
+        str | None, typer.Option(help="pip requirements, comma-separated (into /opt/venv)")
+    ] = None,
+    suite: Annotated[str, typer.Option(help="the Debian suite")] = "bookworm",
+    mirror: Annotated[str | None, typer.Option(help="the Debian mirror")] = None,
+    timeout: Annotated[float, typer.Option(help="time limit of each build step, s")] = 1800.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no build output")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Build an environment from Debian packages (mmdebstrap) and pip packages.
+
+    pip runs in a build container on the host's network; needs root. A run in the
+    environment never reaches the network.
+    """
+    from crucible.envbuild import DEFAULT_MIRROR, BuildSpec, build_environment
+
+    def log(line: str) -> None:
+        err.print(f"[dim]{escape(line)}[/dim]", highlight=False)
+
+    try:
+        spec = BuildSpec(
+            debian=_packages(debian), pip=_packages(pip), suite=suite,
+            mirror=mirror or DEFAULT_MIRROR,
+        )  # fmt: skip
+        check_name(name)  # before the store is made
+        store = _store(_settings(data_dir))
+        env = build_environment(store, name, spec, timeout=timeout, log=None if quiet else log)
+    except FAILURES as exc:
+        raise _fail(exc) from None
+    languages = ", ".join(env.languages) or "none"
+    out.print(f"{env.name} · {env.digest[:19]} · {_size(env.size_bytes)} · {languages}")
+
+
+@env_app.command("ls")
+def list_(
+    data_dir: DataDir = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List the environments (besides `host`, the host's own toolchain)."""
+    try:
+        store = _existing_store(_settings(data_dir))
+        envs = store.all() if store is not None else []
+    except FAILURES as exc:
+        raise _fail(exc) from None
+    if json_out:
+        print(json.dumps([e.public() for e in envs], indent=2))
+        return
+    table = Table()
+    table.add_column("name", no_wrap=True, overflow="fold")
+    table.add_column("digest", no_wrap=True)
+    table.add_column("size", justify="right")
+    table.add_column("created", no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    table.add_column("languages")
+    for e in envs:
+        table.add_row(
+            e.name, e.digest.removeprefix("sha256:")[:12], _size(e.size_bytes),
+            _created(e.created_at), e.source, ", ".join(e.languages) or "-",
+        )  # fmt: skip
+    out.print(table)
+
+
+@env_app.command("inspect")
+def inspect(
+    name: Annotated[str, typer.Argument(help="the environment")], data_dir: DataDir = None
+) -> None:
+    """An environment's record as JSON: digest, size, Env, programs, languages, root."""
+    try:
+        store = _existing_store(_settings(data_dir), name)
+        assert store is not None
+        env = store.get(name)
+    except FAILURES as exc:
+        raise _fail(exc) from None
+    doc: dict[str, Any] = {**env.public(), "root": str(env.root)}
+    print(json.dumps(doc, indent=2))
+
+
+@env_app.command("rm")
+def remove(
+    name: Annotated[str, typer.Argument(help="the environment")], data_dir: DataDir = None
+) -> None:
+    """Remove an environment (refused while queued or running work uses it).
+
+    Its root goes once no other name shares it.
+    """
+    settings = _settings(data_dir)
+    try:
+        store = _existing_store(settings, name)
+        assert store is not None
+        store.get(name)  # an unknown name says so before anything else is asked
+        store.remove(name, in_use=environment_in_use(settings, name))
+    except FAILURES as exc:
+        raise _fail(exc) from None
+    out.print(f"{name} · removed")
