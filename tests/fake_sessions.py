@@ -81,6 +81,7 @@ class FakeSession:
         timeout_s: float | None = None,
         on_output: OutputCallback | None = None,
         output_cap: int = MAX_EXEC_OUTPUT,
+        detach: bool = False,
     ) -> ExecResult:
         self._check()
         self.execs.append(list(cmd))

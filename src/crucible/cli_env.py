@@ -61,14 +61,18 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 def environment_in_use(settings: Settings, name: str) -> bool:
-    """Whether queued or running evaluations, or live sandboxes, name ``name``:
-    ``crucible env rm`` refuses to remove it while they do.
+    """Whether queued or running evaluations, or running sandboxes, name ``name`` (in
+    the database of ``settings``): ``crucible env rm`` refuses to remove it while
+    they do."""
+    from crucible.store import Store
+    from crucible.store.sandboxes import SandboxStore
 
-    TODO(environments): answer from the database (evaluations queued or running and
-    sandboxes running whose request names the environment); until the engine records
-    environments, nothing is ever in use.
-    """
-    return False
+    store = Store(settings.sqlalchemy_url)
+    try:
+        store.migrate()
+        return bool(store.environment_in_use(name) or SandboxStore(store).environment_in_use(name))
+    finally:
+        store.dispose()
 
 
 def _size(n: int) -> str:

@@ -42,10 +42,12 @@ def _create_body(
     idle_timeout_s: float | None,
     labels: dict[str, str] | None,
     environment: str | None = None,
+    network: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     body = {
         "runtime": runtime,
         "environment": environment,
+        "network": network,
         "limits": limits,
         "ttl_s": ttl_s,
         "idle_timeout_s": idle_timeout_s,
@@ -61,6 +63,7 @@ def exec_request(
     env: dict[str, str] | None,
     user: str | None,
     timeout_s: float | None,
+    detach: bool = False,
 ) -> tuple[dict[str, Any], float | None]:
     """The body of POST …/exec, and how long to wait for its answer (None: no bound
     here; the server bounds every exec by its ceiling)."""
@@ -73,6 +76,8 @@ def exec_request(
     for name, value in (("cwd", cwd), ("env", env), ("user", user), ("timeout_s", timeout_s)):
         if value is not None:
             body[name] = value
+    if detach:
+        body["detach"] = True
     return body, (timeout_s + EXEC_MARGIN_S) if timeout_s is not None else None
 
 
@@ -115,10 +120,12 @@ class RemoteSandbox:
         env: dict[str, str] | None = None,
         user: str | None = None,
         timeout_s: float | None = None,
+        detach: bool = False,
     ) -> ExecPublic:
         """Run ``cmd`` (an argv; a string runs as ``bash -lc STRING``) and wait for it.
-        The command's own failure is in the result (``returncode``, ``timed_out``)."""
-        body, wait = exec_request(cmd, input, cwd, env, user, timeout_s)
+        The command's own failure is in the result (``returncode``, ``timed_out``).
+        ``detach``: start it as a service and return once it runs."""
+        body, wait = exec_request(cmd, input, cwd, env, user, timeout_s, detach)
         r = self.http.post(f"/sandboxes/{self.id}/exec", json=body, timeout=wait)
         return ExecPublic.model_validate(check(r).json())
 
@@ -166,10 +173,12 @@ class Sandboxes:
         idle_timeout_s: float | None = None,
         labels: dict[str, str] | None = None,
         environment: str | None = None,
+        network: dict[str, Any] | None = None,
     ) -> RemoteSandbox:
         """A new running sandbox (unset fields: the server's defaults; ``environment``
-        the root under its writable layer, default host)."""
-        body = _create_body(runtime, limits, ttl_s, idle_timeout_s, labels, environment)
+        the root under its writable layer, default host; ``network`` a place on a
+        private network, ``{"group", "hostname", "members"}``)."""
+        body = _create_body(runtime, limits, ttl_s, idle_timeout_s, labels, environment, network)
         record = SandboxPublic.model_validate(check(self.http.post("/sandboxes", json=body)).json())
         return RemoteSandbox(self.http, record, self._sse)
 
@@ -217,8 +226,9 @@ class AsyncRemoteSandbox:
         env: dict[str, str] | None = None,
         user: str | None = None,
         timeout_s: float | None = None,
+        detach: bool = False,
     ) -> ExecPublic:
-        body, wait = exec_request(cmd, input, cwd, env, user, timeout_s)
+        body, wait = exec_request(cmd, input, cwd, env, user, timeout_s, detach)
         r = await self.http.post(f"/sandboxes/{self.id}/exec", json=body, timeout=wait)
         return ExecPublic.model_validate(check(r).json())
 
@@ -256,8 +266,9 @@ class AsyncSandboxes:
         idle_timeout_s: float | None = None,
         labels: dict[str, str] | None = None,
         environment: str | None = None,
+        network: dict[str, Any] | None = None,
     ) -> AsyncRemoteSandbox:
-        body = _create_body(runtime, limits, ttl_s, idle_timeout_s, labels, environment)
+        body = _create_body(runtime, limits, ttl_s, idle_timeout_s, labels, environment, network)
         r = await self.http.post("/sandboxes", json=body)
         return AsyncRemoteSandbox(self.http, SandboxPublic.model_validate(check(r).json()))
 

@@ -56,6 +56,19 @@ class SandboxLimitsCreate(BaseModel):
     disk_mb: int | None = Field(None, description="writable layer over the root, MiB")
 
 
+class SandboxNetwork(BaseModel):
+    """A place on a private network shared by the sandboxes of one ``group`` (one
+    sample's compose services): they reach each other by host name, and nothing else.
+    Every member names the same ``members``; the network is made with the first and
+    removed with the last. Groups are per API key. runc and crun only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    hostname: str = Field(examples=["victim"])
+    members: list[str] = Field(min_length=1, max_length=200, examples=[["default", "victim"]])
+
+
 class SandboxCreate(BaseModel):
     """A long-lived sandbox to create. Unset fields take the server's defaults."""
 
@@ -71,6 +84,9 @@ class SandboxCreate(BaseModel):
         examples=["host", "python:3.12-slim"],
     )
     limits: SandboxLimitsCreate | None = None
+    network: SandboxNetwork | None = Field(
+        None, description="default: no network at all (loopback only)"
+    )
     ttl_s: float | None = Field(None, description="stopped this long after creation")
     idle_timeout_s: float | None = Field(None, description="stopped after this long idle")
     labels: dict[LabelKey, LabelValue] | None = Field(None, max_length=50)
@@ -130,6 +146,11 @@ class ExecCreate(BaseModel):
     user: str | None = Field(None, max_length=64, description="a user inside the sandbox")
     timeout_s: float | None = Field(
         None, gt=0, description="kills the exec's processes (not the sandbox) after this"
+    )
+    detach: bool = Field(
+        False,
+        description="start cmd as a service (its own session, output discarded) and answer"
+        " once it runs (127/126 when it cannot be executed)",
     )
 
     @model_validator(mode="after")

@@ -91,6 +91,7 @@ class SessionHandle(Protocol):
         timeout_s: float | None = None,
         on_output: OutputCallback | None = None,
         output_cap: int = MAX_EXEC_OUTPUT,
+        detach: bool = False,
     ) -> ExecResult: ...
 
     async def write_file(self, path: str, data: bytes) -> None: ...
@@ -189,11 +190,21 @@ class SandboxService:
         )
         runtime = body.runtime or self.settings.default_runtime
         environment = await self.environments.resolve(body.environment)  # None: host
+        network = None
+        if body.network is not None:
+            # Per key: a key joins only networks its own sandboxes made.
+            owner = who.id if who else "anonymous"
+            network = {
+                "group": f"{owner}/{body.network.group}",
+                "hostname": body.network.hostname,
+                "members": tuple(body.network.members),
+            }
         spec = SessionSpec.model_validate(
             {
                 "runtime": runtime,
                 "limits": values,
                 "environment": environment.root_spec() if environment else None,
+                "network": network,
             }
         )
         new = NewSandbox(
@@ -364,6 +375,7 @@ class SandboxService:
                 user=body.user,
                 timeout_s=timeout,
                 on_output=live,
+                detach=body.detach,
             )
         except Exception as exc:  # no result: the transcript says why
             await live.finish()

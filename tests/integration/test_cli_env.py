@@ -141,10 +141,26 @@ def test_rm_is_refused_while_in_use(
     assert store_of(data_dir).get("busy").root.is_dir()
 
 
-def test_the_in_use_hook_says_no_for_now(data_dir: Path) -> None:
+def test_in_use_is_read_from_the_database(data_dir: Path) -> None:
+    """A running sandbox over an environment keeps it in use; stopped, it does not."""
     from crucible.config import Settings
+    from crucible.models import StopReason
+    from crucible.store import Store
+    from crucible.store.sandboxes import NewSandbox, Owner, SandboxStore
 
-    assert cli_env.environment_in_use(Settings(data_dir=data_dir), "anything") is False
+    settings = Settings(data_dir=data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    assert cli_env.environment_in_use(settings, "busy") is False  # migrates a new database
+    store = Store(settings.sqlalchemy_url)
+    sandboxes = SandboxStore(store)
+    owner = Owner("embedded@h:1:abc", "boot/4026531836", "h", 1, "100")
+    limits = {"memory_mb": 64, "cpus": 1, "pids": 16, "disk_mb": 16}
+    sandboxes.create(NewSandbox("sbx_busy", "runc", limits, 60, 60, owner, environment="busy"))
+    assert cli_env.environment_in_use(settings, "busy") is True
+    assert cli_env.environment_in_use(settings, "other") is False
+    sandboxes.stop("sbx_busy", StopReason.deleted)
+    assert cli_env.environment_in_use(settings, "busy") is False
+    store.dispose()
 
 
 def one_line_error(result: Result, *needles: str) -> None:

@@ -161,3 +161,36 @@ async def test_an_agent_sandbox_in_the_environment(
     finally:
         await one.close()
         await two.close()
+
+
+@pytest.fixture(scope="module")
+def numpy_environment(environments: EnvironmentStore) -> Environment:
+    """The cached ``crucible env build --debian python3-numpy`` (tests/env_fixtures.py),
+    in this session's store."""
+    from env_fixtures import install_numpy_environment, require_build_tools
+
+    require_build_tools()
+    return install_numpy_environment(environments, name="test/numpy")
+
+
+@pytest.mark.timeout(600)  # the first build on a machine: mmdebstrap, about 25 s here
+async def test_a_built_environment_runs_numpy(
+    sandbox: Sandbox, runtime: str, numpy_environment: Environment
+) -> None:
+    code = "import numpy, sys; print(numpy.arange(6).reshape(2, 3).sum(), sys.executable)"
+    result = await run_code(sandbox, runtime, code, environment=numpy_environment)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "15 /usr/bin/python3\n"
+    session = await sandbox.sessions.create(
+        SessionSpec(
+            runtime=runtime,  # type: ignore[arg-type]
+            limits=SESSION_LIMITS,
+            environment=numpy_environment.root_spec(),
+        ),
+        session_id=f"sb_np{secrets.token_hex(4)}",
+    )
+    try:
+        r = await session.exec(["bash", "-c", "cat /etc/debian_version; python3 -c 'import numpy'"])
+        assert r.returncode == 0 and r.stdout.startswith(b"12."), r
+    finally:
+        await session.close()
