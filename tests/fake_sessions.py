@@ -51,6 +51,7 @@ class FakeSession:
         self.closed = asyncio.Event()
         self.crashed = False
         self.execs: list[list[str]] = []
+        self.detached: list[list[str]] = []  # what was started as a service
         self.cpu_ns = 0
 
     @property
@@ -84,6 +85,8 @@ class FakeSession:
         detach: bool = False,
     ) -> ExecResult:
         self._check()
+        if detach:
+            self.detached.append(list(cmd))
         self.execs.append(list(cmd))
         started = time.monotonic()
         out, err = bytearray(), bytearray()

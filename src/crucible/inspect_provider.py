@@ -24,12 +24,15 @@ Failures are Inspect's exceptions: ``TimeoutError``, ``PermissionError``,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
+import posixpath
 import secrets
+import shlex
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Union, overload
 
@@ -44,9 +47,11 @@ from inspect_ai.util import (
     SandboxEnvironmentLimits,
     sandboxenv,
 )
+from inspect_ai.util._sandbox.compose import ComposeConfig, is_compose_yaml, parse_compose_yaml
 from inspect_ai.util._sandbox.environment import SandboxUnavailableError
 from pydantic import BaseModel, ConfigDict, Field
 
+from crucible.compose import ComposePlan, ServicePlan, plan
 from crucible.errors import (
     SandboxFileError,
     SandboxFileNotFound,
@@ -56,7 +61,13 @@ from crucible.errors import (
     SandboxStopped,
     SandboxUnavailable,
 )
-from crucible.sandbox.models import EnvironmentRoot, RuntimeName, SessionLimits, SessionSpec
+from crucible.sandbox.models import (
+    EnvironmentRoot,
+    NetworkAttachment,
+    RuntimeName,
+    SessionLimits,
+    SessionSpec,
+)
 
 if TYPE_CHECKING:  # the engine and the client are imported when first used
     from crucible.client import AsyncClient
@@ -119,8 +130,10 @@ class Backend(Protocol):
         user: str | None,
         timeout_s: float | None,
         output_cap: int,
+        detach: bool = False,
     ) -> ExecOutcome:
-        """The command's end; ``output_cap`` bounds each stream (the tail kept)."""
+        """The command's end (``detach``: started as a service); ``output_cap`` bounds
+        each stream (the tail kept)."""
         ...
 
     async def write_file(self, path: str, data: bytes) -> None: ...
@@ -165,10 +178,11 @@ class LocalBackend:
         user: str | None,
         timeout_s: float | None,
         output_cap: int,
+        detach: bool = False,
     ) -> ExecOutcome:
         r = await self._session.exec(
             cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s,
-            output_cap=output_cap,
+            output_cap=output_cap, detach=detach,
         )  # fmt: skip
         truncated = r.stdout_truncated or r.stderr_truncated
         return ExecOutcome(r.returncode, r.stdout, r.stderr, r.timed_out, truncated)
@@ -201,7 +215,9 @@ class RemoteBackend:
         self.id: str = remote.id
 
     @classmethod
-    async def create(cls, config: CrucibleSandboxConfig) -> RemoteBackend:
+    async def create(
+        cls, config: CrucibleSandboxConfig, network: NetworkAttachment | None = None
+    ) -> RemoteBackend:
         from crucible.client import AsyncClient
 
         assert config.server is not None
@@ -213,6 +229,7 @@ class RemoteBackend:
                 limits=config.limits.model_dump(),
                 ttl_s=config.ttl_s,
                 environment=config.environment,
+                network=network.model_dump(mode="json") if network else None,
             )
         except BaseException:
             await client.close()
@@ -229,11 +246,13 @@ class RemoteBackend:
         user: str | None,
         timeout_s: float | None,
         output_cap: int,
+        detach: bool = False,
     ) -> ExecOutcome:
         async with _reachable(self.id):
             r = await self._remote.exec(
-                cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s
-            )
+                cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s,
+                detach=detach,
+            )  # fmt: skip
         out, err = r.stdout_bytes, r.stderr_bytes
         truncated = r.stdout_truncated or r.stderr_truncated
         if len(out) > output_cap or len(err) > output_cap:
@@ -280,18 +299,22 @@ def _local_root(name: str) -> EnvironmentRoot | None:
     NotFound naming the known ones and the import command."""
     if name == "host":
         return None
-    from crucible.config import get_settings
     from crucible.environments import EnvironmentStore
 
-    return EnvironmentStore.of(get_settings()).get(name).root_spec()
+    return EnvironmentStore.of(local_engine().settings).get(name).root_spec()
 
 
-async def _create(config: CrucibleSandboxConfig) -> Backend:
+async def _create(
+    config: CrucibleSandboxConfig, network: NetworkAttachment | None = None
+) -> Backend:
     if config.server is not None:
-        return await RemoteBackend.create(config)
+        return await RemoteBackend.create(config, network)
     engine = local_engine()
     spec = SessionSpec(
-        runtime=config.runtime, limits=config.limits, environment=_local_root(config.environment)
+        runtime=config.runtime,
+        limits=config.limits,
+        environment=_local_root(config.environment),
+        network=network,
     )
     session = await engine.sessions.create(spec, session_id=f"sb_{secrets.token_hex(10)}")
     return LocalBackend(session)
@@ -314,18 +337,82 @@ def _file_error(exc: SandboxFileError, file: str) -> Exception:
     return RuntimeError(str(exc))
 
 
+@dataclass(frozen=True)
+class ServiceDefaults:
+    """A compose service's working_dir, environment and user: the defaults of every
+    exec (and the base of relative file paths) in its sandbox."""
+
+    workdir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+
+    def path(self, path: str) -> str:
+        return posixpath.join(self.workdir, path) if self.workdir else path
+
+
+def compose_of(config: SandboxEnvironmentConfigType | None) -> ComposeConfig | None:
+    """The compose file ``config`` names or is (None: a Crucible config)."""
+    if isinstance(config, ComposeConfig):
+        return config
+    if isinstance(config, str) and is_compose_yaml(config):
+        return parse_compose_yaml(config)
+    return None
+
+
+def compose_base(compose: ComposeConfig) -> CrucibleSandboxConfig:
+    """The provider's own settings for a compose file: its ``x-crucible`` mapping, the
+    server from CRUCIBLE_SERVER when it names none."""
+    settings = dict(compose.extensions.get("x-crucible") or {})
+    if "server" not in settings and os.environ.get("CRUCIBLE_SERVER"):
+        settings["server"] = os.environ["CRUCIBLE_SERVER"]
+    return CrucibleSandboxConfig.model_validate(settings)
+
+
+async def known_environments(config: CrucibleSandboxConfig) -> list[str]:
+    if config.server is None:
+        from crucible.environments import EnvironmentStore
+
+        return [e.name for e in EnvironmentStore.of(local_engine().settings).all()]
+    from crucible.client import AsyncClient
+
+    key = config.api_key or os.environ.get("CRUCIBLE_API_KEY")
+    async with AsyncClient(config.server, api_key=key) as client:
+        return [e.name for e in await client.environments.list()]
+
+
+async def compose_plan(compose: ComposeConfig) -> tuple[CrucibleSandboxConfig, ComposePlan]:
+    base = compose_base(compose)
+    return base, plan(compose, known=await known_environments(base), defaults=base.limits)
+
+
 @sandboxenv(name="crucible")
 class CrucibleSandboxEnvironment(SandboxEnvironment):
-    """One Crucible sandbox per sample (see the module docstring)."""
+    """One Crucible sandbox per sample, or per service of a compose file (see the
+    module docstring)."""
 
-    def __init__(self, backend: Backend, config: CrucibleSandboxConfig) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: CrucibleSandboxConfig,
+        defaults: ServiceDefaults | None = None,
+    ) -> None:
         super().__init__()
         self.backend = backend
         self.config = config
+        self.defaults = defaults or ServiceDefaults()
 
     @classmethod
     def config_deserialize(cls, config: dict[str, Any]) -> BaseModel:
         return CrucibleSandboxConfig.model_validate(config)
+
+    @classmethod
+    def config_files(cls) -> list[str]:
+        # Docker compatible: a task's compose.yaml is found and handed to us.
+        return ["compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml"]
+
+    @classmethod
+    def is_docker_compatible(cls) -> bool:
+        return True
 
     @classmethod
     def default_concurrency(cls) -> int | None:
@@ -335,19 +422,99 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
 
     @classmethod
     async def task_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None) -> None:
-        if load_config(config).server is None:
+        compose = compose_of(config)
+        if compose is not None:
+            base, _ = await compose_plan(compose)  # ComposeError now, not per sample
+        else:
+            base = load_config(config)
+        if base.server is None:
             await local_engine().prepare()
 
     @classmethod
     async def sample_init(
         cls, task_name: str, config: SandboxEnvironmentConfigType | None, metadata: dict[str, str]
     ) -> dict[str, SandboxEnvironment]:
+        compose = compose_of(config)
+        if compose is not None:
+            return await cls._compose_init(compose)
         cfg = load_config(config)
         try:
             backend = await _create(cfg)
         except Exception as exc:
             raise SandboxUnavailableError(f"cannot create a Crucible sandbox: {exc}") from exc
         return {"default": cls(backend, cfg)}
+
+    @classmethod
+    async def _compose_init(cls, compose: ComposeConfig) -> dict[str, SandboxEnvironment]:
+        """One sandbox per service, the default first, on a private network of the
+        sample; then each service's command, dependencies (the others) before the
+        default, each waited for by its healthcheck."""
+        base, services = await compose_plan(compose)
+        group = f"sample-{secrets.token_hex(8)}"
+        members = services.members
+        made: dict[str, CrucibleSandboxEnvironment] = {}
+        try:
+            for svc in services.services:
+                cfg = base.model_copy(update={"environment": svc.environment, "limits": svc.limits})
+                network = None
+                if svc.networked and len(members) > 1:
+                    network = NetworkAttachment(group=group, hostname=svc.name, members=members)
+                backend = await _create(cfg, network)
+                made[svc.name] = cls(backend, cfg, ServiceDefaults(svc.workdir, svc.env, svc.user))
+            for svc in reversed(services.services):
+                await made[svc.name]._start(svc)
+        except BaseException as exc:
+            for env in made.values():
+                with contextlib.suppress(Exception):
+                    await env.backend.close()
+            if isinstance(exc, Exception):
+                raise SandboxUnavailableError(f"cannot start the compose sample: {exc}") from exc
+            raise
+        return dict(made)
+
+    async def _start(self, svc: ServicePlan) -> None:
+        if svc.command:
+            r = await self._exec(svc.command, detach=True)
+            if r.returncode != 0:
+                raise RuntimeError(
+                    f"service {svc.name!r}: {shlex.join(svc.command)} did not start "
+                    f"({r.returncode}): {r.stderr.decode(errors='replace').strip()[:500]}"
+                )
+        check = svc.healthcheck
+        if check is None:
+            return
+        await asyncio.sleep(check.start_period_s)
+        for _ in range(max(1, check.retries)):
+            r = await self._exec(check.argv, timeout_s=check.timeout_s)
+            if r.returncode == 0 and not r.timed_out:
+                return
+            await asyncio.sleep(check.interval_s)
+        raise RuntimeError(f"service {svc.name!r} did not become healthy ({check.argv})")
+
+    async def _exec(
+        self,
+        cmd: list[str],
+        *,
+        input: bytes | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        timeout_s: float | None = None,
+        output_cap: int = 1 << 20,
+        detach: bool = False,
+    ) -> ExecOutcome:
+        """``backend.exec`` with the service's defaults."""
+        d = self.defaults
+        return await self.backend.exec(
+            cmd,
+            input=input,
+            cwd=d.path(cwd) if cwd else d.workdir,
+            env={**d.env, **(env or {})} or None,
+            user=user or d.user,
+            timeout_s=timeout_s,
+            output_cap=output_cap,
+            detach=detach,
+        )
 
     @classmethod
     async def sample_cleanup(
@@ -393,7 +560,7 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
         # timeout is the command's own, and a retry would run it again.
         data = input.encode("utf-8") if isinstance(input, str) else input
         try:
-            r = await self.backend.exec(
+            r = await self._exec(
                 cmd, input=data, cwd=cwd, env=env, user=user,
                 timeout_s=float(timeout) if timeout is not None else None,
                 output_cap=SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE,
@@ -421,7 +588,7 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
     async def write_file(self, file: str, contents: str | bytes) -> None:
         data = contents.encode("utf-8") if isinstance(contents, str) else contents
         try:
-            await self.backend.write_file(file, data)
+            await self.backend.write_file(self.defaults.path(file), data)
         except (SandboxStopped, SandboxUnavailable) as exc:
             raise SandboxUnavailableError(str(exc)) from exc
         except SandboxFileError as exc:
@@ -435,7 +602,9 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
 
     async def read_file(self, file: str, text: bool = True) -> Union[str | bytes]:  # noqa: UP007
         try:
-            data = await self.backend.read_file(file, SandboxEnvironmentLimits.MAX_READ_FILE_SIZE)
+            data = await self.backend.read_file(
+                self.defaults.path(file), SandboxEnvironmentLimits.MAX_READ_FILE_SIZE
+            )
         except (SandboxStopped, SandboxUnavailable) as exc:
             raise SandboxUnavailableError(str(exc)) from exc
         except SandboxFileError as exc:

@@ -147,8 +147,8 @@ class ExecCreate(BaseModel):
     timeout_s: float | None = Field(
         None, gt=0, description="kills the exec's processes (not the sandbox) after this"
     )
-    detach: bool = Field(
-        False,
+    detach: bool | None = Field(
+        None,
         description="start cmd as a service (its own session, output discarded) and answer"
         " once it runs (127/126 when it cannot be executed)",
     )

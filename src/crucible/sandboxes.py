@@ -375,7 +375,7 @@ class SandboxService:
                 user=body.user,
                 timeout_s=timeout,
                 on_output=live,
-                detach=body.detach,
+                detach=bool(body.detach),
             )
         except Exception as exc:  # no result: the transcript says why
             await live.finish()

@@ -508,3 +508,28 @@ async def test_events_stream_the_transcript_then_stopped(sandbox_api: SandboxApi
         )
         assert [e[1] for e in sse_events(again.text)] == ["stopped"]
         assert (await client.get("/sandboxes/sbx_nope/events")).status_code == 404
+
+
+async def test_networks_are_per_key_and_services_start_detached(
+    sandbox_api: SandboxApi, engine: FakeSessions
+) -> None:
+    """Two keys naming the same group get two networks: a key never joins another's."""
+    network = {"group": "sample-1", "hostname": "web", "members": ["default", "web"]}
+    async with sandbox_api() as (admin, _service):
+        a_id, a_key = await new_key(admin, "alice")
+        b_id, b_key = await new_key(admin, "bob")
+        async with as_key(admin, a_key) as alice, as_key(admin, b_key) as bob:
+            sid = (await create(alice, network=network))["id"]
+            await create(bob, network=network)
+            first, second = engine.created[-2:]
+            assert first.network is not None and second.network is not None
+            assert first.network.group == f"{a_id}/sample-1"
+            assert second.network.group == f"{b_id}/sample-1"
+            assert first.network.hostname == "web"
+            assert first.network.members == ("default", "web")
+            done = await run(alice, sid, "true", detach=True)
+            assert done["returncode"] == 0
+            assert engine.sessions[sid].detached == [["true"]]
+            for bad in ({**network, "group": "a b"}, {**network, "members": []}):
+                r = await alice.post("/sandboxes", json={"network": bad})
+                assert r.status_code == 422, r.text

@@ -1188,6 +1188,11 @@ export interface components {
              * @description default: the working dir
              */
             cwd?: string | null;
+            /**
+             * Detach
+             * @description start cmd as a service (its own session, output discarded) and answer once it runs (127/126 when it cannot be executed)
+             */
+            detach?: boolean | null;
             /** Env */
             env?: {
                 [key: string]: string;
@@ -1648,6 +1653,8 @@ export interface components {
                 [key: string]: string;
             } | null;
             limits?: components["schemas"]["SandboxLimitsCreate"] | null;
+            /** @description default: no network at all (loopback only) */
+            network?: components["schemas"]["SandboxNetwork"] | null;
             /**
              * Runtime
              * @description runc, crun or gvisor (default: the server's CRUCIBLE_DEFAULT_RUNTIME)
@@ -1705,6 +1712,30 @@ export interface components {
              * @description pass as ?cursor= for the next page
              */
             next_cursor: string | null;
+        };
+        /**
+         * SandboxNetwork
+         * @description A place on a private network shared by the sandboxes of one ``group`` (one
+         *     sample's compose services): they reach each other by host name, and nothing else.
+         *     Every member names the same ``members``; the network is made with the first and
+         *     removed with the last. Groups are per API key. runc and crun only.
+         */
+        SandboxNetwork: {
+            /** Group */
+            group: string;
+            /**
+             * Hostname
+             * @example victim
+             */
+            hostname: string;
+            /**
+             * Members
+             * @example [
+             *       "default",
+             *       "victim"
+             *     ]
+             */
+            members: string[];
         };
         /** SandboxPublic */
         SandboxPublic: {
