@@ -4,7 +4,8 @@ Registered under the entry-point group ``inspect_ai`` (name ``crucible``, see
 pyproject.toml): Inspect imports this module when a task names the ``crucible``
 sandbox, and ``@sandboxenv`` registers the class. Each sample gets one long-lived
 Crucible sandbox (``crucible.sandbox.session``), created in ``sample_init`` and closed
-in ``sample_cleanup``.
+in ``sample_cleanup``; with a ``compose.yaml`` (the provider is docker compatible), one
+per service on a private network of the sample (``crucible.compose``).
 
 Config (a YAML file path, a dict, or :class:`CrucibleSandboxConfig`):
 
@@ -16,6 +17,9 @@ Config (a YAML file path, a dict, or :class:`CrucibleSandboxConfig`):
              server's (GET /api/v1/environments)
     limits   memory_mb, cpus, pids, disk_mb (the whole sandbox)
     ttl_s    lifetime of a sandbox on the server (local sandboxes live for the sample)
+    environment  the environment the sandbox runs in (default host)
+
+A compose file carries these under its top-level ``x-crucible`` key.
 
 Failures are Inspect's exceptions: ``TimeoutError``, ``PermissionError``,
 ``FileNotFoundError``, ``IsADirectoryError``, ``OutputLimitExceededError``,
