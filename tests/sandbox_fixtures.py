@@ -187,3 +187,31 @@ def environments(sandbox_settings: Settings) -> EnvironmentStore:
 def test_environment(environments: EnvironmentStore, image_files: dict[str, Path]) -> Environment:
     """The feature image, imported (from its docker save archive) as ``test/features``."""
     return environments.import_image(image_files["docker-archive"], "test/features")
+
+
+@pytest.fixture
+def host_listener() -> Iterator[tuple[str, int]]:
+    """A TCP server on every address of the host, reachable from the host itself:
+    (host address, port), what a sandbox must not reach."""
+    import socket
+
+    server = socket.create_server(("0.0.0.0", 0))
+    host_ip = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()[0]
+    with socket.create_connection((host_ip, server.getsockname()[1]), timeout=2):
+        pass
+    yield host_ip, server.getsockname()[1]
+    server.close()
+
+
+# Python run inside a sandbox: reach(host, port) is "REACHED" or the error's name.
+REACH = """
+import socket
+def reach(host, port):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect((host, port))
+        return "REACHED"
+    except OSError as exc:
+        return type(exc).__name__
+"""

@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import socket
-import subprocess
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +27,7 @@ from crucible.config import Settings
 from crucible.environments import Environment
 from crucible.inspect_provider import CrucibleSandboxEnvironment
 from crucible.sandbox import Sandbox
-from sandbox_fixtures import leftovers
+from sandbox_fixtures import REACH, leftovers
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -71,31 +68,18 @@ def compose_yaml(tmp_path: Path, *, extra: str = "", image: str = IMAGE) -> str:
     return str(path)
 
 
-@pytest.fixture
-def host_listener() -> Iterator[tuple[str, int]]:
-    server = socket.create_server(("0.0.0.0", 0))
-    host_ip = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()[0]
-    yield host_ip, server.getsockname()[1]
-    server.close()
-
-
 def probe(host_ip: str, port: int) -> list[str]:
-    code = f"""
-import json, os, socket, urllib.request
-def reach(host, port):
-    s = socket.socket()
-    s.settimeout(2)
-    try:
-        s.connect((host, port))
-        return "REACHED"
-    except OSError as exc:
-        return type(exc).__name__
+    code = (
+        REACH
+        + f"""
+import json, os, urllib.request
 print(json.dumps({{
     "me": socket.gethostname(), "cwd": os.getcwd(), "role": os.environ.get("ROLE"),
     "web": urllib.request.urlopen("http://web:8080/motd", timeout=5).read().decode(),
     "host": reach("{host_ip}", {port}), "internet": reach("1.1.1.1", 53),
 }}))
 """
+    )
     return ["python3", "-c", code]
 
 

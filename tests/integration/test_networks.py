@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,24 +17,13 @@ from crucible.errors import InvalidSubmission, SandboxUnavailable
 from crucible.sandbox import Sandbox
 from crucible.sandbox.models import NetworkAttachment, SessionSpec
 from crucible.sandbox.network import NETNS_DIR, Network, sweep_networks
-from sandbox_fixtures import SESSION_LIMITS
+from sandbox_fixtures import REACH, SESSION_LIMITS
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def namespaces(prefix: str) -> list[str]:
     return sorted(p.name for p in NETNS_DIR.glob(f"{prefix}-*")) if NETNS_DIR.exists() else []
-
-
-@pytest.fixture
-def host_listener() -> Iterator[tuple[str, int]]:
-    """A TCP server on every address of the host: what a sandbox must not reach."""
-    server = socket.create_server(("0.0.0.0", 0))
-    host_ip = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()[0]
-    with socket.create_connection((host_ip, server.getsockname()[1]), timeout=2):
-        pass  # reachable from the host itself
-    yield host_ip, server.getsockname()[1]
-    server.close()
 
 
 def spec(runtime: str, env: Environment, hostname: str, group: str, members: tuple) -> SessionSpec:
@@ -78,14 +65,6 @@ async def test_two_services_reach_each_other_by_name_and_nothing_else(
                     break
                 except OSError:
                     time.sleep(0.1)
-            def reach(host, port):
-                s = socket.socket()
-                s.settimeout(2)
-                try:
-                    s.connect((host, port))
-                    return "REACHED"
-                except OSError as exc:
-                    return type(exc).__name__ + ":" + str(exc.errno)
             out["host"] = reach("{host_ip}", {host_port})
             out["loopback"] = reach("127.0.0.1", {host_port})  # its own loopback
             out["internet"] = reach("1.1.1.1", 53)
@@ -93,7 +72,7 @@ async def test_two_services_reach_each_other_by_name_and_nothing_else(
             print(json.dumps(out))
             """
         )
-        r = await agent.exec(["python3", "-c", probe])
+        r = await agent.exec(["python3", "-c", REACH + probe])
         seen = json.loads(r.stdout)
         assert seen["hostname"] == "default" and seen["victim"] == "10.89.0.3", seen
         assert seen["motd"] == "layer three\n", seen

@@ -47,6 +47,19 @@ def exited(code: int = 0, *, out: str | None = None) -> Check:
     return check
 
 
+FIXED_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/workspace",
+    "LANG": "C.UTF-8",
+    "TMPDIR": "/tmp",
+}
+
+
+def environment_is(r: Result, expected: dict[str, str]) -> None:
+    exited(0)(r)
+    assert r.stdout.strip() == str(sorted(expected.items())), r.stdout
+
+
 def all_blocked(r: Result) -> None:
     """The program prints one line per attempt: ``BLOCKED <what>`` or ``ALLOWED <what>``."""
     assert r.termination == "exited" and r.exit_code == 0, (r.termination, r.exit_code, r.stderr)
@@ -327,39 +340,9 @@ CASES = [
     Case(
         "environment-is-fixed",
         "import os\nprint(sorted(os.environ.items()))\n",
-        lambda r: (
-            exited(0)(r),
-            assert_eq(
-                r.stdout.strip(),
-                str(
-                    sorted(
-                        {
-                            "PATH": "/usr/local/bin:/usr/bin:/bin",
-                            "HOME": "/workspace",
-                            "LANG": "C.UTF-8",
-                            "TMPDIR": "/tmp",
-                        }.items()
-                    )
-                ),
-            ),
-        ),
-        in_environment=lambda r: (
-            exited(0)(r),
-            assert_eq(
-                r.stdout.strip(),
-                str(
-                    sorted(
-                        {
-                            "PATH": "/usr/local/bin:/usr/bin:/bin",
-                            "FOO": "from-image",  # the image's Env, and nothing else
-                            "HOME": "/workspace",
-                            "LANG": "C.UTF-8",
-                            "TMPDIR": "/tmp",
-                        }.items()
-                    )
-                ),
-            ),
-        ),
+        lambda r: environment_is(r, FIXED_ENV),
+        # In the test image: its Env too, and nothing else.
+        in_environment=lambda r: environment_is(r, {**FIXED_ENV, "FOO": "from-image"}),
     ),
     Case(
         "symlink-to-host-file",
