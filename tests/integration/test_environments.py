@@ -155,6 +155,8 @@ async def test_an_agent_sandbox_in_the_environment(
         assert r.stdout == b"layer three\n"
         r = await two.exec(["python3", "-c", "import os; print(*sorted(os.listdir('/data')))"])
         assert r.stdout == b"hard keep\n", r
+        r = await two.exec(["ls", "-l", "/data/keep"])  # the image's own ls (gVisor: statx)
+        assert r.returncode == 0 and r.stdout.endswith(b" /data/keep\n"), r
         # And the environment's own root was never written.
         assert (test_environment.root / "etc/motd").read_text() == "layer three\n"
         assert not (test_environment.root / "data/notes.txt").exists()

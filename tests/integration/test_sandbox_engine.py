@@ -301,3 +301,15 @@ async def test_sweep_spares_live_runs_started_while_it_sweeps(sandbox: Sandbox) 
     assert (result.termination, result.stdout) == ("exited", "started\nsurvived\n"), result
     assert f"bundle {prefix}-dead" in removed and setting_up.exists(), removed
     setting_up.rmdir()
+
+
+async def test_ls_and_stat_work_under_every_runtime(runtime: str, sandbox: Sandbox) -> None:
+    """coreutils 9 passes AT_NO_AUTOMOUNT to statx, which Debian's runsc refuses with
+    EINVAL; under gVisor a preloaded statx drops the flag (gvisor_statx.c)."""
+    r = await run_code(
+        sandbox, runtime, "ls -ld / /usr/bin/ls; stat -c '%n %a' /workspace", language="bash"
+    )
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("d") and lines[0].endswith(" /"), r.stdout
+    assert lines[1].endswith(" /usr/bin/ls") and lines[2] == "/workspace 700", r.stdout

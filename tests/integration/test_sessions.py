@@ -357,3 +357,10 @@ async def test_disk_limit_applies_to_the_whole_root(sandbox: Sandbox, runtime: s
         assert made.alive
     finally:
         await made.close()
+
+
+async def test_ls_and_stat_work(session: Session) -> None:
+    """In every runtime (see gvisor_statx.c for gVisor)."""
+    r = await session.exec(["bash", "-c", "ls -l /etc/passwd && stat -c %a /root"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines()[1] == "700"

@@ -90,6 +90,7 @@ class Sandbox:
         self._init: Path | None = None
         self._seccomp: Path | None = None
         self._hidecg: Path | None = None
+        self._gvisor_preload: tuple[Path, Path] | None = None
         # crun 1.8 refuses a hybrid host; it runs with these cgroup2 mounts hidden.
         self._hidden_cgroup2 = accounting.hybrid_cgroup2_mounts()
         self._prepare_lock = asyncio.Lock()
@@ -168,6 +169,7 @@ class Sandbox:
         if self._hidden_cgroup2:
             self._hidecg = await self._build_static("hidecg.c", "hidecg")
         self._seccomp = self._compile_seccomp()
+        self._gvisor_preload = await self._build_preload()
 
     def _cached(self, name: str, content: bytes) -> Path:
         """``state_dir/<name>-<digest of content>``: the path of a file made once per
@@ -185,8 +187,24 @@ class Sandbox:
             tmp.rename(path)
         return path
 
-    async def _build_static(self, source_name: str, name: str) -> Path:
-        """A static binary from one of the package's C files, built once per content."""
+    async def _build_preload(self) -> tuple[Path, Path]:
+        """gVisor's statx shim (gvisor_statx.c) and an /etc/ld.so.preload naming it."""
+        shim = await self._build_static("gvisor_statx.c", "gvisor-statx", shared=True)
+        line = f"{spec.GVISOR_STATX_PATH}\n".encode()
+        preload = self._cached("ld.so.preload", line)
+        if not preload.exists():
+            tmp = preload.with_suffix(f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            tmp.write_bytes(line)
+            tmp.rename(preload)
+        return shim, preload
+
+    @property
+    def gvisor_preload(self) -> tuple[Path, Path] | None:
+        return self._gvisor_preload
+
+    async def _build_static(self, source_name: str, name: str, *, shared: bool = False) -> Path:
+        """A static binary (``shared``: a shared object linked with no library) from one
+        of the package's C files, built once per content."""
         source = resources.files("crucible.sandbox").joinpath(source_name).read_bytes()
         binary = self._cached(name, source)
         if binary.exists():
@@ -195,8 +213,9 @@ class Sandbox:
         src = binary.with_name(binary.name + suffix + ".c")
         tmp = binary.with_name(binary.name + suffix + ".tmp")
         src.write_bytes(source)
+        kind = ["-shared", "-fPIC", "-nostdlib"] if shared else ["-static"]
         try:
-            done = await run_tool(["gcc", "-static", "-O2", "-o", str(tmp), str(src)], timeout=120)
+            done = await run_tool(["gcc", *kind, "-O2", "-o", str(tmp), str(src)], timeout=120)
             if done.returncode != 0:
                 raise SandboxUnavailable(f"cannot build {source_name}: {done.stderr[:500]}")
             tmp.rename(binary)
@@ -357,6 +376,7 @@ class Sandbox:
             extra_mounts=self._host_mounts,
             gvisor=rt.name == "gvisor",
             host_toolchain=box.rootfs is None,
+            gvisor_preload=self._gvisor_preload,
         )
         container = Container(rt, cid, box.bundle / cid, cgroups_path)
         try:

@@ -543,6 +543,7 @@ class Sessions:
                 rootfs=rootfs,
                 init_binary=engine.init_binary,
                 seccomp_bpf=engine.seccomp_bpf,
+                gvisor_preload=engine.gvisor_preload,
                 cgroups_path=cgroups_path,
                 id_base=ids.base if ids else None,
                 gvisor=not namespaced,

@@ -22,6 +22,10 @@ SANDBOX_UID = 65534
 SANDBOX_GID = 65534
 INIT_PATH = "/.crucible/init"
 SECCOMP_PATH = "/.crucible/seccomp.bpf"  # read by the init (init.c)
+# gVisor only: a statx() that drops AT_NO_AUTOMOUNT (gvisor_statx.c), preloaded into
+# every dynamically linked program through /etc/ld.so.preload.
+GVISOR_STATX_PATH = "/.crucible/gvisor-statx.so"
+LD_SO_PRELOAD = "/etc/ld.so.preload"
 WORKSPACE = "/workspace"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 GVISOR_PIDS_OVERHEAD = 2048
@@ -99,9 +103,18 @@ def ensure_rootfs(path: Path, mount_points: list[str] = ()) -> Path:  # type: ig
         elif not point.exists():
             point.parent.mkdir(parents=True, exist_ok=True)
             point.touch()
-    (path / INIT_PATH.lstrip("/")).touch()
-    (path / SECCOMP_PATH.lstrip("/")).touch()
+    for mount_point in (INIT_PATH, SECCOMP_PATH, GVISOR_STATX_PATH, LD_SO_PRELOAD):
+        (path / mount_point.lstrip("/")).touch()  # mount points in the read-only root
     return path
+
+
+def preload_binds(gvisor_preload: tuple[Path, Path] | None) -> list[dict[str, Any]]:
+    """The statx shim and the /etc/ld.so.preload naming it (gVisor; see
+    gvisor_statx.c)."""
+    if gvisor_preload is None:
+        return []
+    shim, preload = gvisor_preload
+    return [_bind(GVISOR_STATX_PATH, str(shim)), _bind(LD_SO_PRELOAD, str(preload))]
 
 
 @cache
@@ -145,6 +158,7 @@ def build_config(
     extra_mounts: list[str] = (),  # type: ignore[assignment]
     gvisor: bool = False,
     host_toolchain: bool = True,
+    gvisor_preload: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
     """The OCI runtime configuration (config.json) of one container.
 
@@ -157,6 +171,7 @@ def build_config(
 
     ``host_toolchain``: bind the host's /usr (and /etc files) into ``rootfs``, the
     shared skeleton; False for an environment's root, which has its own.
+    ``gvisor_preload``: (shim, ld.so.preload file) bound in under gVisor.
     """
     memory = limits.memory_mb << 20
     pids = limits.pids + GVISOR_PIDS_OVERHEAD if gvisor else limits.pids
@@ -219,6 +234,7 @@ def build_config(
             *(_host_binds(rootfs, list(extra_mounts)) if host_toolchain else []),
             _bind(INIT_PATH, str(init_binary)),
             _bind(SECCOMP_PATH, str(seccomp_bpf)),
+            *(preload_binds(gvisor_preload) if gvisor else []),
             _bind(WORKSPACE, str(workspace), readonly=False),
         ],
         "linux": {
@@ -297,6 +313,7 @@ def build_session_config(
     cgroups_path: str,
     id_base: int | None,
     gvisor: bool = False,
+    gvisor_preload: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
     """The config.json of a long-lived sandbox: a writable ``rootfs`` (the overlay of
     ``overlay.mount_root``), the init waiting in ``--session`` mode, no network, and
@@ -323,6 +340,7 @@ def build_session_config(
         *(m for m in config["mounts"] if m["destination"] in keep),
         _bind(INIT_PATH, str(init_binary)),
         _bind(SECCOMP_PATH, str(seccomp_bpf)),
+        *(preload_binds(gvisor_preload) if gvisor else []),
     ]
     linux = config["linux"]
     if id_base is not None:
