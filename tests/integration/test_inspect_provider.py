@@ -4,6 +4,7 @@ against the ``crucible`` provider, local mode, under runc and under gVisor."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from inspect_ai.dataset import Sample
 from inspect_ai.model import ChatMessage, ChatMessageTool, ModelOutput, ModelUsage, get_model
 from inspect_ai.scorer import includes
 from inspect_ai.solver import generate, use_tools
-from inspect_ai.tool import bash
+from inspect_ai.tool import bash, bash_session, text_editor
 from inspect_ai.util import SandboxEnvironment
 from inspect_ai.util._sandbox.self_check import *  # noqa: F403
 
@@ -168,3 +169,55 @@ def test_inspect_sandbox_cleanup_removes_a_dead_evals_sandboxes(
     while leftovers(sandbox_settings):
         assert time.monotonic() < deadline, leftovers(sandbox_settings)
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("runtime", ["runc", "gvisor"])
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_text_editor_and_bash_session_work_offline(
+    sandbox_settings: Settings, tmp_path: Path, runtime: str
+) -> None:
+    """Inspect's text_editor() and bash_session() inject its helper binary (bundled in
+    the inspect-ai wheel, nothing downloaded) through write_file and run it; bash_session
+    needs a terminal (the sandbox's own devpts)."""
+    engine = Sandbox(sandbox_settings)
+    inspect_provider.use_engine(engine)
+    usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+    steps = [
+        ("text_editor", {"command": "create", "path": "/root/notes.txt", "file_text": "edited\n"}),
+        ("text_editor", {"command": "view", "path": "/root/notes.txt"}),
+        ("bash_session", {"action": "type_submit", "input": "tr a-z A-Z < /root/notes.txt; tty"}),
+    ]
+
+    async def agent(
+        messages: list[ChatMessage], tools: object, tool_choice: object, config: object
+    ) -> ModelOutput:
+        done = [m for m in messages if isinstance(m, ChatMessageTool)]
+        if len(done) < len(steps):
+            output = ModelOutput.for_tool_call("mockllm/model", *steps[len(done)])
+        else:
+            output = ModelOutput.from_content("mockllm/model", "\n".join(m.text for m in done))
+        output.usage = usage
+        return output
+
+    task = Task(
+        dataset=[Sample(input="edit, then look")],
+        solver=[use_tools(text_editor(), bash_session()), generate()],
+        sandbox=("crucible", CrucibleSandboxConfig(runtime=runtime)),  # type: ignore[arg-type]
+    )
+    try:
+        [log] = inspect_eval(
+            task,
+            model=get_model("mockllm/model", custom_outputs=agent),
+            log_dir=str(tmp_path),
+            display="none",
+        )
+    finally:
+        inspect_provider.use_engine(None)
+        asyncio.run(engine.close())
+        gc.collect()  # Inspect's unclosed stream warns here, not in a later test
+    assert log.status == "success", log.error
+    assert log.samples is not None
+    transcript = log.samples[0].output.completion
+    assert "File created successfully at: /root/notes.txt" in transcript, transcript
+    assert "1\tedited" in transcript and "EDITED" in transcript, transcript
+    assert "/dev/pts/0" in transcript, transcript  # its own terminal, the first of its devpts

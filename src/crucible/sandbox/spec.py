@@ -338,6 +338,14 @@ def build_session_config(
     keep = {"/proc", "/dev", "/dev/shm"}
     config["mounts"] = [
         *(m for m in config["mounts"] if m["destination"] in keep),
+        # Terminals of its own (a new devpts instance, as Docker gives): what
+        # interactive tools open (Inspect's bash_session, `crucible shell`).
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        },
         _bind(INIT_PATH, str(init_binary)),
         _bind(SECCOMP_PATH, str(seccomp_bpf)),
         *(preload_binds(gvisor_preload) if gvisor else []),
