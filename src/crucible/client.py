@@ -197,8 +197,10 @@ class Client:
         defaults: dict[str, Any] | None = None,
         labels: dict[str, str] | None = None,
         environment: str | None = None,
+        idempotency_key: str | None = None,
     ) -> BatchCreated:
-        """Queue ``items``; ``environment`` goes into ``defaults`` (an item's own wins)."""
+        """Queue ``items``; ``environment`` goes into ``defaults`` (an item's own wins).
+        With ``idempotency_key``, a retry after a lost answer gets the same batch."""
         body: dict[str, Any] = {"items": items}
         if environment is not None:
             defaults = {**(defaults or {}), "environment": environment}
@@ -206,7 +208,10 @@ class Client:
             body["defaults"] = defaults
         if labels:
             body["labels"] = labels
-        r = self.http.post("/batches", json=body, timeout=max(60.0, len(items) / 50))
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        r = self.http.post(
+            "/batches", json=body, headers=headers, timeout=max(60.0, len(items) / 50)
+        )
         return BatchCreated.model_validate(self._json(r))
 
     def get_batch(self, batch_id: str) -> BatchPublic:

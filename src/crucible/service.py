@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -324,7 +326,14 @@ class Service:
 
     # -- batches ----------------------------------------------------------------
 
-    async def submit_batch(self, body: BatchCreate, who: KeyRecord | None = None) -> BatchCreated:
+    async def submit_batch(
+        self,
+        body: BatchCreate,
+        who: KeyRecord | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[BatchCreated, bool]:
+        """Queue a batch; returns (what was queued, created). With an Idempotency-Key
+        already used for the same body, the original batch (created False)."""
         if len(body.items) > self.settings.max_batch_items:
             raise InvalidSubmission(
                 f"a batch holds at most {self.settings.max_batch_items} items", field="items"
@@ -353,12 +362,21 @@ class Service:
             news.append(new)
         await self.access.check_quotas(who, len(news))
         await self._admit(len(news))
-        batch_id = new_id("bt")
-        await asyncio.to_thread(
-            self.store.create_batch, batch_id, news, body.labels or {}, who.id if who else None
+        digest = hashlib.sha256(body.model_dump_json(exclude_none=True).encode()).hexdigest()
+        batch, created = await asyncio.to_thread(
+            functools.partial(
+                self.store.create_batch,
+                new_id("bt"),
+                news,
+                body.labels or {},
+                who.id if who else None,
+                idempotency_key=scoped_idempotency(idempotency_key, who),
+                request_hash=digest,
+            )
         )
-        self.dispatcher.notify(len(news))
-        return BatchCreated(id=batch_id, count=len(news))
+        if created:
+            self.dispatcher.notify(len(news))
+        return BatchCreated(id=batch.id, count=batch.count), created
 
     async def _batch_environments(
         self, body: BatchCreate

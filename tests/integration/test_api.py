@@ -89,6 +89,23 @@ async def test_idempotency_key(api: httpx.AsyncClient) -> None:
     assert other.status_code == 409
 
 
+async def test_batch_idempotency_key(make_api: ApiFactory) -> None:
+    """A retried POST /batches (its answer lost) finds the batch it made: nothing is
+    queued twice; the same key with another body is a 409."""
+    async with make_api(dispatch=False) as (api, _):
+        headers = {"Idempotency-Key": "batch-7"}
+        body = {"items": [HELLO] * 3, "labels": {"run": "r1"}}
+        first = await api.post("/batches", json=body, headers=headers)
+        again = await api.post("/batches", json=body, headers=headers)
+        assert first.status_code == 202 and again.status_code == 200, again.text
+        assert again.json() == first.json() == {"id": first.json()["id"], "count": 3}
+        other = await api.post("/batches", json={"items": [HELLO]}, headers=headers)
+        assert other.status_code == 409 and "Idempotency-Key" in other.json()["detail"]
+        unkeyed = [await api.post("/batches", json=body) for _ in range(2)]
+        assert unkeyed[0].json()["id"] != unkeyed[1].json()["id"]
+        assert (await api.get("/queue")).json()["queued"] == 3 + 3 + 3
+
+
 async def test_errors_404_413_422(make_api: ApiFactory) -> None:
     async with make_api(dispatch=False, max_code_bytes=1000) as (api, _):
         assert (await api.get("/evaluations/ev_missing")).status_code == 404

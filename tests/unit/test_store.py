@@ -169,6 +169,20 @@ def test_list_filters_and_cursor(store: Store) -> None:
     assert [r.id for r in cancelled] == ["ev_0"]
 
 
+def test_a_batch_replayed_under_its_idempotency_key_is_the_original(store: Store) -> None:
+    first, created = store.create_batch(
+        "bt_a", [new(n) for n in range(3)], {}, idempotency_key="k", request_hash="h1"
+    )
+    again, replayed = store.create_batch(
+        "bt_b", [new(n + 10) for n in range(3)], {}, idempotency_key="k", request_hash="h1"
+    )
+    assert created and not replayed and again.id == first.id == "bt_a"
+    assert store.queued_count() == 3  # nothing of the replay was inserted
+    with pytest.raises(Conflict, match="different batch"):
+        store.create_batch("bt_c", [new(20)], {}, idempotency_key="k", request_hash="h2")
+    assert store.queued_count() == 3
+
+
 def test_batches(store: Store) -> None:
     store.create_batch("bt_1", [new(n) for n in range(5)], {"run": "x"})
     claim = store.claim_next()

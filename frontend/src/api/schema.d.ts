@@ -34,6 +34,9 @@ export interface paths {
         /**
          * Submit Batch
          * @description Queue up to max_batch_items evaluations; `defaults` fill what items leave unset.
+         *
+         *     With an `Idempotency-Key` already used (by this API key) for the same body: the
+         *     batch it made, 200, nothing queued again; for another body, 409.
          */
         post: operations["submit_batch_api_v1_batches_post"];
         delete?: never;
@@ -1992,7 +1995,10 @@ export interface operations {
     submit_batch_api_v1_batches_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description same key + same body → the original evaluation; different body → 409 */
+                "Idempotency-Key"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -2002,6 +2008,13 @@ export interface operations {
             };
         };
         responses: {
+            /** @description Already queued under this Idempotency-Key */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description Queued */
             202: {
                 headers: {
@@ -2031,6 +2044,15 @@ export interface operations {
             };
             /** @description The key's role or limit ceilings do not allow this */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Conflicts with the current state (or Idempotency-Key reuse) */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -229,21 +229,40 @@ class Store:
         items: Sequence[NewEvaluation],
         labels: dict[str, str],
         owner_key_id: str | None = None,
-    ) -> Batch:
-        """Insert a batch and all its evaluations in one transaction."""
-        with self._tx() as s:
-            batch = Batch(
-                id=batch_id,
-                created_at=now(),
-                count=len(items),
-                labels=labels,
-                cancel_requested=False,
-                owner_key_id=owner_key_id,
-            )
-            s.add(batch)
-            s.flush()
-            self._insert(s, items, batch_id=batch_id)
-        return batch
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[Batch, bool]:
+        """Insert a batch and all its evaluations in one transaction; returns (batch,
+        created). With an idempotency key already used for the same body, returns the
+        original batch (created False, nothing inserted); for another body, Conflict."""
+        try:
+            with self._tx() as s:
+                batch = Batch(
+                    id=batch_id,
+                    created_at=now(),
+                    count=len(items),
+                    labels=labels,
+                    cancel_requested=False,
+                    owner_key_id=owner_key_id,
+                    idempotency_key=idempotency_key,
+                    request_hash=request_hash,
+                )
+                s.add(batch)
+                s.flush()
+                self._insert(s, items, batch_id=batch_id)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            with self._read() as s:
+                q = select(Batch).where(Batch.idempotency_key == idempotency_key)
+                original = s.scalars(q).one_or_none()
+            if original is None:
+                raise
+            if original.request_hash != request_hash:
+                raise Conflict("Idempotency-Key already used for a different batch") from None
+            return original, False
+        return batch, True
 
     def _insert(self, s: Session, items: Sequence[NewEvaluation], batch_id: str | None) -> None:
         created = now()

@@ -61,6 +61,9 @@ class Batch(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # The API key that submitted it (None: before keys existed).
     owner_key_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    # Idempotency-Key (scoped to the key) and a digest of the body it came with.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class Evaluation(Base):

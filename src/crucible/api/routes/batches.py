@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response, status
 
-from crucible.api.deps import LastEventId, PrincipalDep, ServiceDep
+from crucible.api.deps import IdempotencyKey, LastEventId, PrincipalDep, ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import BatchCreate, BatchCreated, BatchPublic
 from crucible.api.sse import SSE_RESPONSE, parse_last_event_id, sse_response
@@ -20,15 +20,30 @@ BatchId = Annotated[str, Path(max_length=64)]
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={202: {"description": "Queued"}, **responses(403, 413, 422, 429, 503)},
+    responses={
+        200: {"description": "Already queued under this Idempotency-Key"},
+        202: {"description": "Queued"},
+        **responses(403, 409, 413, 422, 429, 503),
+    },
 )
 async def submit_batch(
-    body: BatchCreate, service: ServiceDep, who: PrincipalDep, request: Request
+    body: BatchCreate,
+    service: ServiceDep,
+    who: PrincipalDep,
+    request: Request,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> BatchCreated:
-    """Queue up to max_batch_items evaluations; `defaults` fill what items leave unset."""
-    created = await service.submit_batch(body, who)
-    request.state.audit_target = created.id
-    return created
+    """Queue up to max_batch_items evaluations; `defaults` fill what items leave unset.
+
+    With an `Idempotency-Key` already used (by this API key) for the same body: the
+    batch it made, 200, nothing queued again; for another body, 409.
+    """
+    queued, created = await service.submit_batch(body, who, idempotency_key)
+    request.state.audit_target = queued.id
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return queued
 
 
 @router.get("/{batch_id}", responses=responses(404))
