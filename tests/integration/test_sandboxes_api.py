@@ -533,3 +533,22 @@ async def test_networks_are_per_key_and_services_start_detached(
             for bad in ({**network, "group": "a b"}, {**network, "members": []}):
                 r = await alice.post("/sandboxes", json={"network": bad})
                 assert r.status_code == 422, r.text
+
+
+async def test_numbers_past_the_databases_integers_are_422_not_500(
+    sandbox_api: SandboxApi,
+) -> None:
+    """Found by the schema fuzzer: an exec number or a cursor beyond a database integer
+    reached SQLite, which raised (500)."""
+    huge = str(2**130)
+    async with sandbox_api() as (client, _service):
+        sid = (await create(client))["id"]
+        for path in (
+            f"/sandboxes/{sid}/execs/{huge}/output/stdout",
+            f"/sandboxes/{sid}/execs?cursor={huge}",
+            f"/sandboxes?cursor={huge}",
+            f"/evaluations?cursor={huge}",
+            "/evaluations?cursor=-1",
+        ):
+            r = await client.get(path)
+            assert r.status_code == 422, (path, r.status_code, r.text)

@@ -4246,6 +4246,7 @@ export interface operations {
             path: {
                 /** @description the sandbox's id (sbx_…) */
                 sandbox_id: string;
+                /** @description the exec's number */
                 seq: number;
                 stream: "stdout" | "stderr";
             };

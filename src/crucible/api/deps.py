@@ -85,9 +85,12 @@ def parse_cursor(
     if cursor is None:
         return None
     try:
-        return int(cursor)
+        value = int(cursor)
     except ValueError:
-        raise InvalidSubmission("cursor is not one this server gave", field="cursor") from None
+        value = -1
+    if not 0 <= value < 2**63:  # a database integer (beyond it, SQLite raises)
+        raise InvalidSubmission("cursor is not one this server gave", field="cursor")
+    return value
 
 
 CursorDep = Annotated[int | None, Depends(parse_cursor)]

@@ -145,7 +145,7 @@ async def list_sandbox_execs(
 )
 async def sandbox_exec_output(
     sandbox_id: SandboxId,
-    seq: Annotated[int, Path(ge=1)],
+    seq: Annotated[int, Path(ge=1, le=2**31 - 1, description="the exec's number")],
     stream: Literal["stdout", "stderr"],
     service: ServiceDep,
     who: PrincipalDep,
