@@ -122,12 +122,20 @@ class Executor:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 5.0)
 
-    async def execute(self, evaluation_id: str, *, claim: Claim | None = None) -> None:
+    async def execute(
+        self,
+        evaluation_id: str,
+        *,
+        claim: Claim | None = None,
+        on_ran: Callable[[], None] | None = None,
+    ) -> None:
         """Run ``evaluation_id`` once, claiming it first unless ``claim`` is given.
 
         Returns quietly when the evaluation is not queued (someone else has it).
         Platform failures end up in the record, never raised; asyncio cancellation
         (server shutdown) leaves it ``running`` for the start-up recovery.
+        ``on_ran`` is called once the sandbox is done with it, before the outcome is
+        stored (the claimer frees the slot then).
         """
         logs.evaluation_id.set(evaluation_id)  # on this task's log lines
         if claim is None:
@@ -162,6 +170,8 @@ class Executor:
             return
         finally:
             self._cancels.pop(evaluation_id, None)
+            if on_ran is not None:
+                on_ran()
             shutil.rmtree(scratch, ignore_errors=True)
         await self._complete(claim, request, outcome)
 

@@ -36,7 +36,7 @@ from crucible.api.schemas import (
 )
 from crucible.config import Settings
 from crucible.dispatch import identity
-from crucible.dispatch.claimer import Claimer, claim_slots
+from crucible.dispatch.claimer import Claimer
 from crucible.dispatch.distributed import CeleryDispatcher
 from crucible.dispatch.maintenance import Maintenance
 from crucible.environment_service import EnvironmentService
@@ -136,7 +136,7 @@ class Service:
             self.dispatcher = Claimer(
                 self.executor,
                 self.store,
-                concurrency=claim_slots(settings.max_concurrency),
+                concurrency=settings.max_concurrency,
                 poll_s=settings.claim_poll_s,
             )
             embedded = self.dispatcher

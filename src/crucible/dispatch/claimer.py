@@ -10,6 +10,12 @@ another one, a finished run freeing a slot) only makes the loop look *now*; with
 one it looks every ``poll_s`` (with jitter, so idle workers do not poll in step).
 Lost, duplicated, delayed or reordered messages therefore change when work starts by
 at most ``poll_s``, never whether it starts.
+
+A process claims only for a free sandbox slot, never ahead: what runs next is decided
+when a slot frees, so a ``high`` evaluation submitted behind a backlog starts at the
+next free slot on any worker. A slot frees when the run's sandbox is done, before its
+result is stored (the executor's ``on_ran``), so storing one result overlaps the next
+run and sandboxes do not idle.
 """
 
 from __future__ import annotations
@@ -20,17 +26,9 @@ import logging
 import random
 
 from crucible.executor import Executor
-from crucible.store import Store
+from crucible.store import Claim, Store
 
 log = logging.getLogger(__name__)
-
-
-def claim_slots(sandbox_slots: int) -> int:
-    """How many evaluations a process holds at once for ``sandbox_slots`` sandboxes:
-    twice as many, so while one evaluation's result is being stored (several database
-    round trips) the next is already claimed and waiting on the sandbox's own
-    semaphore, and sandboxes do not idle between runs."""
-    return 2 * sandbox_slots
 
 
 class Claimer:
@@ -43,6 +41,7 @@ class Claimer:
         self.poll_s = poll_s
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._active: set[asyncio.Task[None]] = set()  # those whose sandbox still runs
         self._loop_task: asyncio.Task[None] | None = None
 
     @property
@@ -80,7 +79,7 @@ class Claimer:
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
-            while len(self._tasks) < self.concurrency:
+            while len(self._active) < self.concurrency:
                 try:
                     claim = await asyncio.to_thread(
                         self.store.claim_next, worker_id=self.executor.worker_id
@@ -90,14 +89,28 @@ class Claimer:
                     break
                 if claim is None:
                     break
-                task = asyncio.create_task(self.executor.execute(claim.id, claim=claim))
+                task = self._start(claim)
                 self._tasks.add(task)
+                self._active.add(task)
                 task.add_done_callback(self._finished)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s * random.uniform(0.8, 1.2))
 
+    def _start(self, claim: Claim) -> asyncio.Task[None]:
+        holder: list[asyncio.Task[None]] = []
+
+        def ran() -> None:  # the sandbox is done: its slot is free for the next claim
+            if holder and holder[0] in self._active:
+                self._active.discard(holder[0])
+                self._wake.set()
+
+        task = asyncio.create_task(self.executor.execute(claim.id, claim=claim, on_ran=ran))
+        holder.append(task)
+        return task
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._active.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("executor crashed", exc_info=task.exception())
         self._wake.set()  # a slot is free

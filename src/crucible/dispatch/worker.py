@@ -34,7 +34,7 @@ from crucible import metrics
 from crucible.config import Settings
 from crucible.dispatch import CANCEL_CHANNEL, identity
 from crucible.dispatch.celery_app import QUEUE, make_celery
-from crucible.dispatch.claimer import Claimer, claim_slots
+from crucible.dispatch.claimer import Claimer
 from crucible.dispatch.maintenance import Maintenance
 from crucible.events import RedisBus
 from crucible.executor import Executor
@@ -108,7 +108,7 @@ class WorkerRuntime:
         self.claimer = Claimer(
             self.executor,
             self.store,
-            concurrency=claim_slots(self.concurrency),
+            concurrency=self.concurrency,
             poll_s=s.claim_poll_s,
         )
         self.maintenance = Maintenance(

@@ -1,0 +1,111 @@
+"""Priority holds across workers: what runs next is decided when a slot frees.
+
+Three claimers (three workers, two sandbox slots each) over one real store hold a
+backlog of ``low`` evaluations; then one ``high`` arrives. It must start at the next
+free slot, before every evaluation that was still queued when it arrived. Workers that
+claimed ahead (two per slot, as before) started the work they held first.
+
+The executor is faked (a unit test of the claim path): each run holds its sandbox slot
+until the test lets it finish, and storing its result takes a while after that, as
+the real executor's database round trips do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from crucible.config import Settings
+from crucible.dispatch.claimer import Claimer
+from crucible.lifecycle import Priority, Status
+from crucible.store import Claim, NewEvaluation, Store
+
+SLOTS = 2
+WORKERS = 3
+
+
+class GatedExecutor:
+    """Runs nothing: a run holds one of the worker's sandbox slots until released."""
+
+    def __init__(self, store: Store, worker_id: str, started: list[str]) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.started = started
+        self.sandbox = asyncio.Semaphore(SLOTS)  # the engine's own bound
+        self.release: dict[str, asyncio.Event] = {}
+        self.closing = asyncio.Event()  # the test is over: every run ends at once
+
+    async def execute(self, evaluation_id: str, *, claim: Claim, on_ran=None) -> None:  # type: ignore[no-untyped-def]
+        gate = self.release.setdefault(evaluation_id, asyncio.Event())
+        if self.closing.is_set():
+            gate.set()
+        async with self.sandbox:
+            self.started.append(evaluation_id)
+            await gate.wait()
+        if on_ran is not None:
+            on_ran()
+        await asyncio.sleep(0.01)  # storing the result
+        await asyncio.to_thread(self.store.finish, claim, Status.completed, result={})
+
+
+def new(n: int, priority: Priority) -> NewEvaluation:
+    return NewEvaluation(
+        id=f"ev_{n}",
+        priority=priority,
+        language="python",
+        request={"code": f"print({n})"},
+        request_hash=f"h{n}",
+    )
+
+
+async def eventually(condition, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait for ``condition()``; the bound is generous (claims are milliseconds)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(Settings(data_dir=tmp_path).sqlalchemy_url)
+    s.migrate()
+    yield s  # type: ignore[misc]
+    s.dispose()
+
+
+async def test_a_high_evaluation_starts_at_the_next_free_slot_ahead_of_any_backlog(
+    store: Store,
+) -> None:
+    for n in range(30):
+        store.create_evaluation(new(n, Priority.low))
+    started: list[str] = []
+    executors = [GatedExecutor(store, f"w{k}", started) for k in range(WORKERS)]
+    claimers = [
+        Claimer(e, store, concurrency=SLOTS, poll_s=0.05)  # type: ignore[arg-type]
+        for e in executors
+    ]
+    for c in claimers:
+        c.start()
+    try:
+        await eventually(lambda: len(started) == WORKERS * SLOTS)
+        await asyncio.sleep(0.2)  # every claimer has had its chance to claim ahead
+        before = set(started)
+        store.create_evaluation(new(99, Priority.high))
+        for c in claimers:
+            c.notify()
+        # Free one slot on the first worker: the next run there, or anywhere, is the high.
+        first = next(i for i in started if i in executors[0].release)
+        executors[0].release[first].set()
+        await eventually(lambda: len(started) > len(before))
+        after = [i for i in started if i not in before]
+        assert after[0] == "ev_99", f"{after[0]} (claimed ahead) started before the high one"
+    finally:
+        for e in executors:
+            e.closing.set()
+            for gate in e.release.values():
+                gate.set()
+        for c in claimers:
+            await c.stop(grace_s=5)
