@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup setup-test run test test-steps lint typecheck pytest frontend-test e2e screenshots bench clean
+.PHONY: setup setup-test run test test-steps lint typecheck pytest frontend-test e2e screenshots bench clean test-memory-load
 
 setup:
 	@scripts/setup.sh
@@ -37,6 +37,11 @@ e2e: setup-test
 # only on purpose, never as a side effect of `make test`).
 screenshots: setup-test
 	cd frontend && E2E_DOCS_SCREENSHOTS=1 npx --no-install playwright test
+
+# The memory verdicts, 20 runs of each case per runtime, one-shot and in agent sandboxes,
+# while a busy loop holds every core (make test runs 2 of each).
+test-memory-load: setup-test
+	CRUCIBLE_MEMORY_REPEATS=20 $(VENV)/pytest -q -p no:cacheprovider tests/security/test_memory_under_load.py
 
 # One make for all the steps, so setup-test runs once; then the tree must be as it was.
 test:

@@ -304,3 +304,35 @@ async def test_events_of_a_stream_the_bus_lost_start_from_the_record(
         replay = [e async for e in service.events(ev["id"], after=first.id)]
         assert [(e.id, e.type) for e in replay] == [(first.id + 1, "result")]
         assert replay[0].data["status"] == "cancelled"
+
+
+# What a program leaves behind must never break its owner's records (it made the
+# record and the owner's list answer 500, and `crucible run --json` crash).
+LEFTOVERS = (
+    "import os\n"
+    "open(b'bad\\xff.txt', 'wb').write(b'x')\n"
+    "fd = os.open('.', os.O_RDONLY)\n"
+    "for i in range(1500):\n"
+    "    os.mkdir('dd', dir_fd=fd); nxt = os.open('dd', os.O_RDONLY, dir_fd=fd)\n"
+    "    os.close(fd); fd = nxt\n"
+    "print('left')\n"
+)
+
+
+async def test_hostile_leftovers_keep_the_records_valid(api: httpx.AsyncClient) -> None:
+    r = await api.post(
+        "/evaluations?wait=60", json={"code": LEFTOVERS, "limits": {"timeout_s": 30}}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "completed" and body["result"]["termination"] == "exited", body
+    files = {f["path"]: f for f in body["result"]["files"]}
+    assert files["bad\\xff.txt"]["path_b64"] == "YmFk/y50eHQ="
+    assert body["result"]["files_omitted"].get("deep", 0) >= 1
+    got = await api.get(f"/evaluations/{body['id']}")
+    assert got.status_code == 200 and got.json()["result"]["files"] == body["result"]["files"]
+    listed = await api.get("/evaluations?limit=50")
+    assert listed.status_code == 200, listed.text
+    assert body["id"] in [item["id"] for item in listed.json()["items"]]
+    blob = await api.get(f"/evaluations/{body['id']}/files/bad%5Cxff.txt")
+    assert blob.status_code == 200 and blob.content == b"x"

@@ -249,17 +249,83 @@ def test_crun_runs_under_the_wrapper_only_when_given_one(tmp_path: Path) -> None
     assert "--platform=ptrace" in gvisor.argv and "--network=none" in gvisor.argv
 
 
-def test_a_gvisor_timeout_pinned_at_the_memory_limit_is_a_memory_limit(tmp_path: Path) -> None:
+MiB = 1 << 20
+_MEMORY_CASES = [
+    # (supervisor's reason, exit code, signal, usage, verdict)
+    # Thrashing at the limit until the clock ran out, whatever counted (seen under
+    # gVisor and under crun on a loaded host: no kill, no failcnt, peak = limit + 4 KiB).
+    ("timeout", None, None, accounting.Usage(peak_memory_bytes=256 * MiB + 4096), "memory_limit"),
+    (
+        "timeout",
+        None,
+        None,
+        accounting.Usage(peak_memory_bytes=256 * MiB - (200 << 10)),
+        "memory_limit",
+    ),
+    # Ran long under its limit: a timeout, even with some reclaim counted.
+    (
+        "timeout",
+        None,
+        None,
+        accounting.Usage(peak_memory_bytes=200 * MiB, memory_limit_hits=3),
+        "timeout",
+    ),
+    ("timeout", None, None, accounting.Usage(peak_memory_bytes=254 * MiB), "timeout"),
+    # The kernel's OOM killer, counted.
+    (None, None, 9, accounting.Usage(peak_memory_bytes=256 * MiB, oom_kill=1), "memory_limit"),
+    # The sentry itself killed: no status from the init, the OOM kill counted.
+    (None, None, None, accounting.Usage(peak_memory_bytes=256 * MiB, oom_kill=1), "memory_limit"),
+    # An allocation refused at the limit (MemoryError, a JS heap abort).
+    (None, 1, None, accounting.Usage(peak_memory_bytes=256 * MiB), "memory_limit"),
+    (None, None, 6, accounting.Usage(peak_memory_bytes=256 * MiB), "memory_limit"),
+    # A program that coped with a refused allocation and succeeded ended by itself.
+    (None, 0, None, accounting.Usage(peak_memory_bytes=256 * MiB), "exited"),
+    (None, 1, None, accounting.Usage(peak_memory_bytes=10 * MiB), "exited"),
+    # The output cap and cancellation are what the supervisor saw, not memory.
+    ("output_limit", None, None, accounting.Usage(peak_memory_bytes=10 * MiB), "output_limit"),
+]
+
+
+@pytest.mark.parametrize(("reason", "code", "sig", "usage", "expected"), _MEMORY_CASES)
+def test_the_memory_verdict_is_decided_from_evidence_every_host_has(
+    tmp_path: Path,
+    reason: str | None,
+    code: int | None,
+    sig: int | None,
+    usage: accounting.Usage,
+    expected: str,
+) -> None:
+    from crucible.sandbox.models import Termination
+    from crucible.sandbox.output import ExitStatus
     from crucible.sandbox.runtime import Runtime
-    from crucible.sandbox.sandbox import _stopped_by_memory
+    from crucible.sandbox.sandbox import _Phase, _verdict
 
     lim = resolve_limits({"memory_mb": 256}, Settings())
-    pinned = accounting.Usage(cpu_ns=10**10, peak_memory_bytes=256 << 20, memory_limit_hits=9)
-    gvisor = Runtime("gvisor", "/usr/bin/runsc", tmp_path)
-    assert _stopped_by_memory(gvisor, pinned, lim)
-    # Not without the cgroup's evidence, nor below the ceiling, nor where the OOM
-    # killer speaks for itself (runc, crun).
-    assert not _stopped_by_memory(gvisor, accounting.Usage(peak_memory_bytes=256 << 20), lim)
-    low = accounting.Usage(peak_memory_bytes=100 << 20, memory_limit_hits=3)
-    assert not _stopped_by_memory(gvisor, low, lim)
-    assert not _stopped_by_memory(Runtime("runc", "/usr/bin/runc", tmp_path), pinned, lim)
+    collector = OutputCollector(cap=100, nonce=NONCE)
+    if code is not None or sig is not None:
+        collector.status = ExitStatus(exit_code=code, signal=sig)
+    phase = _Phase(collector, Termination(reason) if reason else None, 10, usage)
+    for name in ("runc", "crun", "gvisor"):
+        rt = Runtime(name, f"/usr/bin/{name}", tmp_path)  # type: ignore[arg-type]
+        assert _verdict(rt, phase, lim).value == expected, name
+
+
+def test_at_memory_limit_needs_a_limit_and_evidence() -> None:
+    assert accounting.at_memory_limit(accounting.Usage(oom_kill=1), 64 * MiB)
+    assert not accounting.at_memory_limit(accounting.Usage(peak_memory_bytes=60 * MiB), 64 * MiB)
+    assert not accounting.at_memory_limit(accounting.Usage(peak_memory_bytes=60 * MiB), 0)
+
+
+def test_a_file_name_in_any_bytes_is_valid_json_and_kept_exactly() -> None:
+    import base64
+
+    from crucible.sandbox.models import FileInfo
+
+    info = FileInfo.of(b"d\xc3\xa9j\xe0/bad\xff.txt", 3)
+    assert info.path == "déj\\xe0/bad\\xff.txt"
+    assert base64.b64decode(info.path_b64 or "") == b"d\xc3\xa9j\xe0/bad\xff.txt"
+    assert FileInfo.of("ok/é.txt".encode(), 1).path_b64 is None
+    # A record stored before names were escaped (a lone surrogate) is mended on the way in.
+    old = FileInfo.model_validate({"path": "bad\udcff.txt", "size": 1})
+    assert old.path == "bad\\xff.txt" and old.path_b64 == "YmFk/y50eHQ="
+    assert '"bad\\\\xff.txt"' in old.model_dump_json()

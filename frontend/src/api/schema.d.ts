@@ -1314,10 +1314,22 @@ export interface components {
         /**
          * FileInfo
          * @description A file the program left in /workspace.
+         *
+         *     The program chose the name: any bytes but ``/`` and NUL. ``path`` is always valid
+         *     UTF-8 (bytes that are not appear as ``\xNN``), and ``path_b64`` then carries the
+         *     exact bytes, so every record is valid JSON and no name is lost.
          */
         FileInfo: {
-            /** Path */
+            /**
+             * Path
+             * @description relative path; bytes that are not UTF-8 shown as \xNN
+             */
             path: string;
+            /**
+             * Path B64
+             * @description the path's exact bytes (base64), when they are not valid UTF-8
+             */
+            path_b64?: string | null;
             /** Size */
             size: number;
         };
@@ -1593,6 +1605,13 @@ export interface components {
             exit_code: number | null;
             /** Files */
             files: components["schemas"]["FileInfo"][];
+            /**
+             * Files Omitted
+             * @description what the listing of files left out, by reason: entries (past the count cap), deep (directories past the depth cap), special (links, FIFOs, sockets, devices), unreadable, time (the walk's time budget ran out)
+             */
+            files_omitted?: {
+                [key: string]: number;
+            };
             limits: components["schemas"]["Limits"];
             /** Peak Memory Bytes */
             peak_memory_bytes: number;

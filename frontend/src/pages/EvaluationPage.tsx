@@ -95,6 +95,15 @@ function LimitsTable({ limits }: { limits: Partial<Limits> | undefined }) {
   );
 }
 
+// Why the workspace listing left entries out (Result.files_omitted).
+const OMITTED: Record<string, string> = {
+  entries: 'past the count limit',
+  deep: 'directories too deep',
+  special: 'links, FIFOs or sockets',
+  unreadable: 'unreadable',
+  time: 'when the listing ran out of time',
+};
+
 export function EvaluationPage() {
   const { id = '' } = useParams();
   const navigate = useNavigate();
@@ -341,6 +350,15 @@ export function EvaluationPage() {
                 </li>
               ))}
             </ul>
+          )}
+          {Object.keys(r.files_omitted ?? {}).length > 0 && (
+            <p className="muted small" data-testid="files-omitted">
+              Not listed:{' '}
+              {Object.entries(r.files_omitted ?? {})
+                .map(([why, n]) => `${n} ${OMITTED[why] ?? why}`)
+                .join(', ')}
+              .
+            </p>
           )}
         </section>
       )}

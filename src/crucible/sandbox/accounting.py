@@ -16,9 +16,25 @@ memory limit hits  memory/memory.failcnt            memory.events max
 pids limit hits    pids/pids.events max             pids.events max
 =================  ==============================  ==========================
 
-*Memory limit hits* count how often a charge hit the limit (and had to reclaim). Under
-gVisor they are the evidence that a run was stopped by memory: the sentry holds the
-program's memory itself and pages it at the ceiling rather than getting OOM-killed.
+*Memory limit hits* count how often a charge hit the limit (and had to reclaim). They
+are not evidence to rely on: Linux 6.x no longer counts ``memory.failcnt`` on some
+hosts (seen: 0 with the peak at the limit and an OOM kill counted), and ``memory.events``
+exists only on v2.
+
+Which evidence decides a memory verdict (:func:`at_memory_limit`), by runtime:
+
+- **runc, crun**: the kernel's OOM killer fires in the run's cgroup and is counted
+  (v1 ``memory.oom_control`` ``oom_kill``, v2 ``memory.events`` ``oom_kill``). When the
+  program thrashes at the limit instead (page cache of its own binary reclaimed over and
+  over, seen with Node under load) no kill comes before the time limit: the peak is the
+  evidence then.
+- **gVisor**: the sentry holds the program's memory, so the cgroup charges the sentry.
+  At the ceiling it either is OOM-killed (counted) or pages and thrashes until the time
+  limit (seen: ``oom_kill`` 0, ``failcnt`` 0, peak = limit + 4 KiB). ``runsc events
+  --stats`` reports the sentry's own accounting of the same memory; the cgroup's peak is
+  read without starting a Go binary, so that is what is used.
+- On every host the peak counter exists (v1 ``memory.max_usage_in_bytes``, v2
+  ``memory.peak``, or ``memory.current`` sampled on kernels before 5.19).
 """
 
 from __future__ import annotations
@@ -85,6 +101,21 @@ def _read_keyed(path: Path) -> dict[str, int]:
         if value.strip().lstrip("-").isdigit():
             values[key] = int(value)
     return values
+
+
+# A charge that does not fit reclaims until it does, so a cgroup held at its limit
+# reads within one charge batch (64 pages, 256 KiB) of it; 1 MiB leaves room for a
+# huge page falling back to small ones, and is far below any limit we accept (16 MB).
+PINNED_SLACK_BYTES = 1 << 20
+
+
+def at_memory_limit(usage: Usage, limit_bytes: int) -> bool:
+    """The run's memory reached its limit: an OOM kill was counted, or the peak came
+    within :data:`PINNED_SLACK_BYTES` of the limit. Both exist on every host and
+    cgroup layout; neither depends on how busy the machine was."""
+    if limit_bytes <= 0:
+        return False
+    return usage.oom_kill > 0 or usage.peak_memory_bytes >= limit_bytes - PINNED_SLACK_BYTES
 
 
 class CgroupCounters:

@@ -6,11 +6,12 @@ are exceptions (``crucible.errors``), never a ``Result``.
 
 from __future__ import annotations
 
+import base64
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RuntimeName = Literal["runc", "crun", "gvisor"]
 
@@ -72,13 +73,44 @@ class RunRequest(BaseModel):
     environment: EnvironmentRoot | None = None  # None: the host's toolchain
 
 
+def display_name(raw: bytes) -> str:
+    """A file name as valid UTF-8 text: its bytes that are not UTF-8 as ``\\xNN``."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
 class FileInfo(BaseModel):
-    """A file the program left in /workspace."""
+    """A file the program left in /workspace.
+
+    The program chose the name: any bytes but ``/`` and NUL. ``path`` is always valid
+    UTF-8 (bytes that are not appear as ``\\xNN``), and ``path_b64`` then carries the
+    exact bytes, so every record is valid JSON and no name is lost."""
 
     model_config = ConfigDict(frozen=True)
 
-    path: str
+    path: str = Field(description="relative path; bytes that are not UTF-8 shown as \\xNN")
     size: int
+    path_b64: str | None = Field(
+        None, description="the path's exact bytes (base64), when they are not valid UTF-8"
+    )
+
+    @classmethod
+    def of(cls, raw: bytes, size: int) -> FileInfo:
+        path = display_name(raw)
+        exact = None if path.encode() == raw else base64.b64encode(raw).decode()
+        return cls(path=path, size=size, path_b64=exact)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        # Records stored before names were escaped hold lone surrogates (Python's
+        # surrogateescape), which no JSON encoder accepts: escape them on the way in.
+        if isinstance(data, dict) and isinstance(data.get("path"), str):
+            try:
+                data["path"].encode()
+            except UnicodeEncodeError:
+                raw = data["path"].encode("utf-8", "surrogateescape")
+                return {**data, **cls.of(raw, int(data.get("size", 0))).model_dump()}
+        return data
 
 
 class RuntimeInfo(BaseModel):
@@ -115,6 +147,12 @@ class Result(BaseModel):
     cpu_ms: int
     peak_memory_bytes: int
     files: list[FileInfo]
+    files_omitted: dict[str, int] = Field(
+        default_factory=dict,
+        description="what the listing of files left out, by reason: entries (past the"
+        " count cap), deep (directories past the depth cap), special (links, FIFOs,"
+        " sockets, devices), unreadable, time (the walk's time budget ran out)",
+    )
     runtime: RuntimeInfo
     limits: Limits
     events: Events

@@ -34,7 +34,6 @@ from crucible.sandbox.languages import LANGUAGE_PROGRAMS, LANGUAGES, Language, g
 from crucible.sandbox.models import (
     EnvironmentRoot,
     Events,
-    FileInfo,
     Limits,
     Result,
     RunRequest,
@@ -84,6 +83,7 @@ class Sandbox:
         self.settings = settings or get_settings()
         self.state_dir = self.settings.state_dir.resolve()
         self._bundles = self.state_dir / "bundles"
+        self._assets = self.state_dir / "assets"
         concurrency = max_concurrency or self.settings.max_concurrency
         self._limit = asyncio.Semaphore(concurrency)
         self._rootfs: Path | None = None
@@ -164,7 +164,11 @@ class Sandbox:
             raise SandboxUnavailable("the sandbox needs root to drive runc/runsc")
         reaper.become_subreaper()
         self._bundles.mkdir(parents=True, exist_ok=True)
-        self._rootfs = spec.ensure_rootfs(self.state_dir / "rootfs", self._host_mounts)
+        # The shared root, init and filter live on a tmpfs of their own: a bind mount
+        # shows its source's path within its file system in the sandbox's
+        # /proc/self/mountinfo, and on this tmpfs that is /rootfs, not a host path.
+        workspace.ensure_tmpfs(self._assets, 64, options="mode=0755")
+        self._rootfs = spec.ensure_rootfs(self._assets / "rootfs", self._host_mounts)
         self._init = await self._build_static("init.c", "init")
         if self._hidden_cgroup2:
             self._hidecg = await self._build_static("hidecg.c", "hidecg")
@@ -172,10 +176,10 @@ class Sandbox:
         self._gvisor_preload = await self._build_preload()
 
     def _cached(self, name: str, content: bytes) -> Path:
-        """``state_dir/<name>-<digest of content>``: the path of a file made once per
+        """``<assets>/<name>-<digest of content>``: the path of a file made once per
         content, written to a temporary name and renamed, so concurrent makers race
         harmlessly."""
-        return self.state_dir / f"{name}-{hashlib.sha256(content).hexdigest()[:16]}"
+        return self._assets / f"{name}-{hashlib.sha256(content).hexdigest()[:16]}"
 
     def _compile_seccomp(self) -> Path:
         """The shipped profile as BPF, compiled once per content (see seccomp.py)."""
@@ -276,7 +280,7 @@ class Sandbox:
                     failed = await self._compile(box, lang, entry, env, limits, info, cancel)
                     if failed is not None:
                         return failed
-                listed = workspace.list_files(box.ws, exclude=set(), max_files=10_000)
+                listed = workspace.list_files(box.ws, exclude=set(), max_files=10_000).files
                 argv = [a.replace("{entrypoint}", entry) for a in lang.run] + list(request.args)
                 step = _Step(argv, env, request.stdin.encode("utf-8", "surrogateescape"), limits)
                 assert box.container is not None
@@ -286,7 +290,7 @@ class Sandbox:
                 )
                 if files_dir is not None:
                     workspace.copy_files(
-                        box.ws, produced, files_dir, max_bytes=self.settings.max_file_bytes
+                        produced, box.ws, files_dir, max_bytes=self.settings.max_file_bytes
                     )
                 return _result(_verdict(rt, phase, limits), phase, produced, info, limits)
             finally:
@@ -327,11 +331,13 @@ class Sandbox:
         if phase.reason is None and status is not None and status.exit_code == 0:
             return None
         if phase.reason is Termination.cancelled:
-            return _result(Termination.cancelled, phase, [], info, limits)
+            return _result(Termination.cancelled, phase, workspace.Listing(), info, limits)
         note = ""
         if phase.reason is Termination.timeout:
             note = f"\n[crucible] compilation stopped after {compile_limits.timeout_s:g}s\n"
-        return _result(Termination.compile_error, phase, [], info, limits, stderr_note=note)
+        return _result(
+            Termination.compile_error, phase, workspace.Listing(), info, limits, stderr_note=note
+        )
 
     # -- sandboxes ready to run: made cold, or ahead of time by the pool --------
 
@@ -640,13 +646,20 @@ def in_environment(lang: Language, environment: EnvironmentRoot) -> Language:
 
 
 def _verdict(rt: Runtime, phase: _Phase, limits: Limits) -> Termination:
+    """Why the run ended. Memory comes first: a run stopped, killed or failing while its
+    memory was held at its limit was stopped by memory, whatever the supervisor saw
+    last (see :func:`accounting.at_memory_limit` for the evidence on each host)."""
     status, usage = phase.collector.status, phase.usage
-    if phase.reason is Termination.timeout and _stopped_by_memory(rt, usage, limits):
+    pinned = accounting.at_memory_limit(usage, limits.memory_mb << 20)
+    if phase.reason is Termination.timeout and pinned:
         return Termination.memory_limit
     if phase.reason is not None:
         return phase.reason
+    killed = status is None or status.signal is not None
     if usage.oom_kill > 0 and (status is None or status.signal == signals.SIGKILL):
         return Termination.memory_limit
+    if pinned and (killed or (status is not None and status.exit_code != 0)):
+        return Termination.memory_limit  # an allocation refused, or the sentry killed
     if status is None:
         raise RuntimeFailure("run", None, "the sandbox ended without reporting a status")
     return Termination.exited
@@ -655,7 +668,7 @@ def _verdict(rt: Runtime, phase: _Phase, limits: Limits) -> Termination:
 def _result(
     termination: Termination,
     phase: _Phase,
-    files: list[FileInfo],
+    files: workspace.Listing,
     runtime_info: RuntimeInfo,
     limits: Limits,
     *,
@@ -678,7 +691,8 @@ def _result(
         wall_ms=phase.wall_ms,
         cpu_ms=usage.cpu_ns // 1_000_000,
         peak_memory_bytes=usage.peak_memory_bytes,
-        files=files,
+        files=files.files,
+        files_omitted=files.omitted,
         runtime=runtime_info,
         limits=limits,
         events=_events(usage),
@@ -690,23 +704,6 @@ def _events(usage: accounting.Usage) -> Events:
         oom_kill=usage.oom_kill,
         pids_limit=usage.pids_limit,
         memory_limit_hits=usage.memory_limit_hits,
-    )
-
-
-def _stopped_by_memory(rt: Runtime, usage: accounting.Usage, limits: Limits) -> bool:
-    """A gVisor run that reached its time limit while pinned at its memory limit.
-
-    gVisor's sentry holds the program's memory itself: at the cgroup's ceiling it is
-    not OOM-killed, it reclaims and thrashes until the CPU or wall limit stops it
-    (seen: 256 MB limit, peak exactly 256 MB, 10 s of CPU, oom_kill 0). The cgroup's
-    own count of charges that hit the limit, with the peak at the limit, is the
-    evidence. Under runc and crun the OOM killer fires and is counted instead.
-    """
-    limit = limits.memory_mb << 20
-    return (
-        rt.name == "gvisor"
-        and usage.memory_limit_hits > 0
-        and usage.peak_memory_bytes >= limit - (4 << 20)
     )
 
 

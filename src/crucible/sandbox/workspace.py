@@ -12,8 +12,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from crucible.errors import InvalidSubmission, SandboxUnavailable
@@ -37,6 +41,16 @@ def mount_tmpfs(target: Path, size_mb: int, *, options: str | None = None) -> No
     if rc != 0:
         err = ctypes.get_errno()
         raise SandboxUnavailable(f"mount tmpfs on {target}: {os.strerror(err)} (root required)")
+
+
+def ensure_tmpfs(target: Path, size_mb: int, *, options: str) -> None:
+    """Mount a tmpfs at ``target`` unless one is there already. Supervisors sharing a
+    state directory take a lock first, so none mounts over what another wrote."""
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.ismount(target):
+            mount_tmpfs(target, size_mb, options=options)
 
 
 def unmount(target: Path) -> None:
@@ -85,37 +99,145 @@ def write_files(root: Path, files: dict[str, str]) -> None:
         os.chown(target, SANDBOX_UID, SANDBOX_GID)
 
 
-def list_files(root: Path, *, exclude: set[str], max_files: int) -> list[FileInfo]:
-    """Regular files under ``root`` (symlinks and devices skipped), sorted, capped."""
-    found: list[FileInfo] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = Path(dirpath) / name
-            rel = full.relative_to(root).as_posix()
-            if rel in exclude:
-                continue
-            st = os.lstat(full)
-            if stat.S_ISREG(st.st_mode):
-                found.append(FileInfo(path=rel, size=st.st_size))
-                if len(found) >= max_files:
-                    return found
+@dataclass
+class Listing:
+    """What a program left in its workspace: regular files (sorted), what was left out
+    by reason (see ``Result.files_omitted``), and each listed file's exact name."""
+
+    files: list[FileInfo] = field(default_factory=list)
+    omitted: dict[str, int] = field(default_factory=dict)
+    raw: dict[str, bytes] = field(default_factory=dict)  # FileInfo.path -> exact bytes
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.omitted[reason] = self.omitted.get(reason, 0) + n
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_Entry = tuple[bytes, os.stat_result | None]
+
+
+def _entries(fd: int) -> list[_Entry]:
+    """A directory's entries (name, lstat), sorted by name; ``fd`` stays open."""
+    found: list[_Entry] = []
+    with os.scandir(fd) as it:
+        for entry in it:
+            try:
+                st: os.stat_result | None = entry.stat(follow_symlinks=False)
+            except OSError:
+                st = None
+            found.append((os.fsencode(entry.name), st))
+    found.sort(key=lambda item: item[0])
     return found
 
 
-def copy_files(root: Path, files: list[FileInfo], dest: Path, *, max_bytes: int) -> None:
-    """Copy produced files no larger than ``max_bytes`` to ``dest``, never following links."""
-    for info in files:
+def list_files(
+    root: Path,
+    *,
+    exclude: set[str],
+    max_files: int,
+    max_depth: int = 64,
+    max_entries: int = 100_000,
+    budget_s: float = 2.0,
+) -> Listing:
+    """Regular files under ``root``, bounded in files, entries seen, depth and time.
+
+    Everything here is hostile input: the walk never follows a link (each directory is
+    opened relative to its parent's descriptor with O_NOFOLLOW, so no path is resolved
+    twice and no depth meets PATH_MAX), never opens a file (a FIFO cannot block it), is
+    iterative (no recursion limit), holds at most ``max_depth`` descriptors, and takes
+    names as bytes (any encoding)."""
+    listing = Listing()
+    deadline = time.monotonic() + budget_s
+    seen = 0
+    # Depth first, one frame per open directory: (fd, its path + b"/", depth, entries).
+    stack: list[tuple[int, bytes, int, Iterator[_Entry]]] = []
+    try:
+        top = os.open(root, _DIR_FLAGS)
+    except OSError:
+        listing.skip("unreadable")
+        return listing
+    try:
+        stack.append((top, b"", 0, iter(_entries(top))))
+    except OSError:
+        os.close(top)
+        listing.skip("unreadable")
+        return listing
+    try:
+        while stack:
+            fd, rel, depth, entries = stack[-1]
+            item = next(entries, None)
+            if item is None:
+                os.close(fd)
+                stack.pop()
+                continue
+            seen += 1
+            if seen > max_entries or time.monotonic() > deadline:
+                listing.skip("entries" if seen > max_entries else "time")
+                break
+            name, st = item
+            path = rel + name
+            if st is None:
+                listing.skip("unreadable")
+            elif stat.S_ISDIR(st.st_mode):
+                if depth + 1 > max_depth:
+                    listing.skip("deep")
+                    continue
+                try:
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    listing.skip("unreadable")
+                    continue
+                try:
+                    stack.append((sub, path + b"/", depth + 1, iter(_entries(sub))))
+                except OSError:
+                    os.close(sub)
+                    listing.skip("unreadable")
+            elif not stat.S_ISREG(st.st_mode):
+                listing.skip("special")
+            else:
+                info = FileInfo.of(path, st.st_size)
+                if info.path in exclude:
+                    continue
+                if len(listing.files) >= max_files:
+                    listing.skip("entries")
+                    continue
+                listing.files.append(info)
+                listing.raw[info.path] = path
+    finally:
+        for fd, *_ in stack:
+            os.close(fd)
+    return listing
+
+
+def _open_below(root: Path, raw: bytes) -> int:
+    """Open the regular file at ``raw`` (relative, bytes) under ``root`` read-only, every
+    component with O_NOFOLLOW, relative to its parent's descriptor; raises OSError."""
+    parts = raw.split(b"/")
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+        return os.open(parts[-1], flags, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def copy_files(listing: Listing, root: Path, dest: Path, *, max_bytes: int) -> None:
+    """Copy the listed files no larger than ``max_bytes`` to ``dest`` (under their
+    display names), never following a link, never blocking on a FIFO."""
+    for info in listing.files:
         if info.size > max_bytes:
             continue
-        src = root / info.path
-        target = dest / info.path
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = _open_below(root, listing.raw.get(info.path, info.path.encode()))
         except OSError:
             continue
         with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 continue
+            target = dest / info.path
+            target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(f.read(max_bytes + 1)[:max_bytes])
