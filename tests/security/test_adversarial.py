@@ -7,6 +7,7 @@ cgroup is left behind. A case skipped for one runtime says why in ``skip``.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import textwrap
 from collections.abc import Callable
@@ -710,3 +711,49 @@ async def test_hostile_leftovers(
     # What was copied out is regular files under display names, nothing else.
     for path in tmp_path.rglob("*"):
         assert path.is_dir() or (path.is_file() and not path.is_symlink()), path
+
+
+# The same leftovers, met through an agent sandbox's file routes: the helper reads and
+# writes inside the sandbox (never on the host), and must answer, not hang or crash.
+SESSION_LEFTOVERS = r"""
+import os, socket
+os.makedirs('/workspace/t', exist_ok=True); os.chdir('/workspace/t')
+open(b'bad\xff.txt', 'wb').write(b'raw')
+os.mkfifo('fifo')
+socket.socket(socket.AF_UNIX).bind('sock')
+os.symlink('loop', 'loop')
+os.symlink('/proc/1/environ', 'environ')
+f = open('sparse', 'wb'); f.truncate(100 << 20); f.close()
+fd = os.open('.', os.O_RDONLY)
+for i in range(1500):
+    os.mkdir('dd', dir_fd=fd); nxt = os.open('dd', os.O_RDONLY, dir_fd=fd); os.close(fd); fd = nxt
+print('left')
+"""
+
+
+async def test_hostile_leftovers_through_an_agent_sandboxs_file_routes(session: Any) -> None:
+    from crucible.errors import InvalidSubmission, SandboxFileError, SandboxFileTooLarge
+
+    made = await session.exec(["python3", "-c", SESSION_LEFTOVERS], timeout_s=60)
+    assert made.stdout == b"left\n", made.stderr[-500:]
+    # Each answers at once with a typed error or the bytes; none blocks (the FIFO) or
+    # follows a loop. A name that is not UTF-8 cannot cross the runtime's JSON: a clear
+    # refusal (422 through the API), and an exec still reaches it.
+    with pytest.raises(InvalidSubmission, match="not valid UTF-8"):
+        await session.read_file("/workspace/t/bad\udcff.txt")
+    r = await session.exec(["sh", "-c", "cat /workspace/t/bad*.txt"])
+    assert r.stdout == b"raw"
+    for name in ("fifo", "sock", "loop"):
+        with pytest.raises(SandboxFileError):
+            await asyncio.wait_for(session.read_file(f"/workspace/t/{name}"), 30)
+    with pytest.raises(SandboxFileTooLarge):
+        await session.read_file("/workspace/t/sparse", max_bytes=1 << 20)
+    deep = "/workspace/t/" + "/".join(["dd"] * 1500)
+    with pytest.raises(SandboxFileError):
+        await session.read_file(deep + "/nothing")
+    # Writing through a planted link stays inside the sandbox's own root.
+    await session.write_file("/workspace/t/new.txt", b"ok")
+    assert await session.read_file("/workspace/t/new.txt") == b"ok"
+    # Output in any bytes comes back as bytes.
+    r = await session.exec(["python3", "-c", "import sys; sys.stdout.buffer.write(b'\\xff\\xfe')"])
+    assert r.stdout == b"\xff\xfe"

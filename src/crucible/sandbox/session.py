@@ -336,6 +336,15 @@ class Session:
     def _path(self, path: str) -> str:
         if not path or "\0" in path:
             raise InvalidSubmission(f"invalid path {path!r}", field="path")
+        try:
+            path.encode()
+        except UnicodeEncodeError:
+            # The runtime's process.json is JSON: a name in other bytes cannot reach
+            # the helper intact (an exec can still reach it, e.g. by a glob).
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise InvalidSubmission(
+                f"path {shown!r} is not valid UTF-8; reach it with an exec", field="path"
+            ) from None
         return posixpath.join(self.workdir, path)
 
     async def _file_op(
