@@ -206,15 +206,15 @@ def test_duplicate_and_late_deliveries_never_write_twice(cluster) -> None:
             app.send_task(TASK, args=[ev["id"]])
         done = wait_final(api, ev["id"], 60)
         # Cancelled while queued, then woken for again and again: it never runs. The
-        # blockers fill every claim the two workers hold (2 workers x 2 slots x 2),
-        # so the low one stays queued until it is cancelled.
+        # blockers fill every slot of the two workers (2 workers x 2 slots; nothing is
+        # claimed ahead of a slot), so the low one stays queued until it is cancelled.
         blockers = [
             api.post("/evaluations", json={"code": SLEEPY.format(s=2), "priority": "high"}).json()[
                 "id"
             ]
-            for _ in range(8)
+            for _ in range(4)
         ]
-        wait_for(lambda: api.get("/queue").json()["running"] == 8, 60, "the blockers to be claimed")
+        wait_for(lambda: api.get("/queue").json()["running"] == 4, 60, "the blockers to be claimed")
         queued = api.post("/evaluations", json={"code": "print('never')", "priority": "low"}).json()
         assert api.post(f"/evaluations/{queued['id']}/cancel").json()["status"] == "cancelled"
         for _ in range(3):
