@@ -224,7 +224,7 @@ async def test_produced_files_download(api: httpx.AsyncClient) -> None:
         "open('out/r.bin','wb').write(bytes(range(256)))\n"
     )
     body = (await api.post("/evaluations?wait=30", json={"code": code})).json()
-    assert body["result"]["files"] == [{"path": "out/r.bin", "size": 256}]
+    assert body["result"]["files"] == [{"path": "out/r.bin", "size": 256, "path_b64": None}]
     r = await api.get(f"/evaluations/{body['id']}/files/out/r.bin")
     assert r.status_code == 200 and r.content == bytes(range(256))
     assert (await api.get(f"/evaluations/{body['id']}/files/main.py")).status_code == 404

@@ -14,7 +14,7 @@ CRUCIBLE = str(Path(sys.executable).with_name("crucible"))
 
 RESULT_FIELDS = {
     "termination", "exit_code", "signal", "stdout", "stderr", "stdout_truncated",
-    "stderr_truncated", "wall_ms", "cpu_ms", "peak_memory_bytes", "files", "runtime",
+    "stderr_truncated", "wall_ms", "cpu_ms", "peak_memory_bytes", "files", "files_omitted", "runtime",
     "limits", "events",
 }  # fmt: skip
 
