@@ -92,7 +92,7 @@ class AuditLog:
         self.store = store
 
     def append(self, event: AuditEvent) -> AuditEntry:
-        with self.store._tx() as s:
+        with self.store.transaction() as s:
             if self.store.dialect == "postgresql":
                 s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK})
             last = s.execute(
@@ -136,7 +136,7 @@ class AuditLog:
             q = q.where(AuditEntry.at >= where.since)
         if where.until is not None:
             q = q.where(AuditEntry.at < where.until)
-        with self.store._read() as s:
+        with self.store.reading() as s:
             rows = list(s.scalars(q))
         if len(rows) > limit:
             return rows[:limit], rows[limit - 1].seq
@@ -145,7 +145,7 @@ class AuditLog:
     def _all(self, batch: int = 1000) -> Iterator[AuditEntry]:
         after = 0
         while True:
-            with self.store._read() as s:
+            with self.store.reading() as s:
                 q = (
                     select(AuditEntry)
                     .where(AuditEntry.seq > after)

@@ -50,7 +50,7 @@ class Cluster:
         """Register or refresh ``info``'s row (a process declared dead that heartbeats
         again is alive again; its old claims stay fenced out)."""
         t = now()
-        with self.store._tx() as s:
+        with self.store.transaction() as s:
             moved = s.execute(
                 update(Worker)
                 .where(Worker.id == info.id)
@@ -76,7 +76,7 @@ class Cluster:
 
     def stopped(self, worker_id: str) -> None:
         """A clean shutdown: whatever it still held is recovered at the next check."""
-        with self.store._tx() as s:
+        with self.store.transaction() as s:
             s.execute(update(Worker).where(Worker.id == worker_id).values(state=STOPPED))
 
     def workers(self, *, keep_s: float = 3600.0) -> list[Worker]:
@@ -87,11 +87,11 @@ class Cluster:
             .where(or_(Worker.state == ALIVE, Worker.last_heartbeat >= cutoff))
             .order_by(Worker.started_at.desc())
         )
-        with self.store._read() as s:
+        with self.store.reading() as s:
             return list(s.scalars(q))
 
     def capacity(self) -> int:
-        with self.store._read() as s:
+        with self.store.reading() as s:
             rows = s.scalars(select(Worker.capacity).where(Worker.state == ALIVE))
             return sum(rows)
 
@@ -118,7 +118,7 @@ class Cluster:
         """
         t = now()
         cutoff = t - timedelta(seconds=dead_after_s)
-        with self.store._tx() as s:
+        with self.store.transaction() as s:
             rows = s.execute(
                 select(
                     Worker.id, Worker.node, Worker.pid, Worker.proc_start, Worker.last_heartbeat
@@ -172,14 +172,14 @@ class Cluster:
         q = select(DeadLetter).order_by(DeadLetter.seq.desc()).limit(limit + 1)
         if cursor is not None:
             q = q.where(DeadLetter.seq < cursor)
-        with self.store._read() as s:
+        with self.store.reading() as s:
             rows = list(s.scalars(q))
         if len(rows) > limit:
             return rows[:limit], rows[limit - 1].seq
         return rows, None
 
     def dead_letter(self, dead_letter_id: str) -> DeadLetter:
-        with self.store._read() as s:
+        with self.store.reading() as s:
             row = s.scalars(select(DeadLetter).where(DeadLetter.id == dead_letter_id)).one_or_none()
         if row is None:
             raise NotFound(f"no dead letter {dead_letter_id!r}")
@@ -191,7 +191,7 @@ class Cluster:
         The failed evaluation stays in ``error`` (a final status is final); the dead
         letter points at the new one. Raises NotFound, or Conflict when already retried.
         """
-        with self.store._tx() as s:
+        with self.store.transaction() as s:
             letter = s.scalars(
                 select(DeadLetter).where(DeadLetter.id == dead_letter_id)
             ).one_or_none()

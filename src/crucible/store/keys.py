@@ -92,14 +92,14 @@ class KeyStore:
             key_hash=hash_key(secret),
             created_at=now(),
         )
-        with self.store._tx() as s:
+        with self.store.transaction() as s:
             s.add(row)
         return _record(row), secret
 
     def ensure(self, secret: str, *, name: str = "bootstrap", role: str = "admin") -> KeyRecord:
         """The key with this secret, created (or un-revoked, with ``role``) if needed."""
         digest = hash_key(secret)
-        with self.store._tx() as s:
+        with self.store.transaction() as s:
             row = s.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
             if row is not None:
                 row.revoked_at = None
@@ -108,7 +108,7 @@ class KeyStore:
         return self.create(name, role, secret=secret)[0]
 
     def count_active(self) -> int:
-        with self.store._read() as s:
+        with self.store.reading() as s:
             q = select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
             return int(s.scalar(q) or 0)
 
@@ -117,7 +117,7 @@ class KeyStore:
         if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
             return None
         digest = hash_key(secret)
-        with self.store._read() as s:
+        with self.store.reading() as s:
             row = s.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
         if row is None or row.revoked_at is not None:
             return None
@@ -128,22 +128,22 @@ class KeyStore:
         return _record(row)
 
     def touch(self, key_id: str) -> None:
-        with self.store._tx() as s:
+        with self.store.transaction() as s:
             s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now()))
 
     def get(self, key_id: str) -> KeyRecord:
-        with self.store._read() as s:
+        with self.store.reading() as s:
             row = s.get(ApiKey, key_id)
         if row is None:
             raise NotFound(f"no key {key_id!r}")
         return _record(row)
 
     def list(self) -> list[KeyRecord]:
-        with self.store._read() as s:
+        with self.store.reading() as s:
             return [_record(r) for r in s.scalars(select(ApiKey).order_by(ApiKey.created_at))]
 
     def revoke(self, key_id: str) -> KeyRecord:
-        with self.store._tx() as s:
+        with self.store.transaction() as s:
             row = s.get(ApiKey, key_id)
             if row is None:
                 raise NotFound(f"no key {key_id!r}")
@@ -153,7 +153,7 @@ class KeyStore:
 
     def set_quotas(self, key_id: str, values: dict[str, Any]) -> KeyRecord:
         """Override quotas (None: back to the settings' default)."""
-        with self.store._tx() as s:
+        with self.store.transaction() as s:
             row = s.get(ApiKey, key_id)
             if row is None:
                 raise NotFound(f"no key {key_id!r}")

@@ -152,7 +152,8 @@ class Store:
         with self._write() as s, s.begin():
             yield s
 
-    # The store's public unit of work, for its other modules (store/sandboxes.py).
+    # The store's public unit of work, for its other modules (cluster, keys, audit,
+    # sandboxes): they never reach for the private _tx/_read.
     def transaction(self) -> AbstractContextManager[Session]:
         """A write transaction: committed on exit, rolled back on an exception."""
         return self._tx()
