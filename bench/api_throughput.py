@@ -23,7 +23,7 @@ import httpx
 
 from _server import AUTH, percentile, serve
 from crucible.client import Client
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.limits import resolve_limits
 from crucible.sandbox import RunRequest, Sandbox
 

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import oci_images
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.environments import Environment, EnvironmentStore
 from crucible.limits import resolve_limits
 from crucible.sandbox import RunRequest, Sandbox

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import event
 
 from crucible.api.schemas import EvaluationCreate
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.service import Service
 
 

@@ -38,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.limits import resolve_limits
 from crucible.sandbox import RunRequest, Sandbox, spec, workspace
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from _server import AUTH, serve
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.sandbox import Sandbox
 from crucible.sandbox.models import SessionLimits, SessionSpec
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import auth_keys  # noqa: F401 - auth on for every server and client (see there)
-from crucible.config import Settings
+from crucible.core.config import Settings
 
 PG_ADMIN = os.environ.get("CRUCIBLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

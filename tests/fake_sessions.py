@@ -8,7 +8,7 @@ over an in-memory file system. It understands ``echo [-n]``, ``cat [FILE…]``,
 ``&&``; anything else exits 127 like a shell. It keeps the engine's contract: output
 capped per stream keeping the tail, ``on_output`` called as output is produced, a
 timeout kills the exec (``timed_out``, 137) but not the sandbox, an unknown user gives
-a failed result, file errors are the ``crucible.errors`` ones, and a closed sandbox
+a failed result, file errors are the ``crucible.core.errors`` ones, and a closed sandbox
 raises ``SandboxStopped``. Integration tests against the real engine replace it.
 """
 
@@ -19,7 +19,7 @@ import posixpath
 import shlex
 import time
 
-from crucible.errors import (
+from crucible.core.errors import (
     SandboxFileNotFound,
     SandboxFileTooLarge,
     SandboxIsADirectory,

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from crucible.config import Settings
+from crucible.core.config import Settings
 
 CRUCIBLE = str(Path(sys.executable).with_name("crucible"))
 ADMIN_KEY = "crk_distributedtests0000000000000000"

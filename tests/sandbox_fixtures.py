@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.environments import Environment, EnvironmentStore
 from crucible.limits import resolve_limits
 from crucible.sandbox import Limits, Result, RunRequest, Sandbox

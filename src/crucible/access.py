@@ -12,8 +12,8 @@ import asyncio
 import hashlib
 from typing import Any
 
-from crucible.config import Settings
-from crucible.errors import Forbidden, NotFound, QuotaExceeded
+from crucible.core.config import Settings
+from crucible.core.errors import Forbidden, NotFound, QuotaExceeded
 from crucible.store import Store
 from crucible.store.audit import AuditLog
 from crucible.store.keys import KeyRecord, KeyStore

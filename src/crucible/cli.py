@@ -11,8 +11,8 @@ from typing import Annotated, cast, get_args
 import typer
 from rich.console import Console
 
-from crucible.config import Settings, get_settings
-from crucible.errors import CrucibleError
+from crucible.core.config import Settings, get_settings
+from crucible.core.errors import CrucibleError
 from crucible.sandbox.languages import LANGUAGES
 from crucible.sandbox.models import Limits, Result, RunRequest, RuntimeName, Termination
 from crucible.sandbox.output import OutputCallback

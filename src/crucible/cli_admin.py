@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crucible.config import Settings
+from crucible.core.config import Settings
 
 # The store (SQLAlchemy, Alembic: a third of the CLI's start-up) is imported by the
 # commands that use it, so `crucible submit` and the other client commands, which
@@ -119,7 +119,7 @@ def keys_revoke(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Revoke a key: it stops working at once."""
-    from crucible.errors import NotFound
+    from crucible.core.errors import NotFound
     from crucible.store.keys import KeyStore
 
     store = _store(data_dir, database_url)

@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from crucible.config import Settings
+from crucible.core.config import Settings
+from crucible.core.errors import CrucibleError, NotFound
 from crucible.environments import EnvironmentStore, check_name
-from crucible.errors import CrucibleError, NotFound
 
 out = Console()
 err = Console(stderr=True)

@@ -17,7 +17,7 @@ from rich.table import Table
 from crucible.client import DEFAULT_SERVER, Client
 from crucible.client_errors import ApiError
 from crucible.client_sandboxes import RemoteSandbox
-from crucible.errors import CrucibleError, SandboxStopped
+from crucible.core.errors import CrucibleError, SandboxStopped
 from crucible.models import ExecPublic, SandboxPublic
 
 out = Console()

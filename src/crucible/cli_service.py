@@ -86,7 +86,7 @@ def serve(
     import uvicorn
 
     from crucible.api.app import create_app
-    from crucible.config import Settings
+    from crucible.core.config import Settings
 
     if dispatcher not in (None, "embedded", "celery"):
         raise _fail(ValueError("--dispatcher must be embedded or celery"))
@@ -98,8 +98,8 @@ def serve(
         "log_format": log_format,
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    from crucible import logs
     from crucible.cli_admin import first_key_banner
+    from crucible.core import logs
 
     logs.configure(settings.log_format)
     first_key_banner(settings)
@@ -133,7 +133,7 @@ def worker(
     """
     import logging
 
-    from crucible.config import Settings
+    from crucible.core.config import Settings
     from crucible.dispatch.worker import run_worker
 
     overrides: dict[str, Any] = {

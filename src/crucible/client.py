@@ -7,7 +7,7 @@
 
 Errors from the server raise :class:`ApiError` carrying the status code, the message
 and the offending field (see ``crucible.client_errors`` for the few mapped back to
-``crucible.errors`` exceptions). Long-lived sandboxes: ``Client.sandboxes`` and the
+``crucible.core.errors`` exceptions). Long-lived sandboxes: ``Client.sandboxes`` and the
 async ``AsyncClient.sandboxes`` (``crucible.client_sandboxes``); environments:
 ``.environments`` on both (``crucible.client_environments``).
 """

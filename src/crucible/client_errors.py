@@ -3,8 +3,8 @@
 Most refusals become :class:`ApiError` (status, message, field). Those a program must
 tell apart become the exception the server raised, found by the body's ``error``
 code: a file operation's ``not_found``, ``permission_denied``, ``is_a_directory`` and
-``too_large`` raise the ``crucible.errors.SandboxFile*`` exceptions (with the path),
-``sandbox_stopped`` raises :class:`~crucible.errors.SandboxStopped`. (The Inspect AI
+``too_large`` raise the ``crucible.core.errors.SandboxFile*`` exceptions (with the path),
+``sandbox_stopped`` raises :class:`~crucible.core.errors.SandboxStopped`. (The Inspect AI
 provider maps those to FileNotFoundError, PermissionError, IsADirectoryError …)
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from crucible.errors import (
+from crucible.core.errors import (
     SandboxFileError,
     SandboxFileNotFound,
     SandboxFileTooLarge,

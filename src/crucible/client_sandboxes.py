@@ -12,7 +12,7 @@
         async with sb:
             r = await sb.exec(["echo", "hi"])
 
-File operations raise ``crucible.errors.SandboxFileNotFound``, ``…PermissionDenied``,
+File operations raise ``crucible.core.errors.SandboxFileNotFound``, ``…PermissionDenied``,
 ``…IsADirectory``, ``…FileTooLarge``; a stopped sandbox ``SandboxStopped``; other
 refusals :class:`crucible.client_errors.ApiError`.
 """

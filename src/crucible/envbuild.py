@@ -49,8 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crucible.core.errors import CrucibleError, InvalidSubmission, SandboxUnavailable
 from crucible.environments import DEFAULT_PATH, Environment, EnvironmentStore, check_name
-from crucible.errors import CrucibleError, InvalidSubmission, SandboxUnavailable
 from crucible.treedigest import tree_digest
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

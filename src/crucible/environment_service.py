@@ -18,8 +18,8 @@ import io
 from collections.abc import AsyncIterator
 from typing import IO, cast
 
+from crucible.core.errors import Conflict, InvalidSubmission, NotFound, PayloadTooLarge
 from crucible.environments import HOST, Environment, EnvironmentStore, check_name
-from crucible.errors import Conflict, InvalidSubmission, NotFound, PayloadTooLarge
 from crucible.models import EnvironmentPublic
 from crucible.store import Store
 from crucible.store.sandboxes import SandboxStore

@@ -42,8 +42,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from crucible.config import Settings
-from crucible.errors import Conflict, CrucibleError, InvalidSubmission, NotFound, PayloadTooLarge
+from crucible.core.config import Settings
+from crucible.core.errors import (
+    Conflict,
+    CrucibleError,
+    InvalidSubmission,
+    NotFound,
+    PayloadTooLarge,
+)
 from crucible.sandbox.languages import LANGUAGE_PROGRAMS
 from crucible.sandbox.models import EnvironmentRoot
 

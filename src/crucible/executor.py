@@ -7,11 +7,11 @@ the other finds the evaluation no longer queued and does nothing.
 
 Two channels for failure: whatever the program did is a Result (status ``completed``,
 or ``cancelled``) and is never retried; a platform fault
-(:class:`~crucible.errors.SandboxError`) re-queues the evaluation with exponential
+(:class:`~crucible.core.errors.SandboxError`) re-queues the evaluation with exponential
 back-off until ``max_attempts`` claims were spent, then ends it in ``error`` with a
 dead letter. A database that drops its connection is waited for (``db_retry_s``).
 An environment removed or replaced since submission
-(:class:`~crucible.errors.EnvironmentUnavailable`) ends the evaluation in ``error`` at
+(:class:`~crucible.core.errors.EnvironmentUnavailable`) ends the evaluation in ``error`` at
 once: no retry can bring the submitted root back.
 """
 
@@ -31,13 +31,14 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from crucible import logs, metrics
+from crucible import metrics
 from crucible.api.schemas import EvaluationRequest
-from crucible.config import Settings
+from crucible.core import logs
+from crucible.core.config import Settings
+from crucible.core.errors import EnvironmentUnavailable, InvalidSubmission, SandboxError
+from crucible.core.lifecycle import Status, retry_delay_s
 from crucible.environments import HOST, EnvironmentStore
-from crucible.errors import EnvironmentUnavailable, InvalidSubmission, SandboxError
 from crucible.events import EventBus
-from crucible.lifecycle import Status, retry_delay_s
 from crucible.records import evaluation_public
 from crucible.sandbox import Result, Sandbox, Termination
 from crucible.store import BlobStore, Claim, Store

@@ -56,7 +56,7 @@ from inspect_ai.util._sandbox.environment import SandboxUnavailableError
 from pydantic import BaseModel, ConfigDict, Field
 
 from crucible.compose import ComposePlan, ServicePlan, plan
-from crucible.errors import (
+from crucible.core.errors import (
     SandboxFileError,
     SandboxFileNotFound,
     SandboxFileTooLarge,
@@ -208,7 +208,7 @@ class RemoteBackend:
     Output comes back exact (``ExecPublic.stdout_bytes``: base64 when not UTF-8); the
     server keeps the tail of each stream past its own cap (``*_truncated``), and a
     smaller Inspect limit is applied here. File and stop errors arrive as the
-    ``crucible.errors`` exceptions (``crucible.client_errors``); the server being
+    ``crucible.core.errors`` exceptions (``crucible.client_errors``); the server being
     unreachable, the sandbox gone (404) or hosted elsewhere (503) raise
     :class:`SandboxUnavailable`.
     """

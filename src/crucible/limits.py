@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from crucible.config import LimitBounds, SandboxBounds, Settings
-from crucible.errors import InvalidSubmission
+from crucible.core.config import LimitBounds, SandboxBounds, Settings
+from crucible.core.errors import InvalidSubmission
 from crucible.sandbox.models import Limits, SessionLimits
 
 LIMIT_NAMES = tuple(n for n in LimitBounds.model_fields if n != "minimum")

@@ -11,7 +11,7 @@ from crucible.api.schemas import (
     ResultPublic,
     WorkerPublic,
 )
-from crucible.lifecycle import TERMINAL, Status, Verdict
+from crucible.core.lifecycle import TERMINAL, Status, Verdict
 from crucible.scan import decode
 from crucible.store import BatchCounts
 from crucible.store.tables import Batch, DeadLetter, Evaluation, Worker

@@ -8,7 +8,7 @@ bus (stream ``sandbox:<id>``: ``exec_started``, ``output`` chunks, ``exec_finish
 and finally ``stopped``), and a reaper that stops sandboxes at their ``ttl_s`` or
 ``idle_timeout_s``. Sandboxes live in the process that created them (the rows name
 it); a sweep marks ``running`` rows of dead processes ``lost``. Everything raises
-``crucible.errors`` exceptions, mapped to HTTP by ``api/errors.py``.
+``crucible.core.errors`` exceptions, mapped to HTTP by ``api/errors.py``.
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from crucible.access import Access, apply_ceilings
-from crucible.config import Settings
-from crucible.dispatch import identity
-from crucible.environments import HOST
-from crucible.errors import (
+from crucible.core.config import Settings
+from crucible.core.errors import (
     InvalidSubmission,
     NotFound,
     SandboxFileTooLarge,
     SandboxStopped,
     SandboxUnavailable,
 )
+from crucible.dispatch import identity
+from crucible.environments import HOST
 from crucible.events import Event, EventBus, follow
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """The evaluation service: the operations behind the API, and its start-up and shutdown.
 
 Routes stay thin: they parse, call a method here, and shape the response. Everything
-here raises ``crucible.errors`` exceptions, which ``api/errors.py`` maps to HTTP.
+here raises ``crucible.core.errors`` exceptions, which ``api/errors.py`` maps to HTTP.
 """
 
 from __future__ import annotations
@@ -34,22 +34,22 @@ from crucible.api.schemas import (
     QueuePublic,
     WorkerList,
 )
-from crucible.config import Settings
+from crucible.core.config import Settings
+from crucible.core.errors import (
+    InvalidSubmission,
+    NotFound,
+    Overloaded,
+    SandboxUnavailable,
+)
+from crucible.core.lifecycle import TERMINAL, Status
 from crucible.dispatch import identity
 from crucible.dispatch.claimer import Claimer
 from crucible.dispatch.distributed import CeleryDispatcher
 from crucible.dispatch.maintenance import Maintenance
 from crucible.environment_service import EnvironmentService
 from crucible.environments import HOST, Environment, EnvironmentStore
-from crucible.errors import (
-    InvalidSubmission,
-    NotFound,
-    Overloaded,
-    SandboxUnavailable,
-)
 from crucible.events import Event, EventBus, InProcessBus, RedisBus, follow
 from crucible.executor import Executor, stream_of
-from crucible.lifecycle import TERMINAL, Status
 from crucible.limits import resolve_limits
 from crucible.records import batch_public, dead_letter_public, evaluation_public, worker_public
 from crucible.sandbox import Sandbox

@@ -8,7 +8,7 @@ Environments: a request names one (``host`` by default). At submission the name 
 resolved (:func:`resolve_environment`; unknown → 422 naming the known ones) and the
 language checked against what it has; the stored request keeps the name and the
 digest. At run time :func:`run_request` resolves the name again in the worker's own
-store and refuses (:class:`~crucible.errors.EnvironmentUnavailable`) a root that is
+store and refuses (:class:`~crucible.core.errors.EnvironmentUnavailable`) a root that is
 gone or is no longer the one submitted to.
 """
 
@@ -20,10 +20,15 @@ import secrets
 from typing import Any
 
 from crucible.api.schemas import EvaluationCreate, EvaluationFields, EvaluationRequest
-from crucible.config import Settings
+from crucible.core.config import Settings
+from crucible.core.errors import (
+    EnvironmentUnavailable,
+    InvalidSubmission,
+    NotFound,
+    PayloadTooLarge,
+)
+from crucible.core.lifecycle import Priority, Verdict
 from crucible.environments import HOST, Environment, EnvironmentStore
-from crucible.errors import EnvironmentUnavailable, InvalidSubmission, NotFound, PayloadTooLarge
-from crucible.lifecycle import Priority, Verdict
 from crucible.limits import resolve_limits
 from crucible.sandbox.languages import get_language
 from crucible.sandbox.models import EnvironmentRoot, Result, RunRequest, Termination

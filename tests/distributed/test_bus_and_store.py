@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from redis.exceptions import RedisError
 
-from crucible.config import Settings
+from crucible.core.config import Settings
+from crucible.core.lifecycle import Priority, Status
 from crucible.events import Event, RedisBus, epoch_base
-from crucible.lifecycle import Priority, Status
 from crucible.store import Claim, Cluster, NewEvaluation, Store, WorkerInfo
 
 

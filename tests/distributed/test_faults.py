@@ -9,7 +9,7 @@ import time
 import pytest
 from dist_helpers import AUTH, PostgresServer, http, wait_final, wait_for
 
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.dispatch.celery_app import TASK, make_celery
 from sse_stream import EventStream, stdout_events
 

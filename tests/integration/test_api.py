@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 from service_helpers import ApiFactory
 
+from crucible.core.lifecycle import Status
 from crucible.events import Event, InProcessBus
 from crucible.executor import stream_of
-from crucible.lifecycle import Status
 
 HELLO = {"code": "print('hello')"}
 

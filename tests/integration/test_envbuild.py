@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from crucible.core.errors import InvalidSubmission
 from crucible.envbuild import (
     VENV,
     BuildFailed,
@@ -25,7 +26,6 @@ from crucible.envbuild import (
     runc_run,
 )
 from crucible.environments import EnvironmentStore, resolve_in_root
-from crucible.errors import InvalidSubmission
 from crucible.treedigest import tree_digest
 from env_fixtures import (
     BUILD_TIMEOUT_S,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import oci_images
+from crucible.core.errors import InvalidSubmission
 from crucible.environments import Environment, EnvironmentStore
-from crucible.errors import InvalidSubmission
 from crucible.sandbox import Sandbox
 from crucible.sandbox.models import SessionSpec
 from sandbox_fixtures import SESSION_LIMITS, run_code

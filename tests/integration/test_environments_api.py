@@ -21,10 +21,10 @@ import pytest
 from auth_keys import AUTH
 from crucible.api.app import create_app
 from crucible.api.schemas import EvaluationRequest
-from crucible.config import Settings
+from crucible.core.config import Settings
+from crucible.core.errors import EnvironmentUnavailable
+from crucible.core.lifecycle import Status
 from crucible.environments import EnvironmentStore
-from crucible.errors import EnvironmentUnavailable
-from crucible.lifecycle import Status
 from crucible.service import Service
 from crucible.submissions import pinned_root
 from fake_sessions import FakeSessions

@@ -21,7 +21,7 @@ from service_helpers import CRUCIBLE, free_port
 from crucible.api.app import create_app
 from crucible.client import AsyncClient, Client
 from crucible.client_errors import ApiError
-from crucible.config import Settings
+from crucible.core.config import Settings
 from fake_sessions import FakeSessions
 from oci_images import Image, directory, file, layer_tar, write_docker_archive
 

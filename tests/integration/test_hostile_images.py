@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from crucible.core.errors import PayloadTooLarge
 from crucible.environments import EnvironmentStore, ImageRejected
-from crucible.errors import PayloadTooLarge
 from oci_images import (
     Entry,
     Image,

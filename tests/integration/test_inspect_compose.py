@@ -23,7 +23,7 @@ from service_helpers import ServerProcess
 from auth_keys import ADMIN_KEY
 from crucible import inspect_provider
 from crucible.client import AsyncClient
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.environments import Environment
 from crucible.inspect_provider import CrucibleSandboxEnvironment
 from crucible.sandbox import Sandbox

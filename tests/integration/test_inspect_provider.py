@@ -21,7 +21,7 @@ from inspect_ai.util import SandboxEnvironment
 from inspect_ai.util._sandbox.self_check import *  # noqa: F403
 
 from crucible import inspect_provider
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.inspect_provider import CrucibleSandboxConfig, CrucibleSandboxEnvironment
 from crucible.sandbox import Sandbox
 from crucible.sandbox.models import SessionLimits

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from crucible.core.errors import InvalidSubmission, SandboxUnavailable
 from crucible.environments import Environment
-from crucible.errors import InvalidSubmission, SandboxUnavailable
 from crucible.sandbox import Sandbox
 from crucible.sandbox.models import NetworkAttachment, SessionSpec
 from crucible.sandbox.network import NETNS_DIR, Network, sweep_networks

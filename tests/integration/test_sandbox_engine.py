@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible.errors import InvalidSubmission
+from crucible.core.errors import InvalidSubmission
 from crucible.sandbox import RunRequest, Sandbox
 from sandbox_fixtures import leftovers, limits, run_code, settled_leftovers
 
@@ -242,7 +242,7 @@ async def test_sweep_removes_a_crashed_supervisors_containers(
 
     state = sandbox.settings.state_dir
     script = (
-        "import asyncio\nfrom crucible.config import Settings\nfrom crucible.sandbox import Sandbox\n"
+        "import asyncio\nfrom crucible.core.config import Settings\nfrom crucible.sandbox import Sandbox\n"
         "from crucible.limits import resolve_limits\nfrom crucible.sandbox import RunRequest\n"
         f"s = Settings(state_dir={str(state)!r}, prefix={sandbox.settings.prefix!r},"
         " max_concurrency=3)\n"

@@ -18,7 +18,7 @@ import pytest
 
 from auth_keys import AUTH
 from crucible.api.app import create_app
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.dispatch import identity
 from crucible.service import Service
 from crucible.store.repo import Store

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from crucible.config import Settings
-from crucible.errors import (
+from crucible.core.config import Settings
+from crucible.core.errors import (
     SandboxFileNotFound,
     SandboxFileTooLarge,
     SandboxIsADirectory,
@@ -299,7 +299,7 @@ async def test_alive_turns_false_when_the_init_dies(sandbox: Sandbox, runtime: s
 
 _OWNER = """
 import asyncio, sys
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.sandbox import Sandbox
 from crucible.sandbox.models import SessionLimits, SessionSpec
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.sandbox import Sandbox
 from sandbox_fixtures import limits, run_code, settled_leftovers
 

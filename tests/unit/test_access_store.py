@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import text
 from test_store import new
 
-from crucible.config import Settings
-from crucible.lifecycle import Priority
+from crucible.core.config import Settings
+from crucible.core.lifecycle import Priority
 from crucible.scan import decode, encode, scan_python, scan_request, scan_text
 from crucible.store import Store
 from crucible.store.audit import AuditEvent, AuditLog

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible.errors import NotFound
+from crucible.core.errors import NotFound
 from crucible.store import BlobStore
 
 

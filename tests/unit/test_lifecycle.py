@@ -1,7 +1,14 @@
 import pytest
 
-from crucible.errors import Conflict
-from crucible.lifecycle import ALLOWED, TERMINAL, Priority, Status, check_transition, sources_of
+from crucible.core.errors import Conflict
+from crucible.core.lifecycle import (
+    ALLOWED,
+    TERMINAL,
+    Priority,
+    Status,
+    check_transition,
+    sources_of,
+)
 
 
 def test_final_statuses_allow_nothing() -> None:

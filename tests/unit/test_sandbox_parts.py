@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from crucible.config import Settings
-from crucible.errors import InvalidSubmission
+from crucible.core.config import Settings
+from crucible.core.errors import InvalidSubmission
 from crucible.limits import resolve_limits
 from crucible.sandbox import accounting, spec
 from crucible.sandbox.languages import LANGUAGES, get_language

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from crucible.config import Settings
-from crucible.errors import NotFound, QuotaExceeded, SandboxStopped
+from crucible.core.config import Settings
+from crucible.core.errors import NotFound, QuotaExceeded, SandboxStopped
 from crucible.models import SandboxStatus, StopReason
 from crucible.store import Store
 from crucible.store.keys import KeyStore

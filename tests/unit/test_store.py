@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from crucible.config import Settings
-from crucible.errors import Conflict, NotFound
-from crucible.lifecycle import Priority, Status
+from crucible.core.config import Settings
+from crucible.core.errors import Conflict, NotFound
+from crucible.core.lifecycle import Priority, Status
 from crucible.store import EvaluationFilter, NewEvaluation, Store
 
 

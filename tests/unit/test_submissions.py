@@ -2,9 +2,9 @@ import pytest
 from pydantic import ValidationError
 
 from crucible.api.schemas import EvaluationCreate, EvaluationFields, EvaluationRequest
-from crucible.config import Settings
-from crucible.errors import InvalidSubmission, PayloadTooLarge
-from crucible.lifecycle import Verdict
+from crucible.core.config import Settings
+from crucible.core.errors import InvalidSubmission, PayloadTooLarge
+from crucible.core.lifecycle import Verdict
 from crucible.sandbox.models import Events, Result, RuntimeInfo, Termination
 from crucible.submissions import merge, prepare, request_hash, run_request, verdict
 

@@ -22,7 +22,7 @@ from crucible.api.routes import (
     sandboxes,
     system,
 )
-from crucible.config import Settings, get_settings
+from crucible.core.config import Settings, get_settings
 from crucible.sandbox.session import MAX_FILE_BYTES
 from crucible.sandboxes import SessionEngine
 from crucible.service import Service

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from crucible.errors import Forbidden, InvalidSubmission, Unauthenticated
+from crucible.core.errors import Forbidden, InvalidSubmission, Unauthenticated
 from crucible.service import Service
 from crucible.store.keys import KeyRecord
 from crucible.store.repo import now

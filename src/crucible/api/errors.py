@@ -1,4 +1,4 @@
-"""Platform errors → HTTP, in one place. Routes raise ``crucible.errors``; this maps them.
+"""Platform errors → HTTP, in one place. Routes raise ``crucible.core.errors``; this maps them.
 
 InvalidSubmission  422 (PayloadTooLarge 413)   NotFound   404
 Conflict           409                          Overloaded 503 + Retry-After
@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from crucible.api.schemas import ErrorPublic
-from crucible.errors import (
+from crucible.core.errors import (
     Conflict,
     CrucibleError,
     Forbidden,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from crucible.api.app import create_app
-from crucible.config import Settings
+from crucible.core.config import Settings
 
 COMMITTED = Path(__file__).with_name("openapi.json")
 

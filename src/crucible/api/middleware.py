@@ -28,7 +28,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crucible import logs, metrics
+from crucible import metrics
+from crucible.core import logs
 from crucible.store.audit import AuditEvent, AuditLog
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from crucible.lifecycle import Priority, Status, Verdict
+from crucible.core.lifecycle import Priority, Status, Verdict
 from crucible.models import (  # the sandboxes' shapes live below the API
     EnvironmentName,
     EnvironmentPublic,

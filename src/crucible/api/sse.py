@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
-from crucible.errors import InvalidSubmission
+from crucible.core.errors import InvalidSubmission
 
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {

@@ -31,7 +31,7 @@ from typing import Any
 from celery import Celery
 from kombu.entity import Queue
 
-from crucible.config import Settings, get_settings
+from crucible.core.config import Settings, get_settings
 
 TASK = "crucible.wake"
 QUEUE = "crucible"

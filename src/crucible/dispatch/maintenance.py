@@ -17,9 +17,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 
-from crucible.config import Settings
+from crucible.core.config import Settings
+from crucible.core.lifecycle import retry_delay_s
 from crucible.dispatch import identity
-from crucible.lifecycle import retry_delay_s
 from crucible.store import Cluster, WorkerInfo
 
 log = logging.getLogger(__name__)

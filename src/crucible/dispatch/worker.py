@@ -31,7 +31,7 @@ from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from crucible import metrics
-from crucible.config import Settings
+from crucible.core.config import Settings
 from crucible.dispatch import CANCEL_CHANNEL, identity
 from crucible.dispatch.celery_app import QUEUE, make_celery
 from crucible.dispatch.claimer import Claimer

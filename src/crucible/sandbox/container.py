@@ -25,7 +25,7 @@ import signal as signals
 from pathlib import Path
 from typing import Any
 
-from crucible.errors import RuntimeFailure
+from crucible.core.errors import RuntimeFailure
 from crucible.sandbox import accounting, reaper, runtime
 from crucible.sandbox.runtime import Runtime
 

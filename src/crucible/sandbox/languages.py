@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass, field
 
-from crucible.errors import InvalidSubmission
+from crucible.core.errors import InvalidSubmission
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The sandbox's data: what to run (:class:`RunRequest`) and what happened (:class:`Result`).
 
 A ``Result`` is data about the untrusted program, whatever it did; platform failures
-are exceptions (``crucible.errors``), never a ``Result``.
+are exceptions (``crucible.core.errors``), never a ``Result``.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from crucible.errors import InvalidSubmission, SandboxUnavailable
+from crucible.core.errors import InvalidSubmission, SandboxUnavailable
 from crucible.sandbox.process import run_tool
 from crucible.sandbox.sweep import owner_alive, owner_token
 

@@ -39,7 +39,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from crucible.errors import SandboxUnavailable
+from crucible.core.errors import SandboxUnavailable
 from crucible.sandbox import spec, workspace
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from crucible.errors import RuntimeFailure, SandboxUnavailable
+from crucible.core.errors import RuntimeFailure, SandboxUnavailable
 from crucible.sandbox.models import RuntimeName
 from crucible.sandbox.process import run_tool
 

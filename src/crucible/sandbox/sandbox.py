@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from crucible.config import Settings, get_settings
-from crucible.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
+from crucible.core.config import Settings, get_settings
+from crucible.core.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
 from crucible.sandbox import accounting, overlay, reaper, runtime, spec, workspace
 from crucible.sandbox.container import Container, job_header
 from crucible.sandbox.languages import LANGUAGE_PROGRAMS, LANGUAGES, Language, get_language
@@ -69,8 +69,8 @@ class _Phase:
 class Sandbox:
     """Runs untrusted programs under runc or runsc.
 
-    ``run`` raises :class:`~crucible.errors.SandboxError` subclasses for platform
-    failures and :class:`~crucible.errors.InvalidSubmission` for requests that cannot
+    ``run`` raises :class:`~crucible.core.errors.SandboxError` subclasses for platform
+    failures and :class:`~crucible.core.errors.InvalidSubmission` for requests that cannot
     run as given; whatever the program does is reported in the returned Result.
 
     ``await close()`` before the event loop ends: tear-downs and warm sandboxes are

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crucible.errors import (
+from crucible.core.errors import (
     InvalidSubmission,
     RuntimeFailure,
     SandboxFileError,
@@ -211,7 +211,7 @@ class Session:
         kills the exec's whole process tree (not the sandbox): ``timed_out`` is set.
         An unknown ``user`` gives a failed result (returncode != 0) naming the user.
         A command that cannot be executed gives 126 (not executable) or 127 (not
-        found), as a shell does. Raises :class:`~crucible.errors.SandboxStopped` when
+        found), as a shell does. Raises :class:`~crucible.core.errors.SandboxStopped` when
         the sandbox is gone, ``InvalidSubmission`` for an empty command, a NUL in an
         argument or arguments over ``MAX_ARGS_BYTES``.
         """

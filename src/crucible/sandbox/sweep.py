@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from crucible.errors import RuntimeFailure, SandboxUnavailable
+from crucible.core.errors import RuntimeFailure, SandboxUnavailable
 from crucible.sandbox import accounting, runtime, workspace
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from crucible.errors import InvalidSubmission, SandboxUnavailable
+from crucible.core.errors import InvalidSubmission, SandboxUnavailable
 from crucible.sandbox.models import FileInfo
 from crucible.sandbox.spec import SANDBOX_GID, SANDBOX_UID
 

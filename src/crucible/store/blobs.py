@@ -13,7 +13,7 @@ import re
 import secrets
 from pathlib import Path
 
-from crucible.errors import NotFound
+from crucible.core.errors import NotFound
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 

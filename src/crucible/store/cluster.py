@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, insert, or_, select, update
 
-from crucible.errors import Conflict, NotFound
-from crucible.lifecycle import Status
+from crucible.core.errors import Conflict, NotFound
+from crucible.core.lifecycle import Status
 from crucible.store.repo import Claim, Store, now
 from crucible.store.tables import DeadLetter, Evaluation, Label, Worker
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 
-from crucible.errors import InvalidSubmission, NotFound
+from crucible.core.errors import InvalidSubmission, NotFound
 from crucible.store.repo import Store, now
 from crucible.store.tables import ApiKey
 

@@ -29,8 +29,8 @@ from sqlalchemy import Engine, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from crucible.errors import Conflict, NotFound
-from crucible.lifecycle import TERMINAL, Priority, Status, check_transition
+from crucible.core.errors import Conflict, NotFound
+from crucible.core.lifecycle import TERMINAL, Priority, Status, check_transition
 from crucible.store.db import WRITE_OPTION, make_engine, migrate
 from crucible.store.tables import ApiKey, Attempt, Batch, DeadLetter, Evaluation, Label
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 
-from crucible.errors import NotFound, QuotaExceeded, SandboxStopped
+from crucible.core.errors import NotFound, QuotaExceeded, SandboxStopped
 from crucible.models import SandboxStatus, StopReason
 from crucible.store.repo import Store, now
 from crucible.store.tables import ApiKey, Sandbox, SandboxExec

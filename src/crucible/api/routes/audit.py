@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from crucible.api.deps import AdminDep, CursorDep, ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import AuditList, AuditPublic
-from crucible.errors import InvalidSubmission
+from crucible.core.errors import InvalidSubmission
 from crucible.store.audit import AuditFilter
 
 router = APIRouter(prefix="/audit", tags=["audit"])

@@ -12,8 +12,8 @@ from crucible.api.deps import CursorDep, IdempotencyKey, LastEventId, PrincipalD
 from crucible.api.errors import responses
 from crucible.api.schemas import CancelPublic, EvaluationCreate, EvaluationList, EvaluationPublic
 from crucible.api.sse import SSE_RESPONSE, parse_last_event_id, sse_response
-from crucible.errors import InvalidSubmission
-from crucible.lifecycle import TERMINAL, Status, Verdict
+from crucible.core.errors import InvalidSubmission
+from crucible.core.lifecycle import TERMINAL, Status, Verdict
 from crucible.sandbox.models import Termination
 from crucible.service import Page
 from crucible.store import EvaluationFilter

@@ -10,7 +10,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
-from crucible.config import get_settings
+from crucible.core.config import get_settings
 from crucible.store.tables import Base
 
 target_metadata = Base.metadata

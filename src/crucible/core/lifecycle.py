@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from enum import StrEnum
 
-from crucible.errors import Conflict
+from crucible.core.errors import Conflict
 
 
 class Status(StrEnum):
