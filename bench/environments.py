@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import oci_images
 from crucible.core.config import Settings
+from crucible.engine import RunRequest, Sandbox
 from crucible.environments import Environment, EnvironmentStore
 from crucible.limits import resolve_limits
-from crucible.sandbox import RunRequest, Sandbox
 
 CODE = 'print("hello")'
 

@@ -25,8 +25,8 @@ import httpx
 
 from _server import AUTH, serve
 from crucible.core.config import Settings
-from crucible.sandbox import Sandbox
-from crucible.sandbox.models import SessionLimits, SessionSpec
+from crucible.engine import Sandbox
+from crucible.engine.models import SessionLimits, SessionSpec
 
 LIMITS = SessionLimits(memory_mb=256, cpus=1, pids=128, disk_mb=256)
 

@@ -1,4 +1,4 @@
-"""An in-memory stand-in for the long-lived sandbox engine (``crucible.sandbox.session``),
+"""An in-memory stand-in for the long-lived sandbox engine (``crucible.engine.session``),
 for unit and API tests of everything above it while the real engine is built.
 
 Nothing here runs on the host: commands are *interpreted* by a few lines of Python
@@ -27,10 +27,10 @@ from crucible.core.errors import (
     SandboxStopped,
     SandboxUnavailable,
 )
-from crucible.sandbox.accounting import Usage
-from crucible.sandbox.models import ExecResult, SessionSpec
-from crucible.sandbox.output import OutputCallback
-from crucible.sandbox.session import MAX_EXEC_OUTPUT, MAX_FILE_BYTES
+from crucible.engine.accounting import Usage
+from crucible.engine.caps import MAX_EXEC_OUTPUT, MAX_FILE_BYTES
+from crucible.engine.models import ExecResult, SessionSpec
+from crucible.engine.output import OutputCallback
 
 USERS = {"root", "agent", "nobody"}
 READ_ONLY = ("/etc", "/usr", "/proc")  # writes there are refused, as for a non-root user

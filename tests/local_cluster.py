@@ -268,7 +268,7 @@ class Cluster:
                 proc.stop(timeout=10)
         # Containers of killed workers: remove them as the next worker's sweep would.
         with contextlib.suppress(Exception):
-            from crucible.sandbox import Sandbox
+            from crucible.engine import Sandbox
 
             asyncio.run(Sandbox(Settings(state_dir=self.state_dir)).sweep())
         with open("/proc/mounts") as f:

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from crucible.core.config import Settings
+from crucible.engine import Limits, Result, RunRequest, Sandbox
+from crucible.engine.models import SessionLimits, SessionSpec
+from crucible.engine.session import Session
 from crucible.environments import Environment, EnvironmentStore
 from crucible.limits import resolve_limits
-from crucible.sandbox import Limits, Result, RunRequest, Sandbox
-from crucible.sandbox.models import SessionLimits, SessionSpec
-from crucible.sandbox.session import Session
 
 RUNTIMES = ["runc", "crun", "gvisor"]
 BINARY = {"runc": "runc", "crun": "crun", "gvisor": "runsc"}

@@ -13,9 +13,9 @@ from rich.console import Console
 
 from crucible.core.config import Settings, get_settings
 from crucible.core.errors import CrucibleError
-from crucible.sandbox.languages import LANGUAGES
-from crucible.sandbox.models import Limits, Result, RunRequest, RuntimeName, Termination
-from crucible.sandbox.output import OutputCallback
+from crucible.engine.languages import LANGUAGES
+from crucible.engine.models import Limits, Result, RunRequest, RuntimeName, Termination
+from crucible.engine.output import OutputCallback
 
 app = typer.Typer(help="Crucible: run untrusted, model-written code safely.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -53,7 +53,7 @@ _EXTENSIONS = {
 async def _run_once(settings: Settings, request: RunRequest, live: OutputCallback) -> Result:
     """One run, the engine closed after it (its tear-down finished): one program needs
     no warm pool."""
-    from crucible.sandbox import Sandbox  # the engine only for a local run
+    from crucible.engine import Sandbox  # the engine only for a local run
 
     engine = Sandbox(settings.model_copy(update={"pool_size": 0}))
     try:

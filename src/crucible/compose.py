@@ -4,7 +4,7 @@ Inspect parses the file (``inspect_ai.util._sandbox.compose``); this module deci
 each service becomes: one agent sandbox in the Crucible environment its ``image:``
 names, with the service's limits, working directory, environment and user, its
 ``command`` started as a service, and a place on the sample's private network (every
-service but those with ``network_mode: none``; see ``crucible.sandbox.network``).
+service but those with ``network_mode: none``; see ``crucible.engine.network``).
 
 What would give a sandbox a view of the host, or more power than a sandbox has, is
 refused with the reason, never silently dropped: ``privileged``, ``cap_add``,
@@ -24,7 +24,7 @@ from typing import Any
 
 from inspect_ai.util._sandbox.compose import ComposeConfig, ComposeService
 
-from crucible.sandbox.models import SessionLimits
+from crucible.engine.models import SessionLimits
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
           "g": 1 << 30, "gb": 1 << 30}  # fmt: skip

@@ -149,7 +149,7 @@ def _tool(
     the error; at ``timeout`` its process group is killed (then ``on_kill`` runs) and
     its output no longer waited for (a container's processes may still hold it).
 
-    Not :func:`crucible.sandbox.process.run_tool`: that one is async, for runtime
+    Not :func:`crucible.engine.process.run_tool`: that one is async, for runtime
     verbs of seconds, and keeps the *head* of the output; a build runs for minutes
     from a command line and its diagnosis is at the tail.
     """
@@ -247,7 +247,7 @@ def container_config(
 ) -> dict[str, Any]:
     """The OCI config of a build container (``network``: the host's, for the build)
     or of a check run in a built root (``readonly``, no network): pure, for tests."""
-    from crucible.sandbox.spec import (
+    from crucible.engine.spec import (
         MASKED_PATHS,
         READONLY_PATHS,
         SESSION_CAPABILITIES,

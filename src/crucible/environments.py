@@ -50,8 +50,8 @@ from crucible.core.errors import (
     NotFound,
     PayloadTooLarge,
 )
-from crucible.sandbox.languages import LANGUAGE_PROGRAMS
-from crucible.sandbox.models import EnvironmentRoot
+from crucible.engine.languages import LANGUAGE_PROGRAMS
+from crucible.engine.models import EnvironmentRoot
 
 HOST = "host"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

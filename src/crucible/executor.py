@@ -37,10 +37,10 @@ from crucible.core import logs
 from crucible.core.config import Settings
 from crucible.core.errors import EnvironmentUnavailable, InvalidSubmission, SandboxError
 from crucible.core.lifecycle import Status, retry_delay_s
+from crucible.engine import Result, Sandbox, Termination
 from crucible.environments import HOST, EnvironmentStore
 from crucible.events import EventBus
 from crucible.records import evaluation_public
-from crucible.sandbox import Result, Sandbox, Termination
 from crucible.store import BlobStore, Claim, Store
 from crucible.submissions import pinned_root, run_request, verdict
 

@@ -3,7 +3,7 @@
 Registered under the entry-point group ``inspect_ai`` (name ``crucible``, see
 pyproject.toml): Inspect imports this module when a task names the ``crucible``
 sandbox, and ``@sandboxenv`` registers the class. Each sample gets one long-lived
-Crucible sandbox (``crucible.sandbox.session``), created in ``sample_init`` and closed
+Crucible sandbox (``crucible.engine.session``), created in ``sample_init`` and closed
 in ``sample_cleanup``; with a ``compose.yaml`` (the provider is docker compatible), one
 per service on a private network of the sample (``crucible.compose``).
 
@@ -65,7 +65,7 @@ from crucible.core.errors import (
     SandboxStopped,
     SandboxUnavailable,
 )
-from crucible.sandbox.models import (
+from crucible.engine.models import (
     EnvironmentRoot,
     NetworkAttachment,
     RuntimeName,
@@ -76,7 +76,7 @@ from crucible.sandbox.models import (
 if TYPE_CHECKING:  # the engine and the client are imported when first used
     from crucible.client import AsyncClient
     from crucible.client_sandboxes import AsyncRemoteSandbox
-    from crucible.sandbox import Sandbox
+    from crucible.engine import Sandbox
 
 
 class CrucibleSandboxConfig(BaseModel):
@@ -159,7 +159,7 @@ def use_engine(engine: Sandbox | None) -> None:
 def local_engine() -> Sandbox:
     global _engine
     if _engine is None:
-        from crucible.sandbox import Sandbox
+        from crucible.engine import Sandbox
 
         _engine = Sandbox()
     return _engine

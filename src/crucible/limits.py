@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from crucible.core.config import LimitBounds, SandboxBounds, Settings
 from crucible.core.errors import InvalidSubmission
-from crucible.sandbox.models import Limits, SessionLimits
+from crucible.engine.models import Limits, SessionLimits
 
 LIMIT_NAMES = tuple(n for n in LimitBounds.model_fields if n != "minimum")
 SESSION_LIMIT_NAMES = tuple(SessionLimits.model_fields)

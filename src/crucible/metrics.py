@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from crucible.sandbox import Sandbox
+    from crucible.engine import Sandbox
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

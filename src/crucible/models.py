@@ -3,7 +3,7 @@ client and the CLI use them, and ``crucible.api.schemas`` re-exports them, so th
 arrows point one way (the evaluation shapes still live in the API; see the design
 notes' "core imports HTTP shapes").
 
-Output is bytes in the engine (:class:`crucible.sandbox.models.ExecResult`); on the
+Output is bytes in the engine (:class:`crucible.engine.models.ExecResult`); on the
 wire it is text: ``stdout``/``stderr`` hold it decoded as UTF-8 (invalid bytes become
 U+FFFD), and ``stdout_base64``/``stderr_base64`` are set exactly when the bytes are
 not valid UTF-8, carrying them unchanged. So ``raw = b64decode(x_base64) if x_base64
@@ -19,7 +19,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from crucible.sandbox.models import RuntimeName
+from crucible.engine.models import RuntimeName
 
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^:]+$")]
 LabelValue = Annotated[str, StringConstraints(max_length=200)]

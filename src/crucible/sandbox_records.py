@@ -7,6 +7,8 @@ import asyncio
 import codecs
 from datetime import timedelta
 
+from crucible.engine.accounting import Usage
+from crucible.engine.models import ExecResult
 from crucible.events import EventBus
 from crucible.models import (
     ExecPublic,
@@ -17,8 +19,6 @@ from crucible.models import (
     StopReason,
     text_fields,
 )
-from crucible.sandbox.accounting import Usage
-from crucible.sandbox.models import ExecResult
 from crucible.store.tables import Sandbox, SandboxExec
 
 

@@ -1,6 +1,6 @@
 """The long-lived (agent) sandbox service: create, exec, files, delete, and the reaper.
 
-The engine (``crucible.sandbox.session.Sessions``, or any :class:`SessionEngine`) is
+The engine (``crucible.engine.session.Sessions``, or any :class:`SessionEngine`) is
 injected; this module adds what the API needs around it: per-key scoping and the
 ``max_sandboxes`` quota, limits resolved against the settings, a transcript of every
 exec in the database (output previews, the whole output as blobs), live events on the
@@ -38,6 +38,10 @@ from crucible.events import Event, EventBus, follow
 
 if TYPE_CHECKING:
     from crucible.environment_service import EnvironmentService
+from crucible.engine.accounting import Usage
+from crucible.engine.caps import MAX_EXEC_OUTPUT, MAX_FILE_BYTES
+from crucible.engine.models import ExecResult, SessionSpec
+from crucible.engine.output import OutputCallback
 from crucible.limits import resolve_bounds, resolve_session_limits
 from crucible.models import (
     ExecCreate,
@@ -49,10 +53,6 @@ from crucible.models import (
     SandboxStatus,
     StopReason,
 )
-from crucible.sandbox.accounting import Usage
-from crucible.sandbox.models import ExecResult, SessionSpec
-from crucible.sandbox.output import OutputCallback
-from crucible.sandbox.session import MAX_EXEC_OUTPUT, MAX_FILE_BYTES
 from crucible.sandbox_records import (
     LiveOutput,
     exec_public,
@@ -73,7 +73,7 @@ Stream = Literal["stdout", "stderr"]
 
 
 class SessionHandle(Protocol):
-    """What the service uses of one engine sandbox (``crucible.sandbox.session.Session``)."""
+    """What the service uses of one engine sandbox (``crucible.engine.session.Session``)."""
 
     id: str
 
@@ -104,7 +104,7 @@ class SessionHandle(Protocol):
 
 
 class SessionEngine(Protocol):
-    """What the service uses of the engine (``crucible.sandbox.session.Sessions``)."""
+    """What the service uses of the engine (``crucible.engine.session.Sessions``)."""
 
     async def create(self, spec: SessionSpec, *, session_id: str) -> SessionHandle: ...
 

@@ -46,13 +46,13 @@ from crucible.dispatch import identity
 from crucible.dispatch.claimer import Claimer
 from crucible.dispatch.distributed import CeleryDispatcher
 from crucible.dispatch.maintenance import Maintenance
+from crucible.engine import Sandbox
 from crucible.environment_service import EnvironmentService
 from crucible.environments import HOST, Environment, EnvironmentStore
 from crucible.events import Event, EventBus, InProcessBus, RedisBus, follow
 from crucible.executor import Executor, stream_of
 from crucible.limits import resolve_limits
 from crucible.records import batch_public, dead_letter_public, evaluation_public, worker_public
-from crucible.sandbox import Sandbox
 from crucible.sandboxes import SandboxService, SessionEngine
 from crucible.scan import scan_request
 from crucible.store import BlobStore, Cluster, EvaluationFilter, NewEvaluation, Store
@@ -90,7 +90,7 @@ class Service:
         sessions: SessionEngine | None = None,
     ) -> None:
         """``sessions``: the engine of long-lived sandboxes (default: the real one,
-        ``crucible.sandbox.session.Sessions``); tests inject another."""
+        ``crucible.engine.session.Sessions``); tests inject another."""
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.sqlalchemy_url)

@@ -28,11 +28,11 @@ from crucible.core.errors import (
     PayloadTooLarge,
 )
 from crucible.core.lifecycle import Priority, Verdict
+from crucible.engine.languages import get_language
+from crucible.engine.models import EnvironmentRoot, Result, RunRequest, Termination
+from crucible.engine.workspace import safe_relative
 from crucible.environments import HOST, Environment, EnvironmentStore
 from crucible.limits import resolve_limits
-from crucible.sandbox.languages import get_language
-from crucible.sandbox.models import EnvironmentRoot, Result, RunRequest, Termination
-from crucible.sandbox.workspace import safe_relative
 from crucible.store import NewEvaluation
 
 

@@ -13,9 +13,9 @@ import pytest
 
 import oci_images
 from crucible.core.errors import InvalidSubmission
+from crucible.engine import Sandbox
+from crucible.engine.models import SessionSpec
 from crucible.environments import Environment, EnvironmentStore
-from crucible.sandbox import Sandbox
-from crucible.sandbox.models import SessionSpec
 from sandbox_fixtures import SESSION_LIMITS, run_code
 
 pytestmark = pytest.mark.timeout(120)

@@ -24,9 +24,9 @@ from auth_keys import ADMIN_KEY
 from crucible import inspect_provider
 from crucible.client import AsyncClient
 from crucible.core.config import Settings
+from crucible.engine import Sandbox
 from crucible.environments import Environment
 from crucible.inspect_provider import CrucibleSandboxEnvironment
-from crucible.sandbox import Sandbox
 from sandbox_fixtures import REACH, leftovers
 
 pytestmark = [

@@ -22,9 +22,9 @@ from inspect_ai.util._sandbox.self_check import *  # noqa: F403
 
 from crucible import inspect_provider
 from crucible.core.config import Settings
+from crucible.engine import Sandbox
+from crucible.engine.models import SessionLimits
 from crucible.inspect_provider import CrucibleSandboxConfig, CrucibleSandboxEnvironment
-from crucible.sandbox import Sandbox
-from crucible.sandbox.models import SessionLimits
 from sandbox_fixtures import leftovers
 
 pytestmark = [

@@ -1,4 +1,4 @@
-"""Private sandbox networks (crucible.sandbox.network): the sandboxes of one sample
+"""Private sandbox networks (crucible.engine.network): the sandboxes of one sample
 reach each other by name and nothing else, and the network goes with them."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from crucible.core.errors import InvalidSubmission, SandboxUnavailable
+from crucible.engine import Sandbox
+from crucible.engine.models import NetworkAttachment, SessionSpec
+from crucible.engine.network import NETNS_DIR, Network, sweep_networks
 from crucible.environments import Environment
-from crucible.sandbox import Sandbox
-from crucible.sandbox.models import NetworkAttachment, SessionSpec
-from crucible.sandbox.network import NETNS_DIR, Network, sweep_networks
 from sandbox_fixtures import REACH, SESSION_LIMITS
 
 pytestmark = pytest.mark.timeout(120)

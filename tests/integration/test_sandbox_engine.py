@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from crucible.core.errors import InvalidSubmission
-from crucible.sandbox import RunRequest, Sandbox
+from crucible.engine import RunRequest, Sandbox
 from sandbox_fixtures import leftovers, limits, run_code, settled_leftovers
 
 pytestmark = pytest.mark.timeout(180)
@@ -242,8 +242,8 @@ async def test_sweep_removes_a_crashed_supervisors_containers(
 
     state = sandbox.settings.state_dir
     script = (
-        "import asyncio\nfrom crucible.core.config import Settings\nfrom crucible.sandbox import Sandbox\n"
-        "from crucible.limits import resolve_limits\nfrom crucible.sandbox import RunRequest\n"
+        "import asyncio\nfrom crucible.core.config import Settings\nfrom crucible.engine import Sandbox\n"
+        "from crucible.limits import resolve_limits\nfrom crucible.engine import RunRequest\n"
         f"s = Settings(state_dir={str(state)!r}, prefix={sandbox.settings.prefix!r},"
         " max_concurrency=3)\n"
         "async def main():\n"
@@ -276,7 +276,7 @@ async def test_sweep_spares_live_runs_started_while_it_sweeps(sandbox: Sandbox) 
     """Several supervisors share a state directory: a sweep must never take a run of a
     live one, not even one whose bundle is still being set up (no owner file yet), nor
     a run that started after the sweep began."""
-    from crucible.sandbox.sweep import owner_token
+    from crucible.engine.sweep import owner_token
 
     await sandbox.prepare()
     bundles = sandbox.settings.state_dir.resolve() / "bundles"

@@ -1,4 +1,4 @@
-"""Long-lived agent sandboxes (``crucible.sandbox.session``) under real runc, crun and
+"""Long-lived agent sandboxes (``crucible.engine.session``) under real runc, crun and
 runsc: a writable Debian-looking root, root inside but never outside, exec semantics
 (users, stdin, truncation, signals, timeouts), limits, isolation, hostile paths, and
 nothing left behind after close or after the owner's crash."""
@@ -25,9 +25,9 @@ from crucible.core.errors import (
     SandboxPermissionDenied,
     SandboxStopped,
 )
-from crucible.sandbox import Sandbox
-from crucible.sandbox.models import SessionLimits, SessionSpec
-from crucible.sandbox.session import Session
+from crucible.engine import Sandbox
+from crucible.engine.models import SessionLimits, SessionSpec
+from crucible.engine.session import Session
 from sandbox_fixtures import SESSION_LIMITS, leftovers
 
 pytestmark = pytest.mark.timeout(120)
@@ -300,8 +300,8 @@ async def test_alive_turns_false_when_the_init_dies(sandbox: Sandbox, runtime: s
 _OWNER = """
 import asyncio, sys
 from crucible.core.config import Settings
-from crucible.sandbox import Sandbox
-from crucible.sandbox.models import SessionLimits, SessionSpec
+from crucible.engine import Sandbox
+from crucible.engine.models import SessionLimits, SessionSpec
 
 async def main():
     engine = Sandbox(Settings(pool_size=0))

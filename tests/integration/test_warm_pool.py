@@ -15,7 +15,7 @@ import time
 import pytest
 
 from crucible.core.config import Settings
-from crucible.sandbox import Sandbox
+from crucible.engine import Sandbox
 from sandbox_fixtures import limits, run_code, settled_leftovers
 
 pytestmark = pytest.mark.timeout(180)

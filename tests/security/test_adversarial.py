@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from crucible.engine import Result, RunRequest, Sandbox
 from crucible.environments import Environment
-from crucible.sandbox import Result, RunRequest, Sandbox
 from sandbox_fixtures import limits, run_code
 
 pytestmark = pytest.mark.timeout(120)
@@ -733,7 +733,7 @@ print('left')
 
 
 async def test_hostile_leftovers_through_an_agent_sandboxs_file_routes(session: Any) -> None:
-    from crucible.errors import InvalidSubmission, SandboxFileError, SandboxFileTooLarge
+    from crucible.core.errors import InvalidSubmission, SandboxFileError, SandboxFileTooLarge
 
     made = await session.exec(["python3", "-c", SESSION_LEFTOVERS], timeout_s=60)
     assert made.stdout == b"left\n", made.stderr[-500:]

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 import pytest
 from test_adversarial import MEMORY_CASES, Case
 
-from crucible.sandbox import Sandbox, accounting
-from crucible.sandbox.models import SessionLimits, SessionSpec
-from crucible.sandbox.session import SandboxStopped
+from crucible.engine import Sandbox, accounting
+from crucible.engine.models import SessionLimits, SessionSpec
+from crucible.engine.session import SandboxStopped
 from sandbox_fixtures import run_code
 
 REPEATS = int(os.environ.get("CRUCIBLE_MEMORY_REPEATS", "2"))

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from crucible.config import Settings
+from crucible.core.config import Settings
+from crucible.core.lifecycle import Priority, Status
 from crucible.dispatch.claimer import Claimer
-from crucible.lifecycle import Priority, Status
 from crucible.store import Claim, NewEvaluation, Store
 
 SLOTS = 2

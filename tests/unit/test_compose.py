@@ -7,7 +7,7 @@ import pytest
 from inspect_ai.util._sandbox.compose import ComposeConfig
 
 from crucible.compose import ComposeError, memory_mb, plan, seconds
-from crucible.sandbox.models import SessionLimits
+from crucible.engine.models import SessionLimits
 
 DEFAULTS = SessionLimits(memory_mb=1024, cpus=1, pids=512, disk_mb=1024)
 KNOWN = ["python:3.12-slim", "victim:1"]

@@ -8,7 +8,7 @@ import asyncio
 import itertools
 from collections.abc import Hashable
 
-from crucible.sandbox.pool import WarmPool
+from crucible.engine.pool import WarmPool
 
 
 class Items:

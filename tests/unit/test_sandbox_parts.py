@@ -8,12 +8,12 @@ import pytest
 
 from crucible.core.config import Settings
 from crucible.core.errors import InvalidSubmission
+from crucible.engine import accounting, spec
+from crucible.engine.languages import LANGUAGES, get_language
+from crucible.engine.output import OutputCollector
+from crucible.engine.seccomp import compile_bpf
+from crucible.engine.workspace import safe_relative
 from crucible.limits import resolve_limits
-from crucible.sandbox import accounting, spec
-from crucible.sandbox.languages import LANGUAGES, get_language
-from crucible.sandbox.output import OutputCollector
-from crucible.sandbox.seccomp import compile_bpf
-from crucible.sandbox.workspace import safe_relative
 
 NONCE = "ab" * 16
 
@@ -237,7 +237,7 @@ def test_only_a_hybrid_host_hides_its_cgroup2_mount_from_crun(
 
 
 def test_crun_runs_under_the_wrapper_only_when_given_one(tmp_path: Path) -> None:
-    from crucible.sandbox.runtime import Runtime
+    from crucible.engine.runtime import Runtime
 
     plain = Runtime("crun", "/usr/bin/crun", tmp_path)
     assert plain.argv == ["/usr/bin/crun", "--root", str(tmp_path)]
@@ -295,10 +295,10 @@ def test_the_memory_verdict_is_decided_from_evidence_every_host_has(
     usage: accounting.Usage,
     expected: str,
 ) -> None:
-    from crucible.sandbox.models import Termination
-    from crucible.sandbox.output import ExitStatus
-    from crucible.sandbox.runtime import Runtime
-    from crucible.sandbox.sandbox import _Phase, _verdict
+    from crucible.engine.models import Termination
+    from crucible.engine.output import ExitStatus
+    from crucible.engine.runtime import Runtime
+    from crucible.engine.sandbox import _Phase, _verdict
 
     lim = resolve_limits({"memory_mb": 256}, Settings())
     collector = OutputCollector(cap=100, nonce=NONCE)
@@ -319,7 +319,7 @@ def test_at_memory_limit_needs_a_limit_and_evidence() -> None:
 def test_a_file_name_in_any_bytes_is_valid_json_and_kept_exactly() -> None:
     import base64
 
-    from crucible.sandbox.models import FileInfo
+    from crucible.engine.models import FileInfo
 
     info = FileInfo.of(b"d\xc3\xa9j\xe0/bad\xff.txt", 3)
     assert info.path == "déj\\xe0/bad\\xff.txt"

@@ -5,7 +5,7 @@ from crucible.api.schemas import EvaluationCreate, EvaluationFields, EvaluationR
 from crucible.core.config import Settings
 from crucible.core.errors import InvalidSubmission, PayloadTooLarge
 from crucible.core.lifecycle import Verdict
-from crucible.sandbox.models import Events, Result, RuntimeInfo, Termination
+from crucible.engine.models import Events, Result, RuntimeInfo, Termination
 from crucible.submissions import merge, prepare, request_hash, run_request, verdict
 
 

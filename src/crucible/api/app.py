@@ -23,7 +23,7 @@ from crucible.api.routes import (
     system,
 )
 from crucible.core.config import Settings, get_settings
-from crucible.sandbox.session import MAX_FILE_BYTES
+from crucible.engine.caps import MAX_FILE_BYTES
 from crucible.sandboxes import SessionEngine
 from crucible.service import Service
 

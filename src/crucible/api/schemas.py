@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from crucible.core.lifecycle import Priority, Status, Verdict
+from crucible.engine.models import Limits, Result, RuntimeName
 from crucible.models import (  # the sandboxes' shapes live below the API
     EnvironmentName,
     EnvironmentPublic,
@@ -19,7 +20,6 @@ from crucible.models import (  # the sandboxes' shapes live below the API
     SandboxList,
     SandboxPublic,
 )
-from crucible.sandbox.models import Limits, Result, RuntimeName
 
 __all__ = [
     "EnvironmentPublic",

@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # crun by measurement: the least CPU per run of the three (bench/sandbox_overhead.py).
     default_runtime: Literal["runc", "crun", "gvisor"] = "crun"
     runtime_timeout_s: float = 30.0  # for create/start/kill/delete, not for the program
-    # Warm one-shot sandboxes (sandbox/pool.py): idle ones kept per shape (runtime and
+    # Warm one-shot sandboxes (engine/pool.py): idle ones kept per shape (runtime and
     # container limits); None: max_concurrency; 0 turns the pool off.
     pool_size: int | None = None
     pool_shapes: int = 2

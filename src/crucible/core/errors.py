@@ -1,6 +1,6 @@
 """Platform failures, as one hierarchy.
 
-What the untrusted program did is *data* (a :class:`crucible.sandbox.models.Result`);
+What the untrusted program did is *data* (a :class:`crucible.engine.models.Result`);
 what went wrong with the platform is an *exception* from this module. The API maps
 these to HTTP status codes in one place (``crucible.api.errors``).
 

@@ -36,11 +36,11 @@ from crucible.dispatch import CANCEL_CHANNEL, identity
 from crucible.dispatch.celery_app import QUEUE, make_celery
 from crucible.dispatch.claimer import Claimer
 from crucible.dispatch.maintenance import Maintenance
+from crucible.engine import Sandbox
 from crucible.events import RedisBus
 from crucible.executor import Executor
 from crucible.limits import resolve_limits
 from crucible.metrics import REGISTRY
-from crucible.sandbox import Sandbox
 from crucible.store import BlobStore, Cluster, Store
 
 log = logging.getLogger(__name__)

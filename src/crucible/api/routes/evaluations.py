@@ -14,7 +14,7 @@ from crucible.api.schemas import CancelPublic, EvaluationCreate, EvaluationList,
 from crucible.api.sse import SSE_RESPONSE, parse_last_event_id, sse_response
 from crucible.core.errors import InvalidSubmission
 from crucible.core.lifecycle import TERMINAL, Status, Verdict
-from crucible.sandbox.models import Termination
+from crucible.engine.models import Termination
 from crucible.service import Page
 from crucible.store import EvaluationFilter
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crucible.core.errors import RuntimeFailure, SandboxUnavailable
-from crucible.sandbox.models import RuntimeName
-from crucible.sandbox.process import run_tool
+from crucible.engine.models import RuntimeName
+from crucible.engine.process import run_tool
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ import shutil
 from pathlib import Path
 
 from crucible.core.errors import InvalidSubmission, SandboxUnavailable
-from crucible.sandbox.process import run_tool
-from crucible.sandbox.sweep import owner_alive, owner_token
+from crucible.engine.process import run_tool
+from crucible.engine.sweep import owner_alive, owner_token
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from crucible.sandbox.models import Limits
+from crucible.engine.models import Limits
 
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
@@ -121,7 +121,7 @@ def preload_binds(gvisor_preload: tuple[Path, Path] | None) -> list[dict[str, An
 def seccomp_profile() -> dict[str, Any]:
     """The shipped seccomp profile: Docker's default, resolved for a container
     with no capabilities (see scripts/gen_seccomp.py)."""
-    text = resources.files("crucible.sandbox").joinpath("seccomp.json").read_text()
+    text = resources.files("crucible.engine").joinpath("seccomp.json").read_text()
     profile: dict[str, Any] = json.loads(text)
     return profile
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from crucible.core.errors import RuntimeFailure, SandboxUnavailable
-from crucible.sandbox import accounting, runtime, workspace
+from crucible.engine import accounting, runtime, workspace
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from crucible.core.errors import RuntimeFailure
-from crucible.sandbox import accounting, reaper, runtime
-from crucible.sandbox.runtime import Runtime
+from crucible.engine import accounting, reaper, runtime
+from crucible.engine.runtime import Runtime
 
 _KILL_GRACE_S = 2.0  # after `kill`, how long before the host pid is killed directly
 _MAX_JOB = 4 << 20  # init.c's MAX_JOB

@@ -58,21 +58,20 @@ from crucible.core.errors import (
     SandboxStopped,
     SandboxUnavailable,
 )
-from crucible.sandbox import accounting, overlay, runtime, spec, workspace
-from crucible.sandbox.accounting import Usage
-from crucible.sandbox.container import Container, WritePipeState
-from crucible.sandbox.models import ExecResult, Limits, NetworkAttachment, SessionSpec
-from crucible.sandbox.network import Network
-from crucible.sandbox.output import OutputCallback, pump
-from crucible.sandbox.sweep import owner_alive, owner_token
+from crucible.engine import accounting, overlay, runtime, spec, workspace
+from crucible.engine.accounting import Usage
+from crucible.engine.caps import MAX_EXEC_OUTPUT, MAX_FILE_BYTES
+from crucible.engine.container import Container, WritePipeState
+from crucible.engine.models import ExecResult, Limits, NetworkAttachment, SessionSpec
+from crucible.engine.network import Network
+from crucible.engine.output import OutputCallback, pump
+from crucible.engine.sweep import owner_alive, owner_token
 
 if TYPE_CHECKING:
-    from crucible.sandbox.sandbox import Sandbox
+    from crucible.engine.host import SessionHost
 
 log = logging.getLogger(__name__)
 
-MAX_EXEC_OUTPUT = 10 << 20  # per stream; the tail is kept past it
-MAX_FILE_BYTES = 100 << 20
 MAX_ARGS_BYTES = 2 << 20  # argv + env of one exec (Linux's ARG_MAX with an 8 MiB stack)
 WORKDIR = "/root"  # the sandbox's working directory: root's home, as on a Debian box
 ENV = {
@@ -430,7 +429,7 @@ class Sessions:
     """Creates and tracks this process's long-lived sandboxes (one per engine:
     ``Sandbox.sessions``), sharing the engine's prepare(), init, runtimes and sweep."""
 
-    def __init__(self, engine: Sandbox) -> None:
+    def __init__(self, engine: SessionHost) -> None:
         self._engine = engine
         self._sessions: dict[str, Session] = {}
         self._skeleton: Path | None = None
@@ -509,7 +508,7 @@ class Sessions:
         if spec_.network is not None and rt.name == "gvisor":
             raise SandboxUnavailable(
                 "sandbox networks need runc or crun: Debian's runsc 20221219 cannot start "
-                "its network stack on Linux 6 (see crucible.sandbox.network)"
+                "its network stack on Linux 6 (see crucible.engine.network)"
             )
         skeleton = self._prepare()
         namespaced = rt.name != "gvisor"

@@ -40,7 +40,7 @@ import subprocess
 from pathlib import Path
 
 from crucible.core.errors import SandboxUnavailable
-from crucible.sandbox import spec, workspace
+from crucible.engine import spec, workspace
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -198,7 +198,7 @@ async def mount_root(
     ``skeleton``: the lower layer of ``/``: the session skeleton with the host's
     toolchain layered in (``host_toolchain``), or an environment's root, alone.
     ``id_base``: the host uid of the sandbox's root (runc, crun), or None (gVisor).
-    Undo with :func:`crucible.sandbox.workspace.unmount_below` of ``bundle``.
+    Undo with :func:`crucible.engine.workspace.unmount_below` of ``bundle``.
     """
     upper = bundle / "upper"
     upper.mkdir(parents=True)

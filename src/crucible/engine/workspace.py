@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from crucible.core.errors import InvalidSubmission, SandboxUnavailable
-from crucible.sandbox.models import FileInfo
-from crucible.sandbox.spec import SANDBOX_GID, SANDBOX_UID
+from crucible.engine.models import FileInfo
+from crucible.engine.spec import SANDBOX_GID, SANDBOX_UID
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _MS_NOSUID, _MS_NODEV = 2, 4

@@ -28,10 +28,10 @@ from pathlib import Path
 
 from crucible.core.config import Settings, get_settings
 from crucible.core.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
-from crucible.sandbox import accounting, overlay, reaper, runtime, spec, workspace
-from crucible.sandbox.container import Container, job_header
-from crucible.sandbox.languages import LANGUAGE_PROGRAMS, LANGUAGES, Language, get_language
-from crucible.sandbox.models import (
+from crucible.engine import accounting, overlay, reaper, runtime, spec, workspace
+from crucible.engine.container import Container, job_header
+from crucible.engine.languages import LANGUAGE_PROGRAMS, LANGUAGES, Language, get_language
+from crucible.engine.models import (
     EnvironmentRoot,
     Events,
     Limits,
@@ -41,14 +41,14 @@ from crucible.sandbox.models import (
     RuntimeName,
     Termination,
 )
-from crucible.sandbox.network import sweep_networks
-from crucible.sandbox.output import ExitStatus, OutputCallback, OutputCollector, pump
-from crucible.sandbox.pool import WarmPool
-from crucible.sandbox.process import run_tool
-from crucible.sandbox.runtime import Runtime
-from crucible.sandbox.seccomp import compile_bpf
-from crucible.sandbox.session import Sessions
-from crucible.sandbox.sweep import owner_token, sweep_leftovers
+from crucible.engine.network import sweep_networks
+from crucible.engine.output import ExitStatus, OutputCallback, OutputCollector, pump
+from crucible.engine.pool import WarmPool
+from crucible.engine.process import run_tool
+from crucible.engine.runtime import Runtime
+from crucible.engine.seccomp import compile_bpf
+from crucible.engine.session import Sessions
+from crucible.engine.sweep import owner_token, sweep_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class Sandbox:
     async def _build_static(self, source_name: str, name: str, *, shared: bool = False) -> Path:
         """A static binary (``shared``: a shared object linked with no library) from one
         of the package's C files, built once per content."""
-        source = resources.files("crucible.sandbox").joinpath(source_name).read_bytes()
+        source = resources.files("crucible.engine").joinpath(source_name).read_bytes()
         binary = self._cached(name, source)
         if binary.exists():
             return binary
@@ -228,7 +228,7 @@ class Sandbox:
         return binary
 
     async def sweep(self) -> list[str]:
-        """Remove leftovers of crashed supervisors (see :mod:`crucible.sandbox.sweep`)."""
+        """Remove leftovers of crashed supervisors (see :mod:`crucible.engine.sweep`)."""
         await self.prepare()
         runtimes = []
         names: tuple[RuntimeName, ...] = ("runc", "crun", "gvisor")

@@ -158,7 +158,7 @@ class Result(BaseModel):
     events: Events
 
 
-# -- long-lived (agent) sandboxes: see crucible.sandbox.session ------------------------
+# -- long-lived (agent) sandboxes: see crucible.engine.session ------------------------
 
 
 class SessionLimits(BaseModel):

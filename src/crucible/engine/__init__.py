@@ -3,7 +3,7 @@
 It knows nothing of HTTP or databases: code in, :class:`Result` out.
 """
 
-from crucible.sandbox.models import (
+from crucible.engine.models import (
     Events,
     FileInfo,
     Limits,
@@ -12,7 +12,7 @@ from crucible.sandbox.models import (
     RuntimeInfo,
     Termination,
 )
-from crucible.sandbox.sandbox import Sandbox
+from crucible.engine.sandbox import Sandbox
 
 __all__ = [
     "Events",
