@@ -24,8 +24,8 @@ import httpx
 from _server import AUTH, percentile, serve
 from crucible.client import Client
 from crucible.core.config import Settings
+from crucible.domain.limits import resolve_limits
 from crucible.engine import RunRequest, Sandbox
-from crucible.limits import resolve_limits
 
 HELLO = "print('hello')"
 

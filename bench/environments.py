@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import oci_images
 from crucible.core.config import Settings
+from crucible.domain.limits import resolve_limits
 from crucible.engine import RunRequest, Sandbox
 from crucible.environments import Environment, EnvironmentStore
-from crucible.limits import resolve_limits
 
 CODE = 'print("hello")'
 

@@ -39,8 +39,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from crucible.core.config import Settings
+from crucible.domain.limits import resolve_limits
 from crucible.engine import RunRequest, Sandbox, spec, workspace
-from crucible.limits import resolve_limits
 
 CODE = 'print("hello")'
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from crucible.core.config import Settings
+from crucible.domain.limits import resolve_limits
 from crucible.engine import Limits, Result, RunRequest, Sandbox
 from crucible.engine.models import SessionLimits, SessionSpec
 from crucible.engine.session import Session
 from crucible.environments import Environment, EnvironmentStore
-from crucible.limits import resolve_limits
 
 RUNTIMES = ["runc", "crun", "gvisor"]
 BINARY = {"runc": "runc", "crun": "crun", "gvisor": "runsc"}

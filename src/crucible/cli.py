@@ -107,7 +107,7 @@ def run(
     json_out: Annotated[bool, typer.Option("--json", help="print the Result as JSON")] = False,
 ) -> None:
     """Run FILE in a sandbox here (no server) and exit with the program's exit code."""
-    from crucible.limits import resolve_limits
+    from crucible.domain.limits import resolve_limits
 
     settings = get_settings()
     runtime = runtime or settings.default_runtime

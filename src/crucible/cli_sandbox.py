@@ -18,7 +18,7 @@ from crucible.client import DEFAULT_SERVER, Client
 from crucible.client_errors import ApiError
 from crucible.client_sandboxes import RemoteSandbox
 from crucible.core.errors import CrucibleError, SandboxStopped
-from crucible.models import ExecPublic, SandboxPublic
+from crucible.domain.models import ExecPublic, SandboxPublic
 
 out = Console()
 err = Console(stderr=True)

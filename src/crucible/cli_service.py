@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from crucible.api.schemas import EvaluationPublic
 from crucible.client import DEFAULT_SERVER, ApiError, Client
+from crucible.domain.evaluations import EvaluationPublic
 
 out = Console()
 err = Console(stderr=True)

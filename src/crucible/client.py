@@ -24,7 +24,10 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from crucible.api.schemas import (
+from crucible.client_environments import AsyncEnvironments, Environments
+from crucible.client_errors import ApiError, check
+from crucible.client_sandboxes import AsyncSandboxes, Sandboxes
+from crucible.domain.evaluations import (
     BatchCreated,
     BatchPublic,
     CancelPublic,
@@ -32,9 +35,6 @@ from crucible.api.schemas import (
     EvaluationPublic,
     QueuePublic,
 )
-from crucible.client_environments import AsyncEnvironments, Environments
-from crucible.client_errors import ApiError, check
-from crucible.client_sandboxes import AsyncSandboxes, Sandboxes
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from crucible.client_errors import check
-from crucible.models import EnvironmentPublic
+from crucible.domain.models import EnvironmentPublic
 
 CHUNK = 1 << 20
 # An import checks every layer and unpacks the image: minutes for a large one.

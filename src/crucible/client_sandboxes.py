@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from crucible.client_errors import check
-from crucible.models import ExecList, ExecPublic, SandboxList, SandboxPublic
+from crucible.domain.models import ExecList, ExecPublic, SandboxList, SandboxPublic
 
 if TYPE_CHECKING:
     from crucible.client import ServerEvent

@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator
 from typing import IO, cast
 
 from crucible.core.errors import Conflict, InvalidSubmission, NotFound, PayloadTooLarge
+from crucible.domain.models import EnvironmentPublic
 from crucible.environments import HOST, Environment, EnvironmentStore, check_name
-from crucible.models import EnvironmentPublic
 from crucible.store import Store
 from crucible.store.sandboxes import SandboxStore
 from crucible.submissions import resolve_environment

@@ -32,11 +32,11 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from crucible import metrics
-from crucible.api.schemas import EvaluationRequest
 from crucible.core import logs
 from crucible.core.config import Settings
 from crucible.core.errors import EnvironmentUnavailable, InvalidSubmission, SandboxError
 from crucible.core.lifecycle import Status, retry_delay_s
+from crucible.domain.evaluations import EvaluationRequest
 from crucible.engine import Result, Sandbox, Termination
 from crucible.environments import HOST, EnvironmentStore
 from crucible.events import EventBus

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from crucible.api.schemas import (
+from crucible.core.lifecycle import TERMINAL, Status, Verdict
+from crucible.domain.evaluations import (
     AttemptPublic,
     BatchPublic,
     DeadLetterPublic,
@@ -11,7 +12,6 @@ from crucible.api.schemas import (
     ResultPublic,
     WorkerPublic,
 )
-from crucible.core.lifecycle import TERMINAL, Status, Verdict
 from crucible.scan import decode
 from crucible.store import BatchCounts
 from crucible.store.tables import Batch, DeadLetter, Evaluation, Worker

@@ -7,18 +7,17 @@ import asyncio
 import codecs
 from datetime import timedelta
 
-from crucible.engine.accounting import Usage
-from crucible.engine.models import ExecResult
-from crucible.events import EventBus
-from crucible.models import (
+from crucible.core.lifecycle import SandboxStatus, StopReason
+from crucible.domain.models import (
     ExecPublic,
     SandboxLimitsPublic,
     SandboxPublic,
     SandboxResources,
-    SandboxStatus,
-    StopReason,
     text_fields,
 )
+from crucible.engine.accounting import Usage
+from crucible.engine.models import ExecResult
+from crucible.events import EventBus
 from crucible.store.tables import Sandbox, SandboxExec
 
 

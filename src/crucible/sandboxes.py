@@ -38,21 +38,20 @@ from crucible.events import Event, EventBus, follow
 
 if TYPE_CHECKING:
     from crucible.environment_service import EnvironmentService
-from crucible.engine.accounting import Usage
-from crucible.engine.caps import MAX_EXEC_OUTPUT, MAX_FILE_BYTES
-from crucible.engine.models import ExecResult, SessionSpec
-from crucible.engine.output import OutputCallback
-from crucible.limits import resolve_bounds, resolve_session_limits
-from crucible.models import (
+from crucible.core.lifecycle import SandboxStatus, StopReason
+from crucible.domain.limits import resolve_bounds, resolve_session_limits
+from crucible.domain.models import (
     ExecCreate,
     ExecList,
     ExecPublic,
     SandboxCreate,
     SandboxList,
     SandboxPublic,
-    SandboxStatus,
-    StopReason,
 )
+from crucible.engine.accounting import Usage
+from crucible.engine.caps import MAX_EXEC_OUTPUT, MAX_FILE_BYTES
+from crucible.engine.models import ExecResult, SessionSpec
+from crucible.engine.output import OutputCallback
 from crucible.sandbox_records import (
     LiveOutput,
     exec_public,

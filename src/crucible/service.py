@@ -22,18 +22,6 @@ from pydantic import ValidationError
 
 from crucible import metrics
 from crucible.access import Access, apply_ceilings, scoped_idempotency
-from crucible.api.schemas import (
-    BatchCreate,
-    BatchCreated,
-    BatchPublic,
-    CancelPublic,
-    DeadLetterList,
-    EvaluationCreate,
-    EvaluationList,
-    EvaluationPublic,
-    QueuePublic,
-    WorkerList,
-)
 from crucible.core.config import Settings
 from crucible.core.errors import (
     InvalidSubmission,
@@ -46,12 +34,24 @@ from crucible.dispatch import identity
 from crucible.dispatch.claimer import Claimer
 from crucible.dispatch.distributed import CeleryDispatcher
 from crucible.dispatch.maintenance import Maintenance
+from crucible.domain.evaluations import (
+    BatchCreate,
+    BatchCreated,
+    BatchPublic,
+    CancelPublic,
+    DeadLetterList,
+    EvaluationCreate,
+    EvaluationList,
+    EvaluationPublic,
+    QueuePublic,
+    WorkerList,
+)
+from crucible.domain.limits import resolve_limits
 from crucible.engine import Sandbox
 from crucible.environment_service import EnvironmentService
 from crucible.environments import HOST, Environment, EnvironmentStore
 from crucible.events import Event, EventBus, InProcessBus, RedisBus, follow
 from crucible.executor import Executor, stream_of
-from crucible.limits import resolve_limits
 from crucible.records import batch_public, dead_letter_public, evaluation_public, worker_public
 from crucible.sandboxes import SandboxService, SessionEngine
 from crucible.scan import scan_request

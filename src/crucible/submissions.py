@@ -19,7 +19,6 @@ import json
 import secrets
 from typing import Any
 
-from crucible.api.schemas import EvaluationCreate, EvaluationFields, EvaluationRequest
 from crucible.core.config import Settings
 from crucible.core.errors import (
     EnvironmentUnavailable,
@@ -28,11 +27,12 @@ from crucible.core.errors import (
     PayloadTooLarge,
 )
 from crucible.core.lifecycle import Priority, Verdict
+from crucible.domain.evaluations import EvaluationCreate, EvaluationFields, EvaluationRequest
+from crucible.domain.limits import resolve_limits
 from crucible.engine.languages import get_language
 from crucible.engine.models import EnvironmentRoot, Result, RunRequest, Termination
 from crucible.engine.workspace import safe_relative
 from crucible.environments import HOST, Environment, EnvironmentStore
-from crucible.limits import resolve_limits
 from crucible.store import NewEvaluation
 
 

@@ -144,7 +144,7 @@ def test_rm_is_refused_while_in_use(
 def test_in_use_is_read_from_the_database(data_dir: Path) -> None:
     """A running sandbox over an environment keeps it in use; stopped, it does not."""
     from crucible.core.config import Settings
-    from crucible.models import StopReason
+    from crucible.core.lifecycle import StopReason
     from crucible.store import Store
     from crucible.store.sandboxes import NewSandbox, Owner, SandboxStore
 

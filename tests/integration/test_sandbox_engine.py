@@ -243,7 +243,7 @@ async def test_sweep_removes_a_crashed_supervisors_containers(
     state = sandbox.settings.state_dir
     script = (
         "import asyncio\nfrom crucible.core.config import Settings\nfrom crucible.engine import Sandbox\n"
-        "from crucible.limits import resolve_limits\nfrom crucible.engine import RunRequest\n"
+        "from crucible.domain.limits import resolve_limits\nfrom crucible.engine import RunRequest\n"
         f"s = Settings(state_dir={str(state)!r}, prefix={sandbox.settings.prefix!r},"
         " max_concurrency=3)\n"
         "async def main():\n"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from service_helpers import ApiFactory
 
-from crucible.models import ExecPublic
+from crucible.domain.models import ExecPublic
 from sandbox_fixtures import leftovers
 
 pytestmark = pytest.mark.timeout(120)

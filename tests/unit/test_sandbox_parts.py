@@ -8,12 +8,12 @@ import pytest
 
 from crucible.core.config import Settings
 from crucible.core.errors import InvalidSubmission
+from crucible.domain.limits import resolve_limits
 from crucible.engine import accounting, spec
 from crucible.engine.languages import LANGUAGES, get_language
 from crucible.engine.output import OutputCollector
 from crucible.engine.seccomp import compile_bpf
 from crucible.engine.workspace import safe_relative
-from crucible.limits import resolve_limits
 
 NONCE = "ab" * 16
 

@@ -10,7 +10,7 @@ import pytest
 
 from crucible.core.config import Settings
 from crucible.core.errors import NotFound, QuotaExceeded, SandboxStopped
-from crucible.models import SandboxStatus, StopReason
+from crucible.core.lifecycle import SandboxStatus, StopReason
 from crucible.store import Store
 from crucible.store.keys import KeyStore
 from crucible.store.sandboxes import ExecOutcome, NewSandbox, Owner, SandboxStore

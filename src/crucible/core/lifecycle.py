@@ -8,6 +8,9 @@
 
 Every status change in the store goes through :func:`check_transition` (or its
 SQL form, :func:`sources_of`), so an illegal change raises Conflict in one place.
+
+A long-lived sandbox's life is shorter: :class:`SandboxStatus`, with a
+:class:`StopReason` once stopped (the store persists both; the API shows them).
 """
 
 from __future__ import annotations
@@ -70,3 +73,20 @@ def retry_delay_s(attempt: int, *, base_s: float, max_s: float) -> float:
     """Back-off before retry number ``attempt`` (1, 2, …) after a platform fault:
     exponential, capped, with jitter in [0.5, 1] so retries of one incident spread out."""
     return random.uniform(0.5, 1.0) * min(max_s, base_s * 2.0 ** max(0, attempt - 1))
+
+
+class SandboxStatus(StrEnum):
+    """``running`` → ``stopped`` (with a reason) | ``lost`` (its process died)."""
+
+    running = "running"
+    stopped = "stopped"
+    lost = "lost"
+
+
+class StopReason(StrEnum):
+    deleted = "deleted"  # DELETE /sandboxes/{id}
+    ttl = "ttl"  # its ttl_s passed
+    idle_timeout = "idle_timeout"  # idle_timeout_s without an exec
+    crashed = "crashed"  # the sandbox's init died under it
+    lost = "lost"  # the process hosting it died (found by the start-up sweep)
+    shutdown = "shutdown"  # the server hosting it stopped

@@ -36,10 +36,10 @@ from crucible.dispatch import CANCEL_CHANNEL, identity
 from crucible.dispatch.celery_app import QUEUE, make_celery
 from crucible.dispatch.claimer import Claimer
 from crucible.dispatch.maintenance import Maintenance
+from crucible.domain.limits import resolve_limits
 from crucible.engine import Sandbox
 from crucible.events import RedisBus
 from crucible.executor import Executor
-from crucible.limits import resolve_limits
 from crucible.metrics import REGISTRY
 from crucible.store import BlobStore, Cluster, Store
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select, update
 
 from crucible.core.errors import NotFound, QuotaExceeded, SandboxStopped
-from crucible.models import SandboxStatus, StopReason
+from crucible.core.lifecycle import SandboxStatus, StopReason
 from crucible.store.repo import Store, now
 from crucible.store.tables import ApiKey, Sandbox, SandboxExec
 

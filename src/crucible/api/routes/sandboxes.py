@@ -18,7 +18,7 @@ from crucible.api.schemas import (
     SandboxPublic,
 )
 from crucible.api.sse import SSE_RESPONSE, parse_last_event_id, sse_response
-from crucible.models import SandboxStatus
+from crucible.core.lifecycle import SandboxStatus
 
 router = APIRouter(prefix="/sandboxes", tags=["sandboxes"])
 

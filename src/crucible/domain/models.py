@@ -1,7 +1,7 @@
 """Domain shapes of long-lived (agent) sandboxes, below the API: the service, the
 client and the CLI use them, and ``crucible.api.schemas`` re-exports them, so the
-arrows point one way (the evaluation shapes still live in the API; see the design
-notes' "core imports HTTP shapes").
+arrows point one way (the evaluation shapes beside them: :mod:`.evaluations`). Their
+statuses, which the store persists, are in :mod:`crucible.core.lifecycle`.
 
 Output is bytes in the engine (:class:`crucible.engine.models.ExecResult`); on the
 wire it is text: ``stdout``/``stderr`` hold it decoded as UTF-8 (invalid bytes become
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from crucible.core.lifecycle import SandboxStatus, StopReason
 from crucible.engine.models import RuntimeName
 
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^:]+$")]
@@ -26,23 +26,6 @@ LabelValue = Annotated[str, StringConstraints(max_length=200)]
 # An environment's name as a request gives it (checked against the store, which
 # also checks its form: crucible.environments.check_name).
 EnvironmentName = Annotated[str, StringConstraints(min_length=1, max_length=300)]
-
-
-class SandboxStatus(StrEnum):
-    """``running`` → ``stopped`` (with a reason) | ``lost`` (its process died)."""
-
-    running = "running"
-    stopped = "stopped"
-    lost = "lost"
-
-
-class StopReason(StrEnum):
-    deleted = "deleted"  # DELETE /sandboxes/{id}
-    ttl = "ttl"  # its ttl_s passed
-    idle_timeout = "idle_timeout"  # idle_timeout_s without an exec
-    crashed = "crashed"  # the sandbox's init died under it
-    lost = "lost"  # the process hosting it died (found by the start-up sweep)
-    shutdown = "shutdown"  # the server hosting it stopped
 
 
 class SandboxLimitsCreate(BaseModel):
