@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from _server import percentile
-from crucible.events import IDS_PER_MS
+from crucible.services.events import IDS_PER_MS
 
 KINDS = ("kill_worker", "kill_api", "restart_redis", "restart_postgres")
 
@@ -55,7 +55,7 @@ class Stream:
     def gaps(self) -> bool:
         """Event ids that repeat, go backwards or skip within an epoch, across the
         reconnections. Ids are consecutive within a bus log (an *epoch*, see
-        crucible.events); a log recreated after a restart starts at the clock's
+        crucible.services.events); a log recreated after a restart starts at the clock's
         epoch base, at least IDS_PER_MS per elapsed millisecond above the old one,
         so a jump of 2 to IDS_PER_MS is a lost event, a larger one a new epoch."""
         steps = [b - a for a, b in zip(self.ids, self.ids[1:], strict=False)]

@@ -32,7 +32,7 @@ import oci_images
 from crucible.core.config import Settings
 from crucible.domain.limits import resolve_limits
 from crucible.engine import RunRequest, Sandbox
-from crucible.environments import Environment, EnvironmentStore
+from crucible.environments.store import Environment, EnvironmentStore
 
 CODE = 'print("hello")'
 

@@ -29,7 +29,7 @@ from sqlalchemy import event
 
 from crucible.api.schemas import EvaluationCreate
 from crucible.core.config import Settings
-from crucible.service import Service
+from crucible.services.evaluations import Service
 
 
 class Counter:

@@ -31,9 +31,9 @@ from pathlib import Path
 import pytest
 
 from crucible.core.errors import NotFound
-from crucible.envbuild import BuildSpec, build_environment, environment_digest
-from crucible.environments import Environment, EnvironmentStore
-from crucible.treedigest import tree_digest
+from crucible.environments.build import BuildSpec, build_environment, environment_digest
+from crucible.environments.store import Environment, EnvironmentStore
+from crucible.environments.treedigest import tree_digest
 
 CACHE = Path(os.environ.get("CRUCIBLE_TEST_CACHE", "/var/cache/crucible-test"))
 NUMPY_SPEC = BuildSpec(debian=("python3-numpy",))

@@ -18,7 +18,7 @@ from crucible.domain.limits import resolve_limits
 from crucible.engine import Limits, Result, RunRequest, Sandbox
 from crucible.engine.models import SessionLimits, SessionSpec
 from crucible.engine.session import Session
-from crucible.environments import Environment, EnvironmentStore
+from crucible.environments.store import Environment, EnvironmentStore
 
 RUNTIMES = ["runc", "crun", "gvisor"]
 BINARY = {"runc": "runc", "crun": "crun", "gvisor": "runsc"}

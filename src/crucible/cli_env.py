@@ -20,7 +20,7 @@ from rich.table import Table
 
 from crucible.core.config import Settings
 from crucible.core.errors import CrucibleError, NotFound
-from crucible.environments import EnvironmentStore, check_name
+from crucible.environments.store import EnvironmentStore, check_name
 
 out = Console()
 err = Console(stderr=True)
@@ -135,7 +135,7 @@ def build(
     pip runs in a build container on the host's network; needs root. A run in the
     environment never reaches the network.
     """
-    from crucible.envbuild import DEFAULT_MIRROR, BuildSpec, build_environment
+    from crucible.environments.build import DEFAULT_MIRROR, BuildSpec, build_environment
 
     def log(line: str) -> None:
         err.print(f"[dim]{escape(line)}[/dim]", highlight=False)

@@ -303,7 +303,7 @@ def _local_root(name: str) -> EnvironmentRoot | None:
     NotFound naming the known ones and the import command."""
     if name == "host":
         return None
-    from crucible.environments import EnvironmentStore
+    from crucible.environments.store import EnvironmentStore
 
     return EnvironmentStore.of(local_engine().settings).get(name).root_spec()
 
@@ -374,7 +374,7 @@ def compose_base(compose: ComposeConfig) -> CrucibleSandboxConfig:
 
 async def known_environments(config: CrucibleSandboxConfig) -> list[str]:
     if config.server is None:
-        from crucible.environments import EnvironmentStore
+        from crucible.environments.store import EnvironmentStore
 
         return [e.name for e in EnvironmentStore.of(local_engine().settings).all()]
     from crucible.client import AsyncClient

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from crucible.core.config import Settings
 from crucible.core.lifecycle import Priority, Status
-from crucible.events import Event, RedisBus, epoch_base
+from crucible.services.events import Event, RedisBus, epoch_base
 from crucible.store import Claim, Cluster, NewEvaluation, Store, WorkerInfo
 
 

@@ -15,7 +15,7 @@ from service_helpers import ApiFactory, ServerProcess
 from auth_keys import AUTH
 from crucible.api.app import create_app
 from crucible.core.config import Settings
-from crucible.service import Service
+from crucible.services.evaluations import Service
 
 
 @pytest.fixture

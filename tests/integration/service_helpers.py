@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from crucible.service import Service
+from crucible.services.evaluations import Service
 
 CRUCIBLE = str(Path(sys.executable).with_name("crucible"))
 

@@ -9,8 +9,8 @@ import httpx
 from service_helpers import ApiFactory
 
 from crucible.core.lifecycle import Status
-from crucible.events import Event, InProcessBus
-from crucible.executor import stream_of
+from crucible.services.events import Event, InProcessBus
+from crucible.services.executor import stream_of
 
 HELLO = {"code": "print('hello')"}
 

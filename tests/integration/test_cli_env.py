@@ -12,7 +12,7 @@ from typer.testing import CliRunner, Result
 
 from crucible import cli_env
 from crucible.cli import app
-from crucible.environments import EnvironmentStore
+from crucible.environments.store import EnvironmentStore
 from oci_images import (
     Image,
     directory,

@@ -1,4 +1,4 @@
-"""``crucible.envbuild``: the tree digest on small trees, the build container's config,
+"""``crucible.environments.build``: the tree digest on small trees, the build container's config,
 and real builds with mmdebstrap and pip (the network: deb.debian.org and PyPI).
 
 What a built root holds is checked by running its own python3 in a read-only runc
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from crucible.core.errors import InvalidSubmission
-from crucible.envbuild import (
+from crucible.environments.build import (
     VENV,
     BuildFailed,
     BuildSpec,
@@ -25,8 +25,8 @@ from crucible.envbuild import (
     environment_digest,
     runc_run,
 )
-from crucible.environments import EnvironmentStore, resolve_in_root
-from crucible.treedigest import tree_digest
+from crucible.environments.store import EnvironmentStore, resolve_in_root
+from crucible.environments.treedigest import tree_digest
 from env_fixtures import (
     BUILD_TIMEOUT_S,
     NUMPY_SPEC,

@@ -15,7 +15,7 @@ import oci_images
 from crucible.core.errors import InvalidSubmission
 from crucible.engine import Sandbox
 from crucible.engine.models import SessionSpec
-from crucible.environments import Environment, EnvironmentStore
+from crucible.environments.store import Environment, EnvironmentStore
 from sandbox_fixtures import SESSION_LIMITS, run_code
 
 pytestmark = pytest.mark.timeout(120)

@@ -24,9 +24,9 @@ from crucible.api.schemas import EvaluationRequest
 from crucible.core.config import Settings
 from crucible.core.errors import EnvironmentUnavailable
 from crucible.core.lifecycle import Status
-from crucible.environments import EnvironmentStore
-from crucible.service import Service
-from crucible.submissions import pinned_root
+from crucible.environments.store import EnvironmentStore
+from crucible.services.evaluations import Service
+from crucible.services.submissions import pinned_root
 from fake_sessions import FakeSessions
 from oci_images import (
     Image,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from crucible.core.errors import PayloadTooLarge
-from crucible.environments import EnvironmentStore, ImageRejected
+from crucible.environments.store import EnvironmentStore, ImageRejected
 from oci_images import (
     Entry,
     Image,

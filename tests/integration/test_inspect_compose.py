@@ -25,7 +25,7 @@ from crucible import inspect_provider
 from crucible.client import AsyncClient
 from crucible.core.config import Settings
 from crucible.engine import Sandbox
-from crucible.environments import Environment
+from crucible.environments.store import Environment
 from crucible.inspect_provider import CrucibleSandboxEnvironment
 from sandbox_fixtures import REACH, leftovers
 

@@ -16,7 +16,7 @@ from crucible.core.errors import InvalidSubmission, SandboxUnavailable
 from crucible.engine import Sandbox
 from crucible.engine.models import NetworkAttachment, SessionSpec
 from crucible.engine.network import NETNS_DIR, Network, sweep_networks
-from crucible.environments import Environment
+from crucible.environments.store import Environment
 from sandbox_fixtures import REACH, SESSION_LIMITS
 
 pytestmark = pytest.mark.timeout(120)

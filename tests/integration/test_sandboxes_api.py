@@ -19,8 +19,8 @@ import pytest
 from auth_keys import AUTH
 from crucible.api.app import create_app
 from crucible.core.config import Settings
-from crucible.dispatch import identity
-from crucible.service import Service
+from crucible.services import identity
+from crucible.services.evaluations import Service
 from crucible.store.repo import Store
 from crucible.store.sandboxes import NewSandbox, Owner, SandboxStore
 from fake_sessions import FakeSessions
@@ -251,7 +251,7 @@ async def test_validation_errors_change_nothing(
 async def test_file_errors_carry_their_code(
     sandbox_api: SandboxApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("crucible.sandboxes.MAX_FILE_BYTES", 1024)
+    monkeypatch.setattr("crucible.services.sandboxes.MAX_FILE_BYTES", 1024)
     async with sandbox_api() as (client, _service):
         sid = (await create(client))["id"]
         url = f"/sandboxes/{sid}/file"

@@ -127,7 +127,7 @@ def test_async_client(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_too_large_maps_back(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("crucible.sandboxes.MAX_FILE_BYTES", 8)
+    monkeypatch.setattr("crucible.services.sandboxes.MAX_FILE_BYTES", 8)
     with Client(live.url) as c, c.sandboxes.create() as sb, pytest.raises(SandboxFileTooLarge):
         sb.write_file("big", b"123456789")
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from crucible.engine import Result, RunRequest, Sandbox
-from crucible.environments import Environment
+from crucible.environments.store import Environment
 from sandbox_fixtures import limits, run_code
 
 pytestmark = pytest.mark.timeout(120)

@@ -12,7 +12,7 @@ from test_store import new
 
 from crucible.core.config import Settings
 from crucible.core.lifecycle import Priority
-from crucible.scan import decode, encode, scan_python, scan_request, scan_text
+from crucible.services.scan import decode, encode, scan_python, scan_request, scan_text
 from crucible.store import Store
 from crucible.store.audit import AuditEvent, AuditLog
 from crucible.store.keys import KeyStore, hash_key

@@ -1,6 +1,13 @@
 import asyncio
 
-from crucible.events import IDS_PER_MS, Event, InProcessBus, epoch_base, follow, index_after
+from crucible.services.events import (
+    IDS_PER_MS,
+    Event,
+    InProcessBus,
+    epoch_base,
+    follow,
+    index_after,
+)
 
 T0 = 1_750_000_000.0  # a fixed wall clock (seconds) for the buses below
 BASE = epoch_base(int(T0 * 1000))

@@ -6,7 +6,7 @@ from crucible.core.config import Settings
 from crucible.core.errors import InvalidSubmission, PayloadTooLarge
 from crucible.core.lifecycle import Verdict
 from crucible.engine.models import Events, Result, RuntimeInfo, Termination
-from crucible.submissions import merge, prepare, request_hash, run_request, verdict
+from crucible.services.submissions import merge, prepare, request_hash, run_request, verdict
 
 
 @pytest.fixture

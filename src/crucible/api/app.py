@@ -24,8 +24,8 @@ from crucible.api.routes import (
 )
 from crucible.core.config import Settings, get_settings
 from crucible.engine.caps import MAX_FILE_BYTES
-from crucible.sandboxes import SessionEngine
-from crucible.service import Service
+from crucible.services.evaluations import Service
+from crucible.services.sandboxes import SessionEngine
 
 # POST …/exec: stdin up to MAX_FILE_BYTES as base64 (4/3), plus the argv and env.
 EXEC_BODY_BYTES = MAX_FILE_BYTES * 4 // 3 + (8 << 20)

@@ -15,7 +15,7 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from crucible.core.errors import Forbidden, InvalidSubmission, Unauthenticated
-from crucible.service import Service
+from crucible.services.evaluations import Service
 from crucible.store.keys import KeyRecord
 from crucible.store.repo import now
 

@@ -28,8 +28,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from crucible import metrics
 from crucible.core import logs
+from crucible.services import metrics
 from crucible.store.audit import AuditEvent, AuditLog
 
 log = logging.getLogger(__name__)

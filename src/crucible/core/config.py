@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     pool_size: int | None = None
     pool_shapes: int = 2
 
-    # Environments (crucible.environments): the store, by default <data_dir>/environments
+    # Environments (crucible.environments.store): the store, by default <data_dir>/environments
     # (shared by every worker, like the blobs), and the largest image accepted, as an
     # archive and unpacked.
     environments_dir: Path | None = None

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import random
 
-from crucible.executor import Executor
+from crucible.services.executor import Executor
 from crucible.store import Claim, Store
 
 log = logging.getLogger(__name__)

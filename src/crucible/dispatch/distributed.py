@@ -18,7 +18,7 @@ from typing import Any
 
 from crucible.dispatch import CANCEL_CHANNEL
 from crucible.dispatch.celery_app import TASK, WAKE_EXPIRES_S
-from crucible.events import RedisBus
+from crucible.services.events import RedisBus
 from crucible.store import Cluster
 
 log = logging.getLogger(__name__)

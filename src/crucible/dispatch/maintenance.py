@@ -19,7 +19,7 @@ from functools import partial
 
 from crucible.core.config import Settings
 from crucible.core.lifecycle import retry_delay_s
-from crucible.dispatch import identity
+from crucible.services import identity
 from crucible.store import Cluster, WorkerInfo
 
 log = logging.getLogger(__name__)

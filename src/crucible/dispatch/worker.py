@@ -30,17 +30,17 @@ from typing import Any, TypeVar
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
-from crucible import metrics
 from crucible.core.config import Settings
-from crucible.dispatch import CANCEL_CHANNEL, identity
+from crucible.dispatch import CANCEL_CHANNEL
 from crucible.dispatch.celery_app import QUEUE, make_celery
 from crucible.dispatch.claimer import Claimer
 from crucible.dispatch.maintenance import Maintenance
 from crucible.domain.limits import resolve_limits
 from crucible.engine import Sandbox
-from crucible.events import RedisBus
-from crucible.executor import Executor
-from crucible.metrics import REGISTRY
+from crucible.services import identity, metrics
+from crucible.services.events import RedisBus
+from crucible.services.executor import Executor
+from crucible.services.metrics import REGISTRY
 from crucible.store import BlobStore, Cluster, Store
 
 log = logging.getLogger(__name__)

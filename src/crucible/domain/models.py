@@ -24,7 +24,7 @@ from crucible.engine.models import RuntimeName
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^:]+$")]
 LabelValue = Annotated[str, StringConstraints(max_length=200)]
 # An environment's name as a request gives it (checked against the store, which
-# also checks its form: crucible.environments.check_name).
+# also checks its form: crucible.environments.store.check_name).
 EnvironmentName = Annotated[str, StringConstraints(min_length=1, max_length=300)]
 
 

@@ -43,7 +43,7 @@ class Limits(BaseModel):
 
 class EnvironmentRoot(BaseModel):
     """An environment's root file system, as the engine takes it (see
-    ``crucible.environments``): the read-only lower layer of a run's or a sandbox's
+    ``crucible.environments.store``): the read-only lower layer of a run's or a sandbox's
     root, with what the image's config says about running in it."""
 
     model_config = ConfigDict(frozen=True)

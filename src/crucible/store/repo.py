@@ -89,7 +89,7 @@ class Claim:
 
 @dataclass
 class NewEvaluation:
-    """An evaluation ready to be inserted (validated by ``crucible.submissions``)."""
+    """An evaluation ready to be inserted (validated by ``crucible.services.submissions``)."""
 
     id: str
     priority: Priority
@@ -99,7 +99,7 @@ class NewEvaluation:
     labels: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
     owner_key_id: str | None = None
-    flags: str = ""  # ",name,name," (crucible.scan)
+    flags: str = ""  # ",name,name," (crucible.services.scan)
     environment: str = "host"  # its name; the digest is in ``request``
 
 

@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Owner:
-    """The process hosting a sandbox (see ``crucible.dispatch.identity``)."""
+    """The process hosting a sandbox (see ``crucible.services.identity``)."""
 
     id: str
     node: str

@@ -262,7 +262,7 @@ class Sandbox(Base):
     created_at: Mapped[datetime]
     last_activity_at: Mapped[datetime]
     stopped_at: Mapped[datetime | None]
-    # The hosting process (crucible.dispatch.identity): its id, node, host, pid and
+    # The hosting process (crucible.services.identity): its id, node, host, pid and
     # the pid's start time, so a sweep can tell whether it is still alive.
     owner_process_id: Mapped[str] = mapped_column(String(96))
     owner_node: Mapped[str] = mapped_column(String(128))

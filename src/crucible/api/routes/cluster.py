@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, status
 from crucible.api.deps import CursorDep, ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import DeadLetterList, EvaluationPublic, WorkerList
-from crucible.service import Page
+from crucible.services.evaluations import Page
 
 router = APIRouter(tags=["cluster"])
 

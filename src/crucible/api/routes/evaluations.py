@@ -15,7 +15,7 @@ from crucible.api.sse import SSE_RESPONSE, parse_last_event_id, sse_response
 from crucible.core.errors import InvalidSubmission
 from crucible.core.lifecycle import TERMINAL, Status, Verdict
 from crucible.engine.models import Termination
-from crucible.service import Page
+from crucible.services.evaluations import Page
 from crucible.store import EvaluationFilter
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])

@@ -7,10 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from crucible import metrics
 from crucible.api.deps import ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import QueuePublic
+from crucible.services import metrics
 
 router = APIRouter(tags=["system"])
 probes = APIRouter(tags=["system"])

@@ -12,7 +12,7 @@ from crucible.domain.evaluations import (
     ResultPublic,
     WorkerPublic,
 )
-from crucible.scan import decode
+from crucible.services.scan import decode
 from crucible.store import BatchCounts
 from crucible.store.tables import Batch, DeadLetter, Evaluation, Worker
 

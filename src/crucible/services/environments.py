@@ -1,7 +1,7 @@
 """Environments as the service offers them: listed, imported and removed (admins)
 through the API, and resolved for submissions and sandboxes.
 
-The store (:class:`crucible.environments.EnvironmentStore`) does the work: imports
+The store (:class:`crucible.environments.store.EnvironmentStore`) does the work: imports
 run skopeo and umoci and remove walks a tree, so every call goes through a thread.
 An upload is read from the request as it arrives and written to the store's ``tmp``
 (:meth:`EnvironmentStore.receive`, which refuses it past ``environment_max_bytes``);
@@ -20,10 +20,10 @@ from typing import IO, cast
 
 from crucible.core.errors import Conflict, InvalidSubmission, NotFound, PayloadTooLarge
 from crucible.domain.models import EnvironmentPublic
-from crucible.environments import HOST, Environment, EnvironmentStore, check_name
+from crucible.environments.store import HOST, Environment, EnvironmentStore, check_name
+from crucible.services.submissions import resolve_environment
 from crucible.store import Store
 from crucible.store.sandboxes import SandboxStore
-from crucible.submissions import resolve_environment
 
 # An upload that sends nothing for this long is abandoned (its thread must not wait
 # forever on a client that went away without closing).

@@ -20,8 +20,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from crucible import metrics
-from crucible.access import Access, apply_ceilings, scoped_idempotency
 from crucible.core.config import Settings
 from crucible.core.errors import (
     InvalidSubmission,
@@ -30,7 +28,6 @@ from crucible.core.errors import (
     SandboxUnavailable,
 )
 from crucible.core.lifecycle import TERMINAL, Status
-from crucible.dispatch import identity
 from crucible.dispatch.claimer import Claimer
 from crucible.dispatch.distributed import CeleryDispatcher
 from crucible.dispatch.maintenance import Maintenance
@@ -48,18 +45,25 @@ from crucible.domain.evaluations import (
 )
 from crucible.domain.limits import resolve_limits
 from crucible.engine import Sandbox
-from crucible.environment_service import EnvironmentService
-from crucible.environments import HOST, Environment, EnvironmentStore
-from crucible.events import Event, EventBus, InProcessBus, RedisBus, follow
-from crucible.executor import Executor, stream_of
-from crucible.records import batch_public, dead_letter_public, evaluation_public, worker_public
-from crucible.sandboxes import SandboxService, SessionEngine
-from crucible.scan import scan_request
+from crucible.environments.store import HOST, Environment, EnvironmentStore
+from crucible.services import identity, metrics
+from crucible.services.access import Access, apply_ceilings, scoped_idempotency
+from crucible.services.environments import EnvironmentService
+from crucible.services.events import Event, EventBus, InProcessBus, RedisBus, follow
+from crucible.services.executor import Executor, stream_of
+from crucible.services.records import (
+    batch_public,
+    dead_letter_public,
+    evaluation_public,
+    worker_public,
+)
+from crucible.services.sandboxes import SandboxService, SessionEngine
+from crucible.services.scan import scan_request
+from crucible.services.submissions import merge, new_id, prepare
 from crucible.store import BlobStore, Cluster, EvaluationFilter, NewEvaluation, Store
 from crucible.store.keys import KeyRecord
 from crucible.store.sandboxes import Owner
 from crucible.store.tables import Evaluation
-from crucible.submissions import merge, new_id, prepare
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +295,7 @@ class Service:
         published, expired, or lost with a restarted bus), opens with what the record
         knows, numbered ``after + 1``: the final record alone for a finished
         evaluation, else its current status, then follows the bus, whose next log
-        is numbered above (see ``crucible.events``).
+        is numbered above (see ``crucible.services.events``).
         """
         await asyncio.to_thread(self.store.get, evaluation_id)  # NotFound
 

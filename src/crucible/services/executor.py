@@ -31,18 +31,18 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from crucible import metrics
 from crucible.core import logs
 from crucible.core.config import Settings
 from crucible.core.errors import EnvironmentUnavailable, InvalidSubmission, SandboxError
 from crucible.core.lifecycle import Status, retry_delay_s
 from crucible.domain.evaluations import EvaluationRequest
 from crucible.engine import Result, Sandbox, Termination
-from crucible.environments import HOST, EnvironmentStore
-from crucible.events import EventBus
-from crucible.records import evaluation_public
+from crucible.environments.store import HOST, EnvironmentStore
+from crucible.services import metrics
+from crucible.services.events import EventBus
+from crucible.services.records import evaluation_public
+from crucible.services.submissions import pinned_root, run_request, verdict
 from crucible.store import BlobStore, Claim, Store
-from crucible.submissions import pinned_root, run_request, verdict
 
 log = logging.getLogger(__name__)
 

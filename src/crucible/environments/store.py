@@ -3,7 +3,7 @@
 An *environment* is the root file system a run or an agent sandbox sees instead of
 the host's toolchain (``host``, the default). It comes from an OCI image (a
 ``docker save`` archive, an OCI image layout or a tar of one) or is built from Debian
-and Python packages (:mod:`crucible.envbuild`). Layout under ``<data_dir>/environments``::
+and Python packages (:mod:`crucible.environments.build`). Layout under ``<data_dir>/environments``::
 
     sha256/<hex>/rootfs             the root, read-only from then on
     sha256/<hex>/environment.json   digest, size, created, image config, languages

@@ -32,7 +32,7 @@ from crucible.domain.limits import resolve_limits
 from crucible.engine.languages import get_language
 from crucible.engine.models import EnvironmentRoot, Result, RunRequest, Termination
 from crucible.engine.workspace import safe_relative
-from crucible.environments import HOST, Environment, EnvironmentStore
+from crucible.environments.store import HOST, Environment, EnvironmentStore
 from crucible.store import NewEvaluation
 
 

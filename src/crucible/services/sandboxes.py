@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from crucible.access import Access, apply_ceilings
 from crucible.core.config import Settings
 from crucible.core.errors import (
     InvalidSubmission,
@@ -32,12 +31,13 @@ from crucible.core.errors import (
     SandboxStopped,
     SandboxUnavailable,
 )
-from crucible.dispatch import identity
-from crucible.environments import HOST
-from crucible.events import Event, EventBus, follow
+from crucible.environments.store import HOST
+from crucible.services import identity
+from crucible.services.access import Access, apply_ceilings
+from crucible.services.events import Event, EventBus, follow
 
 if TYPE_CHECKING:
-    from crucible.environment_service import EnvironmentService
+    from crucible.services.environments import EnvironmentService
 from crucible.core.lifecycle import SandboxStatus, StopReason
 from crucible.domain.limits import resolve_bounds, resolve_session_limits
 from crucible.domain.models import (
@@ -52,7 +52,7 @@ from crucible.engine.accounting import Usage
 from crucible.engine.caps import MAX_EXEC_OUTPUT, MAX_FILE_BYTES
 from crucible.engine.models import ExecResult, SessionSpec
 from crucible.engine.output import OutputCallback
-from crucible.sandbox_records import (
+from crucible.services.sandbox_records import (
     LiveOutput,
     exec_public,
     preview,
@@ -458,7 +458,7 @@ class SandboxService:
     async def events(self, sandbox_id: str, after: int = 0) -> AsyncIterator[Event]:
         """``exec_started``, ``output``, ``exec_finished`` events, then ``stopped``
         (the final record). With no log on the bus, opens with a ``status`` event
-        carrying the record (see ``crucible.events.follow``)."""
+        carrying the record (see ``crucible.services.events.follow``)."""
         await asyncio.to_thread(self.store.get, sandbox_id)  # NotFound
 
         async def snapshot() -> tuple[str, dict[str, Any]]:

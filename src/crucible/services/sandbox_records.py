@@ -17,7 +17,7 @@ from crucible.domain.models import (
 )
 from crucible.engine.accounting import Usage
 from crucible.engine.models import ExecResult
-from crucible.events import EventBus
+from crucible.services.events import EventBus
 from crucible.store.tables import Sandbox, SandboxExec
 
 

@@ -13,7 +13,7 @@ network. It runs in a directory of the store's ``tmp`` and, in order:
    and memory limit and a time limit.
 3. The root is tidied (apt's lists and caches, the host's resolv.conf and hostname
    that mmdebstrap copies in, device nodes, which imports refuse too and every run
-   gets from its own /dev), digested (:mod:`crucible.treedigest`) and handed to
+   gets from its own /dev), digested (:mod:`crucible.environments.treedigest`) and handed to
    :meth:`EnvironmentStore.add_rootfs`, which moves it into place with a rename.
 
 Any failure raises :class:`BuildFailed` with the tail of the tool's output and leaves
@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from crucible.core.errors import CrucibleError, InvalidSubmission, SandboxUnavailable
-from crucible.environments import DEFAULT_PATH, Environment, EnvironmentStore, check_name
-from crucible.treedigest import tree_digest
+from crucible.environments.store import DEFAULT_PATH, Environment, EnvironmentStore, check_name
+from crucible.environments.treedigest import tree_digest
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 VENV = "/opt/venv"
