@@ -29,7 +29,7 @@ from sqlalchemy import event
 
 from crucible.api.schemas import EvaluationCreate
 from crucible.core.config import Settings
-from crucible.services.evaluations import Service
+from crucible.wiring import build_service
 
 
 class Counter:
@@ -53,7 +53,7 @@ async def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="crucible-bench-path-", dir="/tmp"))
     settings = Settings(state_dir=root / "state", data_dir=root / "data", max_concurrency=2)
-    service = Service(settings)
+    service = build_service(settings)
     await service.start()
     counter = Counter()
     event.listen(service.store.engine, "before_cursor_execute", counter.on_statement)

@@ -24,8 +24,8 @@ from crucible.api.routes import (
 )
 from crucible.core.config import Settings, get_settings
 from crucible.engine.caps import MAX_FILE_BYTES
-from crucible.services.evaluations import Service
 from crucible.services.sandboxes import SessionEngine
+from crucible.wiring import build_service
 
 # POST …/exec: stdin up to MAX_FILE_BYTES as base64 (4/3), plus the argv and env.
 EXEC_BODY_BYTES = MAX_FILE_BYTES * 4 // 3 + (8 << 20)
@@ -45,7 +45,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = Service(settings, dispatch=dispatch, sessions=sessions)
+        service = build_service(settings, dispatch=dispatch, sessions=sessions)
         await service.start()
         app.state.service = service
         try:

@@ -20,13 +20,13 @@ Configuration, and why:
 * The worker runs Celery's *threads* pool with one thread: the task body takes
   microseconds; the sandboxes run in the worker's own asyncio loop.
 
-Run a worker with ``crucible worker``; ``celery -A crucible.dispatch.celery_app worker
+Run a worker with ``crucible worker``; ``celery -A crucible.dispatch.worker worker
 --pool threads`` works too (the worker's runtime is then built at the first task).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from celery import Celery
 from kombu.entity import Queue
@@ -38,16 +38,13 @@ QUEUE = "crucible"
 WAKE_EXPIRES_S = 60.0
 
 
-def wake(task: Any, *hint: Any, **_: Any) -> None:
-    """Make this worker look for runnable evaluations now (``hint``, an evaluation id
-    or a count, is only for the worker's log)."""
-    from crucible.dispatch.worker import current_runtime
+def make_celery(settings: Settings, *, wake: Callable[..., None] | None = None) -> Celery:
+    """A Celery app for ``settings``' broker, configured as described above.
 
-    current_runtime(task.app.conf.crucible_settings).wake()
-
-
-def make_celery(settings: Settings) -> Celery:
-    """A Celery app for ``settings``' broker, configured as described above."""
+    ``wake`` is the task's body, registered only by a process that runs it (a
+    worker: :func:`crucible.dispatch.worker.wake`); API processes only send the task,
+    by name. Taking it as an argument keeps this module below the worker's (they were
+    an import cycle)."""
     app = Celery("crucible", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
         crucible_settings=settings,
@@ -74,14 +71,17 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_disable_rate_limits=True,
     )
-    app.task(name=TASK, bind=True, ignore_result=True)(wake)
+    if wake is not None:
+        app.task(name=TASK, bind=True, ignore_result=True)(wake)
     return app
 
 
 def __getattr__(name: str) -> Celery:
-    # For ``celery -A crucible.dispatch.celery_app`` and Flower: the app of the
-    # CRUCIBLE_* settings of the importing process, built on first use rather than
-    # at import (servers import this module without needing an app of its own).
+    # For ``celery -A crucible.dispatch.celery_app`` (Flower, inspect, purge): the app
+    # of the CRUCIBLE_* settings of the importing process, built on first use rather
+    # than at import (servers import this module without needing an app of its own).
+    # It sends and monitors; a worker that runs the task is ``crucible worker`` (or
+    # ``celery -A crucible.dispatch.worker worker --pool threads``).
     if name in ("app", "celery"):
         return make_celery(get_settings())
     raise AttributeError(name)

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
-from crucible.core.config import Settings
+from crucible.core.config import Settings, get_settings
 from crucible.dispatch import CANCEL_CHANNEL
 from crucible.dispatch.celery_app import QUEUE, make_celery
 from crucible.dispatch.claimer import Claimer
@@ -144,6 +144,12 @@ class WorkerRuntime:
         await asyncio.to_thread(self.store.dispose)
 
 
+def wake(task: Any, *hint: Any, **_: Any) -> None:
+    """The ``crucible.wake`` task: make this worker look for runnable evaluations now
+    (``hint``, an evaluation id or a count, is only for the worker's log)."""
+    current_runtime(task.app.conf.crucible_settings).wake()
+
+
 def install_runtime(runtime: WorkerRuntime) -> None:
     global _runtime
     with _runtime_lock:
@@ -169,7 +175,7 @@ def run_worker(settings: Settings, *, concurrency: int) -> None:
         start_http_server(
             settings.worker_metrics_port, addr=settings.worker_metrics_host, registry=REGISTRY
         )
-    app = make_celery(settings)
+    app = make_celery(settings, wake=wake)
     runtime = WorkerRuntime(settings, concurrency=concurrency)
     runtime.start()
     install_runtime(runtime)
@@ -187,3 +193,12 @@ def run_worker(settings: Settings, *, concurrency: int) -> None:
         )
     finally:
         runtime.stop()
+
+
+def __getattr__(name: str) -> Any:
+    # For ``celery -A crucible.dispatch.worker worker --pool threads``: the app of the
+    # CRUCIBLE_* settings with the task registered, built on first use (see
+    # crucible.dispatch.celery_app's for an app that only sends and monitors).
+    if name in ("app", "celery"):
+        return make_celery(get_settings(), wake=wake)
+    raise AttributeError(name)

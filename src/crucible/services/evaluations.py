@@ -28,9 +28,6 @@ from crucible.core.errors import (
     SandboxUnavailable,
 )
 from crucible.core.lifecycle import TERMINAL, Status
-from crucible.dispatch.claimer import Claimer
-from crucible.dispatch.distributed import CeleryDispatcher
-from crucible.dispatch.maintenance import Maintenance
 from crucible.domain.evaluations import (
     BatchCreate,
     BatchCreated,
@@ -45,24 +42,24 @@ from crucible.domain.evaluations import (
 )
 from crucible.domain.limits import resolve_limits
 from crucible.engine import Sandbox
-from crucible.environments.store import HOST, Environment, EnvironmentStore
-from crucible.services import identity, metrics
+from crucible.environments.store import HOST, Environment
+from crucible.services import metrics
 from crucible.services.access import Access, apply_ceilings, scoped_idempotency
 from crucible.services.environments import EnvironmentService
-from crucible.services.events import Event, EventBus, InProcessBus, RedisBus, follow
+from crucible.services.events import Event, EventBus, RedisBus, follow
 from crucible.services.executor import Executor, stream_of
+from crucible.services.ports import Dispatcher, Maintainer
 from crucible.services.records import (
     batch_public,
     dead_letter_public,
     evaluation_public,
     worker_public,
 )
-from crucible.services.sandboxes import SandboxService, SessionEngine
+from crucible.services.sandboxes import SandboxService
 from crucible.services.scan import scan_request
 from crucible.services.submissions import merge, new_id, prepare
-from crucible.store import BlobStore, Cluster, EvaluationFilter, NewEvaluation, Store
+from crucible.store import BlobStore, Cluster, EvaluationFilter, NewEvaluation, Store, WorkerInfo
 from crucible.store.keys import KeyRecord
-from crucible.store.sandboxes import Owner
 from crucible.store.tables import Evaluation
 
 log = logging.getLogger(__name__)
@@ -75,7 +72,8 @@ class Page:
 
 
 class Service:
-    """Store, blobs, bus and dispatcher wired together, in one of two modes.
+    """The evaluation operations over store, blobs, bus and dispatcher, in one of two
+    modes (wired by :func:`crucible.wiring.build_service`).
 
     Embedded (``dispatcher="embedded"``): this process runs evaluations itself, with
     its own sandbox, executor, claim loop and in-process bus. Distributed
@@ -89,85 +87,42 @@ class Service:
         self,
         settings: Settings,
         *,
-        bus: EventBus | None = None,
+        store: Store,
+        access: Access,
+        cluster: Cluster,
+        blobs: BlobStore,
+        environments: EnvironmentService,
+        bus: EventBus,
+        dispatcher: Dispatcher,
+        maintenance: Maintainer,
+        identity: WorkerInfo,
+        sandboxes: SandboxService,
+        session_host: Sandbox,
+        sandbox: Sandbox | None = None,
+        executor: Executor | None = None,
         dispatch: bool = True,
-        sessions: SessionEngine | None = None,
     ) -> None:
-        """``sessions``: the engine of long-lived sandboxes (default: the real one,
-        ``crucible.engine.session.Sessions``); tests inject another."""
+        """Built by :func:`crucible.wiring.build_service`. ``sandbox`` and ``executor``
+        are this process's own (embedded mode; None when distributed);
+        ``session_host`` is the engine hosting this instance's long-lived sandboxes
+        (``sandbox`` itself in embedded mode); ``dispatch=False`` leaves the
+        dispatcher stopped (tests start it)."""
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(settings.sqlalchemy_url)
-        self.access = Access(self.store, settings)  # keys, audit, quotas, scoping
-        self.cluster = Cluster(self.store)
-        self.blobs = BlobStore(settings.data_dir / "blobs")
-        self.environments = EnvironmentService(
-            EnvironmentStore.of(settings), self.store, self.access.sandboxes
-        )
+        self.store = store
+        self.access = access  # keys, audit, quotas, scoping
+        self.cluster = cluster
+        self.blobs = blobs
+        self.environments = environments
         self.distributed = settings.dispatcher == "celery"
-        self.dispatcher: Claimer | CeleryDispatcher
-        self.sandbox: Sandbox | None = None
-        if self.distributed:
-            from crucible.dispatch.celery_app import make_celery
-
-            redis_bus = RedisBus(
-                settings.event_redis_url,
-                prefix=settings.prefix,
-                retention_s=settings.event_retention_s,
-            )
-            self.identity = identity.this_process("api", 0)  # hosts sandboxes only
-            self.bus: EventBus = bus or redis_bus
-            self.dispatcher = CeleryDispatcher(self.cluster, redis_bus, make_celery(settings))
-            self.maintenance = Maintenance(
-                self.cluster,
-                settings,
-                info=None,  # runs nothing: no heartbeat row
-                on_recovered=self.dispatcher.notify,
-            )
-        else:
-            info = identity.this_process("embedded", settings.max_concurrency)
-            self.identity = info
-            self.bus = bus or InProcessBus()
-            self.sandbox = Sandbox(settings)
-            self.executor = Executor(
-                store=self.store,
-                blobs=self.blobs,
-                bus=self.bus,
-                sandbox=self.sandbox,
-                settings=settings,
-                worker_id=info.id,
-            )
-            self.dispatcher = Claimer(
-                self.executor,
-                self.store,
-                concurrency=settings.max_concurrency,
-                poll_s=settings.claim_poll_s,
-            )
-            embedded = self.dispatcher
-            self.maintenance = Maintenance(
-                self.cluster,
-                settings,
-                info=info,
-                running=lambda: embedded.running,
-                on_recovered=embedded.notify,
-            )
+        self.bus = bus
+        self.dispatcher = dispatcher
+        self.maintenance = maintenance
+        self.identity = identity
+        self.sandbox = sandbox
+        self.executor = executor
+        self.sandboxes = sandboxes
+        self._session_host = session_host
         self._dispatch = dispatch
-        # Long-lived sandboxes live in this process in both modes (an API instance
-        # hosts its own); the rows name it by the identity the heartbeat uses.
-        owner = self.identity
-        # In distributed mode this engine runs no evaluations (no warm pool), only the
-        # sandboxes this API instance hosts.
-        self._session_host = self.sandbox or Sandbox(settings.model_copy(update={"pool_size": 0}))
-        engine: SessionEngine = sessions if sessions is not None else self._session_host.sessions
-        self.sandboxes = SandboxService(
-            settings=settings,
-            access=self.access,
-            blobs=self.blobs,
-            bus=self.bus,
-            engine=engine,
-            environments=self.environments,
-            owner=Owner(owner.id, owner.node, owner.host, owner.pid, owner.proc_start),
-        )
 
     async def start(self) -> None:
         """Migrate, sweep the sandbox's leftovers, recover dead processes' runs, dispatch.
