@@ -40,15 +40,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# The virtual environment, from the lock file; reinstalled when the lock changes.
+# The virtual environment, from the lock file; reinstalled when the lock or
+# pyproject.toml changes (the editable install's entry points and console script are
+# written from pyproject.toml at install time, so a moved module needs a reinstall).
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.lock-installed
-if [ ! -f "$stamp" ] || ! cmp -s requirements.lock "$stamp"; then
+if [ ! -f "$stamp" ] || ! cat requirements.lock pyproject.toml | cmp -s - "$stamp"; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
-  cp requirements.lock "$stamp"
+  cat requirements.lock pyproject.toml >"$stamp"
 fi
 
 # The web UI: npm packages from the lock file, then a build served at /.

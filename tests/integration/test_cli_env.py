@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from crucible import cli_env
 from crucible.cli import app
+from crucible.cli import env as cli_env
 from crucible.environments.store import EnvironmentStore
 from oci_images import (
     Image,

@@ -20,7 +20,7 @@ from service_helpers import CRUCIBLE, free_port
 
 from crucible.api.app import create_app
 from crucible.client import AsyncClient, Client
-from crucible.client_errors import ApiError
+from crucible.client.errors import ApiError
 from crucible.core.config import Settings
 from fake_sessions import FakeSessions
 from oci_images import Image, directory, file, layer_tar, write_docker_archive
@@ -134,7 +134,7 @@ async def test_inspect_provider_passes_the_environment(
     live: tuple[str, FakeSessions], tmp_path: Path
 ) -> None:
     pytest.importorskip("inspect_ai")
-    from crucible.inspect_provider import RemoteBackend, load_config
+    from crucible.integrations.inspect.provider import RemoteBackend, load_config
 
     url, engine = live
     async with AsyncClient(url) as c:

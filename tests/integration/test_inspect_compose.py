@@ -21,12 +21,12 @@ from inspect_ai.util._sandbox.environment import SandboxUnavailableError
 from service_helpers import ServerProcess
 
 from auth_keys import ADMIN_KEY
-from crucible import inspect_provider
 from crucible.client import AsyncClient
 from crucible.core.config import Settings
 from crucible.engine import Sandbox
 from crucible.environments.store import Environment
-from crucible.inspect_provider import CrucibleSandboxEnvironment
+from crucible.integrations.inspect import provider as inspect_provider
+from crucible.integrations.inspect.provider import CrucibleSandboxEnvironment
 from sandbox_fixtures import REACH, leftovers
 
 pytestmark = [

@@ -20,11 +20,11 @@ from inspect_ai.tool import bash, bash_session, text_editor
 from inspect_ai.util import SandboxEnvironment
 from inspect_ai.util._sandbox.self_check import *  # noqa: F403
 
-from crucible import inspect_provider
 from crucible.core.config import Settings
 from crucible.engine import Sandbox
 from crucible.engine.models import SessionLimits
-from crucible.inspect_provider import CrucibleSandboxConfig, CrucibleSandboxEnvironment
+from crucible.integrations.inspect import provider as inspect_provider
+from crucible.integrations.inspect.provider import CrucibleSandboxConfig, CrucibleSandboxEnvironment
 from sandbox_fixtures import leftovers
 
 pytestmark = [
@@ -129,7 +129,7 @@ def test_the_provider_is_registered_under_the_inspect_ai_entry_point() -> None:
     from inspect_ai.util._sandbox.registry import registry_find_sandboxenv
 
     names = {e.name: e.value for e in entry_points(group="inspect_ai")}
-    assert names.get("crucible") == "crucible.inspect_provider", names
+    assert names.get("crucible") == "crucible.integrations.inspect.provider", names
     assert registry_find_sandboxenv("crucible") is CrucibleSandboxEnvironment
 
 
@@ -146,7 +146,7 @@ def test_inspect_sandbox_cleanup_removes_a_dead_evals_sandboxes(
     env = {**os.environ, "CRUCIBLE_STATE_DIR": state, "CRUCIBLE_PREFIX": sandbox_settings.prefix}
     script = (
         "import asyncio, time\n"
-        "from crucible.inspect_provider import CrucibleSandboxEnvironment as E, CrucibleSandboxConfig\n"
+        "from crucible.integrations.inspect.provider import CrucibleSandboxEnvironment as E, CrucibleSandboxConfig\n"
         "async def main():\n"
         "    envs = await E.sample_init('t', CrucibleSandboxConfig(runtime='runc'), {})\n"
         "    print('ready', flush=True)\n"

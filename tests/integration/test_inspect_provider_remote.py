@@ -16,7 +16,7 @@ from service_helpers import ServerProcess, free_port
 from auth_keys import ADMIN_KEY
 from crucible.client import AsyncClient
 from crucible.engine.models import SessionLimits
-from crucible.inspect_provider import CrucibleSandboxConfig, CrucibleSandboxEnvironment
+from crucible.integrations.inspect.provider import CrucibleSandboxConfig, CrucibleSandboxEnvironment
 
 pytestmark = [
     pytest.mark.timeout(120),

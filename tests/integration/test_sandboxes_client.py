@@ -19,7 +19,7 @@ from service_helpers import CRUCIBLE, free_port
 
 from crucible.api.app import create_app
 from crucible.client import AsyncClient, Client
-from crucible.client_errors import ApiError
+from crucible.client.errors import ApiError
 from crucible.core.config import Settings
 from crucible.core.errors import (
     SandboxFileNotFound,

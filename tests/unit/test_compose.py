@@ -1,4 +1,4 @@
-"""The compose translation (crucible.compose): what each service becomes, and what is
+"""The compose translation (crucible.integrations.inspect.compose): what each service becomes, and what is
 refused with the reason."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from inspect_ai.util._sandbox.compose import ComposeConfig
 
-from crucible.compose import ComposeError, memory_mb, plan, seconds
 from crucible.engine.models import SessionLimits
+from crucible.integrations.inspect.compose import ComposeError, memory_mb, plan, seconds
 
 DEFAULTS = SessionLimits(memory_mb=1024, cpus=1, pids=512, disk_mb=1024)
 KNOWN = ["python:3.12-slim", "victim:1"]

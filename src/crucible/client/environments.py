@@ -7,7 +7,7 @@
 
 An upload is streamed from the file (never read whole): a path, or an open binary
 file such as ``sys.stdin.buffer`` (``docker save IMAGE | python upload.py``).
-Refusals raise :class:`crucible.client_errors.ApiError` (404, 409, 413, 422 …).
+Refusals raise :class:`crucible.client.errors.ApiError` (404, 409, 413, 422 …).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
-from crucible.client_errors import check
+from crucible.client.errors import check
 from crucible.domain.models import EnvironmentPublic
 
 CHUNK = 1 << 20

@@ -15,8 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from crucible.client import DEFAULT_SERVER, Client
-from crucible.client_errors import ApiError
-from crucible.client_sandboxes import RemoteSandbox
+from crucible.client.errors import ApiError
+from crucible.client.sandboxes import RemoteSandbox
 from crucible.core.errors import CrucibleError, SandboxStopped
 from crucible.domain.models import ExecPublic, SandboxPublic
 

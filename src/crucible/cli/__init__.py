@@ -11,6 +11,7 @@ from typing import Annotated, cast, get_args
 import typer
 from rich.console import Console
 
+from crucible.cli.languages import guess_language
 from crucible.core.config import Settings, get_settings
 from crucible.core.errors import CrucibleError
 from crucible.engine.languages import LANGUAGES
@@ -39,17 +40,6 @@ def _root(
         os.environ["CRUCIBLE_API_KEY"] = api_key
 
 
-_EXTENSIONS = {
-    ".py": "python",
-    ".js": "javascript",
-    ".sh": "bash",
-    ".c": "c",
-    ".cpp": "cpp",
-    ".cc": "cpp",
-    ".java": "java",
-}
-
-
 async def _run_once(settings: Settings, request: RunRequest, live: OutputCallback) -> Result:
     """One run, the engine closed after it (its tear-down finished): one program needs
     no warm pool."""
@@ -60,10 +50,6 @@ async def _run_once(settings: Settings, request: RunRequest, live: OutputCallbac
         return await engine.run(request, on_output=live)
     finally:
         await engine.close()
-
-
-def guess_language(path: Path) -> str:
-    return _EXTENSIONS.get(path.suffix, "python")
 
 
 def verdict_line(result: Result) -> str:
@@ -153,10 +139,10 @@ def run(
 
 
 # The evaluation service's commands: serve, submit, status, logs, cancel, list, batch.
-from crucible.cli_admin import register as register_admin  # noqa: E402
-from crucible.cli_env import env_app  # noqa: E402
-from crucible.cli_sandbox import register as register_sandbox  # noqa: E402
-from crucible.cli_service import register  # noqa: E402
+from crucible.cli.admin import register as register_admin  # noqa: E402
+from crucible.cli.env import env_app  # noqa: E402
+from crucible.cli.sandbox import register as register_sandbox  # noqa: E402
+from crucible.cli.service import register  # noqa: E402
 
 register(app)
 register_admin(app)

@@ -14,22 +14,20 @@
 
 File operations raise ``crucible.core.errors.SandboxFileNotFound``, ``…PermissionDenied``,
 ``…IsADirectory``, ``…FileTooLarge``; a stopped sandbox ``SandboxStopped``; other
-refusals :class:`crucible.client_errors.ApiError`.
+refusals :class:`crucible.client.errors.ApiError`.
 """
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-from crucible.client_errors import check
+from crucible.client.errors import check
+from crucible.client.events import ServerEvent
 from crucible.domain.models import ExecList, ExecPublic, SandboxList, SandboxPublic
-
-if TYPE_CHECKING:
-    from crucible.client import ServerEvent
 
 # The HTTP wait of an exec beyond its own timeout (queueing in the server, the kill).
 EXEC_MARGIN_S = 30.0

@@ -98,7 +98,7 @@ def serve(
         "log_format": log_format,
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    from crucible.cli_admin import first_key_banner
+    from crucible.cli.admin import first_key_banner
     from crucible.core import logs
 
     logs.configure(settings.log_format)
@@ -175,7 +175,7 @@ def submit(
     json_out: AsJson = False,
 ) -> None:
     """Submit FILE; prints its id, or (--wait / --follow) its result, exiting with its code."""
-    from crucible.cli import guess_language
+    from crucible.cli.languages import guess_language
 
     labels = dict(item.split("=", 1) for item in label or [] if "=" in item)
     limits = {k: v for k, v in {"timeout_s": timeout, "memory_mb": memory}.items() if v}

@@ -6,10 +6,10 @@
         print(ev.status, ev.result.verdict if ev.result else None)
 
 Errors from the server raise :class:`ApiError` carrying the status code, the message
-and the offending field (see ``crucible.client_errors`` for the few mapped back to
+and the offending field (see ``crucible.client.errors`` for the few mapped back to
 ``crucible.core.errors`` exceptions). Long-lived sandboxes: ``Client.sandboxes`` and the
-async ``AsyncClient.sandboxes`` (``crucible.client_sandboxes``); environments:
-``.environments`` on both (``crucible.client_environments``).
+async ``AsyncClient.sandboxes`` (``crucible.client.sandboxes``); environments:
+``.environments`` on both (``crucible.client.environments``).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import builtins
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from httpx_sse import connect_sse
 
-from crucible.client_environments import AsyncEnvironments, Environments
-from crucible.client_errors import ApiError, check
-from crucible.client_sandboxes import AsyncSandboxes, Sandboxes
+from crucible.client.environments import AsyncEnvironments, Environments
+from crucible.client.errors import ApiError, check
+from crucible.client.events import ServerEvent
+from crucible.client.sandboxes import AsyncSandboxes, Sandboxes
 from crucible.domain.evaluations import (
     BatchCreated,
     BatchPublic,
@@ -44,13 +44,6 @@ __all__ = ["DEFAULT_SERVER", "ApiError", "AsyncClient", "Client", "ServerEvent"]
 def _headers(api_key: str | None) -> dict[str, str]:
     api_key = api_key or os.environ.get("CRUCIBLE_API_KEY")
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
-@dataclass(frozen=True)
-class ServerEvent:
-    id: int
-    type: str
-    data: dict[str, Any]
 
 
 class Client:

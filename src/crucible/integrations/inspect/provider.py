@@ -5,7 +5,7 @@ pyproject.toml): Inspect imports this module when a task names the ``crucible``
 sandbox, and ``@sandboxenv`` registers the class. Each sample gets one long-lived
 Crucible sandbox (``crucible.engine.session``), created in ``sample_init`` and closed
 in ``sample_cleanup``; with a ``compose.yaml`` (the provider is docker compatible), one
-per service on a private network of the sample (``crucible.compose``).
+per service on a private network of the sample (``crucible.integrations.inspect.compose``).
 
 Config (a YAML file path, a dict, or :class:`CrucibleSandboxConfig`):
 
@@ -55,7 +55,6 @@ from inspect_ai.util._sandbox.compose import ComposeConfig, is_compose_yaml, par
 from inspect_ai.util._sandbox.environment import SandboxUnavailableError
 from pydantic import BaseModel, ConfigDict, Field
 
-from crucible.compose import ComposePlan, ServicePlan, plan
 from crucible.core.errors import (
     SandboxFileError,
     SandboxFileNotFound,
@@ -72,10 +71,11 @@ from crucible.engine.models import (
     SessionLimits,
     SessionSpec,
 )
+from crucible.integrations.inspect.compose import ComposePlan, ServicePlan, plan
 
 if TYPE_CHECKING:  # the engine and the client are imported when first used
     from crucible.client import AsyncClient
-    from crucible.client_sandboxes import AsyncRemoteSandbox
+    from crucible.client.sandboxes import AsyncRemoteSandbox
     from crucible.engine import Sandbox
 
 
@@ -208,7 +208,7 @@ class RemoteBackend:
     Output comes back exact (``ExecPublic.stdout_bytes``: base64 when not UTF-8); the
     server keeps the tail of each stream past its own cap (``*_truncated``), and a
     smaller Inspect limit is applied here. File and stop errors arrive as the
-    ``crucible.core.errors`` exceptions (``crucible.client_errors``); the server being
+    ``crucible.core.errors`` exceptions (``crucible.client.errors``); the server being
     unreachable, the sandbox gone (404) or hosted elsewhere (503) raise
     :class:`SandboxUnavailable`.
     """
@@ -286,7 +286,7 @@ class RemoteBackend:
 @contextlib.asynccontextmanager
 async def _reachable(sandbox_id: str) -> AsyncIterator[None]:
     """The server not answering, the sandbox gone or elsewhere: SandboxUnavailable."""
-    from crucible.client_errors import ApiError
+    from crucible.client.errors import ApiError
 
     try:
         yield
