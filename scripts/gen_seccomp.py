@@ -3,7 +3,7 @@
 
 Usage:
     python3 scripts/gen_seccomp.py path/to/moby/profiles/seccomp/default.json \
-        > src/crucible/sandbox/seccomp.json
+        > src/crucible/engine/seccomp.json
 
 Docker's profile is in a Docker-specific format: each rule may carry
 ``includes`` / ``excludes`` filters on capabilities, architectures and kernel

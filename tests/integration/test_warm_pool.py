@@ -1,4 +1,4 @@
-"""Warm one-shot sandboxes (sandbox/pool.py) under every runtime.
+"""Warm one-shot sandboxes (engine/pool.py) under every runtime.
 
 A warm sandbox is created before its request and used exactly once: two programs
 served from the pool one after the other must see nothing of each other, and a warm

@@ -1,4 +1,4 @@
-"""The warm pool's bookkeeping (sandbox/pool.py) with fake items: each item is handed
+"""The warm pool's bookkeeping (engine/pool.py) with fake items: each item is handed
 out once, the pool follows demand within its bounds, dead items are never handed out,
 evicted shapes and close() destroy what they held."""
 
