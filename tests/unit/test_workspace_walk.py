@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from crucible.sandbox.workspace import copy_files, list_files
+from crucible.engine.workspace import copy_files, list_files
 
 
 def test_the_walk_stops_at_its_entry_cap_and_says_so(tmp_path: Path) -> None:
