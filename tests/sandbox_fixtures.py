@@ -125,9 +125,7 @@ def leftovers(settings: Settings) -> list[str]:
     if bundles.exists():
         found += [f"bundle {b.name}" for b in bundles.iterdir()]
     with open("/proc/mounts") as f:
-        mounts = [line.split()[1] for line in f]
-    # The engine's assets (shared root, init, filter) stay on their tmpfs by design.
-    found += [f"mount {m}" for m in mounts if str(state) in m and m != f"{state}/assets"]
+        found += [f"mount {line.split()[1]}" for line in f if str(state) in line.split()[1]]
     cgroups = Path("/sys/fs/cgroup")
     parents = [cgroups / settings.prefix] + [d / settings.prefix for d in cgroups.iterdir()]
     for parent in parents:

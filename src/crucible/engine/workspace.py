@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import os
 import stat
 import time
@@ -41,16 +40,6 @@ def mount_tmpfs(target: Path, size_mb: int, *, options: str | None = None) -> No
     if rc != 0:
         err = ctypes.get_errno()
         raise SandboxUnavailable(f"mount tmpfs on {target}: {os.strerror(err)} (root required)")
-
-
-def ensure_tmpfs(target: Path, size_mb: int, *, options: str) -> None:
-    """Mount a tmpfs at ``target`` unless one is there already. Supervisors sharing a
-    state directory take a lock first, so none mounts over what another wrote."""
-    target.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.ismount(target):
-            mount_tmpfs(target, size_mb, options=options)
 
 
 def unmount(target: Path) -> None:
