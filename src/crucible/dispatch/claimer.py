@@ -41,7 +41,7 @@ class Claimer:
         self.poll_s = poll_s
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._active: set[asyncio.Task[None]] = set()  # those whose sandbox still runs
+        self._active: set[object] = set()  # one token per claim whose sandbox still runs
         self._loop_task: asyncio.Task[None] | None = None
 
     @property
@@ -91,26 +91,27 @@ class Claimer:
                     break
                 task = self._start(claim)
                 self._tasks.add(task)
-                self._active.add(task)
                 task.add_done_callback(self._finished)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s * random.uniform(0.8, 1.2))
 
     def _start(self, claim: Claim) -> asyncio.Task[None]:
-        holder: list[asyncio.Task[None]] = []
+        # A token per claim, not the evaluation's id: a retry of the same evaluation
+        # may be claimed again before this run's executor has returned.
+        slot = object()
+        self._active.add(slot)
 
-        def ran() -> None:  # the sandbox is done: its slot is free for the next claim
-            if holder and holder[0] in self._active:
-                self._active.discard(holder[0])
+        def free() -> None:  # the sandbox is done: its slot is free for the next claim
+            if slot in self._active:
+                self._active.discard(slot)
                 self._wake.set()
 
-        task = asyncio.create_task(self.executor.execute(claim.id, claim=claim, on_ran=ran))
-        holder.append(task)
+        task = asyncio.create_task(self.executor.execute(claim.id, claim=claim, on_ran=free))
+        task.add_done_callback(lambda _: free())
         return task
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._active.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("executor crashed", exc_info=task.exception())
         self._wake.set()  # a slot is free
