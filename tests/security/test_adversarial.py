@@ -95,12 +95,14 @@ def attempts(body: str) -> str:
 def stopped_by_memory(limit_mb: int) -> Check:
     """The verdict every runtime must give a program that takes all the memory it may:
     ``memory_limit``, never ``timeout``, on any host and however busy it is; the peak at
-    the limit (it is the evidence), never past it by more than a page."""
+    the limit (it is the evidence), and the limit held: never past it by more than a
+    few pages (seen: +8 KiB under gVisor, where the cgroup also charges the sentry's
+    own page tables as it faults; 64 KiB is a bound with room, far below a leak)."""
 
     def check(r: Result) -> None:
         assert r.termination == "memory_limit", (r.termination, r.peak_memory_bytes, r.events)
         assert r.peak_memory_bytes >= (limit_mb << 20) - (1 << 20) or r.events.oom_kill >= 1
-        assert r.peak_memory_bytes <= (limit_mb << 20) + 4096, r.peak_memory_bytes
+        assert r.peak_memory_bytes <= (limit_mb << 20) + (64 << 10), r.peak_memory_bytes
 
     return check
 
