@@ -96,8 +96,8 @@ def stopped_by_memory(limit_mb: int) -> Check:
     """The verdict every runtime must give a program that takes all the memory it may:
     ``memory_limit``, never ``timeout``, on any host and however busy it is; the peak at
     the limit (it is the evidence), and the limit held: never past it by more than a
-    few pages (seen: +8 KiB under gVisor, where the cgroup also charges the sentry's
-    own page tables as it faults; 64 KiB is a bound with room, far below a leak)."""
+    few pages (seen: +4 KiB and +8 KiB under gVisor; 64 KiB leaves room and is still
+    far below what a limit that did not hold would show)."""
 
     def check(r: Result) -> None:
         assert r.termination == "memory_limit", (r.termination, r.peak_memory_bytes, r.events)
