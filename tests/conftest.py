@@ -64,15 +64,12 @@ def _truncate(url: str) -> None:
     from sqlalchemy import text
 
     from crucible.store import Store
+    from crucible.store.tables import Base
 
     store = Store(Settings(database_url=url).sqlalchemy_url)
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with store.engine.begin() as conn:
-        conn.execute(
-            text(
-                "TRUNCATE labels, evaluations, batches, api_keys, audit_log, sandbox_execs, sandboxes"
-                " RESTART IDENTITY CASCADE"
-            )
-        )
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     store.dispose()
 
 

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from service_helpers import ApiFactory
 from sqlalchemy import text
@@ -181,11 +180,6 @@ async def test_max_running_is_applied_by_the_claim(make_api: ApiFactory) -> None
         assert await asyncio.to_thread(service.store.claim_next) is not None
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug (issue 16): under load, b's evaluation waits behind up to 7 of a's"
-    " that were queued after it arrived, though claim_next orders by running count",
-)
 async def test_fair_share_between_keys(make_api: ApiFactory) -> None:
     """One sandbox slot; a's large batch is queued first, then b submits one program.
     b's starts while most of a's batch is still queued (FIFO would run it last)."""

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from test_store import new
 
 from crucible.core.config import Settings
-from crucible.core.lifecycle import Priority
+from crucible.core.lifecycle import Priority, Status
 from crucible.services.scan import decode, encode, scan_python, scan_request, scan_text
 from crucible.store import Store
 from crucible.store.audit import AuditEvent, AuditLog
@@ -46,7 +46,7 @@ def test_keys_store_only_a_hash(store: Store) -> None:
 
 
 def test_fair_share_claim(store: Store) -> None:
-    """A's five were queued first; B's normal one is claimed fourth, not seventh."""
+    """A's five were queued first; B's normal one is claimed third, not seventh."""
     for n in range(5):
         store.create_evaluation(new(n, owner_key_id="key_a"))
     store.create_evaluation(new(10, owner_key_id="key_b"))
@@ -55,9 +55,28 @@ def test_fair_share_claim(store: Store) -> None:
     while (claim := store.claim_next()) is not None:
         order.append(claim.id)
     # All at 0 running: priority (B's high). Then A (0 running) before B (1); then
-    # both at 1: priority, then age (A's older); then B (1 running) before A (2).
-    assert order[:4] == ["ev_11", "ev_0", "ev_1", "ev_10"], order
+    # both at 1, both normal: B, served longer ago; then A's rest.
+    assert order[:4] == ["ev_11", "ev_0", "ev_10", "ev_1"], order
     assert sorted(order) == sorted(f"ev_{n}" for n in (0, 1, 2, 3, 4, 10, 11))
+
+
+def test_fair_share_one_slot_owners_take_turns(store: Store) -> None:
+    """One slot, freed after each run: every owner has 0 running at every claim, so the
+    running count cannot decide. Owners take turns, least recently served first (the
+    oldest batch used to win every turn: B's work waited behind all of A's)."""
+    for n in range(3):
+        store.create_evaluation(new(n, owner_key_id="key_a"))
+    first = store.claim_next()
+    assert first is not None and first.id == "ev_0"
+    store.finish(first, Status.completed, result={})
+    for n in range(10, 12):
+        store.create_evaluation(new(n, owner_key_id="key_b"))
+    store.create_evaluation(new(20))  # no key: an owner of its own
+    order = []
+    while (claim := store.claim_next()) is not None:
+        order.append(claim.id)
+        store.finish(claim, Status.completed, result={})
+    assert order == ["ev_10", "ev_20", "ev_1", "ev_11", "ev_2"], order
 
 
 def test_claim_respects_default_max_running(store: Store) -> None:

@@ -2,7 +2,8 @@
 from the database and run it. Embedded servers and Celery workers both run one.
 
 The database is the queue. :meth:`Store.claim_next` picks the fair next evaluation
-(the owner with the fewest running, then priority, then age; owners at their
+(the owner with the fewest running, then priority, then the owner served least
+recently, then age; owners at their
 ``max_running`` and evaluations backing off are skipped) with ``FOR UPDATE SKIP
 LOCKED``, so concurrent claimers on many hosts never take the same row and never wait
 for each other. A message (a submission in this process, a Celery wake-up from

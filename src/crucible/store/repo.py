@@ -26,17 +26,32 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, exists, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crucible.core.errors import Conflict, NotFound
 from crucible.core.lifecycle import TERMINAL, Priority, Status, check_transition
 from crucible.store.db import WRITE_OPTION, make_engine, migrate
-from crucible.store.tables import ApiKey, Attempt, Batch, DeadLetter, Evaluation, Label
+from crucible.store.tables import (
+    ApiKey,
+    Attempt,
+    Batch,
+    DeadLetter,
+    Evaluation,
+    Label,
+    OwnerTurn,
+)
 
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def _owner(key_id: Any) -> Any:
+    """The owner as :class:`OwnerTurn` names it: evaluations without a key share ""."""
+    return func.coalesce(key_id, "")
 
 
 def _due() -> Any:
@@ -397,6 +412,8 @@ class Store:
     def claim_next(self, *, worker_id: str | None = None) -> Claim | None:
         """Claim the next queued evaluation, sharing capacity fairly between keys:
         from the owner with the fewest running evaluations, then highest priority,
+        then the owner served least recently (with one slot freed at a time every
+        owner has 0 running, and the oldest batch would otherwise win every turn),
         then oldest. An owner at its max_running quota (per key, else
         ``default_max_running``; 0 is unlimited) is skipped."""
         running = (
@@ -411,8 +428,14 @@ class Store:
             select(Evaluation.seq)
             .outerjoin(running, running.c.owner == Evaluation.owner_key_id)
             .outerjoin(ApiKey, ApiKey.id == Evaluation.owner_key_id)
+            .outerjoin(OwnerTurn, OwnerTurn.owner == _owner(Evaluation.owner_key_id))
             .where(Evaluation.status == Status.queued, _due(), or_(cap <= 0, n_running < cap))
-            .order_by(n_running, Evaluation.priority, Evaluation.seq)
+            .order_by(
+                n_running,
+                Evaluation.priority,
+                OwnerTurn.served_at.asc().nulls_first(),
+                Evaluation.seq,
+            )
             .limit(1)
             # PostgreSQL: concurrent claimers skip each other's row instead of
             # queueing behind it. SQLite serialises writers (BEGIN IMMEDIATE).
@@ -441,7 +464,9 @@ class Store:
                     worker_id=worker_id,
                     not_before=None,
                 )
-                .returning(Evaluation.id, Evaluation.attempts, Evaluation.request)
+                .returning(
+                    Evaluation.id, Evaluation.attempts, Evaluation.request, Evaluation.owner_key_id
+                )
             )
             row = s.execute(stmt).one_or_none()
             if row is None:
@@ -451,7 +476,16 @@ class Store:
                     evaluation_id=row[0], attempt=row[1], worker_id=worker_id, started_at=started
                 )
             )
+            self._took_turn(s, row[3] or "", started)
         return Claim(row[0], row[1], row[2])
+
+    def _took_turn(self, s: Session, owner: str, at: datetime) -> None:
+        upsert = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(OwnerTurn)
+        s.execute(
+            upsert.values(owner=owner, served_at=at).on_conflict_do_update(
+                index_elements=["owner"], set_={"served_at": at}
+            )
+        )
 
     def _move(
         self,

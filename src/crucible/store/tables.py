@@ -186,6 +186,17 @@ class Label(Base):
     value: Mapped[str] = mapped_column(String(200))
 
 
+class OwnerTurn(Base):
+    """When each owner (an API key, or "" for evaluations without one) last had an
+    evaluation claimed: owners with equally many running take turns, least recently
+    served first, so one slot freed at a time does not always go to the oldest batch."""
+
+    __tablename__ = "owner_turns"
+
+    owner: Mapped[str] = mapped_column(String(32), primary_key=True)
+    served_at: Mapped[datetime]
+
+
 class ApiKey(Base):
     """An API key. Only the SHA-256 of the key is stored; the key itself is shown once.
 
