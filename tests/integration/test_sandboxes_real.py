@@ -86,6 +86,18 @@ async def test_a_sandbox_through_the_api_on_the_real_engine(make_api: ApiFactory
     assert leftovers(service.settings) == []  # the engine closed with the app
 
 
+async def test_an_exec_at_the_memory_limit_says_so_in_its_record(make_api: ApiFactory) -> None:
+    """The exec's memory verdict reaches the API answer and the stored transcript."""
+    async with make_api(dispatch=False) as (client, _service):
+        sid = await create(client)
+        hog = await run(client, sid, "python3", "-c", "x = bytearray(1 << 30)")
+        assert hog.returncode == 137 and hog.memory_limit and not hog.timed_out, hog
+        calm = await run(client, sid, "echo", "still")
+        assert calm.stdout == "still\n" and not calm.memory_limit
+        execs = (await client.get(f"/sandboxes/{sid}/execs")).json()["items"]
+        assert [e["memory_limit"] for e in execs] == [True, False]
+
+
 async def test_quota_max_sandboxes_on_the_real_engine(make_api: ApiFactory) -> None:
     async with make_api(dispatch=False, quota_max_sandboxes=2) as (admin, service):
         r = await admin.post("/keys", json={"name": "q", "role": "researcher"})

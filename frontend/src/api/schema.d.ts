@@ -1258,6 +1258,12 @@ export interface components {
              */
             finished_at: string | null;
             /**
+             * Memory Limit
+             * @description the sandbox reached its memory limit during the exec (an OOM kill, its peak first at the limit, or at the limit when the timeout struck)
+             * @default false
+             */
+            memory_limit: boolean;
+            /**
              * Returncode
              * @description 128+N when killed by signal N; null: no end
              */

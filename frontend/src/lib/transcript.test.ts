@@ -61,6 +61,8 @@ describe('transcriptReducer', () => {
     expect(outcome(orderedEntries(s)[0])).toEqual({ text: 'the sandbox stopped: deleted', tone: 'warn' });
     const t = run({ type: 'load', execs: [exec(1, { finished_at: 't', returncode: 137, timed_out: true })] });
     expect(outcome(orderedEntries(t)[0]).text).toBe('timed out (exit 137)');
+    const m = run({ type: 'load', execs: [exec(1, { finished_at: 't', returncode: 137, memory_limit: true })] });
+    expect(outcome(orderedEntries(m)[0])).toEqual({ text: 'memory limit reached (exit 137)', tone: 'bad' });
   });
 });
 

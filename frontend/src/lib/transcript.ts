@@ -15,6 +15,8 @@ export interface TranscriptEntry {
   finishedAt: string | null;
   returncode: number | null;
   timedOut: boolean;
+  /** the sandbox reached its memory limit during the exec */
+  memoryLimit: boolean;
   durationMs: number | null;
   stdout: string;
   stderr: string;
@@ -48,6 +50,7 @@ function fromRecord(e: ExecRecord): TranscriptEntry {
     finishedAt: e.finished_at,
     returncode: e.returncode,
     timedOut: e.timed_out,
+    memoryLimit: e.memory_limit ?? false,
     durationMs: e.duration_ms,
     stdout: e.stdout,
     stderr: e.stderr,
@@ -116,6 +119,10 @@ export function formatCommand(cmd: string[]): string {
 export function outcome(e: TranscriptEntry): { text: string; tone: 'ok' | 'bad' | 'warn' | 'muted' } {
   if (e.error) return { text: e.error, tone: 'warn' };
   if (e.finishedAt === null || e.returncode === null) return { text: 'running…', tone: 'muted' };
+  if (e.memoryLimit) {
+    const how = e.timedOut ? 'timed out' : `exit ${e.returncode}`;
+    return { text: `memory limit reached (${how})`, tone: 'bad' };
+  }
   if (e.timedOut) return { text: `timed out (exit ${e.returncode})`, tone: 'warn' };
   return { text: `exit ${e.returncode}`, tone: e.returncode === 0 ? 'ok' : 'bad' };
 }

@@ -127,6 +127,8 @@ def exec_(
         out.print(result.model_dump_json(indent=2))
     else:
         _print_output(result)
+        if result.memory_limit:
+            err.print("[yellow]the sandbox reached its memory limit")
         if result.timed_out:
             err.print(f"[yellow]timed out after {timeout:g} s" if timeout else "[yellow]timed out")
     raise typer.Exit(result.returncode if result.returncode is not None else 1)
@@ -244,6 +246,8 @@ def _repl(box: RemoteSandbox, timeout: float | None) -> None:
                 return  # nothing more can run in it
             continue
         _print_output(result)
+        if result.memory_limit:
+            err.print("[yellow]" + escape("[memory limit reached]"))
         if result.timed_out:
             err.print("[yellow]" + escape("[timed out]"))
         elif result.returncode:

@@ -171,6 +171,11 @@ class ExecPublic(BaseModel):
     finished_at: datetime | None = Field(description="null while it runs")
     returncode: int | None = Field(description="128+N when killed by signal N; null: no end")
     timed_out: bool
+    memory_limit: bool = Field(
+        False,
+        description="the sandbox reached its memory limit during the exec (an OOM kill, its"
+        " peak first at the limit, or at the limit when the timeout struck)",
+    )
     duration_ms: int | None
     stdout: str
     stderr: str

@@ -206,4 +206,10 @@ class ExecResult(BaseModel):
     stdout_truncated: bool = Field(description="stdout passed its cap; the tail was kept")
     stderr_truncated: bool = Field(description="stderr passed its cap; the tail was kept")
     timed_out: bool = Field(description="the exec's timeout killed its process tree")
+    memory_limit: bool = Field(
+        False,
+        description="the sandbox reached its memory limit during the exec: an OOM kill was"
+        " counted, its peak first came within 1 MiB of the limit, or it was there when the"
+        " timeout struck (a program thrashing at its limit)",
+    )
     duration_ms: int

@@ -258,6 +258,7 @@ class Session:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         name = f"{next(self._names)}-{secrets.token_hex(4)}"
+        before = self._container.account()
         started = time.monotonic()
         try:
             proc = await self._container.exec(process, (in_r, out_w, err_w), name=name)
@@ -281,12 +282,13 @@ class Session:
             asyncio.ensure_future(pump(out_r, "stdout", feed, _CHUNK)),
             asyncio.ensure_future(pump(err_r, "stderr", feed, _CHUNK)),
         ]
-        timed_out = False
+        timed_out = pinned = False
         try:
             try:
                 await asyncio.wait_for(asyncio.shield(proc.wait()), timeout_s)
             except TimeoutError:
                 timed_out = True
+                pinned = self._pinned()  # before the kill frees its memory
                 await self._kill_tree(proc, name)
             # What the command wrote is in the pipes; a background process it left
             # holding them must not keep this exec open.
@@ -314,7 +316,30 @@ class Session:
             stdout_truncated=stdout.truncated,
             stderr_truncated=stderr.truncated,
             timed_out=timed_out,
+            memory_limit=pinned or self._reached_limit(before),
             duration_ms=duration_ms,
+        )
+
+    @property
+    def _memory_limit(self) -> int:
+        return self.spec.limits.memory_mb << 20
+
+    def _pinned(self) -> bool:
+        """The sandbox's memory is at its limit now."""
+        now = self._container.counters.memory_bytes()
+        limit = self._memory_limit
+        return limit > 0 and now >= limit - accounting.PINNED_SLACK_BYTES
+
+    def _reached_limit(self, before: Usage) -> bool:
+        """The sandbox reached its memory limit since ``before`` was read: an OOM kill
+        was counted, or the peak first came to the limit (a peak reached by an earlier
+        exec says nothing about this one)."""
+        after = self._container.account()
+        if after.oom_kill > before.oom_kill:
+            return True
+        limit = self._memory_limit
+        return accounting.at_memory_limit(after, limit) and not accounting.at_memory_limit(
+            before, limit
         )
 
     async def _kill_tree(self, proc: asyncio.subprocess.Process, name: str) -> None:

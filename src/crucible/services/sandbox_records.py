@@ -68,6 +68,7 @@ def exec_public(row: SandboxExec, result: ExecResult | None = None) -> ExecPubli
         finished_at=row.finished_at,
         returncode=row.returncode,
         timed_out=row.timed_out,
+        memory_limit=row.memory_limit,
         duration_ms=row.duration_ms,
         **text_fields("stdout", stdout),
         **text_fields("stderr", stderr),

@@ -407,6 +407,7 @@ class SandboxService:
         return ExecOutcome(
             returncode=result.returncode,
             timed_out=result.timed_out,
+            memory_limit=result.memory_limit,
             duration_ms=result.duration_ms,
             stdout_truncated=result.stdout_truncated,
             stderr_truncated=result.stderr_truncated,

@@ -56,6 +56,7 @@ class ExecOutcome:
 
     returncode: int
     timed_out: bool
+    memory_limit: bool
     duration_ms: int
     stdout_preview: bytes
     stderr_preview: bytes
@@ -252,6 +253,7 @@ class SandboxStore:
                 user=user,
                 started_at=t,
                 timed_out=False,
+                memory_limit=False,
                 stdout_preview=b"",
                 stderr_preview=b"",
                 stdout_truncated=False,

@@ -305,6 +305,8 @@ class SandboxExec(Base):
     finished_at: Mapped[datetime | None]
     returncode: Mapped[int | None] = mapped_column(Integer)
     timed_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The sandbox reached its memory limit during the exec (ExecResult.memory_limit).
+    memory_limit: Mapped[bool] = mapped_column(Boolean, default=False)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     stdout_preview: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     stderr_preview: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
