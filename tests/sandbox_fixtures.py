@@ -124,8 +124,11 @@ def leftovers(settings: Settings) -> list[str]:
     bundles = state / "bundles"
     if bundles.exists():
         found += [f"bundle {b.name}" for b in bundles.iterdir()]
+    # This process's engines keep their asset views until they are collected (sweep.py).
+    own_views = f"{state}/views/{os.getpid()}-"
     with open("/proc/mounts") as f:
-        found += [f"mount {line.split()[1]}" for line in f if str(state) in line.split()[1]]
+        mounts = [line.split()[1] for line in f]
+    found += [f"mount {m}" for m in mounts if str(state) in m and not m.startswith(own_views)]
     cgroups = Path("/sys/fs/cgroup")
     parents = [cgroups / settings.prefix] + [d / settings.prefix for d in cgroups.iterdir()]
     for parent in parents:

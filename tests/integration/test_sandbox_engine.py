@@ -269,6 +269,7 @@ async def test_sweep_removes_a_crashed_supervisors_containers(
     assert any(r.startswith("container crun:") for r in removed), removed
     # (3 runs, and the warm spares its pool was making)
     assert len([r for r in removed if r.startswith("bundle")]) >= 3, removed
+    assert any(r.startswith("view ") for r in removed), removed  # its assets' tmpfs
     assert await settled_leftovers(sandbox) == []
 
 

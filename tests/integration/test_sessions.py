@@ -62,18 +62,27 @@ async def test_root_inside_is_not_root_outside(
     r = await session.exec(["sh", "-c", "echo x > /proc/sys/kernel/hostname"])
     assert r.returncode != 0
     marker = f"marker{secrets.token_hex(6)}"
-    task = asyncio.ensure_future(session.exec(["sh", "-c", f"sleep 30; : {marker}"], timeout_s=20))
+    started = asyncio.Event()
+    task = asyncio.ensure_future(
+        session.exec(
+            ["sh", "-c", f"echo started; sleep 60; : {marker}"],
+            timeout_s=60,
+            on_output=lambda _stream, _chunk: started.set(),
+        )
+    )
     try:
-        host_uids = []
-        for _ in range(100):  # until the exec has started (a few tens of ms)
-            host_uids = _host_uids_of(marker)
-            if host_uids:
-                break
-            await asyncio.sleep(0.05)
+        await asyncio.wait_for(started.wait(), 30)  # the command runs (its shell, at least)
+        host_uids = _host_uids_of(marker)
         if session.runtime == "gvisor":
             # gVisor's processes live in its own kernel: none is a host process.
             assert host_uids == []
         else:
+            # The shell has printed; the host may not list it under its new
+            # command line yet. Bound: 10 s for a process that is already running.
+            deadline = time.monotonic() + 10
+            while not host_uids and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                host_uids = _host_uids_of(marker)
             assert host_uids and all(uid >= 65536 for uid in host_uids), host_uids
     finally:
         task.cancel()

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal as signals
 import time
+import weakref
 from collections.abc import Awaitable, Hashable
 from dataclasses import dataclass
 from importlib import resources
@@ -48,7 +49,7 @@ from crucible.engine.process import run_tool
 from crucible.engine.runtime import Runtime
 from crucible.engine.seccomp import compile_bpf
 from crucible.engine.session import Sessions
-from crucible.engine.sweep import owner_token, sweep_leftovers
+from crucible.engine.sweep import drop_view, mount_view, owner_token, sweep_leftovers, sweep_views
 
 log = logging.getLogger(__name__)
 
@@ -164,17 +165,21 @@ class Sandbox:
             raise SandboxUnavailable("the sandbox needs root to drive runc/runsc")
         reaper.become_subreaper()
         self._bundles.mkdir(parents=True, exist_ok=True)
-        # A bind mount shows its source's path within its file system in the sandbox's
-        # /proc/self/mountinfo, so these paths show there (a known leak, README): a
-        # tmpfs of their own would hide them, but must then be unmounted by whoever
-        # removes the state directory.
+        # Built once per content into <state>/assets, then bound into sandboxes from a
+        # tmpfs view of this engine's own, so mountinfo names no host path (sweep.py).
         self._assets.mkdir(parents=True, exist_ok=True)
-        self._rootfs = spec.ensure_rootfs(self._assets / "rootfs", self._host_mounts)
-        self._init = await self._build_static("init.c", "init")
+        init = await self._build_static("init.c", "init")
         if self._hidden_cgroup2:
             self._hidecg = await self._build_static("hidecg.c", "hidecg")
-        self._seccomp = self._compile_seccomp()
-        self._gvisor_preload = await self._build_preload()
+        seccomp = self._compile_seccomp()
+        shim, preload = await self._build_preload()
+        view = mount_view(self.state_dir)
+        weakref.finalize(self, drop_view, view, owner=os.getpid())
+        self._rootfs = spec.ensure_rootfs(view / "rootfs", self._host_mounts)
+        self._init, self._seccomp, *shown = (
+            Path(shutil.copy2(asset, view)) for asset in (init, seccomp, shim, preload)
+        )
+        self._gvisor_preload = (shown[0], shown[1])
 
     def _cached(self, name: str, content: bytes) -> Path:
         """``<assets>/<name>-<digest of content>``: the path of a file made once per
@@ -239,7 +244,7 @@ class Sandbox:
             except SandboxUnavailable:
                 continue
         swept = await sweep_leftovers(self.state_dir, self.settings.prefix, runtimes)
-        return swept + await sweep_networks(self.state_dir)
+        return swept + sweep_views(self.state_dir) + await sweep_networks(self.state_dir)
 
     # -- one run --------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -85,6 +86,46 @@ async def sweep_leftovers(
                 accounting.remove_cgroup(f"/{prefix}/{child.name}")
                 if not child.exists():
                     removed.append(f"cgroup {child.name}")
+    return removed
+
+
+# -- asset views --------------------------------------------------------------------
+# A bind mount shows its source's path within its file system in the sandbox's
+# /proc/self/mountinfo. The shared root, init and filter are therefore bound from a
+# small tmpfs of their own, one per engine (``views/<pid>-<starttime>-<hex>``): inside,
+# mountinfo says ``/rootfs``, not a host path. The engine's finalizer (its process's
+# exit) unmounts it; ``sweep_views`` removes those of processes that died first.
+
+
+def mount_view(state_dir: Path) -> Path:
+    """A fresh tmpfs for this engine's asset view, named after its owner."""
+    pid, start = owner_token().split(":")
+    view = state_dir / "views" / f"{pid}-{start}-{secrets.token_hex(4)}"
+    workspace.mount_tmpfs(view, 16, options="nr_inodes=4096,mode=0755")
+    return view
+
+
+def drop_view(view: Path, *, owner: int | None = None) -> None:
+    """Unmount and remove a view (lazily: running sandboxes keep their binds); with
+    ``owner``, only in that process (a forked child exiting leaves its parent's)."""
+    if owner is not None and owner != os.getpid():
+        return
+    with contextlib.suppress(OSError):
+        workspace.unmount(view)
+        view.rmdir()
+
+
+def sweep_views(state_dir: Path) -> list[str]:
+    """Remove the asset views of processes that are gone."""
+    removed = []
+    views = state_dir / "views"
+    for view in views.iterdir() if views.is_dir() else []:
+        pid, _, rest = view.name.partition("-")
+        with contextlib.suppress(OSError, ValueError):
+            if owner_token(int(pid)) == f"{pid}:{rest.partition('-')[0]}":
+                continue  # its engine lives
+        drop_view(view)
+        removed.append(f"view {view.name}")
     return removed
 
 
