@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Hashable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from crucible.core.config import Settings, get_settings
 from crucible.core.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
@@ -108,6 +109,7 @@ class Sandbox:
         )
         self._tasks: set[asyncio.Task[None]] = set()  # tear-downs in flight
         self._sessions: Sessions | None = None
+        self._view: weakref.finalize[Any, Any] | None = None  # the assets' tmpfs
 
     # -- what long-lived sandboxes (session.py) share with one-shot runs ---------
 
@@ -174,7 +176,9 @@ class Sandbox:
         seccomp = self._compile_seccomp()
         shim, preload = await self._build_preload()
         view = mount_view(self.state_dir)
-        weakref.finalize(self, drop_view, view, owner=os.getpid())
+        # Dropped by close(), or when the engine is collected or its process exits
+        # (uvicorn ends by re-raising SIGTERM: no atexit, so close() it is for servers).
+        self._view = weakref.finalize(self, drop_view, view, owner=os.getpid())
         self._rootfs = spec.ensure_rootfs(view / "rootfs", self._host_mounts)
         self._init, self._seccomp, *shown = (
             Path(shutil.copy2(asset, view)) for asset in (init, seccomp, shim, preload)
@@ -461,13 +465,19 @@ class Sandbox:
             log.warning("no warm sandboxes: %s", exc)
 
     async def close(self) -> None:
-        """Close the long-lived sandboxes, remove the idle warm ones and wait for
-        tear-downs in flight (idempotent). Runs still work afterwards, without the pool."""
+        """Close the long-lived sandboxes, remove the idle warm ones, wait for
+        tear-downs in flight and drop the assets' view (idempotent). Runs still work
+        afterwards, without the pool (the next one prepares a new view)."""
         if self._sessions is not None:
             await self._sessions.close_all()
         await self._pool.close()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        async with self._prepare_lock:
+            if self._view is not None:
+                self._view()
+                self._view = None
+            self._rootfs = self._init = self._seccomp = self._gvisor_preload = None
 
     # -- supervising one step -------------------------------------------------
 
