@@ -375,6 +375,7 @@ class Sandbox:
         self, box: _Box, step: str, limits: Limits, runtime_name: RuntimeName
     ) -> tuple[Container, str]:
         """Create container ``<run id>-<step>`` over ``box``'s workspace, init waiting."""
+        await self.prepare()  # again: close() may have dropped the assets' view since
         assert self._rootfs is not None and self._init is not None and self._seccomp is not None
         rt = self.get_runtime(runtime_name)
         cid = f"{box.run_id}-{step}"
