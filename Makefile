@@ -20,8 +20,13 @@ lint: setup-test
 typecheck: setup-test
 	$(VENV)/mypy
 
+# Two pytest processes (pytest-xdist), a module to each at a time (its module-scoped
+# server stays one): most tests wait on containers, servers and workers, not on a core.
+# Every process has its own state directory, database and ports; the 25 slowest tests
+# are listed at the end.
+PYTEST_WORKERS ?= 2
 pytest: setup-test
-	$(VENV)/pytest -q -p no:cacheprovider
+	$(VENV)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope --durations=25
 
 # Types generated from the committed OpenAPI document must not drift; then unit tests.
 frontend-test: setup-test

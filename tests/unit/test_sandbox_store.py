@@ -50,6 +50,7 @@ def outcome(code: int, out: bytes = b"") -> ExecOutcome:
     return ExecOutcome(
         returncode=code,
         timed_out=False,
+        memory_limit=False,
         duration_ms=5,
         stdout_preview=out,
         stderr_preview=b"",
