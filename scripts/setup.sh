@@ -24,6 +24,9 @@ have javac || need_apt+=(default-jdk-headless)
 have mount || need_apt+=(mount)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
 /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# pip for the host's python3: a sandbox without an environment offers it as `pip`, as
+# Inspect's default image does (crucible.engine.spec.COMPAT_LINKS).
+[ -x /usr/bin/pip3 ] || need_apt+=(python3-pip)
 if [ "$mode" = "--test" ]; then
   have chromium || need_apt+=(chromium)
   have redis-server || need_apt+=(redis-server)

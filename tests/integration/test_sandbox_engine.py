@@ -314,3 +314,16 @@ async def test_ls_and_stat_work_under_every_runtime(runtime: str, sandbox: Sandb
     lines = r.stdout.splitlines()
     assert lines[0].startswith("d") and lines[0].endswith(" /"), r.stdout
     assert lines[1].endswith(" /usr/bin/ls") and lines[2] == "/workspace 700", r.stdout
+
+
+async def test_python_and_pip_names_in_one_shot_runs(runtime: str, sandbox: Sandbox) -> None:
+    """A run without an environment has `python` and `pip` as an agent sandbox does
+    (spec.COMPAT_BIN), for the host's python3."""
+    code = (
+        "python -c 'import sys; print(sys.version_info[0])'; "
+        "v=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'); "
+        'pip --version | grep -qF "(python $v)" && echo pip-ok; '
+        "echo $((1+2)) | tee n | sha256sum | cut -c1-8; cat n; ls"
+    )
+    r = await run_code(sandbox, runtime, code, language="bash")
+    assert (r.exit_code, r.stdout) == (0, "3\npip-ok\n1121cfcc\n3\nmain.sh\nn\n"), r.stderr

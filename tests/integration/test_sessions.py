@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import os
 import secrets
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -374,3 +376,51 @@ async def test_ls_and_stat_work(session: Session) -> None:
     r = await session.exec(["bash", "-c", "ls -l /etc/passwd && stat -c %a /root"])
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode().splitlines()[1] == "700"
+
+
+def probe_wheel() -> bytes:
+    """A pure-Python wheel of one module, made here (pip installs it with no index)."""
+    info = "crucible_probe-1.0.dist-info"
+    files = {
+        "crucible_probe.py": "ANSWER = 42\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\nName: crucible-probe\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+    return buffer.getvalue()
+
+
+async def test_what_inspect_tasks_call_without_an_environment(session: Session) -> None:
+    """What Inspect AI's default image (a Python image) offers and tasks written for it
+    call: `python` and `pip` (the host has only python3 and pip3 for sure), bash,
+    coreutils; and `pip install` as in that image (no PEP 668 refusal)."""
+
+    async def out(*cmd: str) -> str:
+        r = await session.exec(list(cmd))
+        assert r.returncode == 0, (cmd, r)
+        return r.stdout.decode()
+
+    assert await out("python", "-c", "import sys; print(sys.version_info[0])") == "3\n"
+    version = "import sys; print('%d.%d' % sys.version_info[:2])"
+    python3 = (await out("python3", "-c", version)).strip()
+    assert (await out("python", "-c", version)).strip() == python3
+    for pip in ("pip", "pip3"):
+        assert f"(python {python3})" in await out(pip, "--version")
+    assert await out("bash", "-c", "echo $((1+2))") == "3\n"
+    await session.write_file("/root/f.txt", b"abc")
+    assert await out("ls", "/root") == "f.txt\n"
+    assert await out("cat", "/root/f.txt") == "abc"
+    digest = hashlib.sha256(b"abc").hexdigest()
+    assert await out("sha256sum", "/root/f.txt") == f"{digest}  /root/f.txt\n"
+
+    await session.write_file("/root/crucible_probe-1.0-py3-none-any.whl", probe_wheel())
+    await out("pip", "install", "--no-index", "/root/crucible_probe-1.0-py3-none-any.whl")
+    assert await out("python", "-c", "import crucible_probe as m; print(m.ANSWER)") == "42\n"
+    # The names come last on the PATH and name paths inside the sandbox.
+    assert (await out("printenv", "PATH")).endswith(":/.crucible/bin\n")
+    assert await out("readlink", "/.crucible/bin/python") == "/usr/bin/python3\n"

@@ -387,7 +387,8 @@ CASES = [
     Case(
         "environment-is-fixed",
         "import os\nprint(sorted(os.environ.items()))\n",
-        lambda r: environment_is(r, FIXED_ENV),
+        # On the host skeleton PATH ends with its python and pip (spec.COMPAT_BIN).
+        lambda r: environment_is(r, {**FIXED_ENV, "PATH": f"{FIXED_ENV['PATH']}:/.crucible/bin"}),
         # In the test image: its Env too, and nothing else.
         in_environment=lambda r: environment_is(r, {**FIXED_ENV, "FOO": "from-image"}),
     ),

@@ -156,6 +156,17 @@ class TestSpec:
         assert all("nosuid" in m["options"] for d, m in mounts.items() if m["type"] == "bind")
         assert not any(d.startswith(("/root", "/home", "/var", "/sys")) for d in mounts)
 
+    def test_the_skeleton_names_python_and_pip(self, tmp_path: Path) -> None:
+        root = spec.ensure_rootfs(tmp_path / "rootfs")
+        bin_dir = root / spec.COMPAT_BIN.lstrip("/")
+        (bin_dir / "pip").unlink()
+        (bin_dir / "pip").symlink_to("/elsewhere")  # a stale link is replaced
+        spec.ensure_rootfs(root)  # idempotent
+        links = {p.name: str(p.readlink()) for p in bin_dir.iterdir()}
+        assert links == {"python": "/usr/bin/python3", "pip": "/usr/bin/pip3"}
+        assert (root / "etc/pip.conf").read_text() == spec.PIP_CONF
+        assert spec.HOST_PATH.endswith(f":{spec.COMPAT_BIN}")  # last: the host's win
+
     def test_gvisor_gets_sentry_headroom_and_nproc(self, tmp_path: Path) -> None:
         c = self.config(tmp_path, gvisor=True)
         assert c["linux"]["resources"]["pids"]["limit"] == 32 + spec.GVISOR_PIDS_OVERHEAD

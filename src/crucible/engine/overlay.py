@@ -265,7 +265,7 @@ def sticky_tmp(root: Path, uid: int = 0) -> None:
 
 # -- the skeleton ---------------------------------------------------------------------
 
-_VERSION = "1"  # bump when the skeleton's contents change
+_VERSION = "2"  # bump when the skeleton's contents change (2: spec.ensure_compat)
 
 _USERS = [
     # name, uid, gid, home, shell (Debian 12's base-passwd)
@@ -384,3 +384,4 @@ def _build_skeleton(root: Path, mount_points: list[str]) -> None:
         (etc / name).write_text(text)
     (root / spec.INIT_PATH.lstrip("/")).touch()
     (root / spec.SECCOMP_PATH.lstrip("/")).touch()
+    spec.ensure_compat(root)  # python and pip, as Inspect's default image has them

@@ -626,8 +626,8 @@ def _base_env(environment: EnvironmentRoot | None = None) -> dict[str, str]:
     """The program's environment: fixed, but for what an environment's image sets
     (its PATH, LANG, its own variables); HOME and TMPDIR stay the sandbox's."""
     fixed = {"PATH": spec.PATH, "HOME": spec.WORKSPACE, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
-    if environment is None:
-        return fixed
+    if environment is None:  # the host skeleton: its python and pip last (spec.COMPAT_BIN)
+        return {**fixed, "PATH": spec.HOST_PATH}
     return {**fixed, **environment.env, "HOME": spec.WORKSPACE, "TMPDIR": "/tmp"}
 
 

@@ -79,6 +79,8 @@ ENV = {
     "LANG": "C.UTF-8",
     "TERM": "dumb",
 }
+# Without an environment: the skeleton's python and pip last (see spec.COMPAT_BIN).
+HOST_ENV = {**ENV, "PATH": f"{ENV['PATH']}:{spec.COMPAT_BIN}"}
 _KILL_GRACE_S = 2.0  # after the tree-kill request, before the runtime's exec is killed
 _RESEND_S = 0.1  # the request is repeated (a signal can land between two checks)
 _DRAIN_S = 0.2  # after the exec's end: output left by background holders of the pipes
@@ -165,7 +167,7 @@ class Session:
         # What an environment's image config says (Env, WorkingDir, User); else Debian's.
         image = session_spec.environment
         self.workdir = (image.workdir if image and image.workdir.startswith("/") else "") or WORKDIR
-        self.env = {**ENV, **(image.env if image else {})}
+        self.env = {**ENV, **image.env} if image else dict(HOST_ENV)
         self.user = image.user.split(":", 1)[0] if image else ""
 
     @property

@@ -1,10 +1,11 @@
 """Builds a run's OCI bundle: the shared read-only root file system and config.json.
 
 The root is a skeleton directory (empty mount points, a two-line /etc/passwd,
-symlinks for a merged /usr) shared by every run and mounted read-only. The
-toolchain comes in through read-only binds of host paths: /usr, and on hosts
-without a merged /usr also /bin, /lib, /lib64 and /sbin; plus the few /etc files a
-toolchain reads. Nothing else of the host is visible.
+symlinks for a merged /usr, the ``python`` and ``pip`` links of ``COMPAT_BIN``)
+shared by every run and mounted read-only. The toolchain comes in through read-only
+binds of host paths: /usr, and on hosts without a merged /usr also /bin, /lib, /lib64
+and /sbin; plus the few /etc files a toolchain reads. Nothing else of the host is
+visible.
 """
 
 from __future__ import annotations
@@ -27,8 +28,21 @@ SECCOMP_PATH = "/.crucible/seccomp.bpf"  # read by the init (init.c)
 GVISOR_STATX_PATH = "/.crucible/gvisor-statx.so"
 LD_SO_PRELOAD = "/etc/ld.so.preload"
 WORKSPACE = "/workspace"
-PATH = "/usr/local/bin:/usr/bin:/bin"
 GVISOR_PIDS_OVERHEAD = 2048
+PATH = "/usr/local/bin:/usr/bin:/bin"
+# Names a sandbox without an environment has besides the host's /usr: tasks written for
+# Inspect AI's default image (aisiuk/inspect-tool-support, a Python image) run `python`
+# and `pip`, while Debian's python3 and python3-pip install `python3` and `pip3` (and,
+# since bookworm, `pip`). The bound /usr cannot take a file, so these links live in a
+# directory of the skeleton, *last* on the PATH: whatever the host has wins (a
+# python-is-python3 host's /usr/bin/python, what an agent installs in /usr/local/bin).
+COMPAT_BIN = "/.crucible/bin"
+COMPAT_LINKS = {"python": "/usr/bin/python3", "pip": "/usr/bin/pip3"}
+HOST_PATH = f"{PATH}:{COMPAT_BIN}"
+# PEP 668 keeps pip off a system's own Python (Debian's EXTERNALLY-MANAGED). In a
+# sandbox that Python is the sandbox's: what pip installs lands in the sandbox's own
+# layer (or its HOME), as in Inspect's image, where `pip install` just works.
+PIP_CONF = "[global]\nbreak-system-packages = true\n"
 
 # Top-level host directories a toolchain lives in. On a merged-/usr host the
 # last four are symlinks into /usr and are recreated as symlinks in the skeleton.
@@ -105,7 +119,29 @@ def ensure_rootfs(path: Path, mount_points: list[str] = ()) -> Path:  # type: ig
             point.touch()
     for mount_point in (INIT_PATH, SECCOMP_PATH, GVISOR_STATX_PATH, LD_SO_PRELOAD):
         (path / mount_point.lstrip("/")).touch()  # mount points in the read-only root
+    ensure_compat(path)
     return path
+
+
+def ensure_compat(root: Path) -> None:
+    """Put ``COMPAT_LINKS`` in ``root``'s ``COMPAT_BIN`` and ``PIP_CONF`` in its
+    /etc/pip.conf (idempotent). The links name paths inside the sandbox; one whose
+    target the host lacks fails as the bare name would ("No such file")."""
+    bin_dir = root / COMPAT_BIN.lstrip("/")
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    bin_dir.chmod(0o755)
+    for name, target in COMPAT_LINKS.items():
+        link = bin_dir / name
+        if link.is_symlink() and os.readlink(link) == target:
+            continue
+        # Made aside and renamed over: engines sharing a state directory race harmlessly.
+        tmp = bin_dir / f".{name}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target)
+        tmp.replace(link)
+    conf = root / "etc" / "pip.conf"
+    if not conf.exists() or conf.read_text() != PIP_CONF:
+        conf.write_text(PIP_CONF)
 
 
 def preload_binds(gvisor_preload: tuple[Path, Path] | None) -> list[dict[str, Any]]:
