@@ -22,7 +22,7 @@ from auth_keys import AUTH
 from crucible.api.app import create_app
 from crucible.api.schemas import EvaluationRequest
 from crucible.core.config import Settings
-from crucible.core.errors import EnvironmentUnavailable
+from crucible.core.errors import EnvironmentUnavailable, SandboxUnavailable
 from crucible.core.lifecycle import Status
 from crucible.environments.store import EnvironmentStore
 from crucible.services.evaluations import Service
@@ -398,3 +398,45 @@ async def test_a_program_runs_in_its_environment(
         body = done.json()
         assert body["status"] == "completed", body
         assert body["result"]["stdout"].split() == ["bash", "no-python"], body["result"]
+
+
+async def test_default_environment_for_sandboxes_that_name_none(
+    settings: Settings, tmp_path: Path, make_api: Any
+) -> None:
+    """CRUCIBLE_DEFAULT_ENVIRONMENT on the real engine (runc): a sandbox created without
+    an ``environment`` runs over it, looked up like a named one; ``host`` still gives
+    the host; one-shot evaluations keep host. A name the store lacks stops the start;
+    one removed while the server runs makes creates a 422 naming the setting."""
+    store = EnvironmentStore.of(settings)
+    archive = write_docker_archive(bash_image(), tmp_path / "bash.tar")
+    env = await asyncio.to_thread(store.import_image, archive, "bash-only")
+    with pytest.raises(SandboxUnavailable, match=r"CRUCIBLE_DEFAULT_ENVIRONMENT='nope'.*bash-only"):
+        async with make_api(dispatch=False, default_environment="nope"):
+            pass
+
+    async with make_api(dispatch=False, default_environment="bash-only") as (api, service):
+        probe = {"cmd": ["bash", "-c", "echo /usr/bin/*; test -e /usr/bin/python3 || echo none"]}
+        r = await api.post("/sandboxes", json={"runtime": "runc"})
+        assert r.status_code == 201, r.text
+        box = r.json()
+        assert (box["environment"], box["environment_digest"]) == ("bash-only", env.digest)
+        ran = (await api.post(f"/sandboxes/{box['id']}/exec", json=probe)).json()
+        assert ran["stdout"].split() == ["/usr/bin/bash", "none"], ran
+
+        host = (
+            await api.post("/sandboxes", json={"runtime": "runc", "environment": "host"})
+        ).json()
+        assert (host["environment"], host["environment_digest"]) == ("host", None)
+        ran = (await api.post(f"/sandboxes/{host['id']}/exec", json=probe)).json()
+        assert "/usr/bin/python3" in ran["stdout"].split(), ran
+
+        evaluation = (await api.post("/evaluations", json=HELLO)).json()
+        assert evaluation["request"]["environment"] == "host"
+
+        for sid in (box["id"], host["id"]):
+            assert (await api.delete(f"/sandboxes/{sid}")).status_code == 204
+        await asyncio.to_thread(store.remove, "bash-only")  # behind the server's back
+        gone = await api.post("/sandboxes", json={"runtime": "runc"})
+        assert gone.status_code == 422 and gone.json()["field"] == "environment"
+        assert "CRUCIBLE_DEFAULT_ENVIRONMENT" in gone.json()["detail"], gone.text
+        assert await asyncio.to_thread(service.sandboxes.store.running) == []

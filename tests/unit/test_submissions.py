@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -6,7 +8,15 @@ from crucible.core.config import Settings
 from crucible.core.errors import InvalidSubmission, PayloadTooLarge
 from crucible.core.lifecycle import Verdict
 from crucible.engine.models import Events, Result, RuntimeInfo, Termination
-from crucible.services.submissions import merge, prepare, request_hash, run_request, verdict
+from crucible.environments.store import EnvironmentStore
+from crucible.services.submissions import (
+    merge,
+    prepare,
+    request_hash,
+    resolve_environment,
+    run_request,
+    verdict,
+)
 
 
 @pytest.fixture
@@ -125,3 +135,22 @@ def test_verdict(cfg: Settings) -> None:
     assert verdict(tested, result("", termination=Termination.timeout, exit_code=None)) is (
         Verdict.failed
     )
+
+
+def test_an_empty_default_environment_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRUCIBLE_DEFAULT_ENVIRONMENT", "")
+    assert Settings().default_environment is None
+    monkeypatch.setenv("CRUCIBLE_DEFAULT_ENVIRONMENT", "python:3.12")
+    assert Settings().default_environment == "python:3.12"
+
+
+def test_an_unnamed_environment_takes_the_default(tmp_path: Path) -> None:
+    store = EnvironmentStore(tmp_path / "envs")  # empty: no environment at all
+    assert resolve_environment(None, store) is None  # host
+    assert resolve_environment(None, store, default="host") is None
+    assert resolve_environment("host", store, default="gone") is None  # named: the host
+    with pytest.raises(InvalidSubmission, match=r"CRUCIBLE_DEFAULT_ENVIRONMENT.*'gone'"):
+        resolve_environment(None, store, default="gone")
+    with pytest.raises(InvalidSubmission, match="no environment 'other'") as named:
+        resolve_environment("other", store, default="gone")
+    assert "CRUCIBLE_DEFAULT_ENVIRONMENT" not in str(named.value)

@@ -38,7 +38,11 @@ Ttl = Annotated[
 Idle = Annotated[float | None, typer.Option("--idle-timeout", help="stopped after this long idle")]
 EnvironmentOpt = Annotated[
     str | None,
-    typer.Option("--environment", "-e", help="root under the writable layer (default host)"),
+    typer.Option(
+        "--environment",
+        "-e",
+        help="root under the writable layer (default: the server's, else host)",
+    ),
 ]
 FAILURES = (ApiError, CrucibleError, OSError)
 

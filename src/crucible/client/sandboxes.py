@@ -174,7 +174,8 @@ class Sandboxes:
         network: dict[str, Any] | None = None,
     ) -> RemoteSandbox:
         """A new running sandbox (unset fields: the server's defaults; ``environment``
-        the root under its writable layer, default host; ``network`` a place on a
+        the root under its writable layer, default the server's
+        CRUCIBLE_DEFAULT_ENVIRONMENT, else host; ``network`` a place on a
         private network, ``{"group", "hostname", "members"}``)."""
         body = _create_body(runtime, limits, ttl_s, idle_timeout_s, labels, environment, network)
         record = SandboxPublic.model_validate(check(self.http.post("/sandboxes", json=body)).json())

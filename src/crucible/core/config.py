@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     # archive and unpacked.
     environments_dir: Path | None = None
     environment_max_bytes: int = 4 << 30
+    # The environment of an agent sandbox whose create names none (the API, the Inspect
+    # provider, `crucible sandbox create`); None: host, the host skeleton (which has
+    # python, pip, bash and coreutils, as Inspect's default image). A name the store
+    # lacks stops the start-up of whatever hosts sandboxes; naming `host` still gives
+    # the host. One-shot evaluations keep `host` as their default.
+    default_environment: str | None = None
 
     max_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1)
     limits: LimitBounds = Field(default_factory=LimitBounds)
@@ -172,6 +178,11 @@ class Settings(BaseSettings):
     # for sandboxes past their ttl_s or idle_timeout_s (the precision of both).
     sandbox_limits: SandboxBounds = Field(default_factory=SandboxBounds)
     sandbox_reap_s: float = 1.0
+
+    @field_validator("default_environment")
+    @classmethod
+    def _unset_when_empty(cls, value: str | None) -> str | None:
+        return value or None  # CRUCIBLE_DEFAULT_ENVIRONMENT= unsets it
 
     @model_validator(mode="after")
     def _check_ceilings(self) -> Settings:

@@ -63,7 +63,8 @@ class SandboxCreate(BaseModel):
     environment: EnvironmentName | None = Field(
         None,
         description="the root the sandbox's writable layer goes over (GET"
-        " /api/v1/environments); default host: the host skeleton",
+        " /api/v1/environments); default: the server's CRUCIBLE_DEFAULT_ENVIRONMENT,"
+        " else host (the host skeleton: the host's toolchain, with python and pip)",
         examples=["host", "python:3.12-slim"],
     )
     limits: SandboxLimitsCreate | None = None

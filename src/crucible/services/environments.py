@@ -88,12 +88,14 @@ class EnvironmentService:
         """Raises NotFound (naming the known ones)."""
         return environment_public(await asyncio.to_thread(self.store.get, name))
 
-    async def resolve(self, name: str | None) -> Environment | None:
-        """What a request's ``environment`` names (None: host); InvalidSubmission
-        (422, naming the known ones and the import command) when unknown."""
-        if name is None or name == HOST:
-            return None
-        return await asyncio.to_thread(resolve_environment, name, self.store)
+    async def resolve(self, name: str | None, *, default: str | None = None) -> Environment | None:
+        """What a request's ``environment`` names (None: ``default``, else host);
+        InvalidSubmission (422, naming the known ones and the import command) when
+        unknown."""
+        wanted = name if name is not None else default
+        if wanted is None or wanted == HOST:
+            return None  # no thread for the common case
+        return await asyncio.to_thread(resolve_environment, name, self.store, default=default)
 
     async def in_use(self, name: str) -> tuple[int, int]:
         """(queued or running evaluations, running sandboxes) naming ``name``."""

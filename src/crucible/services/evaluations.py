@@ -125,12 +125,15 @@ class Service:
         self._dispatch = dispatch
 
     async def start(self) -> None:
-        """Migrate, sweep the sandbox's leftovers, recover dead processes' runs, dispatch.
+        """Check the sandbox settings, migrate, sweep the sandbox's leftovers, recover
+        dead processes' runs, dispatch. Raises SandboxUnavailable when
+        CRUCIBLE_DEFAULT_ENVIRONMENT names no environment.
 
         Recovery touches only evaluations whose process is known dead: on this node a
         missing pid is dead at once (a restart after ``kill -9``); elsewhere a
         heartbeat older than ``worker_dead_after_s``.
         """
+        await self.sandboxes.check_settings()  # first: a refused start leaves nothing running
         await asyncio.to_thread(self.store.migrate)
         await self.access.bootstrap()
         await asyncio.to_thread(self.environments.store.sweep)  # abandoned imports

@@ -147,6 +147,16 @@ class SandboxService:
 
     # -- start and stop -------------------------------------------------------------
 
+    async def check_settings(self) -> None:
+        """Raise SandboxUnavailable when CRUCIBLE_DEFAULT_ENVIRONMENT names no
+        environment of the store: at start-up, before anything runs, rather than at
+        each create (which would look it up again, as it does for a named one)."""
+        default = self.settings.default_environment
+        try:
+            await self.environments.resolve(default)
+        except InvalidSubmission as exc:
+            raise SandboxUnavailable(f"CRUCIBLE_DEFAULT_ENVIRONMENT={default!r}: {exc}") from None
+
     async def start(self) -> None:
         """Sweep (the engine's leftovers, and the rows of dead processes), then reap."""
         try:
@@ -173,8 +183,9 @@ class SandboxService:
     # -- sandboxes ------------------------------------------------------------------
 
     async def create(self, body: SandboxCreate, who: KeyRecord | None = None) -> SandboxPublic:
-        """Create a running sandbox. Raises InvalidSubmission (a limit outside its
-        bounds, an unknown environment), Forbidden (above the key's ceiling),
+        """Create a running sandbox (``environment`` unset: the settings'
+        ``default_environment``, else host). Raises InvalidSubmission (a limit outside
+        its bounds, an unknown environment), Forbidden (above the key's ceiling),
         QuotaExceeded (max_sandboxes), SandboxUnavailable / RuntimeFailure (the
         engine could not)."""
         requested = body.limits.model_dump() if body.limits else {}
@@ -188,7 +199,9 @@ class SandboxService:
             prefix="",
         )
         runtime = body.runtime or self.settings.default_runtime
-        environment = await self.environments.resolve(body.environment)  # None: host
+        environment = await self.environments.resolve(
+            body.environment, default=self.settings.default_environment
+        )  # None: host
         network = None
         if body.network is not None:
             # Per key: a key joins only networks its own sandboxes made.

@@ -62,9 +62,22 @@ def merge(item: EvaluationFields, defaults: EvaluationFields | None) -> Evaluati
     return EvaluationCreate.model_validate(values)
 
 
-def resolve_environment(name: str | None, store: EnvironmentStore) -> Environment | None:
-    """The environment a request names (None: ``host``). Raises InvalidSubmission
-    (field ``environment``) naming the known ones and the import command."""
+def resolve_environment(
+    name: str | None, store: EnvironmentStore, *, default: str | None = None
+) -> Environment | None:
+    """The environment a request names (None: ``default``, the operator's
+    CRUCIBLE_DEFAULT_ENVIRONMENT for sandboxes, else ``host``). Raises
+    InvalidSubmission (field ``environment``) naming the known ones and the import
+    command; for a default, naming the setting too."""
+    if name is None and default is not None:
+        try:
+            return resolve_environment(default, store)
+        except InvalidSubmission as exc:
+            raise InvalidSubmission(
+                f"no environment named, and the default (CRUCIBLE_DEFAULT_ENVIRONMENT) is "
+                f"not there: {exc}; name one, or `host`",
+                field="environment",
+            ) from None
     if name is None or name == HOST:
         return None
     try:
