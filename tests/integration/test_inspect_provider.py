@@ -1,5 +1,6 @@
 """Inspect AI's own sandbox conformance suite (``inspect_ai.util._sandbox.self_check``)
-against the ``crucible`` provider, local mode, under runc and under gVisor."""
+against the ``crucible`` provider, local mode, under runc and under gVisor; real
+``inspect_ai.eval()`` runs; and what a task written for Inspect's default image calls."""
 
 from __future__ import annotations
 
@@ -14,15 +15,19 @@ from inspect_ai import Task
 from inspect_ai import eval as inspect_eval
 from inspect_ai.dataset import Sample
 from inspect_ai.model import ChatMessage, ChatMessageTool, ModelOutput, ModelUsage, get_model
-from inspect_ai.scorer import includes
-from inspect_ai.solver import generate, use_tools
+from inspect_ai.scorer import CORRECT, INCORRECT, Score, Scorer, Target, accuracy, includes, scorer
+from inspect_ai.solver import TaskState, generate, use_tools
 from inspect_ai.tool import bash, bash_session, text_editor
 from inspect_ai.util import SandboxEnvironment
+from inspect_ai.util import sandbox as sample_sandbox
 from inspect_ai.util._sandbox.self_check import *  # noqa: F403
 
+import oci_images
 from crucible.core.config import Settings
+from crucible.core.errors import InvalidSubmission
 from crucible.engine import Sandbox
 from crucible.engine.models import SessionLimits
+from crucible.environments.store import EnvironmentStore
 from crucible.integrations.inspect import provider as inspect_provider
 from crucible.integrations.inspect.provider import CrucibleSandboxConfig, CrucibleSandboxEnvironment
 from sandbox_fixtures import leftovers
@@ -221,3 +226,92 @@ def test_text_editor_and_bash_session_work_offline(
     assert "File created successfully at: /root/notes.txt" in transcript, transcript
     assert "1\tedited" in transcript and "EDITED" in transcript, transcript
     assert "/dev/pts/0" in transcript, transcript  # its own terminal, the first of its devpts
+
+
+@scorer(metrics=[accuracy()])
+def python_in_the_sandbox() -> Scorer:
+    """What inspect_evals' HumanEval scorer does: the answer run by `python -c` in the
+    sample's sandbox (Inspect's default image has `python`; Debian only `python3`)."""
+
+    async def score(state: TaskState, target: Target) -> Score:
+        ran = await sample_sandbox().exec(
+            ["python", "-c", "import sys; print(sys.version_info[0])"]
+        )
+        pip = await sample_sandbox().exec(["pip", "--version"])
+        ok = ran.success and ran.stdout == target.text + "\n" and pip.success
+        return Score(value=CORRECT if ok else INCORRECT, explanation=ran.stderr + pip.stderr)
+
+    return score
+
+
+@pytest.mark.parametrize("runtime", ["runc", "gvisor"])
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_scorer_runs_python_in_a_sandbox_without_an_environment(
+    sandbox_settings: Settings, tmp_path: Path, runtime: str
+) -> None:
+    """A real ``inspect_ai.eval()`` whose scorer calls ``sandbox().exec(["python", ...])``
+    and ``pip`` in a sandbox of the default config (no environment)."""
+    engine = Sandbox(sandbox_settings)
+    inspect_provider.use_engine(engine)
+    usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+
+    async def model(*_: object) -> ModelOutput:
+        output = ModelOutput.from_content("mockllm/model", "done")
+        output.usage = usage
+        return output
+
+    task = Task(
+        dataset=[Sample(input="which major version?", target="3")],
+        solver=[generate()],
+        scorer=python_in_the_sandbox(),
+        sandbox=("crucible", CrucibleSandboxConfig(runtime=runtime)),  # type: ignore[arg-type]
+    )
+    try:
+        [log] = inspect_eval(
+            task,
+            model=get_model("mockllm/model", custom_outputs=model),
+            log_dir=str(tmp_path),
+            display="none",
+        )
+    finally:
+        inspect_provider.use_engine(None)
+        asyncio.run(engine.close())
+        gc.collect()  # Inspect's unclosed stream warns here, not in a later test
+    assert log.status == "success", log.error
+    assert log.samples is not None and log.samples[0].scores is not None
+    score = log.samples[0].scores["python_in_the_sandbox"]
+    assert score.value == CORRECT, score.explanation
+
+
+async def test_local_sandboxes_take_the_default_environment(
+    sandbox_settings: Settings, tmp_path: Path
+) -> None:
+    """Locally, CRUCIBLE_DEFAULT_ENVIRONMENT is this process's setting: a sample's
+    sandbox without an ``environment`` runs over it; one the store lacks fails the
+    task at task_init, naming the setting."""
+    settings = sandbox_settings.model_copy(
+        update={"environments_dir": tmp_path / "envs", "default_environment": "no-python"}
+    )
+    store = EnvironmentStore.of(settings)
+    image = oci_images.Image([oci_images.host_userland_layer(python=False)])
+    archive = oci_images.write_docker_archive(image, tmp_path / "userland.tar")
+    await asyncio.to_thread(store.import_image, archive, "no-python")
+    config = CrucibleSandboxConfig(runtime="runc")
+    engine = Sandbox(settings)
+    inspect_provider.use_engine(engine)
+    try:
+        await CrucibleSandboxEnvironment.task_init("default-env", config)
+        envs = await CrucibleSandboxEnvironment.sample_init("default-env", config, {})
+        try:
+            ran = await envs["default"].exec(
+                ["bash", "-c", "test -e /usr/bin/python3 || echo none"]
+            )
+            assert (ran.returncode, ran.stdout) == (0, "none\n"), ran
+        finally:
+            await CrucibleSandboxEnvironment.sample_cleanup("default-env", config, envs, False)
+        await asyncio.to_thread(store.remove, "no-python")
+        with pytest.raises(InvalidSubmission, match="CRUCIBLE_DEFAULT_ENVIRONMENT"):
+            await CrucibleSandboxEnvironment.task_init("default-env", config)
+    finally:
+        inspect_provider.use_engine(None)
+        await engine.close()

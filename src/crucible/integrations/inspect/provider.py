@@ -12,12 +12,13 @@ Config (a YAML file path, a dict, or :class:`CrucibleSandboxConfig`):
     server   URL of a Crucible server; absent: the engine runs in this process
     api_key  the server's API key (else CRUCIBLE_API_KEY)
     runtime  runc | crun | gvisor
-    environment  the root file system under the sandbox's writable layer (default
-             host); locally from this machine's store (``crucible env ls``), else the
-             server's (GET /api/v1/environments)
+    environment  the root file system under the sandbox's writable layer; locally
+             from this machine's store (``crucible env ls``), else the server's (GET
+             /api/v1/environments). Default: CRUCIBLE_DEFAULT_ENVIRONMENT (the
+             server's, or locally this process's), else host: the host's toolchain,
+             with ``python``, ``pip``, bash and coreutils as Inspect's default image
     limits   memory_mb, cpus, pids, disk_mb (the whole sandbox)
     ttl_s    lifetime of a sandbox on the server (local sandboxes live for the sample)
-    environment  the environment the sandbox runs in (default host)
 
 A compose file carries these under its top-level ``x-crucible`` key.
 
@@ -87,7 +88,11 @@ class CrucibleSandboxConfig(BaseModel):
     server: str | None = Field(default=None, description="Crucible server URL; None: local")
     api_key: str | None = Field(default=None, description="else CRUCIBLE_API_KEY")
     runtime: RuntimeName = "runc"
-    environment: str = Field(default="host", description="an environment's name; host: none")
+    environment: str | None = Field(
+        default=None,
+        description="an environment's name; host: none; None: CRUCIBLE_DEFAULT_ENVIRONMENT"
+        " (the server's, or this process's), else host",
+    )
     limits: SessionLimits = SessionLimits(memory_mb=1024, cpus=1, pids=512, disk_mb=1024)
     ttl_s: float | None = Field(default=None, description="sandbox lifetime on the server")
 
@@ -298,14 +303,19 @@ async def _reachable(sandbox_id: str) -> AsyncIterator[None]:
         raise
 
 
-def _local_root(name: str) -> EnvironmentRoot | None:
-    """The root of environment ``name`` in this machine's store (None: host); raises
-    NotFound naming the known ones and the import command."""
-    if name == "host":
-        return None
+def _local_root(name: str | None) -> EnvironmentRoot | None:
+    """The root of environment ``name`` in this machine's store (None: this process's
+    CRUCIBLE_DEFAULT_ENVIRONMENT, else host; a result of None: host); raises
+    InvalidSubmission naming the known ones and the import command."""
     from crucible.environments.store import EnvironmentStore
+    from crucible.services.submissions import resolve_environment
 
-    return EnvironmentStore.of(local_engine().settings).get(name).root_spec()
+    settings = local_engine().settings
+    default = settings.default_environment
+    if (name if name is not None else default) in (None, "host"):
+        return None  # the store is not opened (it makes its directories)
+    env = resolve_environment(name, EnvironmentStore.of(settings), default=default)
+    return env.root_spec() if env else None
 
 
 async def _create(
@@ -433,6 +443,8 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
             base = load_config(config)
         if base.server is None:
             await local_engine().prepare()
+            if compose is None:  # an unknown environment (or default) fails the task now
+                await asyncio.to_thread(_local_root, base.environment)
 
     @classmethod
     async def sample_init(
