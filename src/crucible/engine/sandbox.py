@@ -30,6 +30,7 @@ from typing import Any
 
 from crucible.core.config import Settings, get_settings
 from crucible.core.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
+from crucible.core.files import write_atomic
 from crucible.engine import accounting, overlay, reaper, runtime, spec, workspace
 from crucible.engine.container import Container, job_header
 from crucible.engine.languages import LANGUAGE_PROGRAMS, LANGUAGES, Language, get_language
@@ -187,8 +188,7 @@ class Sandbox:
 
     def _cached(self, name: str, content: bytes) -> Path:
         """``<assets>/<name>-<digest of content>``: the path of a file made once per
-        content, written to a temporary name and renamed, so concurrent makers race
-        harmlessly."""
+        content (``write_atomic``: concurrent makers race harmlessly)."""
         return self._assets / f"{name}-{hashlib.sha256(content).hexdigest()[:16]}"
 
     def _compile_seccomp(self) -> Path:
@@ -196,9 +196,7 @@ class Sandbox:
         program = compile_bpf(spec.seccomp_profile())
         path = self._cached("seccomp", program).with_suffix(".bpf")
         if not path.exists():
-            tmp = path.with_suffix(f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            tmp.write_bytes(program)
-            tmp.rename(path)
+            write_atomic(path, program)
         return path
 
     async def _build_preload(self) -> tuple[Path, Path]:
@@ -207,9 +205,7 @@ class Sandbox:
         line = f"{spec.GVISOR_STATX_PATH}\n".encode()
         preload = self._cached("ld.so.preload", line)
         if not preload.exists():
-            tmp = preload.with_suffix(f".{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            tmp.write_bytes(line)
-            tmp.rename(preload)
+            write_atomic(preload, line)
         return shim, preload
 
     @property

@@ -8,12 +8,11 @@ is renamed into place, so a reader never sees a half-written blob.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import secrets
 from pathlib import Path
 
 from crucible.core.errors import NotFound
+from crucible.core.files import write_atomic
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -37,12 +36,7 @@ class BlobStore:
         if target.exists():
             return digest
         target.parent.mkdir(exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        write_atomic(target, data, durable=True)
         return digest
 
     def put_file(self, source: Path) -> str:
