@@ -3,6 +3,8 @@ real ``crucible serve`` subprocess on a free port. Sandboxes are real (runc)."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +20,12 @@ from crucible.core.config import Settings
 from crucible.services.evaluations import Service
 
 
+def _print_tasks() -> None:
+    print("\n--- the app's shutdown has lasted 60 s; its tasks:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+
+
 @pytest.fixture
 def make_api(settings: Settings) -> ApiFactory:
     """``async with make_api(dispatch=False, max_queue=3) as (client, service)``."""
@@ -28,12 +36,21 @@ def make_api(settings: Settings) -> ApiFactory:
     ) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
         cfg = settings.model_copy(update=overrides)
         app = create_app(cfg, dispatch=dispatch)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(
-                transport=transport, base_url="http://test/api/v1", timeout=60, headers=AUTH
-            ) as client:
-                yield client, app.state.service
+        watchdog: asyncio.TimerHandle | None = None
+        try:
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://test/api/v1", timeout=60, headers=AUTH
+                ) as client:
+                    yield client, app.state.service
+                # A shutdown takes a few seconds at most (the claimer's grace is 10 s).
+                # One once outlived pytest-timeout unexplained: if it lasts a minute,
+                # print what every task is waiting on.
+                watchdog = asyncio.get_running_loop().call_later(60, _print_tasks)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
 
     return factory
 
