@@ -1666,7 +1666,7 @@ export interface components {
         SandboxCreate: {
             /**
              * Environment
-             * @description the root the sandbox's writable layer goes over (GET /api/v1/environments); default host: the host skeleton
+             * @description the root the sandbox's writable layer goes over (GET /api/v1/environments); default: the server's CRUCIBLE_DEFAULT_ENVIRONMENT, else host (the host skeleton: the host's toolchain, with python and pip)
              * @example host
              * @example python:3.12-slim
              */
