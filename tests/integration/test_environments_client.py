@@ -139,7 +139,7 @@ async def test_inspect_provider_passes_the_environment(
     url, engine = live
     async with AsyncClient(url) as c:
         env = await c.environments.upload(archive(tmp_path / "d.tar", "bash"), "agent")
-    assert load_config(None).environment == "host"
+    assert load_config(None).environment is None  # the server's default, else host
     config = load_config({"server": url, "environment": "agent", "runtime": "runc"})
     backend = await RemoteBackend.create(config)
     try:
