@@ -32,6 +32,11 @@ if [ "$mode" = "--test" ]; then
   have redis-server || need_apt+=(redis-server)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
   have pgrep || need_apt+=(procps)
+  # Registries for the pull tests (tests/registry_fixtures.py): the distribution
+  # registry, which the tests run on 127.0.0.1 (its packaged service is stopped
+  # below), and htpasswd (bcrypt) for its auth.
+  have docker-registry || need_apt+=(docker-registry)
+  have htpasswd || need_apt+=(apache2-utils)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -41,6 +46,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  if [[ " ${need_apt[*]} " == *" docker-registry "* ]]; then
+    # The package starts a registry on every address's port 5000; the tests need only
+    # the binary.
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    else
+      invoke-rc.d docker-registry stop >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 # The virtual environment, from the lock file; reinstalled when the lock or

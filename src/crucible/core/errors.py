@@ -9,7 +9,9 @@ these to HTTP status codes in one place (``crucible.api.errors``).
     │   ├── SandboxUnavailable    runtime binary missing, not root, cgroups unusable
     │   └── RuntimeFailure        the OCI runtime itself failed (create/start/delete)
     ├── InvalidSubmission         the request cannot be run as given (bad language, paths)
-    │   └── PayloadTooLarge       the submitted code or files exceed max_code_bytes
+    │   ├── PayloadTooLarge       the submitted code or files exceed max_code_bytes
+    │   └── ImageRejected         an image to import or pull is malformed or hostile, or
+    │                             not what its digest names; nothing of it was kept
     ├── NotFound                  no such evaluation, batch, sandbox, file, environment
     ├── Conflict                  illegal state transition, idempotency key reuse
     │   └── SandboxStopped        the long-lived sandbox is no longer running
@@ -21,6 +23,8 @@ these to HTTP status codes in one place (``crucible.api.errors``).
     │   └── SandboxFileTooLarge       413 too_large
     ├── EnvironmentUnavailable    a queued evaluation's environment was removed or
     │                             replaced since submission (it ends in error, no retry)
+    ├── PullFailed                a registry could not be read: unreachable, credentials
+    │                             refused, no such image (the registry's own words)
     ├── Overloaded                the queue is full; retry later
     │   └── QuotaExceeded         this key is over one of its quotas (429)
     ├── Unauthenticated           no API key, or not a valid one (401)
@@ -62,6 +66,16 @@ class InvalidSubmission(CrucibleError):
 
 class PayloadTooLarge(InvalidSubmission):
     """The submission is larger than the platform accepts."""
+
+
+class ImageRejected(InvalidSubmission):
+    """The image is malformed or hostile, or not what its digest names; nothing of it
+    was kept."""
+
+
+class PullFailed(CrucibleError):
+    """A registry could not be read: unreachable, credentials refused, no such image.
+    The message carries the registry's (skopeo's) own words."""
 
 
 class NotFound(CrucibleError):

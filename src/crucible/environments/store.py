@@ -2,17 +2,20 @@
 
 An *environment* is the root file system a run or an agent sandbox sees instead of
 the host's toolchain (``host``, the default). It comes from an OCI image (a
-``docker save`` archive, an OCI image layout or a tar of one) or is built from Debian
-and Python packages (:mod:`crucible.environments.build`). Layout under ``<data_dir>/environments``::
+``docker save`` archive, an OCI image layout or a tar of one, or an image pulled from
+a registry: :mod:`crucible.environments.registry`) or is built from Debian and Python
+packages (:mod:`crucible.environments.build`). Layout under ``<data_dir>/environments``::
 
     sha256/<hex>/rootfs             the root, read-only from then on
     sha256/<hex>/environment.json   digest, size, created, image config, languages
-    names/<name>.json               name -> digest (several names may share a root)
+    names/<name>.json               name -> digest, and where the name's image came from
+                                    (source; a pull's reference and manifest digest)
     tmp/                            imports in progress (removed on failure)
 
 An import is **checked before anything is unpacked**, by reading (never applying) the
 image: ``skopeo copy`` brings it into a directory of the store as an OCI layout
-(containers/image checks the digests of what it copies), then every layer is read once
+(containers/image checks the digests of what it copies; a pull is pinned by digest
+first), then every layer is read once
 here: its compressed and uncompressed digests must be the manifest's and the config's
 ``diff_ids``; a member whose name is absolute or climbs with ``..``, a device node, a
 write through a symlink an earlier member left (``a -> /etc``, then ``a/passwd``), a
@@ -34,7 +37,6 @@ import re
 import secrets
 import shutil
 import stat
-import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -45,23 +47,30 @@ from typing import IO, Any
 from crucible.core.config import Settings
 from crucible.core.errors import (
     Conflict,
-    CrucibleError,
+    ImageRejected,
     InvalidSubmission,
     NotFound,
     PayloadTooLarge,
 )
 from crucible.engine.languages import LANGUAGE_PROGRAMS
 from crucible.engine.models import EnvironmentRoot
+from crucible.environments.registry import ImageRef, default_name, parse_ref, resolve, skopeo_copy
+from crucible.environments.tools import run_tool
+
+__all__ = ["HOST", "Environment", "EnvironmentStore", "ImageRejected", "check_name"]
 
 HOST = "host"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,128})?$")
+# A Docker reference's shape, so that an image's own name can name its environment
+# (``python:3.12-slim``, ``127.0.0.1:5000/team/tool:1``, ``alpine@sha256:…``).
+_NAME = re.compile(
+    r"^(?:[a-z0-9][a-z0-9.-]*:[0-9]{1,5}/)?"  # a registry host with a port
+    r"[a-z0-9][a-z0-9._/-]{0,127}"
+    r"(?::[A-Za-z0-9._-]{1,128})?"  # a tag
+    r"(?:@sha256:[0-9a-f]{64})?$"  # a digest
+)
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
-
-
-class ImageRejected(InvalidSubmission):
-    """The image is malformed or hostile; nothing of it was kept."""
 
 
 @dataclass(frozen=True)
@@ -72,12 +81,17 @@ class Environment:
     digest: str
     size_bytes: int
     created_at: str
-    source: str  # "docker-archive" | "oci" | "build"
+    source: str  # "docker-archive" | "oci" | "registry" | "build"
     env: list[str] = field(default_factory=list)  # the image config's Env
     workdir: str = ""
     user: str = ""
     # program name -> its path inside the root (what LANGUAGE_PROGRAMS resolve to)
     programs: dict[str, str] = field(default_factory=dict)
+    # A pull's reference (normalised: docker.io/library/python:3.12-slim) and the
+    # digest of the manifest it named: `crucible env pull <ref's repository>@<digest>`
+    # brings the same image again.
+    ref: str | None = None
+    manifest_digest: str | None = None
     root: Path = Path()
 
     @property
@@ -113,10 +127,15 @@ def check_name(name: str) -> str:
     if not _NAME.match(name) or ".." in name or name == HOST:
         raise InvalidSubmission(
             f"invalid environment name {name!r}: lowercase letters, digits, '.', '_', '-', "
-            "'/', an optional ':tag', and not 'host'",
+            "'/', an optional ':tag' and '@sha256:<digest>', a registry host:port/ may "
+            "lead, and not 'host'",
             field="name",
         )
     return name
+
+
+# Where a name's image came from: kept with the name (names may share a root).
+_ORIGIN = ("source", "ref", "manifest_digest")
 
 
 class EnvironmentStore:
@@ -139,19 +158,23 @@ class EnvironmentStore:
 
     def get(self, name: str) -> Environment:
         try:
-            digest = json.loads(self._name_file(check_name(name)).read_text())["digest"]
+            doc = json.loads(self._name_file(check_name(name)).read_text())
         except (FileNotFoundError, InvalidSubmission):
             known = ", ".join(e.name for e in self.all()) or "none"
             raise NotFound(
                 f"no environment {name!r} (known: {known}; add one with "
-                f"`crucible env import FILE --name {name}` or `crucible env build`)"
+                f"`crucible env pull IMAGE`, `crucible env import FILE --name {name}` "
+                "or `crucible env build`)"
             ) from None
-        return self._load(name, digest)
+        return self._load({**doc, "name": name})
 
-    def _load(self, name: str, digest: str) -> Environment:
-        home = self._home(digest)
+    def _load(self, doc: dict[str, Any]) -> Environment:
+        """The environment a name file ``doc`` names: the root's record, with the
+        name's own origin (older name files have none: the root's source stands)."""
+        home = self._home(doc["digest"])
         meta = json.loads((home / "environment.json").read_text())
-        meta["name"] = name
+        meta.update({k: doc[k] for k in _ORIGIN if doc.get(k) is not None})
+        meta["name"] = doc["name"]
         return Environment(**meta, root=home / "rootfs")
 
     def _home(self, digest: str) -> Path:
@@ -161,8 +184,7 @@ class EnvironmentStore:
         out = []
         for f in sorted((self.root / "names").glob("*.json")):
             with contextlib.suppress(OSError, ValueError, KeyError):
-                doc = json.loads(f.read_text())
-                out.append(self._load(doc["name"], doc["digest"]))
+                out.append(self._load(json.loads(f.read_text())))
         return out
 
     # -- adding -------------------------------------------------------------------------
@@ -203,30 +225,57 @@ class EnvironmentStore:
                 ["skopeo", "--insecure-policy", "copy", "--quiet", ref, f"oci:{layout}:image"],
                 "skopeo could not read the image",
             )
-            config = check_layout(layout, "image", self.max_bytes)
-            bundle = work / "bundle"
-            _tool(
-                ["umoci", "unpack", "--image", f"{layout}:image", str(bundle)],
-                "umoci could not unpack the image",
-            )
-            cfg = config["config"].get("config") or {}
-            env = [str(e) for e in cfg.get("Env") or []]
-            workdir, user = str(cfg.get("WorkingDir") or ""), str(cfg.get("User") or "")
-            # The root and what a run takes from the config: the same image saved by
-            # docker or as an OCI layout (whose configs differ in bytes) is one root.
-            canonical = {
-                "diff_ids": config["config"]["rootfs"]["diff_ids"],
-                "env": env,
-                "workdir": workdir,
-                "user": user,
-            }
-            digest = (
-                "sha256:"
-                + hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
-            )
-            return self._install(
-                name, digest, bundle / "rootfs", source=kind, env=env, workdir=workdir, user=user
-            )
+            return self._unpack(work, layout, name, {"source": kind})
+
+    def pull_image(
+        self, ref: str | ImageRef, name: str | None = None, *, timeout: float = 1800.0
+    ) -> Environment:
+        """Pull ``ref`` from its registry as ``name`` (default: the reference as Docker
+        shows it, :func:`crucible.environments.registry.default_name`), pinned by the
+        digest of the manifest it names, then import it as :meth:`import_image` does.
+        ``timeout`` bounds each skopeo command.
+
+        Raises InvalidSubmission (a bad reference or name), PullFailed (the registry
+        cannot be read: unreachable, credentials refused, no such image),
+        ImageRejected (a digest that does not match, a blob that does not match its
+        digest, or any refusal of an import), PayloadTooLarge (over ``max_bytes``,
+        before anything is downloaded). Nothing is kept of a refused pull.
+        """
+        image = parse_ref(ref) if isinstance(ref, str) else ref
+        name = check_name(name if name is not None else default_name(image))
+        pinned = resolve(image, max_bytes=self.max_bytes, timeout=timeout)
+        with self._workdir() as work:
+            layout = work / "oci"
+            skopeo_copy(pinned.source, layout, "image", timeout=timeout)
+            origin = {"source": "registry", "ref": str(image), "manifest_digest": pinned.digest}
+            return self._unpack(work, layout, name, origin)
+
+    def _unpack(self, work: Path, layout: Path, name: str, origin: dict[str, str]) -> Environment:
+        """Check the OCI layout ``layout`` skopeo wrote in ``work``, unpack it and
+        install its root as ``name``."""
+        config = check_layout(layout, "image", self.max_bytes)
+        bundle = work / "bundle"
+        _tool(
+            ["umoci", "unpack", "--image", f"{layout}:image", str(bundle)],
+            "umoci could not unpack the image",
+        )
+        cfg = config["config"].get("config") or {}
+        env = [str(e) for e in cfg.get("Env") or []]
+        workdir, user = str(cfg.get("WorkingDir") or ""), str(cfg.get("User") or "")
+        # The root and what a run takes from the config: the same image saved by
+        # docker, as an OCI layout or pulled (whose configs differ in bytes) is one root.
+        canonical = {
+            "diff_ids": config["config"]["rootfs"]["diff_ids"],
+            "env": env,
+            "workdir": workdir,
+            "user": user,
+        }
+        digest = (
+            "sha256:" + hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+        )
+        return self._install(
+            name, digest, bundle / "rootfs", env=env, workdir=workdir, user=user, origin=origin
+        )
 
     def add_rootfs(
         self,
@@ -241,8 +290,8 @@ class EnvironmentStore:
     ) -> Environment:
         """Take a root file system made elsewhere in this store's ``tmp`` (a build)."""
         return self._install(
-            check_name(name), digest, rootfs, source=source, env=env or [], workdir=workdir,
-            user=user,
+            check_name(name), digest, rootfs, env=env or [], workdir=workdir, user=user,
+            origin={"source": source},
         )  # fmt: skip
 
     def _install(
@@ -251,11 +300,12 @@ class EnvironmentStore:
         digest: str,
         rootfs: Path,
         *,
-        source: str,
         env: list[str],
         workdir: str,
         user: str,
+        origin: dict[str, str],
     ) -> Environment:
+        source = origin["source"]
         home = self._home(digest)
         if not home.exists():
             staged = rootfs.parent / "home"
@@ -264,8 +314,8 @@ class EnvironmentStore:
             os.chmod(staged / "rootfs", 0o755)
             probe = Environment(name, digest, 0, "", source, env, workdir, user)
             meta = asdict(probe)
-            meta.pop("root")
-            meta.pop("name")
+            for key in ("root", "name", "ref", "manifest_digest"):
+                meta.pop(key)
             meta["size_bytes"] = _tree_size(staged / "rootfs")
             meta["created_at"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
             path = (meta["env"] and probe.path_value()) or DEFAULT_PATH
@@ -280,11 +330,11 @@ class EnvironmentStore:
         with contextlib.suppress(OSError, ValueError, KeyError):
             previous = json.loads(link.read_text())["digest"]
         tmp = link.with_suffix(f".{secrets.token_hex(4)}")
-        tmp.write_text(json.dumps({"name": name, "digest": digest}))
+        tmp.write_text(json.dumps({"name": name, "digest": digest, **origin}))
         tmp.rename(link)
         if previous is not None and previous != digest:  # replaced: the old root may go
             self._drop_unnamed(previous)
-        return self._load(name, digest)
+        return self._load({"name": name, "digest": digest, **origin})
 
     def _drop_unnamed(self, digest: str) -> None:
         if any(e.digest == digest for e in self.all()):
@@ -319,14 +369,7 @@ class EnvironmentStore:
 
 
 def _tool(argv: list[str], what: str) -> None:
-    if shutil.which(argv[0]) is None:
-        raise CrucibleError(f"{argv[0]} is not installed (Debian package {argv[0]})")
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        text = proc.stderr.strip()
-        # skopeo logs as logrus does: time="..." level=fatal msg="what went wrong"
-        said = re.findall(r'msg="((?:[^"\\]|\\.)*)"', text)
-        raise ImageRejected(f"{what}: {(said[-1] if said else text)[-800:]}")
+    run_tool(argv, what, failure=ImageRejected)
 
 
 def _skopeo_source(source: Path, max_bytes: int) -> tuple[str, str]:
