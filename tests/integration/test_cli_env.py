@@ -1,10 +1,11 @@
-"""``crucible env import|ls|inspect|rm`` (and build's argument checks) with Typer's
+"""``crucible env import|pull|ls|inspect|rm`` (and build's argument checks) with Typer's
 CliRunner, against a real store: images made by ``oci_images``, imported with the
-real skopeo and umoci."""
+real skopeo and umoci, pulled from registries on 127.0.0.1 (``registry_fixtures``)."""
 
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from oci_images import (
     write_docker_archive,
     write_oci_layout,
 )
+from registry_fixtures import Registry
 
 
 def needs_tools() -> None:
@@ -225,3 +227,34 @@ def test_build_arguments_are_checked_before_anything_runs(data_dir: Path) -> Non
         env(data_dir, "build", "--name", "BAD", "--debian", "bash"), "invalid environment name"
     )
     assert not data_dir.exists()
+
+
+def test_pull(
+    data_dir: Path, registry: Registry, registry_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``crucible env pull REF``: named as Docker shows the reference, pinned by the
+    manifest digest (printed as a reference to pull again); ``--name`` for another."""
+    short = f"crucible-cli-{secrets.token_hex(4)}"
+    digest = registry.push(small_image(), f"library/{short}:1", tmp_path)  # the docker.io mirror
+    done = env(data_dir, "pull", f"docker.io/library/{short}:1")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.startswith(f"{short}:1 · sha256:")
+    assert done.stdout.strip().endswith(f"docker.io/library/{short}@{digest}")
+    shown = json.loads(env(data_dir, "inspect", f"{short}:1").stdout)
+    assert shown["source"] == "registry" and shown["manifest_digest"] == digest
+    assert shown["ref"] == f"docker.io/library/{short}:1"
+    pinned = env(data_dir, "pull", f"{registry.host}/library/{short}@{digest}", "--name", "pinned")
+    assert pinned.exit_code == 0, pinned.output
+    assert store_of(data_dir).get("pinned").digest == shown["digest"]
+    assert "registry" in env(data_dir, "ls").stdout
+
+
+def test_pull_errors(
+    data_dir: Path, registry: Registry, auth_registry: Registry, registry_env: dict[str, str]
+) -> None:
+    one_line_error(env(data_dir, "pull", "no way"), "invalid image reference 'no way'")
+    one_line_error(env(data_dir, "pull", "python:3", "--name", "Bad"), "invalid environment name")
+    assert not data_dir.exists()  # refused before the store is made
+    one_line_error(env(data_dir, "pull", f"{registry.host}/nothing/here:1"), "manifest unknown")
+    one_line_error(env(data_dir, "pull", f"{auth_registry.host}/private/x:1"), "unauthorized")
+    assert store_of(data_dir).all() == []

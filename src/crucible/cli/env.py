@@ -1,4 +1,4 @@
-"""Environments from the command line: ``crucible env import|build|ls|inspect|rm``.
+"""Environments from the command line: ``crucible env pull|import|build|ls|inspect|rm``.
 
 An operator's commands: they act on the environment store of the configured data
 directory (``--data-dir`` / ``CRUCIBLE_DATA_DIR``, or ``CRUCIBLE_ENVIRONMENTS_DIR``)
@@ -109,6 +109,45 @@ def import_(
     except FAILURES as exc:
         raise _fail(exc) from None
     out.print(f"{env.name} · {env.digest[:19]} · {_size(env.size_bytes)}")
+
+
+@env_app.command("pull")
+def pull(
+    ref: Annotated[
+        str,
+        typer.Argument(help="an image in a registry: [host[:port]/]name[:tag][@sha256:…]"),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", help="the environment's name; default: the reference as Docker shows it"
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="time limit of each skopeo step, s")] = 1800.0,
+    data_dir: DataDir = None,
+) -> None:
+    """Pull an image from its registry: `crucible env pull python:3.12-slim`.
+
+    skopeo reads the credentials (REGISTRY_AUTH_FILE, else containers' auth.json, else
+    ~/.docker/config.json) and mirrors (/etc/containers/registries.conf, or
+    CONTAINERS_REGISTRIES_CONF). Pinned by the digest of the manifest the reference
+    names; every blob is checked against its digest, then the image as by `import`.
+    """
+    from crucible.environments.registry import default_name, parse_ref
+
+    try:
+        image = parse_ref(ref)  # before the store is made
+        check_name(name if name is not None else default_name(image))
+        store = _store(_settings(data_dir))
+        env = store.pull_image(image, name, timeout=timeout)
+    except FAILURES as exc:
+        raise _fail(exc) from None
+    pinned = f"{image.repository}@{env.manifest_digest}"
+    # One line (soft_wrap): the pinned reference is what a script copies.
+    out.print(
+        f"{env.name} · {env.digest[:19]} · {_size(env.size_bytes)} · {pinned}",
+        soft_wrap=True, highlight=False,
+    )  # fmt: skip
 
 
 def _packages(value: str | None) -> tuple[str, ...]:
