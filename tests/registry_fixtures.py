@@ -10,8 +10,8 @@ and the registry serves what the file holds.
 ``registry_env`` points skopeo at them the standard way: a registries.conf (through
 ``CONTAINERS_REGISTRIES_CONF``) that marks both insecure (plain HTTP) and gives
 ``docker.io`` a mirror at the open one, an empty home (no credentials of the
-machine's), and a proxy on a closed loopback port for everything but loopback (Go
-never proxies loopback): a pull that would leave the machine fails at once instead.
+machine's), and a proxy on a closed loopback port for everything but loopback: a
+pull that would leave the machine fails at once, on it, instead.
 """
 
 from __future__ import annotations
@@ -183,9 +183,11 @@ def registry_env(
         "XDG_RUNTIME_DIR": str(home / "run"),
         "HTTPS_PROXY": DEAD_PROXY,
         "HTTP_PROXY": DEAD_PROXY,
+        # Go never proxies loopback; httpx (the tests' clients) needs telling.
+        "NO_PROXY": "127.0.0.1,localhost,::1",
     }
-    for key in ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "NO_PROXY", "no_proxy", "https_proxy",
-                "http_proxy"):  # fmt: skip
+    for key in ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "no_proxy", "https_proxy", "http_proxy",
+                "ALL_PROXY", "all_proxy"):  # fmt: skip
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)

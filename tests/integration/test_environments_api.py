@@ -8,6 +8,7 @@ the real engine, end to end."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,7 @@ from oci_images import (
     write_docker_archive,
     write_oci_layout,
 )
+from registry_fixtures import Registry
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("skopeo") and shutil.which("umoci")), reason="needs skopeo and umoci"
@@ -440,3 +442,73 @@ async def test_default_environment_for_sandboxes_that_name_none(
         assert gone.status_code == 422 and gone.json()["field"] == "environment"
         assert "CRUCIBLE_DEFAULT_ENVIRONMENT" in gone.json()["detail"], gone.text
         assert await asyncio.to_thread(service.sandboxes.store.running) == []
+
+
+async def pull(client: httpx.AsyncClient, ref: str, **body: Any) -> httpx.Response:
+    return await client.post("/environments/pull", json={"ref": ref, **body})
+
+
+async def test_pull(
+    make_env_api: Api, registry: Registry, registry_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Admins pull; the record has the reference and the manifest digest; a name is
+    taken as uploads take one (409 without replace)."""
+    path = f"team/pulled-{secrets.token_hex(4)}"
+    digest = registry.push(image("bash", "python3", note="pulled"), f"{path}:1", tmp_path)
+    ref = f"{registry.host}/{path}:1"
+    async with make_env_api() as (api, service):
+        r = await pull(api, ref)
+        assert r.status_code == 201, r.text
+        env = r.json()
+        assert env["name"] == ref and env["source"] == "registry"
+        assert env["ref"] == ref and env["manifest_digest"] == digest
+        assert env["languages"] == ["bash", "python"]
+        assert (await api.get(f"/environments/{ref}")).json() == env
+        named = await pull(api, f"{registry.host}/{path}@{digest}", name="team/tools")
+        assert named.status_code == 201 and named.json()["digest"] == env["digest"]
+        taken = await pull(api, ref, name="team/tools")
+        assert taken.status_code == 409 and "replace=true" in taken.json()["detail"]
+        assert (await pull(api, ref, name="team/tools", replace=True)).status_code == 201
+        audit = (await api.get("/audit", params={"target": "team/tools"})).json()["items"]
+        assert ("pull_environment", 201) in {(a["action"], a["outcome"]) for a in audit}
+        # A sandbox runs in it like any other environment.
+        sandbox = await api.post("/sandboxes", json={"environment": "team/tools"})
+        assert sandbox.status_code == 201, sandbox.text
+        assert sandbox.json()["environment_digest"] == env["digest"]
+        assert (await api.delete(f"/sandboxes/{sandbox.json()['id']}")).status_code == 204
+        assert not list((service.environments.store.root / "tmp").iterdir())
+
+
+async def test_pull_refusals_change_nothing(
+    make_env_api: Api,
+    registry: Registry,
+    auth_registry: Registry,
+    registry_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    path = f"team/refused-{secrets.token_hex(4)}"
+    digest = registry.push(image("bash", note="refused"), f"{path}:1", tmp_path)
+    async with make_env_api() as (api, service):
+        bad = await pull(api, "not a reference")
+        assert bad.status_code == 422 and bad.json()["field"] == "ref", bad.text
+        bad_name = await pull(api, f"{registry.host}/{path}:1", name="Bad Name")
+        assert bad_name.status_code == 422 and bad_name.json()["field"] == "name"
+        unknown = await pull(api, f"{registry.host}/{path}:nope")
+        assert unknown.status_code == 502 and "manifest unknown" in unknown.json()["detail"]
+        private = await pull(api, f"{auth_registry.host}/private/x:1")
+        assert private.status_code == 502 and "unauthorized" in private.json()["detail"]
+        other = "sha256:" + "0" * 64
+        wrong = await pull(api, f"{registry.host}/{path}@{other}")
+        assert wrong.status_code == 502, wrong.text
+        blob = registry.blob(digest)
+        blob.write_bytes(blob.read_bytes().replace(b'"schemaVersion": 2', b'"schemaVersion":2'))
+        tampered = await pull(api, f"{registry.host}/{path}@{digest}")
+        assert tampered.status_code == 422 and f"not {digest}" in tampered.json()["detail"]
+        async with await researcher(api) as alice:
+            refused = await pull(alice, f"{registry.host}/{path}:1")
+            assert refused.status_code == 403, refused.text
+        assert leftovers(service) == []
+    async with make_env_api(environment_max_bytes=10) as (api, service):
+        big = await pull(api, f"{registry.host}/{path}:1")
+        assert big.status_code == 413 and "limit" in big.json()["detail"]
+        assert leftovers(service) == []

@@ -5,8 +5,10 @@ the in-memory engine of ``tests/fake_sessions.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import secrets
 import shutil
 import subprocess
 import threading
@@ -24,6 +26,7 @@ from crucible.client.errors import ApiError
 from crucible.core.config import Settings
 from fake_sessions import FakeSessions
 from oci_images import Image, directory, file, layer_tar, write_docker_archive
+from registry_fixtures import Registry
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("skopeo") and shutil.which("umoci")), reason="needs skopeo and umoci"
@@ -102,6 +105,38 @@ async def test_async_client_streams_a_file_object(
         with pytest.raises(ApiError) as gone:
             await c.environments.get("shell")
         assert gone.value.status == 404
+
+
+def test_clients_pull(
+    live: tuple[str, FakeSessions],
+    registry: Registry,
+    registry_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    url, _ = live
+    path = f"lab/pulled-{secrets.token_hex(4)}"
+    image = Image([layer_tar([directory("usr"), directory("usr/bin"),
+                              file("usr/bin/bash", "#!/bin/sh\n", mode=0o755)])])  # fmt: skip
+    digest = registry.push(image, f"{path}:1", tmp_path)
+    with Client(url) as c:
+        env = c.environments.pull(f"{registry.host}/{path}:1", "lab/pulled")
+        assert (env.name, env.source, env.manifest_digest) == ("lab/pulled", "registry", digest)
+        assert env.ref == f"{registry.host}/{path}:1" and env.languages == ["bash"]
+        with pytest.raises(ApiError) as taken:
+            c.environments.pull(f"{registry.host}/{path}:1", "lab/pulled")
+        assert taken.value.status == 409
+        with pytest.raises(ApiError) as missing:
+            c.environments.pull(f"{registry.host}/{path}:nope")
+        assert missing.value.status == 502 and "manifest unknown" in missing.value.detail
+
+    async def pull_async() -> None:
+        async with AsyncClient(url) as c:
+            env = await c.environments.pull(f"{registry.host}/{path}@{digest}")
+            assert env.name == f"{registry.host}/{path}@{digest}"
+            again = await c.environments.pull(env.name, "lab/pulled", replace=True)
+            assert again.digest == env.digest
+
+    asyncio.run(pull_async())
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -178,6 +178,35 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/environments/pull": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Pull Environment
+         * @description Pull `ref` from its registry as `name` (admins; default name: the reference as
+         *     Docker shows it, `docker.io/library/python:3.12` is `python:3.12`). The server's
+         *     own registries.conf (mirrors), auth file and policy apply. Pinned by the digest of
+         *     the manifest `ref` names (a digest in `ref` must match), every blob checked against
+         *     its digest, then checked and unpacked as an upload is; the record has `ref` and
+         *     `manifest_digest`. 409: the name exists (without `replace`) or is in use; 413:
+         *     larger than `environment_max_bytes` as declared (nothing downloaded); 422: a bad
+         *     reference or name, a digest that does not match, a malformed or hostile image;
+         *     502: the registry is unreachable, refused the server's credentials or has no such
+         *     image (its words). Nothing is kept of a refused pull.
+         */
+        post: operations["pull_environment_api_v1_environments_pull_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/environments/{name}": {
         parameters: {
             query?: never;
@@ -876,6 +905,11 @@ export interface components {
              */
             languages: string[];
             /**
+             * Manifest Digest
+             * @description pulled: the digest of the manifest the reference named (pull <repository>@<digest> for the same image again)
+             */
+            manifest_digest?: string | null;
+            /**
              * Name
              * @example python:3.12-slim
              */
@@ -888,13 +922,19 @@ export interface components {
                 [key: string]: string;
             };
             /**
+             * Ref
+             * @description pulled: the image reference, normalised (docker.io/library/python:3.12)
+             * @example docker.io/library/python:3.12-slim
+             */
+            ref?: string | null;
+            /**
              * Size Bytes
              * @description disk used by the root
              */
             size_bytes: number;
             /**
              * Source
-             * @description docker-archive, oci or build
+             * @description docker-archive, oci, registry (pulled) or build
              */
             source: string;
             /**
@@ -907,6 +947,30 @@ export interface components {
              * @description the image config's WorkingDir
              */
             workdir: string;
+        };
+        /**
+         * EnvironmentPull
+         * @description An image to pull from its registry into an environment.
+         */
+        EnvironmentPull: {
+            /**
+             * Name
+             * @description default: the reference as Docker shows it (python:3.12-slim)
+             */
+            name?: string | null;
+            /**
+             * Ref
+             * @description [host[:port]/]name[:tag][@sha256:…]; a digest must match what the registry serves
+             * @example python:3.12-slim
+             * @example ghcr.io/org/tool@sha256:…
+             */
+            ref: string;
+            /**
+             * Replace
+             * @description replace an environment of this name
+             * @default false
+             */
+            replace: boolean;
         };
         /**
          * ErrorPublic
@@ -2627,6 +2691,93 @@ export interface operations {
             };
             /** @description Invalid request; `field` names the culprit */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    pull_environment_api_v1_environments_pull_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EnvironmentPull"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnvironmentPublic"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The key's role or limit ceilings do not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Conflicts with the current state (or Idempotency-Key reuse) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description A registry could not be read: unreachable, credentials refused, no such image */
+            502: {
                 headers: {
                     [name: string]: unknown;
                 };

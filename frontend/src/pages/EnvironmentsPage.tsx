@@ -13,7 +13,8 @@ export function EnvironmentsPage() {
       </div>
       <p className="muted">
         Read-only root file systems a run or a sandbox can name instead of <span className="mono">host</span>, the server's own toolchain.
-        Admins add them with <span className="mono">crucible env import</span> or <span className="mono">POST /api/v1/environments</span>.
+        Admins add them with <span className="mono">crucible env pull</span> (from a registry), <span className="mono">crucible env import</span> or{' '}
+        <span className="mono">POST /api/v1/environments</span> (<span className="mono">/pull</span>).
       </p>
       {query.isPending ? (
         <Spinner label="Loading environments" />
@@ -21,7 +22,8 @@ export function EnvironmentsPage() {
         <ErrorState error={query.error} what="environments" onRetry={() => void query.refetch()} />
       ) : items.length === 0 ? (
         <Empty title="No environments yet">
-          Import one: <span className="mono">docker save python:3.12-slim | crucible env import - --name python:3.12-slim</span>
+          Pull one: <span className="mono">crucible env pull python:3.12-slim</span>, or import one:{' '}
+          <span className="mono">docker save python:3.12-slim | crucible env import - --name python:3.12-slim</span>
         </Empty>
       ) : (
         <div className="table-wrap">
@@ -53,7 +55,9 @@ export function EnvironmentsPage() {
                   </td>
                   <td className="num">{formatBytes(e.size_bytes)}</td>
                   <td>{e.languages.length ? e.languages.join(', ') : <span className="muted">none known</span>}</td>
-                  <td className="hide-narrow">{e.source}</td>
+                  <td className="hide-narrow" title={e.ref && e.manifest_digest ? `${e.ref} (${e.manifest_digest})` : undefined}>
+                    {e.source}
+                  </td>
                   <td className="hide-narrow">
                     <time dateTime={e.created_at} title={formatTime(e.created_at)}>
                       {relativeTime(e.created_at)}

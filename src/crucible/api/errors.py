@@ -2,7 +2,8 @@
 
 InvalidSubmission  422 (PayloadTooLarge 413)   NotFound   404
 Conflict           409                          Overloaded 503 + Retry-After
-SandboxError       503                          other      500
+SandboxError       503                          PullFailed 502 (a registry said no)
+other              500
 Unauthenticated    401 + WWW-Authenticate       Forbidden  403
 QuotaExceeded      429 (+ Retry-After when waiting helps)
 SandboxFileError   by kind: not_found 404, permission_denied 403, is_a_directory 409,
@@ -31,6 +32,7 @@ from crucible.core.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    PullFailed,
     QuotaExceeded,
     SandboxError,
     SandboxFileError,
@@ -57,6 +59,7 @@ STATUS: list[tuple[type[CrucibleError], int]] = [
     (Conflict, 409),
     (Overloaded, 503),
     (SandboxError, 503),
+    (PullFailed, 502),
 ]
 
 
@@ -128,6 +131,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "Conflicts with the current state (or Idempotency-Key reuse)",
         413: "Code or files larger than the server accepts",
         422: "Invalid request; `field` names the culprit",
+        502: "A registry could not be read: unreachable, credentials refused, no such image",
         503: "Queue full (see Retry-After) or the platform is unavailable",
     }
     return {c: {"model": ErrorPublic, "description": text[c]} for c in codes}

@@ -30,6 +30,7 @@ from crucible.domain.evaluations import (  # the evaluations' shapes live below 
 )
 from crucible.domain.models import (  # the sandboxes' shapes live below the API
     EnvironmentPublic,
+    EnvironmentPull,
     ExecCreate,
     ExecList,
     ExecPublic,
@@ -48,6 +49,7 @@ __all__ = [
     "DeadLetterList",
     "DeadLetterPublic",
     "EnvironmentPublic",
+    "EnvironmentPull",
     "EvaluationCreate",
     "EvaluationFields",
     "EvaluationList",

@@ -3,6 +3,7 @@
     with Client(server) as c:
         env = c.environments.upload("python-3.12.tar", "python:3.12-slim")  # admins
         print(env.digest, env.languages)
+        c.environments.pull("python:3.12-slim")  # admins: from its registry, by the server
         c.submit("print(1)", environment="python:3.12-slim", wait=30)
 
 An upload is streamed from the file (never read whole): a path, or an open binary
@@ -73,8 +74,13 @@ def _params(name: str, replace: bool) -> dict[str, str]:
     return {"name": name, **({"replace": "true"} if replace else {})}
 
 
+def _pull_body(ref: str, name: str | None, replace: bool) -> dict[str, object]:
+    return {"ref": ref, "name": name, "replace": replace}
+
+
 class Environments:
-    """``Client.environments``: list, get, upload (admins), delete (admins)."""
+    """``Client.environments``: list, get, upload, pull and delete (the last three
+    admins only)."""
 
     def __init__(self, http: httpx.Client) -> None:
         self.http = http
@@ -98,6 +104,17 @@ class Environments:
                 headers=_headers(f),
                 timeout=UPLOAD_TIMEOUT_S,
             )
+        return EnvironmentPublic.model_validate(check(r).json())
+
+    def pull(
+        self, ref: str, name: str | None = None, *, replace: bool = False
+    ) -> EnvironmentPublic:
+        """Have the server pull ``ref`` from its registry as ``name`` (default: the
+        reference as Docker shows it), with the server's own registry credentials and
+        mirrors; pinned by its manifest digest (``.manifest_digest``)."""
+        r = self.http.post(
+            "/environments/pull", json=_pull_body(ref, name, replace), timeout=UPLOAD_TIMEOUT_S
+        )
         return EnvironmentPublic.model_validate(check(r).json())
 
     def delete(self, name: str) -> None:
@@ -131,6 +148,14 @@ class AsyncEnvironments:
                 headers=_headers(f),
                 timeout=UPLOAD_TIMEOUT_S,
             )
+        return EnvironmentPublic.model_validate(check(r).json())
+
+    async def pull(
+        self, ref: str, name: str | None = None, *, replace: bool = False
+    ) -> EnvironmentPublic:
+        r = await self.http.post(
+            "/environments/pull", json=_pull_body(ref, name, replace), timeout=UPLOAD_TIMEOUT_S
+        )
         return EnvironmentPublic.model_validate(check(r).json())
 
     async def delete(self, name: str) -> None:

@@ -226,9 +226,37 @@ class EnvironmentPublic(BaseModel):
     digest: str = Field(description="sha256:… of its content; names may share one")
     size_bytes: int = Field(description="disk used by the root")
     created_at: datetime
-    source: str = Field(description="docker-archive, oci or build")
+    source: str = Field(description="docker-archive, oci, registry (pulled) or build")
     env: list[str] = Field(description="the image config's Env (KEY=value)")
     workdir: str = Field(description="the image config's WorkingDir")
     user: str = Field(description="the image config's User")
     programs: dict[str, str] = Field(description="program → its path inside the root")
     languages: list[str] = Field(description="the languages whose programs it has")
+    ref: str | None = Field(
+        None,
+        description="pulled: the image reference, normalised (docker.io/library/python:3.12)",
+        examples=["docker.io/library/python:3.12-slim"],
+    )
+    manifest_digest: str | None = Field(
+        None,
+        description="pulled: the digest of the manifest the reference named (pull"
+        " <repository>@<digest> for the same image again)",
+    )
+
+
+class EnvironmentPull(BaseModel):
+    """An image to pull from its registry into an environment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ref: str = Field(
+        min_length=1,
+        max_length=300,
+        description="[host[:port]/]name[:tag][@sha256:…]; a digest must match what the"
+        " registry serves",
+        examples=["python:3.12-slim", "ghcr.io/org/tool@sha256:…"],
+    )
+    name: EnvironmentName | None = Field(
+        None, description="default: the reference as Docker shows it (python:3.12-slim)"
+    )
+    replace: bool = Field(False, description="replace an environment of this name")

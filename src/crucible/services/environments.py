@@ -1,8 +1,10 @@
-"""Environments as the service offers them: listed, imported and removed (admins)
-through the API, and resolved for submissions and sandboxes.
+"""Environments as the service offers them: listed, imported, pulled and removed
+(admins) through the API, and resolved for submissions and sandboxes.
 
 The store (:class:`crucible.environments.store.EnvironmentStore`) does the work: imports
-run skopeo and umoci and remove walks a tree, so every call goes through a thread.
+and pulls run skopeo and umoci and remove walks a tree, so every call goes through a
+thread. A pull uses the server's own registry set-up (its registries.conf, auth file
+and policy): credentials never travel through the API.
 An upload is read from the request as it arrives and written to the store's ``tmp``
 (:meth:`EnvironmentStore.receive`, which refuses it past ``environment_max_bytes``);
 it is never held in memory. "In use" means queued or running evaluations, or running
@@ -20,6 +22,7 @@ from typing import IO, cast
 
 from crucible.core.errors import Conflict, InvalidSubmission, NotFound, PayloadTooLarge
 from crucible.domain.models import EnvironmentPublic
+from crucible.environments.registry import default_name, parse_ref
 from crucible.environments.store import HOST, Environment, EnvironmentStore, check_name
 from crucible.services.submissions import resolve_environment
 from crucible.store import Store
@@ -139,12 +142,34 @@ class EnvironmentService:
             raise PayloadTooLarge(
                 f"the archive is larger than the limit of {self.store.max_bytes} bytes"
             )
+        await self._may_take(name, replace)
+        body = _Body(chunks, asyncio.get_running_loop())
+        env = await asyncio.to_thread(self.store.import_image, cast(IO[bytes], body), name)
+        return environment_public(env)
+
+    async def _may_take(self, name: str, replace: bool) -> None:
+        """Conflict when ``name`` exists and not ``replace``, or it is in use."""
         if await self._exists(name):
             if not replace:
                 raise Conflict(f"environment {name!r} exists; send replace=true to replace it")
             await self._refuse_if_in_use(name, "replace")
-        body = _Body(chunks, asyncio.get_running_loop())
-        env = await asyncio.to_thread(self.store.import_image, cast(IO[bytes], body), name)
+
+    async def pull(
+        self, ref: str, name: str | None = None, *, replace: bool = False
+    ) -> EnvironmentPublic:
+        """Pull ``ref`` from its registry as ``name`` (default: the reference as Docker
+        shows it), pinned by its manifest digest.
+
+        Raises InvalidSubmission (a bad reference or name), Conflict (as
+        :meth:`upload`), PullFailed (502: the registry unreachable, the server's
+        credentials refused, no such image), ImageRejected (422: a digest that does not
+        match, or any refusal of an import; nothing is kept), PayloadTooLarge (413:
+        over the store's limit as the manifest declares, before the download).
+        """
+        image = parse_ref(ref)
+        name = check_name(name if name is not None else default_name(image))
+        await self._may_take(name, replace)
+        env = await asyncio.to_thread(self.store.pull_image, image, name)
         return environment_public(env)
 
     async def delete(self, name: str) -> None:

@@ -1,4 +1,5 @@
-"""/api/v1/environments: the root file systems runs can name; admins add and remove."""
+"""/api/v1/environments: the root file systems runs can name; admins add (upload or
+pull) and remove."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from crucible.api.deps import AdminDep, ServiceDep
 from crucible.api.errors import responses
-from crucible.api.schemas import EnvironmentPublic
+from crucible.api.schemas import EnvironmentPublic, EnvironmentPull
 
 router = APIRouter(prefix="/environments", tags=["environments"])
 
@@ -58,6 +59,28 @@ async def upload_environment(
         replace=replace,
         length=int(length) if length and length.isdigit() else None,
     )
+
+
+@router.post(
+    "/pull",
+    status_code=status.HTTP_201_CREATED,
+    responses=responses(403, 409, 413, 422, 502),
+)
+async def pull_environment(
+    body: EnvironmentPull, request: Request, service: ServiceDep, _admin: AdminDep
+) -> EnvironmentPublic:
+    """Pull `ref` from its registry as `name` (admins; default name: the reference as
+    Docker shows it, `docker.io/library/python:3.12` is `python:3.12`). The server's
+    own registries.conf (mirrors), auth file and policy apply. Pinned by the digest of
+    the manifest `ref` names (a digest in `ref` must match), every blob checked against
+    its digest, then checked and unpacked as an upload is; the record has `ref` and
+    `manifest_digest`. 409: the name exists (without `replace`) or is in use; 413:
+    larger than `environment_max_bytes` as declared (nothing downloaded); 422: a bad
+    reference or name, a digest that does not match, a malformed or hostile image;
+    502: the registry is unreachable, refused the server's credentials or has no such
+    image (its words). Nothing is kept of a refused pull."""
+    request.state.audit_target = body.name or body.ref
+    return await service.environments.pull(body.ref, body.name, replace=body.replace)
 
 
 @router.delete(
