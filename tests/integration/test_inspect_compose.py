@@ -1,14 +1,20 @@
 """An Inspect task's compose.yaml on the ``crucible`` provider: two services of one
 sample, one serving on a port, the other reaching it by name, neither reaching the
-host; locally (through a real ``inspect_ai.eval()``) and through a ``crucible serve``."""
+host; locally (through a real ``inspect_ai.eval()``) and through a ``crucible serve``.
+An ``image:`` the store lacks is pulled from a registry on 127.0.0.1, once per task
+(``pull: missing``), or fails the task (``pull: never``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
+import secrets
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from inspect_ai import Task
@@ -23,10 +29,17 @@ from service_helpers import ServerProcess
 from auth_keys import ADMIN_KEY
 from crucible.client import AsyncClient
 from crucible.core.config import Settings
+from crucible.core.errors import InvalidSubmission, NotFound
 from crucible.engine import Sandbox
-from crucible.environments.store import Environment
+from crucible.environments.store import Environment, EnvironmentStore
 from crucible.integrations.inspect import provider as inspect_provider
-from crucible.integrations.inspect.provider import CrucibleSandboxEnvironment
+from crucible.integrations.inspect.compose import ComposeError
+from crucible.integrations.inspect.provider import (
+    CrucibleSandboxConfig,
+    CrucibleSandboxEnvironment,
+    PullRefused,
+)
+from registry_fixtures import Registry, unique_image
 from sandbox_fixtures import REACH, leftovers
 
 pytestmark = [
@@ -117,14 +130,18 @@ async def test_two_services_local(
         inspect_provider.use_engine(None)
 
 
-async def test_an_unknown_image_is_named_with_the_import_command(
+async def test_an_unknown_image_is_named_with_the_commands_that_add_it(
     sandbox: Sandbox, test_environment: Environment, tmp_path: Path
 ) -> None:
+    """With ``pull: never`` (locked down), a missing image fails the task at task_init."""
     inspect_provider.use_engine(sandbox)
     try:
-        with pytest.raises(ValueError, match=r"image 'nginx:1.25' is not a Crucible environment"):
+        with pytest.raises(
+            ValueError, match=r"image 'nginx:1.25' is not a Crucible environment .*pull is never"
+        ):
             await CrucibleSandboxEnvironment.task_init(
-                "compose", compose_yaml(tmp_path, image="nginx:1.25")
+                "compose",
+                compose_yaml(tmp_path, image="nginx:1.25", extra="x-crucible: {pull: never}\n"),
             )
     finally:
         inspect_provider.use_engine(None)
@@ -208,3 +225,203 @@ async def test_two_services_through_a_server(
         check(json.loads(r.stdout))
     finally:
         await CrucibleSandboxEnvironment.sample_cleanup("compose", config, envs, False)
+
+
+# -- images the store lacks: pulled from a registry (tests/registry_fixtures.py) --------
+
+
+@pytest.fixture(scope="module")
+def userland() -> bytes:
+    import oci_images
+
+    return oci_images.host_userland_layer(python=False)
+
+
+def pushed(registry: Registry, userland: bytes, work: Path) -> str:
+    """A runnable image of its own in ``registry``; its reference."""
+    path = f"test/compose-{secrets.token_hex(4)}:1"
+    registry.push(unique_image("compose", base=userland), path, work)
+    return f"{registry.host}/{path}"
+
+
+def one_service(tmp_path: Path, image: str, extra: str = "") -> str:
+    path = tmp_path / secrets.token_hex(2) / "compose.yaml"  # Inspect knows it by name
+    path.parent.mkdir()
+    path.write_text(f"services:\n  default:\n    image: {image}\n" + extra)
+    return str(path)
+
+
+@pytest.fixture
+def pulls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The pulls this process makes (each still the real one)."""
+    made: list[str] = []
+    real = EnvironmentStore.pull_image
+
+    def counted(
+        self: EnvironmentStore, ref: Any, name: str | None = None, **kw: Any
+    ) -> Environment:
+        made.append(str(ref))
+        return real(self, ref, name, **kw)
+
+    monkeypatch.setattr(EnvironmentStore, "pull_image", counted)
+    return made
+
+
+def test_an_inspect_eval_pulls_a_missing_image_once(
+    sandbox_settings: Settings,
+    environments: EnvironmentStore,
+    registry: Registry,
+    registry_env: dict[str, str],
+    userland: bytes,
+    pulls: list[str],
+    tmp_path: Path,
+) -> None:
+    """Three samples of a compose file whose image only the registry has: task_init
+    pulls it once, under the image's name, and every sample runs in it."""
+    image = pushed(registry, userland, tmp_path)
+    engine = Sandbox(sandbox_settings)
+    inspect_provider.use_engine(engine)
+
+    @solver
+    def read_marker() -> Solver:
+        async def solve(state: TaskState, generate: Generate) -> TaskState:
+            r = await sandbox().exec(["cat", "/etc/pulled"])
+            state.output = ModelOutput.from_content("none", r.stdout)
+            return state
+
+        return solve
+
+    task = Task(
+        dataset=[Sample(input=str(n)) for n in range(3)],
+        solver=read_marker(),
+        sandbox=("crucible", one_service(tmp_path, image)),
+    )
+    try:
+        [log] = inspect_eval(
+            task, model=get_model("mockllm/model"), log_dir=str(tmp_path), display="none"
+        )
+    finally:
+        inspect_provider.use_engine(None)
+        asyncio.run(engine.close())
+        gc.collect()
+    try:
+        assert log.status == "success", log.error
+        assert log.samples is not None and len(log.samples) == 3
+        assert all(s.output.completion.startswith("compose ") for s in log.samples)
+        assert pulls == [image]
+        pulled = environments.get(image)
+        assert pulled.source == "registry" and pulled.ref == image
+    finally:
+        environments.remove(image)
+
+
+async def test_concurrent_samples_share_one_pull(
+    sandbox: Sandbox,
+    environments: EnvironmentStore,
+    registry: Registry,
+    registry_env: dict[str, str],
+    userland: bytes,
+    pulls: list[str],
+    tmp_path: Path,
+) -> None:
+    """Samples that find the image missing together (here without task_init) wait for
+    one pull."""
+    image = pushed(registry, userland, tmp_path)
+    config = one_service(tmp_path, image)
+    inspect_provider.use_engine(sandbox)
+    try:
+        made = await asyncio.gather(
+            *(CrucibleSandboxEnvironment.sample_init("compose", config, {}) for _ in range(3))
+        )
+        try:
+            assert pulls == [image]
+            for envs in made:
+                r = await envs["default"].exec(["cat", "/etc/pulled"])
+                assert r.success and r.stdout.startswith("compose "), r
+        finally:
+            for envs in made:
+                await CrucibleSandboxEnvironment.sample_cleanup("compose", config, envs, False)
+    finally:
+        inspect_provider.use_engine(None)
+        environments.remove(image)
+
+
+async def test_pull_never_and_a_failed_pull_fail_the_task(
+    sandbox: Sandbox,
+    environments: EnvironmentStore,
+    registry: Registry,
+    registry_env: dict[str, str],
+    userland: bytes,
+    pulls: list[str],
+    tmp_path: Path,
+) -> None:
+    image = pushed(registry, userland, tmp_path)
+    inspect_provider.use_engine(sandbox)
+    try:
+        never = one_service(tmp_path, image, "x-crucible:\n  pull: never\n")
+        with pytest.raises(
+            ComposeError,
+            match=rf"image '{image}' is not a Crucible .*pull is never.*crucible env pull {image}",
+        ):
+            await CrucibleSandboxEnvironment.task_init("compose", never)
+        # The same without a compose file: the provider's environment.
+        plain = CrucibleSandboxConfig(environment=image, pull="never")
+        with pytest.raises(InvalidSubmission, match=f"no environment '{image}'"):
+            await CrucibleSandboxEnvironment.task_init("plain", plain)
+        assert pulls == []
+        missing = f"{registry.host}/test/nothing-{secrets.token_hex(4)}:1"
+        with pytest.raises(
+            PullRefused,
+            match=f"'{missing}' is not a Crucible environment and pulling it failed: .*manifest unknown",
+        ):
+            await CrucibleSandboxEnvironment.task_init("compose", one_service(tmp_path, missing))
+        # A file the provider refuses pulls nothing.
+        refused = one_service(tmp_path, image, "    privileged: true\n")
+        with pytest.raises(ComposeError, match="privileged is not supported"):
+            await CrucibleSandboxEnvironment.task_init("compose", refused)
+        assert pulls == [missing]
+        assert image not in [e.name for e in environments.all()]
+        # pull: missing (the default) without a compose file pulls the environment too.
+        await CrucibleSandboxEnvironment.task_init(
+            "plain", CrucibleSandboxConfig(environment=image)
+        )
+        assert pulls == [missing, image] and environments.get(image).source == "registry"
+    finally:
+        inspect_provider.use_engine(None)
+        with contextlib.suppress(NotFound):
+            environments.remove(image)
+
+
+async def test_through_a_server_only_an_admin_key_pulls(
+    make_server: Callable[..., ServerProcess],
+    registry: Registry,
+    registry_env: dict[str, str],
+    userland: bytes,
+    tmp_path: Path,
+) -> None:
+    server = make_server(**registry_env)
+    server.start()
+    image = pushed(registry, userland, tmp_path)
+    async with AsyncClient(server.url, api_key=ADMIN_KEY) as admin:
+        r = await admin.http.post("/keys", json={"name": "bob", "role": "researcher"})
+        assert r.status_code == 201, r.text
+        researcher = r.json()["key"]
+    as_researcher = one_service(
+        tmp_path, image, f"x-crucible:\n  server: {server.url}\n  api_key: {researcher}\n"
+    )
+    with pytest.raises(PullRefused, match=f"pulling '{image}' on {server.url} needs an admin key"):
+        await CrucibleSandboxEnvironment.task_init("compose", as_researcher)
+    as_admin = one_service(
+        tmp_path, image, f"x-crucible:\n  server: {server.url}\n  api_key: {ADMIN_KEY}\n"
+    )
+    await CrucibleSandboxEnvironment.task_init("compose", as_admin)
+    async with AsyncClient(server.url, api_key=ADMIN_KEY) as admin:
+        env = await admin.environments.get(image)
+        assert env.source == "registry" and env.ref == image
+    # Pulled once, the researcher's samples run in it.
+    envs = await CrucibleSandboxEnvironment.sample_init("compose", as_researcher, {})
+    try:
+        r = await envs["default"].exec(["cat", "/etc/pulled"])
+        assert r.success and r.stdout.startswith("compose "), r
+    finally:
+        await CrucibleSandboxEnvironment.sample_cleanup("compose", as_researcher, envs, False)

@@ -81,7 +81,8 @@ def test_x_default_network_mode_none_and_deploy_limits() -> None:
     ("service", "message"),
     [
         ({"image": "nginx:1.25"}, r"image 'nginx:1.25' is not a Crucible environment \(known: "
-         r"python:3.12-slim, victim:1\); import it with `docker save nginx:1.25 \| crucible env"),
+         r"python:3.12-slim, victim:1\) and x-crucible's pull is never; add it with `crucible "
+         r"env pull nginx:1.25` or `docker save nginx:1.25 \| crucible env"),
         ({"build": "."}, "build is not supported"),
         ({"image": "victim:1", "privileged": True}, "privileged is not supported"),
         ({"image": "victim:1", "volumes": ["/:/host"]}, "volumes is not supported"),

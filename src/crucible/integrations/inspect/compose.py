@@ -11,7 +11,9 @@ refused with the reason, never silently dropped: ``privileged``, ``cap_add``,
 ``devices``, ``volumes``, ``ports`` (nothing is published on the host), ``build``,
 ``network_mode`` other than ``none``, ``security_opt``, ``runtime``. Settings of the
 provider itself go under a top-level ``x-crucible`` key (``server``, ``api_key``,
-``runtime``, ``ttl_s``) or come from the environment (``CRUCIBLE_SERVER``).
+``runtime``, ``ttl_s``, ``pull``) or come from the environment (``CRUCIBLE_SERVER``).
+An ``image:`` the store lacks is pulled by the provider before it plans (``pull:
+missing``, the default), so an unknown one here means ``pull: never``.
 """
 
 from __future__ import annotations
@@ -174,8 +176,9 @@ def plan(compose: ComposeConfig, *, known: Iterable[str], defaults: SessionLimit
             listed = ", ".join(sorted(names)) or "none yet"
             raise ComposeError(
                 f"service {name!r}: image {service.image!r} is not a Crucible environment "
-                f"(known: {listed}); import it with `docker save {service.image} | "
-                f"crucible env import - --name {service.image}`"
+                f"(known: {listed}) and x-crucible's pull is never; add it with `crucible "
+                f"env pull {service.image}` or `docker save {service.image} | crucible env "
+                f"import - --name {service.image}`"
             )
         plans.append(
             ServicePlan(
@@ -205,5 +208,5 @@ def plan(compose: ComposeConfig, *, known: Iterable[str], defaults: SessionLimit
     plans.remove(first)
     settings = compose.extensions.get("x-crucible") or {}
     if not isinstance(settings, dict):
-        raise ComposeError("x-crucible must be a mapping (server, api_key, runtime, ttl_s)")
+        raise ComposeError("x-crucible must be a mapping (server, api_key, runtime, ttl_s, pull)")
     return ComposePlan([first, *plans], settings)

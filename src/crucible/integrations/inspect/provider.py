@@ -19,6 +19,10 @@ Config (a YAML file path, a dict, or :class:`CrucibleSandboxConfig`):
              with ``python``, ``pip``, bash and coreutils as Inspect's default image
     limits   memory_mb, cpus, pids, disk_mb (the whole sandbox)
     ttl_s    lifetime of a sandbox on the server (local sandboxes live for the sample)
+    pull     missing (default): an environment (or a compose ``image:``) that the store
+             lacks is pulled from its registry under that name, once per task
+             (``crucible env pull``; through a server, only an admin key may) | never:
+             it fails the task, naming the command that adds it
 
 A compose file carries these under its top-level ``x-crucible`` key.
 
@@ -36,7 +40,8 @@ import os
 import posixpath
 import secrets
 import shlex
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Union, overload
@@ -95,6 +100,11 @@ class CrucibleSandboxConfig(BaseModel):
     )
     limits: SessionLimits = SessionLimits(memory_mb=1024, cpus=1, pids=512, disk_mb=1024)
     ttl_s: float | None = Field(default=None, description="sandbox lifetime on the server")
+    pull: Literal["missing", "never"] = Field(
+        default="missing",
+        description="missing: pull an environment the store lacks from its registry (once"
+        " per task; through a server, an admin key only); never: fail the task instead",
+    )
 
 
 def load_config(config: SandboxEnvironmentConfigType | None) -> CrucibleSandboxConfig:
@@ -394,9 +404,84 @@ async def known_environments(config: CrucibleSandboxConfig) -> list[str]:
         return [e.name for e in await client.environments.list()]
 
 
+class PullRefused(RuntimeError):
+    """An environment the task names is missing and could not be pulled."""
+
+
+# One pull of an image at a time per event loop (Inspect runs a task's samples on one):
+# the samples that find it missing together wait for the first one's pull.
+_pull_locks: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str | None, str], asyncio.Lock]
+] = weakref.WeakKeyDictionary()
+
+
+def _pull_lock(server: str | None, image: str) -> asyncio.Lock:
+    locks = _pull_locks.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault((server, image), asyncio.Lock())
+
+
+async def pull_environment(config: CrucibleSandboxConfig, image: str) -> None:
+    """Pull ``image`` from its registry as the environment ``image``: into this
+    machine's store, or the server's (``POST /environments/pull``: admin keys only)."""
+    if config.server is None:
+        from crucible.environments.store import EnvironmentStore
+
+        store = EnvironmentStore.of(local_engine().settings)
+        await asyncio.to_thread(store.pull_image, image, image)
+        return
+    from crucible.client import AsyncClient
+    from crucible.client.errors import ApiError
+
+    key = config.api_key or os.environ.get("CRUCIBLE_API_KEY")
+    async with AsyncClient(config.server, api_key=key) as client:
+        try:
+            await client.environments.pull(image, image)
+        except ApiError as exc:
+            if exc.status == 403:
+                raise PullRefused(
+                    f"pulling {image!r} on {config.server} needs an admin key ({exc.detail});"
+                    f" have an admin run `crucible env pull {image}` there, or import it"
+                ) from None
+            raise
+
+
+async def ensure_environments(config: CrucibleSandboxConfig, images: Iterable[str]) -> list[str]:
+    """The known environments, once those of ``images`` that are missing are pulled
+    (``config.pull`` ``missing``; ``never``: as they are). Each missing image is pulled
+    once: concurrent callers wait for the first pull and find it done. Raises
+    PullRefused when a pull fails."""
+    known = await known_environments(config)
+    missing = [i for i in dict.fromkeys(images) if i not in known and i != "host"]
+    if config.pull == "never" or not missing:
+        return known
+    for image in missing:
+        async with _pull_lock(config.server, image):
+            if image in await known_environments(config):
+                continue  # another sample (or task) pulled it meanwhile
+            try:
+                await pull_environment(config, image)
+            except PullRefused:
+                raise
+            except Exception as exc:
+                raise PullRefused(
+                    f"{image!r} is not a Crucible environment and pulling it failed: {exc}"
+                    " (set pull: never to only use what the store has)"
+                ) from exc
+    return await known_environments(config)
+
+
+def _images(compose: ComposeConfig) -> list[str]:
+    return [s.image for s in compose.services.values() if s.image]
+
+
 async def compose_plan(compose: ComposeConfig) -> tuple[CrucibleSandboxConfig, ComposePlan]:
+    """The provider's settings and the sandboxes of one sample; what is missing is
+    pulled first (``pull``), once the file is known to be runnable."""
     base = compose_base(compose)
-    return base, plan(compose, known=await known_environments(base), defaults=base.limits)
+    # What the file refuses is refused before anything is pulled for it.
+    plan(compose, known=_images(compose), defaults=base.limits)
+    known = await ensure_environments(base, _images(compose))
+    return base, plan(compose, known=known, defaults=base.limits)
 
 
 @sandboxenv(name="crucible")
@@ -438,9 +523,12 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
     async def task_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None) -> None:
         compose = compose_of(config)
         if compose is not None:
-            base, _ = await compose_plan(compose)  # ComposeError now, not per sample
+            # ComposeError (or a missing image pulled, or PullRefused) now, not per sample.
+            base, _ = await compose_plan(compose)
         else:
             base = load_config(config)
+            if base.environment not in (None, "host"):
+                await ensure_environments(base, [base.environment])
         if base.server is None:
             await local_engine().prepare()
             if compose is None:  # an unknown environment (or default) fails the task now
