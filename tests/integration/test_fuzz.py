@@ -20,6 +20,7 @@ import pytest
 from service_helpers import ServerProcess
 
 from auth_keys import ADMIN_KEY
+from registry_fixtures import DEAD_PROXY
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 CHECKS = ",".join(
@@ -48,6 +49,11 @@ def test_api_conforms_to_its_schema(tmp_path: Path, state_dir: Path) -> None:
         CRUCIBLE_SANDBOX_LIMITS__TTL_S="[3, 5]",
         CRUCIBLE_SANDBOX_LIMITS__IDLE_TIMEOUT_S="[2, 5]",
         CRUCIBLE_SANDBOX_LIMITS__EXEC_TIMEOUT_S="[2, 5]",
+        # Nothing the server does may leave the machine: a pull that got through would
+        # meet a dead proxy on loopback, not docker.io (see --exclude-path below).
+        HTTPS_PROXY=DEAD_PROXY,
+        HTTP_PROXY=DEAD_PROXY,
+        NO_PROXY="127.0.0.1,localhost,::1",
     )
     server.start()
     try:
@@ -74,6 +80,12 @@ def test_api_conforms_to_its_schema(tmp_path: Path, state_dir: Path) -> None:
                 "--workers",
                 "1",
                 "--no-shrink",
+                # A pull's generated references name registries (docker.io by default),
+                # and a registry's refusal is documented as 502, which the fuzz counts
+                # as a server error; pulls are tested against local registries instead
+                # (test_environments_pull.py, test_environments_api.py).
+                "--exclude-path",
+                "/api/v1/environments/pull",
             ],
             capture_output=True,
             text=True,
