@@ -15,6 +15,8 @@ have crun || need_apt+=(crun)
 have skopeo || need_apt+=(skopeo)
 have umoci || need_apt+=(umoci)
 have mmdebstrap || need_apt+=(mmdebstrap)
+# Dockerfile builds (crucible env build --dockerfile, compose build:): daemonless, as root.
+have buildah || need_apt+=(buildah)
 have gcc || need_apt+=(gcc)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/aarch64-linux-gnu/libc.a ] || need_apt+=(libc6-dev)
 have g++ || need_apt+=(g++)

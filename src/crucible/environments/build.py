@@ -141,7 +141,7 @@ def environment_digest(tree: str, env: list[str], workdir: str = "", user: str =
 # -- running the tools ------------------------------------------------------------------
 
 
-def _tool(
+def build_tool(
     argv: list[str], *, timeout: float, what: str, log: Log | None,
     on_kill: Callable[[], None] | None = None,
 ) -> None:  # fmt: skip
@@ -224,7 +224,7 @@ def mmdebstrap(spec: BuildSpec, target: Path, *, timeout: float, log: Log | None
         "--dpkgopt=path-include=/usr/share/doc/*/copyright",
         spec.suite, str(target), spec.mirror,
     ]  # fmt: skip
-    _tool(argv, timeout=timeout, what="mmdebstrap failed", log=log)
+    build_tool(argv, timeout=timeout, what="mmdebstrap failed", log=log)
 
 
 def host_ca_bundle() -> Path | None:
@@ -346,7 +346,7 @@ def runc_run(
         )  # fmt: skip
 
     try:
-        _tool(
+        build_tool(
             [runc, "--root", str(state), "run", "--bundle", str(bundle), cid],
             timeout=timeout, what=what, log=log, on_kill=delete,
         )  # fmt: skip
@@ -413,7 +413,7 @@ def _mounts_under(path: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def _build_dir(store: EnvironmentStore) -> Iterator[Path]:
+def build_dir(store: EnvironmentStore) -> Iterator[Path]:
     work = store.root / "tmp" / f"build-{secrets.token_hex(8)}"
     work.mkdir()
     try:
@@ -458,6 +458,6 @@ def build_environment(
     one root. Raises InvalidSubmission (a bad name), BuildFailed, SandboxUnavailable;
     on any failure nothing of the build is left."""
     check_name(name)
-    with _build_dir(store) as work:
+    with build_dir(store) as work:
         built = build_rootfs(spec, work, timeout=timeout, runc=runc, log=log)
         return store.add_rootfs(name, built.path, digest=built.digest, env=built.env)

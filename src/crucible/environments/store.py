@@ -54,7 +54,14 @@ from crucible.core.errors import (
 )
 from crucible.engine.languages import LANGUAGE_PROGRAMS
 from crucible.engine.models import EnvironmentRoot
-from crucible.environments.registry import ImageRef, default_name, parse_ref, resolve, skopeo_copy
+from crucible.environments.registry import (
+    ImageRef,
+    Resolved,
+    default_name,
+    parse_ref,
+    resolve,
+    skopeo_copy,
+)
 from crucible.environments.tools import run_tool
 
 __all__ = ["HOST", "Environment", "EnvironmentStore", "ImageRejected", "check_name"]
@@ -92,6 +99,10 @@ class Environment:
     # brings the same image again.
     ref: str | None = None
     manifest_digest: str | None = None
+    # A Dockerfile build's record (crucible.environments.dockerfile): its cache key,
+    # the digests of the Dockerfile and its context, each base and its digest, the
+    # build args and target.
+    build: dict[str, Any] | None = None
     root: Path = Path()
 
     @property
@@ -135,7 +146,7 @@ def check_name(name: str) -> str:
 
 
 # Where a name's image came from: kept with the name (names may share a root).
-_ORIGIN = ("source", "ref", "manifest_digest")
+_ORIGIN = ("source", "ref", "manifest_digest", "build")
 
 
 class EnvironmentStore:
@@ -246,11 +257,48 @@ class EnvironmentStore:
         pinned = resolve(image, max_bytes=self.max_bytes, timeout=timeout)
         with self._workdir() as work:
             layout = work / "oci"
-            skopeo_copy(pinned.source, layout, "image", timeout=timeout)
+            self.fetch(pinned, layout, timeout=timeout)
             origin = {"source": "registry", "ref": str(image), "manifest_digest": pinned.digest}
             return self._unpack(work, layout, name, origin)
 
-    def _unpack(self, work: Path, layout: Path, name: str, origin: dict[str, str]) -> Environment:
+    def resolve(self, ref: ImageRef, *, timeout: float = 1800.0) -> Resolved:
+        """Pin ``ref`` by digest, within this store's size limit (what a pull does
+        first; :func:`crucible.environments.registry.resolve`)."""
+        return resolve(ref, max_bytes=self.max_bytes, timeout=timeout)
+
+    def fetch(self, pinned: Resolved, layout: Path, *, timeout: float = 1800.0) -> dict[str, Any]:
+        """Copy the pinned image into the OCI layout ``layout`` (tag ``image``) and
+        check it as an import is checked, without unpacking it: a Dockerfile's base.
+        Returns :func:`check_layout`'s answer."""
+        skopeo_copy(pinned.source, layout, "image", timeout=timeout)
+        return check_layout(layout, "image", self.max_bytes)
+
+    def import_layout(
+        self, work: Path, layout: Path, name: str, origin: dict[str, Any]
+    ) -> Environment:
+        """Check, unpack and install the OCI layout ``layout`` (tag ``image``, in
+        ``work``, a directory of this store's ``tmp``) as ``name`` with ``origin``
+        (``source`` and what else the name records): a build's result."""
+        return self._unpack(work, layout, check_name(name), origin)
+
+    def named(self, name: str, digest: str, origin: dict[str, Any]) -> Environment:
+        """Give the root ``digest`` (present) the name ``name`` with ``origin``: a
+        cached build under a name of its own."""
+        if not self._home(digest).is_dir():
+            raise NotFound(f"no environment root {digest}")
+        return self._install(
+            check_name(name), digest, Path(), env=[], workdir="", user="", origin=origin
+        )
+
+    def built(self, key: str) -> Environment | None:
+        """An environment a Dockerfile build with cache key ``key`` made, if one is
+        still here."""
+        for env in self.all():
+            if env.build is not None and env.build.get("key") == key and env.root.is_dir():
+                return env
+        return None
+
+    def _unpack(self, work: Path, layout: Path, name: str, origin: dict[str, Any]) -> Environment:
         """Check the OCI layout ``layout`` skopeo wrote in ``work``, unpack it and
         install its root as ``name``."""
         config = check_layout(layout, "image", self.max_bytes)
@@ -303,7 +351,7 @@ class EnvironmentStore:
         env: list[str],
         workdir: str,
         user: str,
-        origin: dict[str, str],
+        origin: dict[str, Any],
     ) -> Environment:
         source = origin["source"]
         home = self._home(digest)
@@ -314,7 +362,7 @@ class EnvironmentStore:
             os.chmod(staged / "rootfs", 0o755)
             probe = Environment(name, digest, 0, "", source, env, workdir, user)
             meta = asdict(probe)
-            for key in ("root", "name", "ref", "manifest_digest"):
+            for key in ("root", "name", "ref", "manifest_digest", "build"):
                 meta.pop(key)
             meta["size_bytes"] = _tree_size(staged / "rootfs")
             meta["created_at"] = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
