@@ -215,3 +215,35 @@ def test_a_missing_context_and_an_unresolvable_from(
         build_dockerfile(store, DockerfileSpec(ctx))
     assert store.all() == []
     clean_tmp(store)
+
+
+def test_crucible_env_build_dockerfile(
+    userland: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from crucible.cli import app
+
+    data_dir = tmp_path / "data"
+    store = EnvironmentStore(data_dir / "environments")
+    store.import_image(write_oci_layout(userland, tmp_path / "layout"), "local/base:1")
+    ctx = context(tmp_path, "ARG BASE\nFROM $BASE\nARG WORD\nRUN echo $WORD > /word\n")
+    (ctx / "Dockerfile").rename(ctx / "Build.df")
+
+    def build(*args: str) -> tuple[int, str]:
+        argv = ["env", "build", "--dockerfile", str(ctx / "Build.df"), "--context", str(ctx)]
+        r = CliRunner().invoke(app, [*argv, *args, "--data-dir", str(data_dir), "-q"])
+        return r.exit_code, r.output
+
+    code, output = build("--name", "cli/app:1", "--build-arg", "BASE=local/base:1",
+                         "--build-arg", "WORD=cli", "--pull", "never")  # fmt: skip
+    assert code == 0, output
+    assert output.startswith("cli/app:1 · sha256:")
+    env = EnvironmentStore(data_dir / "environments").get("cli/app:1")
+    assert (env.root / "word").read_text() == "cli\n" and env.source == "dockerfile"
+    code, output = build("--build-arg", "WORD")
+    assert code == 2 and "KEY=VALUE" in output
+    code, output = build("--build-arg", "BASE=local/none:1", "--pull", "never")
+    assert code == 2 and "pull is never" in output
+    code, output = build("--debian", "bash")
+    assert code == 2 and "exclude each other" in output

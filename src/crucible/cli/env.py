@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from crucible.core.config import Settings
-from crucible.core.errors import CrucibleError, NotFound
+from crucible.core.errors import CrucibleError, InvalidSubmission, NotFound
 from crucible.environments.store import EnvironmentStore, check_name
 
 out = Console()
@@ -156,7 +156,14 @@ def _packages(value: str | None) -> tuple[str, ...]:
 
 @env_app.command("build")
 def build(
-    name: Name,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="the environment's name (needed for a package build; a Dockerfile build's"
+            " default: build/<context dir>:<key>)",
+        ),
+    ] = None,
     debian: Annotated[
         str | None, typer.Option(help="Debian packages, comma-separated (e.g. python3-numpy)")
     ] = None,
@@ -165,32 +172,81 @@ def build(
     ] = None,
     suite: Annotated[str, typer.Option(help="the Debian suite")] = "bookworm",
     mirror: Annotated[str | None, typer.Option(help="the Debian mirror")] = None,
+    dockerfile: Annotated[
+        Path | None,
+        typer.Option(help="build this Dockerfile with buildah (default <context>/Dockerfile)"),
+    ] = None,
+    context: Annotated[
+        Path | None, typer.Option(help="a Dockerfile build's context directory")
+    ] = None,
+    build_arg: Annotated[
+        list[str] | None, typer.Option("--build-arg", help="KEY=VALUE, for the Dockerfile's ARG")
+    ] = None,
+    target: Annotated[str | None, typer.Option(help="the Dockerfile's stage to build")] = None,
+    pull: Annotated[
+        str,
+        typer.Option(help="a FROM the store lacks: missing (pull it) | never (refuse)"),
+    ] = "missing",
     timeout: Annotated[float, typer.Option(help="time limit of each build step, s")] = 1800.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no build output")] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Build an environment from Debian packages (mmdebstrap) and pip packages.
+    """Build an environment: from Debian packages (mmdebstrap) and pip packages, or
+    from a Dockerfile (buildah; --dockerfile and/or --context).
 
-    pip runs in a build container on the host's network; needs root. A run in the
-    environment never reaches the network.
+    pip and a Dockerfile's RUN steps run in build containers on the host's network;
+    needs root. A run in the environment never reaches the network, and never runs
+    a RUN step. A Dockerfile build is cached by its Dockerfile, context, bases, args
+    and target: the same build again is found, not made.
     """
     from crucible.environments.build import DEFAULT_MIRROR, BuildSpec, build_environment
+    from crucible.environments.dockerfile import DockerfileSpec, build_dockerfile
 
     def log(line: str) -> None:
         err.print(f"[dim]{escape(line)}[/dim]", highlight=False)
 
     try:
-        spec = BuildSpec(
-            debian=_packages(debian), pip=_packages(pip), suite=suite,
-            mirror=mirror or DEFAULT_MIRROR,
-        )  # fmt: skip
-        check_name(name)  # before the store is made
-        store = _store(_settings(data_dir))
-        env = build_environment(store, name, spec, timeout=timeout, log=None if quiet else log)
+        if dockerfile is not None or context is not None:
+            if debian or pip:
+                raise InvalidSubmission(
+                    "--dockerfile/--context and --debian/--pip exclude each other"
+                )
+            if pull not in ("missing", "never"):
+                raise InvalidSubmission(f"--pull is missing or never, not {pull!r}", field="pull")
+            args = []
+            for item in build_arg or []:
+                key, eq, value = item.partition("=")
+                if not eq:
+                    raise InvalidSubmission(f"--build-arg {item!r}: expected KEY=VALUE")
+                args.append((key, value))
+            ctx = context if context is not None else (dockerfile or Path(".")).parent
+            dspec = DockerfileSpec(
+                ctx.resolve(), dockerfile.resolve() if dockerfile else None, tuple(args), target
+            )
+            if name is not None:
+                check_name(name)
+            store = _store(_settings(data_dir))
+            env = build_dockerfile(
+                store, dspec, name, pull=pull,  # type: ignore[arg-type]
+                timeout=timeout, log=None if quiet else log,
+            )  # fmt: skip
+        else:
+            if name is None:
+                raise InvalidSubmission("a package build needs --name")
+            spec = BuildSpec(
+                debian=_packages(debian), pip=_packages(pip), suite=suite,
+                mirror=mirror or DEFAULT_MIRROR,
+            )  # fmt: skip
+            check_name(name)  # before the store is made
+            store = _store(_settings(data_dir))
+            env = build_environment(store, name, spec, timeout=timeout, log=None if quiet else log)
     except FAILURES as exc:
         raise _fail(exc) from None
     languages = ", ".join(env.languages) or "none"
-    out.print(f"{env.name} · {env.digest[:19]} · {_size(env.size_bytes)} · {languages}")
+    out.print(
+        f"{env.name} · {env.digest[:19]} · {_size(env.size_bytes)} · {languages}",
+        soft_wrap=True, highlight=False,
+    )  # fmt: skip
 
 
 @env_app.command("ls")
