@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from crucible.core.config import Settings
 from crucible.core.errors import InvalidSubmission, NotFound, PullFailed
 from crucible.engine import Sandbox
 from crucible.engine.models import SessionSpec
@@ -247,3 +248,87 @@ def test_crucible_env_build_dockerfile(
     assert code == 2 and "pull is never" in output
     code, output = build("--debian", "bash")
     assert code == 2 and "exclude each other" in output
+
+
+@pytest.mark.filterwarnings("ignore:The 'initial' parameter is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_inspect_eval_with_a_compose_build_builds_once(
+    sandbox_settings: Settings,
+    environments: EnvironmentStore,
+    registry_env: dict[str, str],
+    base_ref: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four samples of a compose file whose service has a build: (context, dockerfile,
+    args, target): task_init builds it once with buildah, every sample runs in it."""
+    import asyncio
+    import gc
+
+    from inspect_ai import Task
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.dataset import Sample
+    from inspect_ai.model import ModelOutput, get_model
+    from inspect_ai.solver import Generate, Solver, TaskState, solver
+    from inspect_ai.util import sandbox
+
+    from crucible.environments import dockerfile as dockerfile_module
+    from crucible.integrations.inspect import provider as inspect_provider
+
+    builds: list[str] = []
+    real = dockerfile_module.buildah_bud
+
+    def counting(*args: object, **kw: object) -> None:
+        builds.append("bud")
+        real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dockerfile_module, "buildah_bud", counting)
+    task_dir = tmp_path / "task"
+    app = context(task_dir)
+    (app / "Dockerfile").rename(app / "Dockerfile.task")
+    image = f"built/compose-{secrets.token_hex(3)}:1"
+    compose = task_dir / "compose.yaml"
+    compose.write_text(
+        f"services:\n  default:\n    image: {image}\n    build:\n"
+        f"      context: {app.name}\n      dockerfile: Dockerfile.task\n"
+        f"      args:\n        BASE: {base_ref}\n        GREETING: compose\n"
+        "x-crucible:\n  runtime: runc\n"
+    )
+    engine = Sandbox(sandbox_settings)
+    inspect_provider.use_engine(engine)
+
+    @solver
+    def read_greeting() -> Solver:
+        async def solve(state: TaskState, generate: Generate) -> TaskState:
+            r = await sandbox().exec(["bash", "-c", "id -un; cat greeting.txt"])
+            state.output = ModelOutput.from_content("none", r.stdout + r.stderr)
+            return state
+
+        return solve
+
+    task = Task(
+        dataset=[Sample(input=str(n)) for n in range(4)],
+        solver=read_greeting(),
+        sandbox=("crucible", str(compose)),
+    )
+    try:
+        [log] = inspect_eval(
+            task, model=get_model("mockllm/model"), log_dir=str(tmp_path / "logs"),
+            display="none",
+        )  # fmt: skip
+    finally:
+        inspect_provider.use_engine(None)
+        asyncio.run(engine.close())
+        gc.collect()
+    try:
+        assert log.status == "success", log.error
+        assert log.samples is not None and len(log.samples) == 4
+        assert all(s.output.completion == "nobody\ncompose from RUN\n" for s in log.samples), [
+            s.output.completion for s in log.samples
+        ]
+        assert builds == ["bud"]
+        env = environments.get(image)
+        assert env.source == "dockerfile" and env.build is not None
+        assert env.build["args"] == {"BASE": base_ref, "GREETING": "compose"}
+    finally:
+        environments.remove(image)

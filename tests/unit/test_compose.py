@@ -3,6 +3,8 @@ refused with the reason."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from inspect_ai.util._sandbox.compose import ComposeConfig
 
@@ -83,7 +85,7 @@ def test_x_default_network_mode_none_and_deploy_limits() -> None:
         ({"image": "nginx:1.25"}, r"image 'nginx:1.25' is not a Crucible environment \(known: "
          r"python:3.12-slim, victim:1\) and x-crucible's pull is never; add it with `crucible "
          r"env pull nginx:1.25` or `docker save nginx:1.25 \| crucible env"),
-        ({"build": "."}, "build is not supported"),
+        ({"build": {"context": ".", "no_cache": True}}, "build no_cache is not supported"),
         ({"image": "victim:1", "privileged": True}, "privileged is not supported"),
         ({"image": "victim:1", "volumes": ["/:/host"]}, "volumes is not supported"),
         ({"image": "victim:1", "ports": ["8080:80"]}, "ports is not supported"),
@@ -102,3 +104,25 @@ def test_what_cannot_run_is_refused_with_the_reason(service: dict, message: str)
 def test_a_networked_service_needs_a_host_name() -> None:
     with pytest.raises(ComposeError, match="needs a host name"):
         plan(compose(My_Service={"image": "victim:1"}), known=KNOWN, defaults=DEFAULTS)
+
+
+def test_a_build_is_read_from_the_compose_file(tmp_path: Path) -> None:
+    from crucible.integrations.inspect.compose import build_spec
+    from crucible.integrations.inspect.provider import compose_of
+
+    path = tmp_path / "compose.yaml"
+    path.write_text(
+        "services:\n  default:\n    build:\n      context: app\n      dockerfile: Dockerfile.ci\n"
+        "      args:\n        WORD: hi\n      target: final\n"
+        "  other:\n    build: ./other\n"
+    )
+    config = compose_of(str(path))
+    assert config is not None
+    spec = build_spec("default", config.services["default"], tmp_path)
+    assert spec is not None and spec.context == tmp_path / "app"
+    assert spec.file == tmp_path / "app" / "Dockerfile.ci"
+    assert spec.args == (("WORD", "hi"),) and spec.target == "final"
+    other = build_spec("other", config.services["other"], tmp_path)
+    assert other is not None and other.context == tmp_path / "other" and other.args == ()
+    p = plan(config, known=[], defaults=DEFAULTS, built={"default": "b:1", "other": "b:2"})
+    assert [s.environment for s in p.services] == ["b:1", "b:2"]

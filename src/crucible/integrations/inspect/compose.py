@@ -8,8 +8,11 @@ service but those with ``network_mode: none``; see ``crucible.engine.network``).
 
 What would give a sandbox a view of the host, or more power than a sandbox has, is
 refused with the reason, never silently dropped: ``privileged``, ``cap_add``,
-``devices``, ``volumes``, ``ports`` (nothing is published on the host), ``build``,
-``network_mode`` other than ``none``, ``security_opt``, ``runtime``. Settings of the
+``devices``, ``volumes``, ``ports`` (nothing is published on the host),
+``network_mode`` other than ``none``, ``security_opt``, ``runtime``. A ``build:``
+(``context``, ``dockerfile``, ``args``, ``target``; :func:`build_spec`) is built by the
+provider once per task with buildah (:mod:`crucible.environments.dockerfile`) into an
+environment named by its ``image:``, else by the build's key. Settings of the
 provider itself go under a top-level ``x-crucible`` key (``server``, ``api_key``,
 ``runtime``, ``ttl_s``, ``pull``) or come from the environment (``CRUCIBLE_SERVER``).
 An ``image:`` the store lacks is pulled by the provider before it plans (``pull:
@@ -20,13 +23,15 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from inspect_ai.util._sandbox.compose import ComposeConfig, ComposeService
 
 from crucible.engine.models import SessionLimits
+from crucible.environments.dockerfile import DockerfileSpec
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
           "g": 1 << 30, "gb": 1 << 30}  # fmt: skip
@@ -38,7 +43,6 @@ _REFUSED = {
     "devices": "a sandbox sees no host devices",
     "volumes": "a sandbox sees nothing of the host's file system",
     "ports": "nothing is published on the host; services reach each other by name",
-    "build": "build the image elsewhere, `docker save` it and `crucible env import` it",
     "security_opt": "the seccomp profile and no_new_privileges are not negotiable",
     "runtime": "name the runtime under x-crucible (runc, crun or gvisor)",
 }
@@ -46,6 +50,45 @@ _REFUSED = {
 
 class ComposeError(ValueError):
     """A compose file Crucible cannot run as written; the message says why."""
+
+
+_BUILD_KEYS = {"context", "dockerfile", "x-args", "x-target"}
+
+
+def build_spec(name: str, service: ComposeService, base_dir: Path) -> DockerfileSpec | None:
+    """What a service's ``build:`` builds (None: it has none); ``context`` relative to
+    the compose file's directory ``base_dir``, ``dockerfile`` to the context."""
+    build = service.build
+    if build is None:
+        return None
+    if isinstance(build, str):
+        return DockerfileSpec((base_dir / build).resolve())
+    given = {k for k, v in build.model_dump(exclude_none=True).items() if v is not None}
+    extra = sorted(given - _BUILD_KEYS)
+    if extra:
+        raise ComposeError(
+            f"service {name!r}: build {', '.join(extra)} is not supported (only context,"
+            " dockerfile, args and target; the pull policy is x-crucible's pull)"
+        )
+    extra_fields = build.model_extra or {}
+    # args and target arrive as x-args and x-target (provider.compose_of: Inspect's
+    # model of build: knows only context, dockerfile, no_cache and pull).
+    raw_args = extra_fields.get("x-args") or {}
+    if isinstance(raw_args, list):
+        raw_args = dict(str(a).partition("=")[::2] for a in raw_args)
+    if not isinstance(raw_args, dict):
+        raise ComposeError(f"service {name!r}: build args must be a mapping or a list")
+    target = extra_fields.get("x-target")
+    dockerfile = Path(build.dockerfile) if build.dockerfile else None
+    try:
+        return DockerfileSpec(
+            (base_dir / (build.context or ".")).resolve(),
+            dockerfile,
+            tuple(sorted((str(k), "" if v is None else str(v)) for k, v in raw_args.items())),
+            str(target) if target is not None else None,
+        )
+    except ValueError as exc:  # InvalidSubmission
+        raise ComposeError(f"service {name!r}: {exc}") from None
 
 
 def memory_mb(text: str | int) -> int:
@@ -156,9 +199,17 @@ def _limits(service: ComposeService, defaults: SessionLimits) -> SessionLimits:
     )
 
 
-def plan(compose: ComposeConfig, *, known: Iterable[str], defaults: SessionLimits) -> ComposePlan:
-    """The sandboxes of one sample; raises ComposeError naming what cannot run."""
+def plan(
+    compose: ComposeConfig,
+    *,
+    known: Iterable[str],
+    defaults: SessionLimits,
+    built: Mapping[str, str] | None = None,
+) -> ComposePlan:
+    """The sandboxes of one sample; raises ComposeError naming what cannot run.
+    ``built``: service -> the environment its ``build:`` made."""
     names = set(known)
+    built = built or {}
     plans = []
     for name, service in compose.services.items():
         for field_name, why in _REFUSED.items():
@@ -170,9 +221,14 @@ def plan(compose: ComposeConfig, *, known: Iterable[str], defaults: SessionLimit
                 f"service {name!r}: network_mode {mode!r} is not supported (only 'none'; "
                 "by default services share a private network of their sample)"
             )
-        if service.image is None:
+        if service.build is not None:
+            build_spec(name, service, Path("."))  # what it cannot build, refused first
+        environment = built.get(name) if service.build is not None else service.image
+        if service.build is not None and environment is None:
+            raise ComposeError(f"service {name!r}: its build was not made")
+        if environment is None:
             raise ComposeError(f"service {name!r} names no image")
-        if service.image not in names:
+        if service.build is None and environment not in names:
             listed = ", ".join(sorted(names)) or "none yet"
             raise ComposeError(
                 f"service {name!r}: image {service.image!r} is not a Crucible environment "
@@ -183,7 +239,7 @@ def plan(compose: ComposeConfig, *, known: Iterable[str], defaults: SessionLimit
         plans.append(
             ServicePlan(
                 name=name,
-                environment=service.image,
+                environment=environment,
                 limits=_limits(service, defaults),
                 workdir=service.working_dir,
                 env=_env(service.environment),

@@ -375,12 +375,29 @@ class ServiceDefaults:
 
 
 def compose_of(config: SandboxEnvironmentConfigType | None) -> ComposeConfig | None:
-    """The compose file ``config`` names or is (None: a Crucible config)."""
+    """The compose file ``config`` names or is (None: a Crucible config). A service's
+    ``build:`` ``args`` and ``target`` are kept as ``x-args`` and ``x-target``:
+    Inspect's model of ``build:`` refuses both (it knows context, dockerfile,
+    no_cache and pull), and its parser would refuse the file."""
     if isinstance(config, ComposeConfig):
         return config
     if isinstance(config, str) and is_compose_yaml(config):
-        return parse_compose_yaml(config)
+        raw = yaml.safe_load(Path(config).read_text())
+        if not isinstance(raw, dict) or "services" not in raw:
+            return parse_compose_yaml(config)  # Inspect's own error
+        for service in (raw.get("services") or {}).values():
+            build = service.get("build") if isinstance(service, dict) else None
+            if isinstance(build, dict):
+                for key in ("args", "target"):
+                    if key in build:
+                        build[f"x-{key}"] = build.pop(key)
+        return ComposeConfig.model_validate(raw)
     return None
+
+
+def compose_dir(config: SandboxEnvironmentConfigType | None) -> Path:
+    """Where a compose file's relative build contexts start: its directory."""
+    return Path(config).resolve().parent if isinstance(config, str) else Path.cwd()
 
 
 def compose_base(compose: ComposeConfig) -> CrucibleSandboxConfig:
@@ -471,17 +488,68 @@ async def ensure_environments(config: CrucibleSandboxConfig, images: Iterable[st
 
 
 def _images(compose: ComposeConfig) -> list[str]:
-    return [s.image for s in compose.services.values() if s.image]
+    return [s.image for s in compose.services.values() if s.image and s.build is None]
 
 
-async def compose_plan(compose: ComposeConfig) -> tuple[CrucibleSandboxConfig, ComposePlan]:
+# Builds made on an event loop (a task's): spec -> the environment's name. Samples
+# find their service's build here; the first one's build is under _pull_lock.
+_builds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def ensure_builds(
+    config: CrucibleSandboxConfig, compose: ComposeConfig, base_dir: Path
+) -> dict[str, str]:
+    """service -> the environment its ``build:`` made (built with buildah into this
+    machine's store, or found in its cache; once per task: concurrent samples wait
+    for the first build). Raises ComposeError (a bad build: section, a server),
+    PullRefused (the build failed)."""
+    from crucible.environments.dockerfile import build_dockerfile
+    from crucible.environments.store import EnvironmentStore
+    from crucible.integrations.inspect.compose import ComposeError, build_spec
+
+    specs = {n: build_spec(n, s, base_dir) for n, s in compose.services.items()}
+    wanted = {n: s for n, s in specs.items() if s is not None}
+    if not wanted:
+        return {}
+    if config.server is not None:
+        raise ComposeError(
+            "build: is built locally (buildah, into this machine's store); with a server,"
+            " build on it with `crucible env build --dockerfile` and name the image"
+        )
+    done = _builds.setdefault(asyncio.get_running_loop(), {})
+    out: dict[str, str] = {}
+    for name, spec in wanted.items():
+        image = compose.services[name].image
+        key = (spec, image, config.pull)
+        async with _pull_lock(None, f"build:{key!r}"):
+            if key not in done:
+                store = EnvironmentStore.of(local_engine().settings)
+                try:
+                    env = await asyncio.to_thread(
+                        build_dockerfile, store, spec, image, pull=config.pull
+                    )
+                except Exception as exc:
+                    raise PullRefused(f"service {name!r}: the build failed: {exc}") from exc
+                done[key] = env.name
+        out[name] = done[key]
+    return out
+
+
+async def compose_plan(
+    compose: ComposeConfig, base_dir: Path | None = None
+) -> tuple[CrucibleSandboxConfig, ComposePlan]:
     """The provider's settings and the sandboxes of one sample; what is missing is
-    pulled first (``pull``), once the file is known to be runnable."""
+    pulled first (``pull``), and what is built is built, once the file is known to be
+    runnable."""
     base = compose_base(compose)
-    # What the file refuses is refused before anything is pulled for it.
-    plan(compose, known=_images(compose), defaults=base.limits)
+    # What the file refuses is refused before anything is pulled or built for it.
+    planned = {n: "build" for n, s in compose.services.items() if s.build is not None}
+    plan(compose, known=_images(compose), defaults=base.limits, built=planned)
+    built = await ensure_builds(base, compose, base_dir or Path.cwd())
     known = await ensure_environments(base, _images(compose))
-    return base, plan(compose, known=known, defaults=base.limits)
+    return base, plan(compose, known=known, defaults=base.limits, built=built)
 
 
 @sandboxenv(name="crucible")
@@ -524,7 +592,7 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
         compose = compose_of(config)
         if compose is not None:
             # ComposeError (or a missing image pulled, or PullRefused) now, not per sample.
-            base, _ = await compose_plan(compose)
+            base, _ = await compose_plan(compose, compose_dir(config))
         else:
             base = load_config(config)
             if base.environment not in (None, "host"):
@@ -540,7 +608,7 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
     ) -> dict[str, SandboxEnvironment]:
         compose = compose_of(config)
         if compose is not None:
-            return await cls._compose_init(compose)
+            return await cls._compose_init(compose, compose_dir(config))
         cfg = load_config(config)
         try:
             backend = await _create(cfg)
@@ -549,11 +617,13 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
         return {"default": cls(backend, cfg)}
 
     @classmethod
-    async def _compose_init(cls, compose: ComposeConfig) -> dict[str, SandboxEnvironment]:
+    async def _compose_init(
+        cls, compose: ComposeConfig, base_dir: Path
+    ) -> dict[str, SandboxEnvironment]:
         """One sandbox per service, the default first, on a private network of the
         sample; then each service's command, dependencies (the others) before the
         default, each waited for by its healthcheck."""
-        base, services = await compose_plan(compose)
+        base, services = await compose_plan(compose, base_dir)
         group = f"sample-{secrets.token_hex(8)}"
         members = services.members
         made: dict[str, CrucibleSandboxEnvironment] = {}
