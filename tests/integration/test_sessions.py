@@ -51,6 +51,16 @@ async def test_files_persist_between_execs_anywhere_in_the_root(session: Session
     assert "/usr/bin/ps" in out and "/usr/bin/python3" in out and "/usr/sbin/adduser" in out
 
 
+async def test_create_returns_once_pid_1_is_the_init(session: Session) -> None:
+    """An exec must not join a PID 1 that has not execve'd yet (crun 1.8 then fails
+    it with setns EPERM): create returns once PID 1 runs the init."""
+    if session.runtime == "gvisor":
+        pytest.skip("gVisor's PID 1 lives in its own kernel")
+    pid = session._container.pid
+    assert b"--session" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert (await session.exec(["true"])).returncode == 0
+
+
 async def test_root_inside_is_not_root_outside(
     session: Session, sandbox_settings: Settings, tmp_path: Path
 ) -> None:

@@ -452,6 +452,25 @@ def _remove_bundle(bundle: Path) -> None:
     shutil.rmtree(bundle, ignore_errors=True)
 
 
+async def _until_init_runs(pid: int, timeout: float) -> None:
+    """Wait until the sandbox's PID 1 has become our init (``--session``). ``run
+    --detach`` returns before it has execve'd, and crun 1.8 fails an exec that joins it
+    then (``setns(pid=…, CLONE_*): Operation not permitted``; crun#1264, fixed in 1.9):
+    seen twice in 420 loaded runs. Usually it already has; a process gone is left for
+    the exec to report."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # noqa: ASYNC240 (procfs)
+        except OSError:
+            return
+        if b"--session" in cmdline.split(b"\0"):
+            return
+        if time.monotonic() > deadline:
+            raise SandboxUnavailable(f"the sandbox's init did not start within {timeout:g} s")
+        await asyncio.sleep(0.002)
+
+
 class Sessions:
     """Creates and tracks this process's long-lived sandboxes (one per engine:
     ``Sandbox.sessions``), sharing the engine's prepare(), init, runtimes and sweep."""
@@ -587,6 +606,8 @@ class Sessions:
                 config["hostname"] = spec_.network.hostname
             container = Container(rt, cid, bundle / cid, cgroups_path)
             await container.create(config)
+            if namespaced:
+                await _until_init_runs(container.pid, engine.settings.runtime_timeout_s)
             if net is not None and spec_.network is not None:
                 await net.attach(spec_.network.hostname, container.pid)
         except BaseException:
