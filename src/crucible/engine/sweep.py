@@ -93,8 +93,9 @@ async def sweep_leftovers(
 # A bind mount shows its source's path within its file system in the sandbox's
 # /proc/self/mountinfo. The shared root, init and filter are therefore bound from a
 # small tmpfs of their own, one per engine (``views/<pid>-<starttime>-<hex>``): inside,
-# mountinfo says ``/rootfs``, not a host path. The engine's finalizer (its process's
-# exit) unmounts it; ``sweep_views`` removes those of processes that died first.
+# mountinfo says ``/rootfs``, not a host path. ``Sandbox.close()`` unmounts it (else a
+# finalizer, in the owning process only); ``sweep_views`` removes those of processes
+# that died first.
 
 
 def mount_view(state_dir: Path) -> Path:
