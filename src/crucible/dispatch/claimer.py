@@ -93,8 +93,12 @@ class Claimer:
                 task = self._start(claim)
                 self._tasks.add(task)
                 task.add_done_callback(self._finished)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+            # cancel that lands as the wake-up does, and stop() then awaited this loop
+            # for ever (a test's shutdown outlived its 120 s limit; the task dump said so).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s * random.uniform(0.8, 1.2))
+                async with asyncio.timeout(self.poll_s * random.uniform(0.8, 1.2)):
+                    await self._wake.wait()
 
     def _start(self, claim: Claim) -> asyncio.Task[None]:
         # A token per claim, not the evaluation's id: a retry of the same evaluation
