@@ -192,15 +192,19 @@ class Container:
         """Kill the container; fall back to SIGKILL on the host pid if the runtime is slow."""
         if self.exited.is_set() or self.pid == -1:
             return
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel.
         with contextlib.suppress(RuntimeFailure, TimeoutError):
-            await asyncio.wait_for(runtime.runtime_kill(self.rt, self.cid), _KILL_GRACE_S)
+            async with asyncio.timeout(_KILL_GRACE_S):
+                await runtime.runtime_kill(self.rt, self.cid)
         try:
-            await asyncio.wait_for(self.exited.wait(), _KILL_GRACE_S)
+            async with asyncio.timeout(_KILL_GRACE_S):
+                await self.exited.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signals.pidfd_send_signal(self._pidfd, signals.SIGKILL)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.exited.wait(), _KILL_GRACE_S)
+                async with asyncio.timeout(_KILL_GRACE_S):
+                    await self.exited.wait()
 
     def account(self) -> accounting.Usage:
         """The cgroup's counters (valid until ``delete``)."""

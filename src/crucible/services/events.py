@@ -240,7 +240,10 @@ class InProcessBus:
                     return  # resumed at or past the end
                 changed = log.changed
                 try:
-                    await asyncio.wait_for(changed.wait(), idle_s)
+                    # Not wait_for: on Python 3.11 it can swallow a cancel that
+                    # arrives as the event fires, and the stream never ends.
+                    async with asyncio.timeout(idle_s):
+                        await changed.wait()
                 except TimeoutError:
                     yield None
                 # The log may have been evicted and recreated meanwhile: follow the live
