@@ -66,6 +66,17 @@ def store(tmp_path: Path) -> EnvironmentStore:
     return EnvironmentStore(tmp_path / "environments")
 
 
+@pytest.fixture(scope="module")
+def based_store(userland: Image, tmp_path_factory: pytest.TempPathFactory) -> EnvironmentStore:
+    """One store holding ``local/base:1``, for the refusals: each compares the store
+    with itself before and after, so they can share it, and the import (the host's
+    userland, unpacked) is paid once instead of once per case."""
+    root = tmp_path_factory.mktemp("based")
+    store = EnvironmentStore(root / "environments")
+    store.import_image(write_oci_layout(userland, root / "layout"), "local/base:1")
+    return store
+
+
 def context(tmp_path: Path, dockerfile: str = DOCKERFILE) -> Path:
     ctx = tmp_path / f"ctx-{secrets.token_hex(3)}"
     (ctx / "data").mkdir(parents=True)
@@ -185,14 +196,13 @@ RUN echo final > /final.txt
     ],
 )
 def test_bad_dockerfiles_are_refused_and_change_nothing(
-    store: EnvironmentStore,
-    userland: Image,
+    based_store: EnvironmentStore,
     tmp_path: Path,
     dockerfile: str,
     error: type[Exception],
     says: str,
 ) -> None:
-    store.import_image(write_oci_layout(userland, tmp_path / "layout"), "local/base:1")
+    store = based_store
     before = [(e.name, e.digest) for e in store.all()]
     homes = sorted((store.root / "sha256").iterdir())
     ctx = context(tmp_path, dockerfile)
