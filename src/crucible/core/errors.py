@@ -15,6 +15,7 @@ these to HTTP status codes in one place (``crucible.api.errors``).
     ├── NotFound                  no such evaluation, batch, sandbox, file, environment
     ├── Conflict                  illegal state transition, idempotency key reuse
     │   └── SandboxStopped        the long-lived sandbox is no longer running
+    │       └── SandboxLost       ... because its host died (410 sandbox_lost)
     ├── SandboxFileError          a file operation inside a long-lived sandbox failed;
     │   │                         ``code`` is the API's machine-readable ``error``
     │   ├── SandboxFileNotFound       404 not_found
@@ -114,6 +115,12 @@ class Forbidden(CrucibleError):
 
 class SandboxStopped(Conflict):
     """The long-lived sandbox has stopped (ttl, idle timeout, deleted, lost)."""
+
+
+class SandboxLost(SandboxStopped):
+    """The long-lived sandbox is gone with its host (the host stopped heartbeating, or
+    its process died): nothing of it runs any more, and it is never moved elsewhere.
+    Its transcript stays readable."""
 
 
 class SandboxFileError(CrucibleError):

@@ -37,13 +37,22 @@ class Maintenance:
         running: Callable[[], int] = lambda: 0,
         duties: tuple[Duty, ...] = (),
         on_recovered: Callable[[], None] = lambda: None,
+        sandboxes: Callable[[], int] = lambda: 0,
+        on_epoch: Callable[[int], None] = lambda _epoch: None,
     ) -> None:
+        """``sandboxes``: agent sandboxes this process hosts, for its heartbeat;
+        ``on_epoch``: called when the heartbeat row's epoch moved since the last beat
+        (this process was declared dead meanwhile; a host then drops what the
+        database took from it)."""
         self.cluster = cluster
         self.settings = settings
         self.info = info
         self.running = running
         self.duties = duties
         self.on_recovered = on_recovered
+        self.sandboxes = sandboxes
+        self.on_epoch = on_epoch
+        self.epoch: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     def backoff(self, attempt: int) -> float:
@@ -52,7 +61,13 @@ class Maintenance:
 
     async def heartbeat(self) -> None:
         if self.info is not None:
-            await asyncio.to_thread(self.cluster.heartbeat, self.info, self.running())
+            epoch = await asyncio.to_thread(
+                self.cluster.heartbeat, self.info, self.running(), self.sandboxes()
+            )
+            if self.epoch is not None and epoch != self.epoch:
+                log.warning("this process was declared dead (epoch %d → %d)", self.epoch, epoch)
+                self.on_epoch(epoch)
+            self.epoch = epoch
 
     async def recover(self) -> tuple[int, int]:
         """One look for orphans; returns (re-queued, failed)."""

@@ -179,7 +179,8 @@ class QueuePublic(BaseModel):
 
 
 class WorkerPublic(BaseModel):
-    """A process that runs evaluations (a Celery worker, or an embedded server)."""
+    """A process that runs evaluations (a Celery worker, or an embedded server), and
+    may host agent sandboxes (``crucible worker --sandboxes N``)."""
 
     id: str
     kind: str = Field(description="celery or embedded")
@@ -192,6 +193,10 @@ class WorkerPublic(BaseModel):
     state: str = Field(description="alive, dead (stopped heartbeating) or stopped")
     started_at: datetime
     last_heartbeat: datetime
+    sandbox_capacity: int = Field(
+        0, description="agent sandboxes it hosts at most (0: it hosts none)"
+    )
+    sandboxes_running: int = Field(0, description="agent sandboxes it hosted at its last heartbeat")
 
 
 class WorkerList(BaseModel):

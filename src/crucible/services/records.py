@@ -72,6 +72,8 @@ def worker_public(row: Worker) -> WorkerPublic:
         state=row.state,
         started_at=row.started_at,
         last_heartbeat=row.last_heartbeat,
+        sandbox_capacity=row.sandbox_capacity,
+        sandboxes_running=row.sandboxes_running,
     )
 
 

@@ -36,6 +36,8 @@ class WorkerInfo:
     proc_start: str
     capacity: int
     queues: str = ""
+    sandbox_capacity: int = 0  # agent sandboxes it hosts at most (0: none)
+    endpoint: str | None = None  # its cluster endpoint, for API instances
 
 
 class Cluster:
@@ -46,17 +48,28 @@ class Cluster:
 
     # -- workers ------------------------------------------------------------------
 
-    def heartbeat(self, info: WorkerInfo, running: int) -> None:
+    def heartbeat(self, info: WorkerInfo, running: int, sandboxes_running: int = 0) -> int:
         """Register or refresh ``info``'s row (a process declared dead that heartbeats
-        again is alive again; its old claims stay fenced out)."""
+        again is alive again; its old claims stay fenced out, and its sandboxes stay
+        ``lost``). Returns the row's epoch: a host whose epoch moved was declared dead
+        meanwhile (see ``recover_orphans``)."""
         t = now()
         with self.store.transaction() as s:
-            moved = s.execute(
+            epoch = s.scalar(
                 update(Worker)
                 .where(Worker.id == info.id)
-                .values(last_heartbeat=t, running=running, state=ALIVE, capacity=info.capacity)
-            ).rowcount  # type: ignore[attr-defined]
-            if not moved:
+                .values(
+                    last_heartbeat=t,
+                    running=running,
+                    state=ALIVE,
+                    capacity=info.capacity,
+                    sandbox_capacity=info.sandbox_capacity,
+                    sandboxes_running=sandboxes_running,
+                    endpoint=info.endpoint,
+                )
+                .returning(Worker.epoch)
+            )
+            if epoch is None:
                 s.execute(
                     insert(Worker).values(
                         id=info.id,
@@ -71,8 +84,13 @@ class Cluster:
                         state=ALIVE,
                         started_at=t,
                         last_heartbeat=t,
+                        sandbox_capacity=info.sandbox_capacity,
+                        sandboxes_running=sandboxes_running,
+                        endpoint=info.endpoint,
+                        epoch=0,
                     )
                 )
+        return int(epoch or 0)
 
     def stopped(self, worker_id: str) -> None:
         """A clean shutdown: whatever it still held is recovered at the next check."""
@@ -89,6 +107,22 @@ class Cluster:
         )
         with self.store.reading() as s:
             return list(s.scalars(q))
+
+    def hosts(self, *, fresh_s: float) -> list[Worker]:
+        """Sandbox hosts alive with a heartbeat within ``fresh_s``: the candidates of
+        placement (a host about to be declared dead is no candidate)."""
+        q = select(Worker).where(
+            Worker.state == ALIVE,
+            Worker.sandbox_capacity > 0,
+            Worker.endpoint.is_not(None),
+            Worker.last_heartbeat >= now() - timedelta(seconds=fresh_s),
+        )
+        with self.store.reading() as s:
+            return list(s.scalars(q))
+
+    def worker(self, worker_id: str) -> Worker | None:
+        with self.store.reading() as s:
+            return s.get(Worker, worker_id)
 
     def capacity(self) -> int:
         with self.store.reading() as s:
@@ -131,7 +165,7 @@ class Cluster:
                         .where(
                             Worker.id == wid, Worker.state == ALIVE, Worker.last_heartbeat == beat
                         )
-                        .values(state=DEAD)
+                        .values(state=DEAD, epoch=Worker.epoch + 1)
                     )
             q = (
                 select(Evaluation.id, Evaluation.attempts, Worker.state)

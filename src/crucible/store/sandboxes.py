@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 
-from crucible.core.errors import NotFound, QuotaExceeded, SandboxStopped
+from crucible.core.errors import Conflict, NotFound, QuotaExceeded, SandboxLost, SandboxStopped
 from crucible.core.lifecycle import SandboxStatus, StopReason
 from crucible.store.repo import Store, now
-from crucible.store.tables import ApiKey, Sandbox, SandboxExec
+from crucible.store.tables import ApiKey, Sandbox, SandboxExec, Worker
 
 RUNNING = SandboxStatus.running.value
 T = TypeVar("T")
@@ -48,6 +48,24 @@ class NewSandbox:
     owner_key_id: str | None = None
     environment: str = "host"
     environment_digest: str | None = None
+    network_group: str | None = None
+
+
+class ExecExists(Exception):
+    """begin_exec found an exec of the same idempotency key: ``seq`` is that exec's."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"exec {seq} has this idempotency key")
+        self.seq = seq
+
+
+def stopped_error(box: Sandbox) -> SandboxStopped:
+    """The exception for a request to a sandbox that is no longer running: a lost one
+    (its host died) is told apart from one that stopped."""
+    if box.status == SandboxStatus.lost:
+        why = f": {box.stop_detail}" if box.stop_detail else ""
+        return SandboxLost(f"sandbox {box.id} is lost{why}")
+    return SandboxStopped(f"sandbox {box.id} is {box.status} ({box.stop_reason})")
 
 
 @dataclass(frozen=True)
@@ -109,6 +127,7 @@ class SandboxStore:
             exec_count=0,
             environment=new.environment,
             environment_digest=new.environment_digest,
+            network_group=new.network_group,
         )
         with self.store.transaction() as s:
             if new.owner_key_id is not None and max_sandboxes > 0:
@@ -190,14 +209,17 @@ class SandboxStore:
         reason: StopReason,
         *,
         usage: tuple[int, int] | None = None,
+        detail: str | None = None,
     ) -> bool:
         """running → stopped (``lost`` for reason lost), with the final (cpu_ms,
-        peak_memory_bytes) when known. False when it was no longer running."""
+        peak_memory_bytes) when known and ``detail``, why in words. False when it was
+        no longer running."""
         status = SandboxStatus.lost if reason is StopReason.lost else SandboxStatus.stopped
         values: dict[str, Any] = {
             "status": status.value,
             "stop_reason": reason.value,
             "stopped_at": now(),
+            "stop_detail": detail,
         }
         if usage is not None:
             values["cpu_ms"], values["peak_memory_bytes"] = usage
@@ -213,10 +235,42 @@ class SandboxStore:
                     .where(SandboxExec.sandbox_id == sandbox_id, SandboxExec.finished_at.is_(None))
                     .values(
                         finished_at=values["stopped_at"],
-                        error=f"the sandbox stopped: {reason.value}",
+                        error=f"the sandbox stopped: {detail or reason.value}",
                     )
                 )
         return bool(moved)
+
+    def on_dead_hosts(self) -> builtins.list[tuple[str, str]]:
+        """Running sandboxes whose host's heartbeat row is no longer alive (declared
+        dead, or stopped without stopping them): (sandbox id, host id). Sandboxes of
+        processes without a heartbeat row are the sweep's (``SandboxService.sweep``)."""
+        q = (
+            select(Sandbox.id, Worker.id)
+            .join(Worker, Worker.id == Sandbox.owner_process_id)
+            .where(Sandbox.status == RUNNING, Worker.state != "alive")
+        )
+        with self.store.reading() as s:
+            return [(sid, wid) for sid, wid in s.execute(q).all()]
+
+    def load(self) -> dict[str, int]:
+        """Running sandboxes per hosting process (placement's count)."""
+        q = (
+            select(Sandbox.owner_process_id, func.count())
+            .where(Sandbox.status == RUNNING)
+            .group_by(Sandbox.owner_process_id)
+        )
+        with self.store.reading() as s:
+            return {owner: int(n) for owner, n in s.execute(q).all()}
+
+    def host_of_group(self, network_group: str) -> str | None:
+        """The host of the running sandboxes on private network ``network_group``."""
+        q = (
+            select(Sandbox.owner_process_id)
+            .where(Sandbox.network_group == network_group, Sandbox.status == RUNNING)
+            .limit(1)
+        )
+        with self.store.reading() as s:
+            return s.scalar(q)
 
     def touch(self, sandbox_id: str) -> None:
         """Activity other than an exec (a file written or read) keeps it from idling."""
@@ -230,9 +284,18 @@ class SandboxStore:
     # -- execs ----------------------------------------------------------------------
 
     def begin_exec(
-        self, sandbox_id: str, cmd: Sequence[str], cwd: str | None, user: str | None
+        self,
+        sandbox_id: str,
+        cmd: Sequence[str],
+        cwd: str | None,
+        user: str | None,
+        idempotency_key: str | None = None,
     ) -> SandboxExec:
-        """Number and record an exec about to start; SandboxStopped unless running."""
+        """Number and record an exec about to start; SandboxStopped (SandboxLost)
+        unless running. With ``idempotency_key``: ExecExists when an exec of the
+        sandbox already has that key (the same command; another: Conflict). The check
+        runs under the sandbox's row lock (PostgreSQL; SQLite serialises writers), and
+        the unique constraint on (sandbox_id, idempotency_key) backs it."""
         t = now()
         with self.store.transaction() as s:
             q = select(Sandbox).where(Sandbox.id == sandbox_id)
@@ -241,8 +304,22 @@ class SandboxStore:
             box = s.scalars(q).one_or_none()
             if box is None:
                 raise NotFound(f"no sandbox {sandbox_id!r}")
+            if idempotency_key is not None:
+                first = s.scalars(
+                    select(SandboxExec).where(
+                        SandboxExec.sandbox_id == sandbox_id,
+                        SandboxExec.idempotency_key == idempotency_key,
+                    )
+                ).one_or_none()
+                if first is not None:
+                    if first.cmd != list(cmd):
+                        raise Conflict(
+                            f"Idempotency-Key {idempotency_key!r} was used for exec"
+                            f" {first.seq} of another command"
+                        )
+                    raise ExecExists(first.seq)
             if box.status != RUNNING:
-                raise SandboxStopped(f"sandbox {sandbox_id} is {box.status} ({box.stop_reason})")
+                raise stopped_error(box)
             box.exec_count += 1
             box.last_activity_at = t
             row = SandboxExec(
@@ -260,6 +337,7 @@ class SandboxStore:
                 stderr_truncated=False,
                 stdout_preview_truncated=False,
                 stderr_preview_truncated=False,
+                idempotency_key=idempotency_key,
             )
             s.add(row)
         return row
@@ -300,6 +378,14 @@ class SandboxStore:
                 .where(SandboxExec.sandbox_id == sandbox_id, SandboxExec.seq == seq)
                 .values(finished_at=now(), error=error[:2000])
             )
+
+    def exec_of_key(self, sandbox_id: str, idempotency_key: str) -> SandboxExec | None:
+        """The exec of ``sandbox_id`` recorded with ``idempotency_key``, if any."""
+        q = select(SandboxExec).where(
+            SandboxExec.sandbox_id == sandbox_id, SandboxExec.idempotency_key == idempotency_key
+        )
+        with self.store.reading() as s:
+            return s.scalars(q).one_or_none()
 
     def get_exec(self, sandbox_id: str, seq: int) -> SandboxExec:
         with self.store.reading() as s:

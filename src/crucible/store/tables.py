@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -136,6 +137,14 @@ class Worker(Base):
     state: Mapped[str] = mapped_column(String(16))  # alive | dead | stopped
     started_at: Mapped[datetime]
     last_heartbeat: Mapped[datetime]
+    # A sandbox host (``crucible worker --sandboxes N``): how many agent sandboxes it
+    # hosts at most, how many at its last heartbeat, and the URL of its cluster
+    # endpoint (None: it hosts none). ``epoch`` is bumped each time it is declared
+    # dead, so a host that comes back knows the database took its sandboxes away.
+    sandbox_capacity: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sandboxes_running: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    endpoint: Mapped[str | None] = mapped_column(String(300), default=None)
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Attempt(Base):
@@ -257,6 +266,7 @@ class Sandbox(Base):
         Index("ix_sandboxes_owner_status", "owner_key_id", "status"),
         Index("ix_sandboxes_status_process", "status", "owner_process_id"),
         Index("ix_sandboxes_environment", "environment", "status"),
+        Index("ix_sandboxes_network_group", "network_group", "status"),
     )
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
@@ -286,6 +296,11 @@ class Sandbox(Base):
     # The root it runs over ("host": the host skeleton) and that root's digest.
     environment: Mapped[str] = mapped_column(String(300), default="host")
     environment_digest: Mapped[str | None] = mapped_column(String(80))
+    # The private network it joined ("<key>/<group>"): a compose sample's services
+    # must share one host, since that network is local to the host.
+    network_group: Mapped[str | None] = mapped_column(String(200), default=None)
+    # Why it stopped, in words (the host lost, and since when), beside ``stop_reason``.
+    stop_detail: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class SandboxExec(Base):
@@ -293,6 +308,10 @@ class SandboxExec(Base):
     preview of ``inline_output_bytes`` here; the whole of it a blob when longer."""
 
     __tablename__ = "sandbox_execs"
+    # A retried exec (the caller's Idempotency-Key) finds the first; never runs twice.
+    __table_args__ = (
+        UniqueConstraint("sandbox_id", "idempotency_key", name="uq_sandbox_execs_idempotency"),
+    )
 
     sandbox_id: Mapped[str] = mapped_column(
         String(32), ForeignKey("sandboxes.id", ondelete="CASCADE"), primary_key=True
@@ -319,3 +338,4 @@ class SandboxExec(Base):
     stdout_blob: Mapped[str | None] = mapped_column(String(64))
     stderr_blob: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
