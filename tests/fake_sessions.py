@@ -242,6 +242,9 @@ class FakeSessions:
         session = self.sessions.get(session_id)
         return session if session is not None and not session.closed.is_set() else None
 
+    def all(self) -> list[FakeSession]:
+        return [s for s in self.sessions.values() if not s.closed.is_set()]
+
     async def sweep(self) -> list[str]:
         found, self.leftovers = self.leftovers, []
         return found

@@ -11,8 +11,11 @@ two modes:
   a CeleryDispatcher waking ``crucible worker`` processes, and a Maintenance that
   only recovers (this process runs no evaluations, so it has no heartbeat row).
 
-In both, this process hosts its own long-lived sandboxes (:class:`SandboxService`
-over the engine's sessions), named by the identity the heartbeat uses.
+Embedded, this process hosts its own long-lived sandboxes (:class:`SandboxService`
+over the engine's sessions), named by the identity the heartbeat uses. Distributed,
+it hosts none: :class:`RoutedSandboxes` places them on the sandbox hosts (``crucible
+worker --sandboxes N``) and routes every request to the host named by the record;
+its Maintenance marks ``lost`` the sandboxes of hosts declared dead.
 
 A worker process composes its runner in :class:`crucible.dispatch.worker.WorkerRuntime`
 (its own loop, built inside it).
@@ -33,8 +36,10 @@ from crucible.services.environments import EnvironmentService
 from crucible.services.evaluations import Service
 from crucible.services.events import EventBus, InProcessBus, RedisBus
 from crucible.services.executor import Executor
+from crucible.services.host_client import HostClient
 from crucible.services.ports import Dispatcher, Maintainer
-from crucible.services.sandboxes import SandboxService, SessionEngine
+from crucible.services.sandbox_router import RoutedSandboxes
+from crucible.services.sandboxes import SandboxService, SessionEngine, lose_dead_hosts
 from crucible.store import BlobStore, Cluster, Store
 from crucible.store.sandboxes import Owner
 
@@ -62,21 +67,33 @@ def build_service(
     maintenance: Maintainer
     sandbox: Sandbox | None = None
     executor: Executor | None = None
+    sandboxes: SandboxService | RoutedSandboxes
     if settings.dispatcher == "celery":
         redis_bus = RedisBus(
             settings.event_redis_url,
             prefix=settings.prefix,
             retention_s=settings.event_retention_s,
         )
-        info = identity.this_process("api", 0)  # hosts sandboxes only
+        info = identity.this_process("api", 0)  # runs nothing, hosts nothing
         bus = bus or redis_bus
         waker = CeleryDispatcher(cluster, redis_bus, make_celery(settings))
         dispatcher = waker
+        routed = RoutedSandboxes(
+            settings=settings,
+            access=access,
+            blobs=blobs,
+            bus=bus,
+            cluster=cluster,
+            environments=environments,
+            hosts=HostClient(settings.cluster_token or ""),
+        )
+        sandboxes = routed
         maintenance = Maintenance(
             cluster,
             settings,
             info=None,  # runs nothing: no heartbeat row
             on_recovered=waker.notify,
+            duties=(routed.lose_dead_hosts,),
         )
     else:
         info = identity.this_process("embedded", settings.max_concurrency)
@@ -97,27 +114,27 @@ def build_service(
             poll_s=settings.claim_poll_s,
         )
         dispatcher = embedded
+        # Long-lived sandboxes live in this process; the rows name it by the
+        # identity the heartbeat uses.
+        local = SandboxService(
+            settings=settings,
+            access=access,
+            blobs=blobs,
+            bus=bus,
+            engine=sessions if sessions is not None else sandbox.sessions,
+            environments=environments,
+            owner=Owner(info.id, info.node, info.host, info.pid, info.proc_start),
+        )
+        sandboxes = local
         maintenance = Maintenance(
             cluster,
             settings,
             info=info,
             running=lambda: embedded.running,
             on_recovered=embedded.notify,
+            duties=(lambda: lose_dead_hosts(local.store, local.bus),),
+            sandboxes=local.hosted,
         )
-    # In distributed mode this engine runs no evaluations (no warm pool), only the
-    # sandboxes this API instance hosts.
-    session_host = sandbox or Sandbox(settings.model_copy(update={"pool_size": 0}))
-    # Long-lived sandboxes live in this process in both modes (an API instance hosts
-    # its own); the rows name it by the identity the heartbeat uses.
-    sandboxes = SandboxService(
-        settings=settings,
-        access=access,
-        blobs=blobs,
-        bus=bus,
-        engine=sessions if sessions is not None else session_host.sessions,
-        environments=environments,
-        owner=Owner(info.id, info.node, info.host, info.pid, info.proc_start),
-    )
     return Service(
         settings,
         store=store,
@@ -130,7 +147,6 @@ def build_service(
         maintenance=maintenance,
         identity=info,
         sandboxes=sandboxes,
-        session_host=session_host,
         sandbox=sandbox,
         executor=executor,
         dispatch=dispatch,

@@ -468,7 +468,9 @@ export interface paths {
          * Create Sandbox
          * @description Create a sandbox that stays up until deleted, its `ttl_s` passes, or it is idle
          *     for `idle_timeout_s`. 403: a limit above the key's ceiling; 422: a limit outside
-         *     the server's bounds; 429: the key's `max_sandboxes` are running; 503: no engine.
+         *     the server's bounds; 429: the key's `max_sandboxes` are running; 503: no engine,
+         *     or (distributed) no sandbox host with room, with `Retry-After`. `worker_id` names
+         *     the host it was placed on.
          */
         post: operations["create_sandbox_api_v1_sandboxes_post"];
         delete?: never;
@@ -538,7 +540,11 @@ export interface paths {
          * Exec In Sandbox
          * @description Run `cmd` (an argv) and answer when it ends, with its whole output (up to the
          *     engine's cap per stream). The command's failure is data (`returncode`,
-         *     `timed_out`); 409 (`error: sandbox_stopped`) when the sandbox has stopped.
+         *     `timed_out`); 409 (`error: sandbox_stopped`) when the sandbox has stopped; 410
+         *     (`error: sandbox_lost`) when its host was lost. With an `Idempotency-Key` (unique
+         *     within the sandbox) the command runs at most once: a retry, through any API
+         *     instance, answers the first exec (waiting while it runs); 409 for the same key
+         *     with another command.
          */
         post: operations["exec_in_sandbox_api_v1_sandboxes__sandbox_id__exec_post"];
         delete?: never;
@@ -1878,12 +1884,22 @@ export interface components {
              */
             runtime: "runc" | "crun" | "gvisor";
             status: components["schemas"]["SandboxStatus"];
+            /**
+             * Stop Detail
+             * @description why it stopped, in words (e.g. which host was lost)
+             */
+            stop_detail?: string | null;
             /** @description why it stopped; null while running */
             stop_reason: components["schemas"]["StopReason"] | null;
             /** Stopped At */
             stopped_at: string | null;
             /** Ttl S */
             ttl_s: number;
+            /**
+             * Worker Id
+             * @description the process hosting it (an id of /api/v1/workers: a `crucible worker --sandboxes N` in distributed mode, the server itself embedded)
+             */
+            worker_id?: string | null;
         };
         /**
          * SandboxResources
@@ -1943,7 +1959,8 @@ export interface components {
         };
         /**
          * WorkerPublic
-         * @description A process that runs evaluations (a Celery worker, or an embedded server).
+         * @description A process that runs evaluations (a Celery worker, or an embedded server), and
+         *     may host agent sandboxes (``crucible worker --sandboxes N``).
          */
         WorkerPublic: {
             /**
@@ -1982,6 +1999,18 @@ export interface components {
              * @description evaluations running at its last heartbeat
              */
             running: number;
+            /**
+             * Sandbox Capacity
+             * @description agent sandboxes it hosts at most (0: it hosts none)
+             * @default 0
+             */
+            sandbox_capacity: number;
+            /**
+             * Sandboxes Running
+             * @description agent sandboxes it hosted at its last heartbeat
+             * @default 0
+             */
+            sandboxes_running: number;
             /**
              * Started At
              * Format: date-time
@@ -4256,7 +4285,10 @@ export interface operations {
     exec_in_sandbox_api_v1_sandboxes__sandbox_id__exec_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description same key + same body → the original evaluation; different body → 409 */
+                "Idempotency-Key"?: string | null;
+            };
             path: {
                 /** @description the sandbox's id (sbx_…) */
                 sandbox_id: string;
@@ -4307,6 +4339,15 @@ export interface operations {
             };
             /** @description Conflicts with the current state (or Idempotency-Key reuse) */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The sandbox is lost with its host (`error: sandbox_lost`); its transcript stays readable */
+            410: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4555,6 +4596,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorPublic"];
                 };
             };
+            /** @description The sandbox is lost with its host (`error: sandbox_lost`); its transcript stays readable */
+            410: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
             /** @description Code or files larger than the server accepts */
             413: {
                 headers: {
@@ -4648,6 +4698,15 @@ export interface operations {
             };
             /** @description Conflicts with the current state (or Idempotency-Key reuse) */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The sandbox is lost with its host (`error: sandbox_lost`); its transcript stays readable */
+            410: {
                 headers: {
                     [name: string]: unknown;
                 };

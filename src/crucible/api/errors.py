@@ -9,6 +9,7 @@ QuotaExceeded      429 (+ Retry-After when waiting helps)
 SandboxFileError   by kind: not_found 404, permission_denied 403, is_a_directory 409,
                    too_large 413; the body's ``error`` is the exception's ``code``
 SandboxStopped     409 with ``error: "sandbox_stopped"``
+SandboxLost        410 with ``error: "sandbox_lost"`` (its host died; never moved)
 
 ``error`` is machine-readable where a client must tell failures apart that share a
 status (a missing file vs a missing sandbox, both 404): clients map it back to the
@@ -39,6 +40,7 @@ from crucible.core.errors import (
     SandboxFileNotFound,
     SandboxFileTooLarge,
     SandboxIsADirectory,
+    SandboxLost,
     SandboxPermissionDenied,
     SandboxStopped,
     Unauthenticated,
@@ -50,6 +52,7 @@ STATUS: list[tuple[type[CrucibleError], int]] = [
     (SandboxIsADirectory, 409),
     (SandboxFileTooLarge, 413),
     (SandboxFileError, 422),
+    (SandboxLost, 410),
     (Unauthenticated, 401),
     (Forbidden, 403),
     (QuotaExceeded, 429),
@@ -74,6 +77,8 @@ def error_code(exc: CrucibleError) -> str | None:
     """The machine-readable ``error`` of the answer, for the failures that have one."""
     if isinstance(exc, SandboxFileError):
         return exc.code
+    if isinstance(exc, SandboxLost):
+        return "sandbox_lost"
     if isinstance(exc, SandboxStopped):
         return "sandbox_stopped"
     return None
@@ -129,6 +134,8 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         429: "Over one of the key's quotas (see the message and Retry-After)",
         404: "No such evaluation, batch, sandbox, file or dead letter",
         409: "Conflicts with the current state (or Idempotency-Key reuse)",
+        410: "The sandbox is lost with its host (`error: sandbox_lost`); its transcript"
+        " stays readable",
         413: "Code or files larger than the server accepts",
         422: "Invalid request; `field` names the culprit",
         502: "A registry could not be read: unreachable, credentials refused, no such image",

@@ -124,12 +124,29 @@ def worker(
     metrics_port: Annotated[
         int | None, typer.Option(help="serve this worker's Prometheus metrics on this port")
     ] = None,
+    sandboxes: Annotated[
+        int | None,
+        typer.Option(
+            help="host up to N agent sandboxes for the API instances (0: none; default"
+            " CRUCIBLE_SANDBOX_HOST_CAPACITY); needs --listen and CRUCIBLE_CLUSTER_TOKEN"
+        ),
+    ] = None,
+    listen: Annotated[
+        str | None,
+        typer.Option(help="ADDR:PORT of this host's cluster endpoint (API instances call it)"),
+    ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option(help="the URL API instances use for it (default http://<listen>)"),
+    ] = None,
 ) -> None:
     """Run a worker that claims queued evaluations from the database and runs them in
-    sandboxes on this host (woken by Celery messages, polling when idle).
+    sandboxes on this host (woken by Celery messages, polling when idle); with
+    --sandboxes N it also hosts agent sandboxes, placed on it by the API instances.
 
     Reads CRUCIBLE_DATABASE_URL, CRUCIBLE_BROKER_URL and CRUCIBLE_REDIS_URL; stop it
-    with SIGTERM (warm: running evaluations get CRUCIBLE_SHUTDOWN_GRACE_S to finish).
+    with SIGTERM (warm: running evaluations get CRUCIBLE_SHUTDOWN_GRACE_S to finish;
+    its agent sandboxes are stopped, reason shutdown).
     """
     import logging
 
@@ -140,6 +157,9 @@ def worker(
         "data_dir": data_dir,
         "dispatcher": "celery",
         "worker_metrics_port": metrics_port,
+        "sandbox_host_capacity": sandboxes,
+        "sandbox_host_listen": listen,
+        "sandbox_host_advertise": advertise,
     }
     if concurrency is not None:
         overrides["max_concurrency"] = concurrency

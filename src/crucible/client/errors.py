@@ -4,7 +4,8 @@ Most refusals become :class:`ApiError` (status, message, field). Those a program
 tell apart become the exception the server raised, found by the body's ``error``
 code: a file operation's ``not_found``, ``permission_denied``, ``is_a_directory`` and
 ``too_large`` raise the ``crucible.core.errors.SandboxFile*`` exceptions (with the path),
-``sandbox_stopped`` raises :class:`~crucible.core.errors.SandboxStopped`. (The Inspect AI
+``sandbox_stopped`` raises :class:`~crucible.core.errors.SandboxStopped`, ``sandbox_lost``
+(410: its host died) :class:`~crucible.core.errors.SandboxLost`, a SandboxStopped. (The Inspect AI
 provider maps those to FileNotFoundError, PermissionError, IsADirectoryError …)
 """
 
@@ -19,6 +20,7 @@ from crucible.core.errors import (
     SandboxFileNotFound,
     SandboxFileTooLarge,
     SandboxIsADirectory,
+    SandboxLost,
     SandboxPermissionDenied,
     SandboxStopped,
 )
@@ -57,6 +59,8 @@ def error_from(response: httpx.Response, *, path: str | None = None) -> Exceptio
         detail, field, error = response.text[:500], None, None
     if path is not None and error in FILE_ERRORS:
         return FILE_ERRORS[error](path, detail)
+    if error == "sandbox_lost":
+        return SandboxLost(detail)
     if error == "sandbox_stopped":
         return SandboxStopped(detail)
     return ApiError(response.status_code, detail, field, error)

@@ -178,6 +178,16 @@ class Settings(BaseSettings):
     # for sandboxes past their ttl_s or idle_timeout_s (the precision of both).
     sandbox_limits: SandboxBounds = Field(default_factory=SandboxBounds)
     sandbox_reap_s: float = 1.0
+    # Sandbox hosts (distributed mode): `crucible worker --sandboxes N --listen
+    # ADDR:PORT [--advertise URL]` hosts up to N agent sandboxes and serves them to API
+    # instances on its cluster endpoint, which accepts only this shared secret (never
+    # an API key); hosting refuses to start without it. API instances place each new
+    # sandbox on the best of `placement_choices` random hosts with room.
+    cluster_token: str | None = Field(default=None, repr=False)
+    sandbox_host_capacity: int = Field(0, ge=0)
+    sandbox_host_listen: str | None = None
+    sandbox_host_advertise: str | None = None
+    placement_choices: int = Field(3, ge=1)
 
     @field_validator("default_environment")
     @classmethod

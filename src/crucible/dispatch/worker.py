@@ -15,12 +15,21 @@ other processes re-queue its evaluations.
 The loop also runs the process's maintenance (heartbeat, orphan recovery) and
 listens on the cancel channel, killing a local run within milliseconds of a cancel
 on any API instance.
+
+With ``--sandboxes N`` (``sandbox_host_capacity``) the worker is also a sandbox
+host: a :class:`~crucible.services.sandboxes.SandboxService` of its own (owner: this
+worker's identity, so its heartbeat row is the sandboxes' liveness) over the same
+engine, served to API instances by the cluster endpoint (:mod:`crucible.dispatch.host`)
+on this loop. Its heartbeat carries the sandboxes it runs; when the row's epoch moved
+(it was declared dead while cut off), it closes every sandbox the database no longer
+gives it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import shutil
 import threading
@@ -31,17 +40,24 @@ from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
 from crucible.core.config import Settings, get_settings
+from crucible.core.errors import SandboxUnavailable
 from crucible.dispatch import CANCEL_CHANNEL
 from crucible.dispatch.celery_app import QUEUE, make_celery
 from crucible.dispatch.claimer import Claimer
+from crucible.dispatch.host import HostServer
 from crucible.dispatch.maintenance import Maintenance
 from crucible.domain.limits import resolve_limits
 from crucible.engine import Sandbox
+from crucible.environments.store import EnvironmentStore
 from crucible.services import identity, metrics
+from crucible.services.access import Access
+from crucible.services.environments import EnvironmentService
 from crucible.services.events import RedisBus
 from crucible.services.executor import Executor
 from crucible.services.metrics import REGISTRY
+from crucible.services.sandboxes import SandboxService, lose_dead_hosts
 from crucible.store import BlobStore, Cluster, Store
+from crucible.store.sandboxes import Owner, SandboxStore
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +79,8 @@ class WorkerRuntime:
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.info = identity.this_process("celery", concurrency, QUEUE)
+        self.sandboxes: SandboxService | None = None
+        self.endpoint: HostServer | None = None
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop from another thread; wait for its result."""
@@ -111,17 +129,69 @@ class WorkerRuntime:
             concurrency=self.concurrency,
             poll_s=s.claim_poll_s,
         )
+        if s.sandbox_host_capacity > 0:
+            await self._start_hosting()
+        records = SandboxStore(self.store)
         self.maintenance = Maintenance(
             self.cluster,
             s,
             info=self.info,
             running=lambda: self.executor.running,
             on_recovered=self.claimer.notify,
+            duties=(lambda: lose_dead_hosts(records, self.bus),),
+            sandboxes=self._sandboxes_running,
+            on_epoch=self._declared_dead,
         )
         await self.maintenance.heartbeat()  # registered before the first claim
         self.maintenance.start()
         self.claimer.start()
         self._tasks.append(asyncio.create_task(self._listen_cancels()))
+
+    async def _start_hosting(self) -> None:
+        """The sandbox service of this host and its cluster endpoint, before the first
+        heartbeat (which advertises them). Refuses without a cluster token or a
+        listening address: an endpoint open to anyone would run anyone's code."""
+        s = self.settings
+        if not s.cluster_token:
+            raise SandboxUnavailable(
+                "hosting sandboxes (--sandboxes) needs CRUCIBLE_CLUSTER_TOKEN, the secret"
+                " API instances present to this host's cluster endpoint"
+            )
+        if not s.sandbox_host_listen:
+            raise SandboxUnavailable("hosting sandboxes (--sandboxes) needs --listen ADDR:PORT")
+        access = Access(self.store, s)
+        environments = EnvironmentService(EnvironmentStore.of(s), self.store, access.sandboxes)
+        info = self.info
+        self.sandboxes = SandboxService(
+            settings=s,
+            access=access,
+            blobs=BlobStore(s.data_dir / "blobs"),
+            bus=self.bus,
+            engine=self.sandbox.sessions,
+            owner=Owner(info.id, info.node, info.host, info.pid, info.proc_start),
+            environments=environments,
+            capacity=s.sandbox_host_capacity,
+        )
+        await self.sandboxes.check_settings()
+        await self.sandboxes.start()  # sweeps the leftovers of dead owners, then reaps
+        self.endpoint = HostServer(
+            self.sandboxes, token=s.cluster_token, listen=s.sandbox_host_listen
+        )
+        await self.endpoint.start()
+        advertise = s.sandbox_host_advertise or f"http://{self.endpoint.addr}:{self.endpoint.port}"
+        self.info = dataclasses.replace(
+            info, sandbox_capacity=s.sandbox_host_capacity, endpoint=advertise
+        )
+        log.info("hosting up to %d sandboxes at %s", s.sandbox_host_capacity, advertise)
+
+    def _sandboxes_running(self) -> int:
+        return self.sandboxes.hosted() if self.sandboxes is not None else 0
+
+    def _declared_dead(self, _epoch: int) -> None:
+        """Declared dead while cut off: its sandboxes are ``lost`` in the database, so
+        close them here now (the reaper would at its next tick)."""
+        if self.sandboxes is not None:
+            self._tasks.append(asyncio.create_task(self.sandboxes.drop_orphans()))
 
     async def _listen_cancels(self) -> None:
         while True:
@@ -137,7 +207,11 @@ class WorkerRuntime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.endpoint is not None:
+            await self.endpoint.stop()
         await self.claimer.stop(grace_s=self.settings.shutdown_grace_s)
+        if self.sandboxes is not None:
+            await self.sandboxes.stop()  # reason shutdown, before the row says stopped
         await self.maintenance.stop()
         await self.sandbox.close()
         await self.bus.close()

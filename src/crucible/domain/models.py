@@ -108,6 +108,14 @@ class SandboxPublic(BaseModel):
     stopped_at: datetime | None
     expires_at: datetime = Field(description="created_at + ttl_s")
     resources: SandboxResources
+    worker_id: str | None = Field(
+        None,
+        description="the process hosting it (an id of /api/v1/workers: a `crucible worker"
+        " --sandboxes N` in distributed mode, the server itself embedded)",
+    )
+    stop_detail: str | None = Field(
+        None, description="why it stopped, in words (e.g. which host was lost)"
+    )
 
 
 class SandboxList(BaseModel):

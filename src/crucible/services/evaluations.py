@@ -55,6 +55,7 @@ from crucible.services.records import (
     evaluation_public,
     worker_public,
 )
+from crucible.services.sandbox_router import RoutedSandboxes
 from crucible.services.sandboxes import SandboxService
 from crucible.services.scan import scan_request
 from crucible.services.submissions import merge, new_id, prepare
@@ -96,17 +97,16 @@ class Service:
         dispatcher: Dispatcher,
         maintenance: Maintainer,
         identity: WorkerInfo,
-        sandboxes: SandboxService,
-        session_host: Sandbox,
+        sandboxes: SandboxService | RoutedSandboxes,
         sandbox: Sandbox | None = None,
         executor: Executor | None = None,
         dispatch: bool = True,
     ) -> None:
         """Built by :func:`crucible.wiring.build_service`. ``sandbox`` and ``executor``
         are this process's own (embedded mode; None when distributed);
-        ``session_host`` is the engine hosting this instance's long-lived sandboxes
-        (``sandbox`` itself in embedded mode); ``dispatch=False`` leaves the
-        dispatcher stopped (tests start it)."""
+        ``sandboxes``: the long-lived sandboxes, hosted here over ``sandbox``'s
+        engine (embedded) or placed on and routed to the sandbox hosts (distributed);
+        ``dispatch=False`` leaves the dispatcher stopped (tests start it)."""
         self.settings = settings
         self.store = store
         self.access = access  # keys, audit, quotas, scoping
@@ -121,7 +121,6 @@ class Service:
         self.sandbox = sandbox
         self.executor = executor
         self.sandboxes = sandboxes
-        self._session_host = session_host
         self._dispatch = dispatch
 
     async def start(self) -> None:
@@ -153,7 +152,8 @@ class Service:
         await self.sandboxes.stop()
         await self.dispatcher.stop()
         await self.maintenance.stop()
-        await self._session_host.close()  # self.sandbox in embedded mode
+        if self.sandbox is not None:
+            await self.sandbox.close()
         if isinstance(self.bus, RedisBus):
             await self.bus.close()
         await asyncio.to_thread(self.store.dispose)

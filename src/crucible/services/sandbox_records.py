@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import codecs
 from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
 
 from crucible.core.lifecycle import SandboxStatus, StopReason
 from crucible.domain.models import (
@@ -18,7 +21,28 @@ from crucible.domain.models import (
 from crucible.engine.accounting import Usage
 from crucible.engine.models import ExecResult
 from crucible.services.events import EventBus
+from crucible.store import BlobStore
 from crucible.store.tables import Sandbox, SandboxExec
+
+
+class HostedCreate(BaseModel):
+    """A create checked and resolved where it arrived (``services.sandboxes.prepare``),
+    for the process that hosts it: the row's fields, the engine's spec (a
+    ``SessionSpec`` as JSON) and the key's ``max_sandboxes`` (counted in the insert).
+    It crosses the cluster endpoint as JSON."""
+
+    id: str
+    runtime: str
+    limits: dict[str, Any]
+    ttl_s: float
+    idle_timeout_s: float
+    labels: dict[str, str]
+    owner_key_id: str | None
+    environment: str
+    environment_digest: str | None
+    network_group: str | None
+    spec: dict[str, Any]
+    max_sandboxes: int
 
 
 def stream_of(sandbox_id: str) -> str:
@@ -39,6 +63,8 @@ def sandbox_public(row: Sandbox, usage: Usage | None = None) -> SandboxPublic:
         runtime=row.runtime,
         environment=row.environment,
         environment_digest=row.environment_digest,
+        worker_id=row.owner_process_id,
+        stop_detail=row.stop_detail,
         limits=SandboxLimitsPublic.model_validate(row.limits),
         ttl_s=row.ttl_s,
         idle_timeout_s=row.idle_timeout_s,
@@ -77,6 +103,24 @@ def exec_public(row: SandboxExec, result: ExecResult | None = None) -> ExecPubli
         stdout_preview_truncated=row.stdout_preview_truncated and result is None,
         stderr_preview_truncated=row.stderr_preview_truncated and result is None,
         error=row.error,
+    )
+
+
+async def recorded_exec(row: SandboxExec, blobs: BlobStore) -> ExecPublic:
+    """A finished exec with its whole output, read back from the preview or the blob
+    (the answer of a retried exec)."""
+    whole: dict[str, bytes] = {}
+    for name in ("stdout", "stderr"):
+        digest: str | None = getattr(row, f"{name}_blob")
+        data: bytes = getattr(row, f"{name}_preview")
+        whole[name] = await asyncio.to_thread(blobs.get, digest) if digest else data
+    return exec_public(row).model_copy(
+        update={
+            **text_fields("stdout", whole["stdout"]),
+            **text_fields("stderr", whole["stderr"]),
+            "stdout_preview_truncated": False,
+            "stderr_preview_truncated": False,
+        }
     )
 
 

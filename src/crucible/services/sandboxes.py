@@ -6,8 +6,14 @@ injected; this module adds what the API needs around it: per-key scoping and the
 exec in the database (output previews, the whole output as blobs), live events on the
 bus (stream ``sandbox:<id>``: ``exec_started``, ``output`` chunks, ``exec_finished``,
 and finally ``stopped``), and a reaper that stops sandboxes at their ``ttl_s`` or
-``idle_timeout_s``. Sandboxes live in the process that created them (the rows name
-it); a sweep marks ``running`` rows of dead processes ``lost``. Everything raises
+``idle_timeout_s``. Sandboxes live in the process that hosts them (the rows name
+it): the embedded server, or in distributed mode a ``crucible worker --sandboxes N``,
+which serves this service to API instances over its cluster endpoint
+(:mod:`crucible.dispatch.host`; the API side is
+:class:`crucible.services.sandbox_router.RoutedSandboxes`). A sweep marks ``running``
+rows of dead processes ``lost``; any process marks ``lost`` the sandboxes of hosts
+declared dead (:func:`lose_dead_hosts`), and a host closes whatever it still runs
+that the database no longer gives it (:meth:`SandboxService.reap`). Everything raises
 ``crucible.core.errors`` exceptions, mapped to HTTP by ``api/errors.py``.
 """
 
@@ -19,7 +25,7 @@ import contextlib
 import logging
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -27,6 +33,7 @@ from crucible.core.config import Settings
 from crucible.core.errors import (
     InvalidSubmission,
     NotFound,
+    Overloaded,
     SandboxFileTooLarge,
     SandboxStopped,
     SandboxUnavailable,
@@ -53,9 +60,11 @@ from crucible.engine.caps import MAX_EXEC_OUTPUT, MAX_FILE_BYTES
 from crucible.engine.models import ExecResult, SessionSpec
 from crucible.engine.output import OutputCallback
 from crucible.services.sandbox_records import (
+    HostedCreate,
     LiveOutput,
     exec_public,
     preview,
+    recorded_exec,
     sandbox_public,
     stream_of,
     usage_pair,
@@ -63,8 +72,15 @@ from crucible.services.sandbox_records import (
 from crucible.store import BlobStore
 from crucible.store.keys import KeyRecord
 from crucible.store.repo import now
-from crucible.store.sandboxes import ExecOutcome, NewSandbox, Owner
-from crucible.store.tables import Sandbox
+from crucible.store.sandboxes import (
+    ExecExists,
+    ExecOutcome,
+    NewSandbox,
+    Owner,
+    SandboxStore,
+    stopped_error,
+)
+from crucible.store.tables import Sandbox, SandboxExec
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +125,102 @@ class SessionEngine(Protocol):
 
     def get(self, session_id: str) -> SessionHandle | None: ...
 
+    def all(self) -> Sequence[SessionHandle]: ...
+
     async def sweep(self) -> builtins.list[str]: ...
 
     async def close_all(self) -> None: ...
 
 
-class SandboxService:
+class SandboxRecords:
+    """What every process answers from the database, the bus and the blobs alone: the
+    records, the transcript, the events. Shared by the hosting service and the API
+    side of distributed mode (:class:`~crucible.services.sandbox_router.RoutedSandboxes`)."""
+
+    settings: Settings
+    access: Access
+    store: SandboxStore
+    blobs: BlobStore
+    bus: EventBus
+    environments: EnvironmentService
+
+    async def check_settings(self) -> None:
+        """Raise SandboxUnavailable when CRUCIBLE_DEFAULT_ENVIRONMENT names no
+        environment of the store: at start-up, before anything runs, rather than at
+        each create (which would look it up again, as it does for a named one)."""
+        default = self.settings.default_environment
+        try:
+            await self.environments.resolve(default)
+        except InvalidSubmission as exc:
+            raise SandboxUnavailable(f"CRUCIBLE_DEFAULT_ENVIRONMENT={default!r}: {exc}") from None
+
+    def _public(self, row: Sandbox) -> SandboxPublic:
+        return sandbox_public(row)
+
+    async def get(self, sandbox_id: str, who: KeyRecord | None = None) -> SandboxPublic:
+        return self._public(await self.access.sandbox(sandbox_id, who))
+
+    async def list(
+        self,
+        who: KeyRecord | None,
+        *,
+        owner_key_id: str | None = None,
+        status: SandboxStatus | None = None,
+        cursor: int | None = None,
+        limit: int = 50,
+    ) -> SandboxList:
+        """Newest first; a researcher's own, an admin's everyone's (or ``owner_key_id``'s)."""
+        owner = owner_key_id if who is None or who.admin else who.id
+        rows, nxt = await asyncio.to_thread(
+            self.store.list, owner_key_id=owner, status=status, cursor=cursor, limit=limit
+        )
+        return SandboxList(
+            items=[self._public(r) for r in rows],
+            next_cursor=str(nxt) if nxt is not None else None,
+        )
+
+    # -- the transcript -------------------------------------------------------------
+
+    async def execs(
+        self, sandbox_id: str, who: KeyRecord | None, *, cursor: int | None, limit: int
+    ) -> ExecList:
+        await self.access.sandbox(sandbox_id, who)
+        rows, nxt = await asyncio.to_thread(
+            self.store.list_execs, sandbox_id, cursor=cursor, limit=limit
+        )
+        return ExecList(
+            items=[exec_public(r) for r in rows],
+            next_cursor=str(nxt) if nxt is not None else None,
+        )
+
+    async def exec_output(
+        self, sandbox_id: str, seq: int, stream: Stream, who: KeyRecord | None = None
+    ) -> bytes:
+        """The whole stdout or stderr of one exec (the transcript holds a preview)."""
+        await self.access.sandbox(sandbox_id, who)
+        row = await asyncio.to_thread(self.store.get_exec, sandbox_id, seq)
+        digest: str | None = getattr(row, f"{stream}_blob")
+        if digest is not None:
+            return await asyncio.to_thread(self.blobs.get, digest)
+        data: bytes = getattr(row, f"{stream}_preview")
+        return data
+
+    async def events(self, sandbox_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """``exec_started``, ``output``, ``exec_finished`` events, then ``stopped``
+        (the final record). With no log on the bus, opens with a ``status`` event
+        carrying the record (see ``crucible.services.events.follow``)."""
+        await asyncio.to_thread(self.store.get, sandbox_id)  # NotFound
+
+        async def snapshot() -> tuple[str, dict[str, Any]]:
+            row = await asyncio.to_thread(self.store.get, sandbox_id)
+            kind = "status" if row.status == SandboxStatus.running else "stopped"
+            return kind, self._public(row).model_dump(mode="json")
+
+        async for event in follow(self.bus, stream_of(sandbox_id), after, snapshot):
+            yield event
+
+
+class SandboxService(SandboxRecords):
     """Long-lived sandboxes hosted by this process, over the injected ``engine``."""
 
     def __init__(
@@ -127,8 +233,12 @@ class SandboxService:
         engine: SessionEngine,
         owner: Owner,
         environments: EnvironmentService,
+        capacity: int = 0,
     ) -> None:
-        """``environments``: where a create's ``environment`` is looked up."""
+        """``environments``: where a create's ``environment`` is looked up;
+        ``capacity``: the most sandboxes this process hosts at once, counting those
+        being created (0: no bound but the engine's; a host refuses above it with
+        Overloaded, and placement tries another)."""
         self.settings = settings
         self.environments = environments
         self.access = access
@@ -137,6 +247,7 @@ class SandboxService:
         self.bus = bus
         self.engine = engine
         self.owner = owner
+        self.capacity = capacity
         self._busy: Counter[str] = Counter()  # execs in flight, per sandbox
         # Rows whose engine sandbox is still being made: the row comes first (the
         # quota is counted in the insert), so the reaper would see it running with no
@@ -144,18 +255,11 @@ class SandboxService:
         self._creating: set[str] = set()
         self._stopping: set[str] = set()  # being stopped by _stop (see there)
         self._reaper: asyncio.Task[None] | None = None
+        # Execs running here by idempotency key: a retry that reaches this host while
+        # the first is running waits for its answer instead of running it again.
+        self._inflight: dict[tuple[str, str], asyncio.Future[ExecPublic]] = {}
 
     # -- start and stop -------------------------------------------------------------
-
-    async def check_settings(self) -> None:
-        """Raise SandboxUnavailable when CRUCIBLE_DEFAULT_ENVIRONMENT names no
-        environment of the store: at start-up, before anything runs, rather than at
-        each create (which would look it up again, as it does for a named one)."""
-        default = self.settings.default_environment
-        try:
-            await self.environments.resolve(default)
-        except InvalidSubmission as exc:
-            raise SandboxUnavailable(f"CRUCIBLE_DEFAULT_ENVIRONMENT={default!r}: {exc}") from None
 
     async def start(self) -> None:
         """Sweep (the engine's leftovers, and the rows of dead processes), then reap."""
@@ -186,55 +290,42 @@ class SandboxService:
         """Create a running sandbox (``environment`` unset: the settings'
         ``default_environment``, else host). Raises InvalidSubmission (a limit outside
         its bounds, an unknown environment), Forbidden (above the key's ceiling),
-        QuotaExceeded (max_sandboxes), SandboxUnavailable / RuntimeFailure (the
-        engine could not)."""
-        requested = body.limits.model_dump() if body.limits else {}
-        limits = resolve_session_limits(requested, self.settings)
-        values: dict[str, Any] = limits.model_dump()
-        apply_ceilings(values, requested, who)
-        times = resolve_bounds(
-            {"ttl_s": body.ttl_s, "idle_timeout_s": body.idle_timeout_s},
-            self.settings.sandbox_limits,
-            ("ttl_s", "idle_timeout_s"),
-            prefix="",
+        QuotaExceeded (max_sandboxes), Overloaded (this host is full), SandboxUnavailable
+        / RuntimeFailure (the engine could not)."""
+        return await self.host(
+            await prepare(self.settings, self.access, self.environments, body, who)
         )
-        runtime = body.runtime or self.settings.default_runtime
-        environment = await self.environments.resolve(
-            body.environment, default=self.settings.default_environment
-        )  # None: host
-        network = None
-        if body.network is not None:
-            # Per key: a key joins only networks its own sandboxes made.
-            owner = who.id if who else "anonymous"
-            network = {
-                "group": f"{owner}/{body.network.group}",
-                "hostname": body.network.hostname,
-                "members": tuple(body.network.members),
-            }
-        spec = SessionSpec.model_validate(
-            {
-                "runtime": runtime,
-                "limits": values,
-                "environment": environment.root_spec() if environment else None,
-                "network": network,
-            }
-        )
+
+    async def host(self, req: HostedCreate) -> SandboxPublic:
+        """Create the sandbox ``req`` describes (checked and resolved by
+        :func:`prepare`, here or in the API instance that placed it) in this process:
+        the row first (its insert counts the key's quota), then the engine's sandbox.
+        Overloaded when this process already hosts ``capacity``."""
+        if self.capacity:
+            mine = len(await asyncio.to_thread(self.store.running, process_id=self.owner.id))
+            if mine + len(self._creating) >= self.capacity:
+                raise Overloaded(
+                    f"this host is full ({mine} sandboxes running, {len(self._creating)}"
+                    f" being created, capacity {self.capacity})",
+                    retry_after=1,
+                )
         new = NewSandbox(
-            id=f"sbx_{secrets.token_hex(10)}",
-            runtime=runtime,
-            limits=values,
-            ttl_s=float(times["ttl_s"]),
-            idle_timeout_s=float(times["idle_timeout_s"]),
+            id=req.id,
+            runtime=req.runtime,
+            limits=req.limits,
+            ttl_s=req.ttl_s,
+            idle_timeout_s=req.idle_timeout_s,
             owner=self.owner,
-            labels=body.labels or {},
-            owner_key_id=who.id if who else None,
-            environment=environment.name if environment else HOST,
-            environment_digest=environment.digest if environment else None,
+            labels=req.labels,
+            owner_key_id=req.owner_key_id,
+            environment=req.environment,
+            environment_digest=req.environment_digest,
+            network_group=req.network_group,
         )
-        quota = self.access.quota(who, "max_sandboxes") if who else 0
+        spec = SessionSpec.model_validate(req.spec)
         self._creating.add(new.id)
         try:
-            row = await asyncio.to_thread(self.store.create, new, max_sandboxes=quota)
+            row = await asyncio.to_thread(self.store.create, new, max_sandboxes=req.max_sandboxes)
             await self._create_session(spec, new.id)
         finally:
             self._creating.discard(new.id)
@@ -252,9 +343,6 @@ class SandboxService:
             await asyncio.to_thread(self.store.discard, sandbox_id)  # it never existed
             raise
 
-    async def get(self, sandbox_id: str, who: KeyRecord | None = None) -> SandboxPublic:
-        return self._public(await self.access.sandbox(sandbox_id, who))
-
     def _public(self, row: Sandbox) -> SandboxPublic:
         usage = None
         if row.status == SandboxStatus.running and row.owner_process_id == self.owner.id:
@@ -263,25 +351,6 @@ class SandboxService:
                 with contextlib.suppress(Exception):  # counters are best effort
                     usage = session.usage()
         return sandbox_public(row, usage)
-
-    async def list(
-        self,
-        who: KeyRecord | None,
-        *,
-        owner_key_id: str | None = None,
-        status: SandboxStatus | None = None,
-        cursor: int | None = None,
-        limit: int = 50,
-    ) -> SandboxList:
-        """Newest first; a researcher's own, an admin's everyone's (or ``owner_key_id``'s)."""
-        owner = owner_key_id if who is None or who.admin else who.id
-        rows, nxt = await asyncio.to_thread(
-            self.store.list, owner_key_id=owner, status=status, cursor=cursor, limit=limit
-        )
-        return SandboxList(
-            items=[self._public(r) for r in rows],
-            next_cursor=str(nxt) if nxt is not None else None,
-        )
 
     async def delete(self, sandbox_id: str, who: KeyRecord | None = None) -> None:
         """Stop it (reason ``deleted``); the record and transcript remain. A stopped
@@ -300,9 +369,10 @@ class SandboxService:
         )
 
     async def _session(self, row: Sandbox) -> SessionHandle:
-        """The engine's sandbox of a running row; SandboxStopped when it is gone."""
+        """The engine's sandbox of a running row; SandboxStopped (SandboxLost) when it
+        is gone."""
         if row.status != SandboxStatus.running:
-            raise SandboxStopped(f"sandbox {row.id} is {row.status} ({row.stop_reason})")
+            raise stopped_error(row)
         if row.owner_process_id != self.owner.id:
             raise self._elsewhere(row)
         session = self.engine.get(row.id)
@@ -348,33 +418,86 @@ class SandboxService:
     # -- exec and files -------------------------------------------------------------
 
     async def exec(
-        self, sandbox_id: str, body: ExecCreate, who: KeyRecord | None = None
+        self,
+        sandbox_id: str,
+        body: ExecCreate,
+        who: KeyRecord | None = None,
+        *,
+        idempotency_key: str | None = None,
     ) -> ExecPublic:
         """Run one command; the answer has its whole output. Raises SandboxStopped
-        (409) when the sandbox has stopped, InvalidSubmission for a timeout out of
-        bounds."""
-        timeout = resolve_bounds(
-            {"exec_timeout_s": body.timeout_s},
-            self.settings.sandbox_limits,
-            ("exec_timeout_s",),
-            prefix="",
-        )["exec_timeout_s"]
+        (409) when the sandbox has stopped, SandboxLost (410) when its host died,
+        InvalidSubmission for a timeout out of bounds. With ``idempotency_key`` the
+        command runs at most once: a retry gets the first exec's answer (waiting for
+        it while it runs); the same key with another command is a Conflict."""
+        timeout = exec_timeout(self.settings, body)
         row = await self.access.sandbox(sandbox_id, who)
+        if idempotency_key is not None:
+            done = await replay(self.store, self.blobs, sandbox_id, idempotency_key)
+            if done is not None:
+                return done
         session = await self._session(row)
         self._busy[sandbox_id] += 1  # before the row: the reaper must not see it idle
         try:
-            return await self._exec(session, sandbox_id, body, float(timeout))
+            return await self._exec(session, sandbox_id, body, timeout, idempotency_key)
         finally:
             self._busy[sandbox_id] -= 1
             if self._busy[sandbox_id] <= 0:
                 del self._busy[sandbox_id]
 
     async def _exec(
-        self, session: SessionHandle, sandbox_id: str, body: ExecCreate, timeout: float
+        self,
+        session: SessionHandle,
+        sandbox_id: str,
+        body: ExecCreate,
+        timeout: float,
+        key: str | None,
     ) -> ExecPublic:
-        started = await asyncio.to_thread(
-            self.store.begin_exec, sandbox_id, body.cmd, body.cwd, body.user
-        )
+        try:
+            started = await asyncio.to_thread(
+                self.store.begin_exec, sandbox_id, body.cmd, body.cwd, body.user, key
+            )
+        except ExecExists as exists:
+            assert key is not None
+            return await self._await_exec(sandbox_id, key, exists.seq, timeout)
+        if key is None:
+            return await self._run_exec(session, sandbox_id, body, timeout, started)
+        future: asyncio.Future[ExecPublic] = asyncio.get_running_loop().create_future()
+        self._inflight[(sandbox_id, key)] = future
+        try:
+            answer = await self._run_exec(session, sandbox_id, body, timeout, started)
+            future.set_result(answer)
+            return answer
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody may be waiting
+            raise
+        finally:
+            del self._inflight[(sandbox_id, key)]
+
+    async def _await_exec(self, sandbox_id: str, key: str, seq: int, timeout: float) -> ExecPublic:
+        """The answer of exec ``seq`` (a retry of it arrived): from the run in this
+        process, else from the database once it has finished."""
+        future = self._inflight.get((sandbox_id, key))
+        if future is not None:
+            return await asyncio.shield(future)
+        # Bounded by the exec's own ceiling and the engine's kill: past it the exec is
+        # over whatever happened (it was cut short: the sandbox stopped).
+        async with asyncio.timeout(timeout + self.settings.runtime_timeout_s):
+            while True:
+                done = await replay(self.store, self.blobs, sandbox_id, key)
+                if done is not None:
+                    return done
+                await asyncio.sleep(0.1)
+
+    async def _run_exec(
+        self,
+        session: SessionHandle,
+        sandbox_id: str,
+        body: ExecCreate,
+        timeout: float,
+        started: SandboxExec,
+    ) -> ExecPublic:
         stream = stream_of(sandbox_id)
         await self.bus.publish(stream, "exec_started", exec_public(started).model_dump(mode="json"))
         live = LiveOutput(self.bus, stream, started.seq)
@@ -445,44 +568,6 @@ class SandboxService:
 
     # -- the transcript -------------------------------------------------------------
 
-    async def execs(
-        self, sandbox_id: str, who: KeyRecord | None, *, cursor: int | None, limit: int
-    ) -> ExecList:
-        await self.access.sandbox(sandbox_id, who)
-        rows, nxt = await asyncio.to_thread(
-            self.store.list_execs, sandbox_id, cursor=cursor, limit=limit
-        )
-        return ExecList(
-            items=[exec_public(r) for r in rows],
-            next_cursor=str(nxt) if nxt is not None else None,
-        )
-
-    async def exec_output(
-        self, sandbox_id: str, seq: int, stream: Stream, who: KeyRecord | None = None
-    ) -> bytes:
-        """The whole stdout or stderr of one exec (the transcript holds a preview)."""
-        await self.access.sandbox(sandbox_id, who)
-        row = await asyncio.to_thread(self.store.get_exec, sandbox_id, seq)
-        digest: str | None = getattr(row, f"{stream}_blob")
-        if digest is not None:
-            return await asyncio.to_thread(self.blobs.get, digest)
-        data: bytes = getattr(row, f"{stream}_preview")
-        return data
-
-    async def events(self, sandbox_id: str, after: int = 0) -> AsyncIterator[Event]:
-        """``exec_started``, ``output``, ``exec_finished`` events, then ``stopped``
-        (the final record). With no log on the bus, opens with a ``status`` event
-        carrying the record (see ``crucible.services.events.follow``)."""
-        await asyncio.to_thread(self.store.get, sandbox_id)  # NotFound
-
-        async def snapshot() -> tuple[str, dict[str, Any]]:
-            row = await asyncio.to_thread(self.store.get, sandbox_id)
-            kind = "status" if row.status == SandboxStatus.running else "stopped"
-            return kind, self._public(row).model_dump(mode="json")
-
-        async for event in follow(self.bus, stream_of(sandbox_id), after, snapshot):
-            yield event
-
     # -- the reaper and the sweep ---------------------------------------------------
 
     async def reap(self) -> builtins.list[tuple[str, StopReason]]:
@@ -490,7 +575,8 @@ class SandboxService:
         their idle_timeout_s, or whose init died; returns what it stopped and why."""
         stopped: builtins.list[tuple[str, StopReason]] = []
         t = now()
-        for row in await asyncio.to_thread(self.store.running, process_id=self.owner.id):
+        rows = await asyncio.to_thread(self.store.running, process_id=self.owner.id)
+        for row in rows:
             if row.id in self._creating:
                 continue
             session = self.engine.get(row.id)
@@ -505,7 +591,36 @@ class SandboxService:
                 reason = StopReason.idle_timeout
             if reason is not None and await self._stop(row.id, reason):
                 stopped.append((row.id, reason))
+        await self._drop_orphans({row.id for row in rows})
         return stopped
+
+    async def _drop_orphans(self, mine: set[str]) -> None:
+        """Close the engine's sandboxes the database no longer gives this process
+        (marked ``lost`` while it was cut off, or stopped by another process): the
+        database decides, so there are never two live copies of a sandbox."""
+        try:
+            sessions = self.engine.all()
+        except NotImplementedError:
+            return
+        for session in sessions:
+            sid = session.id
+            if sid in mine or sid in self._creating or sid in self._stopping:
+                continue
+            log.warning("closing sandbox %s: the database no longer gives it to this host", sid)
+            with contextlib.suppress(Exception):
+                await session.close()
+
+    def hosted(self) -> int:
+        """How many of the engine's sandboxes this process runs (its heartbeat's)."""
+        try:
+            return len(self.engine.all())
+        except NotImplementedError:
+            return 0
+
+    async def drop_orphans(self) -> None:
+        """:meth:`_drop_orphans` now (this host was declared dead and came back)."""
+        rows = await asyncio.to_thread(self.store.running, process_id=self.owner.id)
+        await self._drop_orphans({row.id for row in rows})
 
     def _dead(self, row: Sandbox) -> bool:
         """Is the process that hosted ``row`` known to be dead? On this node: its pid
@@ -542,6 +657,112 @@ class SandboxService:
                     await self.sweep()
             except Exception as exc:  # the database may be down: retried next tick
                 log.warning("sandbox reaper: %r", exc)
+
+
+async def prepare(
+    settings: Settings,
+    access: Access,
+    environments: EnvironmentService,
+    body: SandboxCreate,
+    who: KeyRecord | None,
+) -> HostedCreate:
+    """Check and resolve a create where the request arrives (the embedded server, or
+    the API instance that places it): limits against the settings and the key's
+    ceilings, lifetimes, the environment, the network group. Whatever hosts it gets
+    the result. Raises InvalidSubmission, Forbidden."""
+    requested = body.limits.model_dump() if body.limits else {}
+    limits = resolve_session_limits(requested, settings)
+    values: dict[str, Any] = limits.model_dump()
+    apply_ceilings(values, requested, who)
+    times = resolve_bounds(
+        {"ttl_s": body.ttl_s, "idle_timeout_s": body.idle_timeout_s},
+        settings.sandbox_limits,
+        ("ttl_s", "idle_timeout_s"),
+        prefix="",
+    )
+    runtime = body.runtime or settings.default_runtime
+    environment = await environments.resolve(
+        body.environment, default=settings.default_environment
+    )  # None: host
+    network = None
+    if body.network is not None:
+        # Per key: a key joins only networks its own sandboxes made.
+        owner = who.id if who else "anonymous"
+        network = {
+            "group": f"{owner}/{body.network.group}",
+            "hostname": body.network.hostname,
+            "members": tuple(body.network.members),
+        }
+    spec = SessionSpec.model_validate(
+        {
+            "runtime": runtime,
+            "limits": values,
+            "environment": environment.root_spec() if environment else None,
+            "network": network,
+        }
+    )
+    return HostedCreate(
+        id=f"sbx_{secrets.token_hex(10)}",
+        runtime=runtime,
+        limits=values,
+        ttl_s=float(times["ttl_s"]),
+        idle_timeout_s=float(times["idle_timeout_s"]),
+        labels=body.labels or {},
+        owner_key_id=who.id if who else None,
+        environment=environment.name if environment else HOST,
+        environment_digest=environment.digest if environment else None,
+        network_group=network["group"] if network else None,
+        spec=spec.model_dump(mode="json"),
+        max_sandboxes=access.quota(who, "max_sandboxes") if who else 0,
+    )
+
+
+def exec_timeout(settings: Settings, body: ExecCreate) -> float:
+    """The exec's timeout within its bounds (InvalidSubmission outside them)."""
+    return float(
+        resolve_bounds(
+            {"exec_timeout_s": body.timeout_s},
+            settings.sandbox_limits,
+            ("exec_timeout_s",),
+            prefix="",
+        )["exec_timeout_s"]
+    )
+
+
+async def replay(
+    store: SandboxStore, blobs: BlobStore, sandbox_id: str, key: str
+) -> ExecPublic | None:
+    """The answer of the exec recorded with ``key`` once it has finished (its whole
+    output, from the previews and blobs); None when there is none or it still runs.
+    An exec cut short by the sandbox's end raises what a new exec would (SandboxLost
+    or SandboxStopped): the command may have run, and its answer is gone with it."""
+    row = await asyncio.to_thread(store.exec_of_key, sandbox_id, key)
+    if row is None or row.finished_at is None:
+        return None
+    if row.returncode is None and row.error is not None:
+        box = await asyncio.to_thread(store.get, sandbox_id)
+        if box.status != SandboxStatus.running:
+            raise stopped_error(box)
+    return await recorded_exec(row, blobs)
+
+
+async def lose_dead_hosts(store: SandboxStore, bus: EventBus) -> builtins.list[str]:
+    """Mark ``lost`` the running sandboxes of hosts declared dead (a Maintenance duty
+    of every process, run after the tick that declares them): fenced on
+    ``status='running'``, so when several processes notice at once one records it."""
+    lost: builtins.list[str] = []
+    for sandbox_id, host in await asyncio.to_thread(store.on_dead_hosts):
+        detail = f"its host {host} stopped heartbeating; a sandbox is never moved"
+        if await asyncio.to_thread(store.stop, sandbox_id, StopReason.lost, detail=detail):
+            lost.append(sandbox_id)
+            row = await asyncio.to_thread(store.get, sandbox_id)
+            with contextlib.suppress(Exception):  # the bus is a notification
+                await bus.publish(
+                    stream_of(sandbox_id), "stopped", sandbox_public(row).model_dump(mode="json")
+                )
+    if lost:
+        log.warning("marked %d sandboxes of dead hosts lost", len(lost))
+    return lost
 
 
 def _path(path: str) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from crucible.api.deps import CursorDep, LastEventId, PrincipalDep, ServiceDep
+from crucible.api.deps import CursorDep, IdempotencyKey, LastEventId, PrincipalDep, ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import (
     ExecCreate,
@@ -40,7 +40,9 @@ async def create_sandbox(
 ) -> SandboxPublic:
     """Create a sandbox that stays up until deleted, its `ttl_s` passes, or it is idle
     for `idle_timeout_s`. 403: a limit above the key's ceiling; 422: a limit outside
-    the server's bounds; 429: the key's `max_sandboxes` are running; 503: no engine."""
+    the server's bounds; 429: the key's `max_sandboxes` are running; 503: no engine,
+    or (distributed) no sandbox host with room, with `Retry-After`. `worker_id` names
+    the host it was placed on."""
     record = await service.sandboxes.create(body, who)
     request.state.audit_target = record.id
     return record
@@ -81,14 +83,22 @@ async def delete_sandbox(sandbox_id: SandboxId, service: ServiceDep, who: Princi
     await service.sandboxes.delete(sandbox_id, who)
 
 
-@router.post("/{sandbox_id}/exec", responses=responses(404, 409, 422, 503))
+@router.post("/{sandbox_id}/exec", responses=responses(404, 409, 410, 422, 503))
 async def exec_in_sandbox(
-    sandbox_id: SandboxId, body: ExecCreate, service: ServiceDep, who: PrincipalDep
+    sandbox_id: SandboxId,
+    body: ExecCreate,
+    service: ServiceDep,
+    who: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> ExecPublic:
     """Run `cmd` (an argv) and answer when it ends, with its whole output (up to the
     engine's cap per stream). The command's failure is data (`returncode`,
-    `timed_out`); 409 (`error: sandbox_stopped`) when the sandbox has stopped."""
-    return await service.sandboxes.exec(sandbox_id, body, who)
+    `timed_out`); 409 (`error: sandbox_stopped`) when the sandbox has stopped; 410
+    (`error: sandbox_lost`) when its host was lost. With an `Idempotency-Key` (unique
+    within the sandbox) the command runs at most once: a retry, through any API
+    instance, answers the first exec (waiting while it runs); 409 for the same key
+    with another command."""
+    return await service.sandboxes.exec(sandbox_id, body, who, idempotency_key=idempotency_key)
 
 
 @router.put(
@@ -96,7 +106,7 @@ async def exec_in_sandbox(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     openapi_extra={"requestBody": {"required": True, "content": OCTET}},
-    responses=responses(403, 404, 409, 413, 503),
+    responses=responses(403, 404, 409, 410, 413, 503),
 )
 async def write_sandbox_file(
     sandbox_id: SandboxId, path: FilePath, request: Request, service: ServiceDep, who: PrincipalDep
@@ -112,7 +122,7 @@ async def write_sandbox_file(
     response_class=Response,
     responses={
         200: {"content": OCTET, "description": "The file's bytes"},
-        **responses(403, 404, 409, 413, 503),
+        **responses(403, 404, 409, 410, 413, 503),
     },
 )
 async def read_sandbox_file(
