@@ -30,6 +30,7 @@ from crucible.core.config import Settings
 CRUCIBLE = str(Path(sys.executable).with_name("crucible"))
 ADMIN_KEY = "crk_distributedtests0000000000000000"
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+CLUSTER_TOKEN = "cluster-token-of-the-distributed-tests"
 
 
 def http(url: str, timeout: float = 60) -> httpx.Client:
@@ -210,6 +211,7 @@ class Cluster:
             "CRUCIBLE_STATE_DIR": str(self.state_dir),
             "CRUCIBLE_DATA_DIR": str(self.data_dir),
             "CRUCIBLE_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
+            "CRUCIBLE_CLUSTER_TOKEN": CLUSTER_TOKEN,
             "CRUCIBLE_HEARTBEAT_S": "0.5",
             "CRUCIBLE_WORKER_DEAD_AFTER_S": "6",
             "CRUCIBLE_RETRY_BACKOFF_S": "0.2",
@@ -248,11 +250,29 @@ class Cluster:
 
         wait_for(ready, 60, "the API")
 
-    def worker(self, concurrency: int = 1, *, wait: bool = True, **env: str) -> Proc:
+    def worker(
+        self,
+        concurrency: int = 1,
+        *,
+        wait: bool = True,
+        sandboxes: int = 0,
+        listen: str | None = None,
+        **env: str,
+    ) -> Proc:
+        """A worker; with ``sandboxes`` a sandbox host listening on ``listen``
+        (ADDR:PORT; default a free port on 127.0.0.1)."""
         n = len(self.workers)
+        argv = [CRUCIBLE, "worker", "--concurrency", str(concurrency)]
+        if sandboxes:
+            argv += [
+                "--sandboxes",
+                str(sandboxes),
+                "--listen",
+                listen or f"127.0.0.1:{free_port()}",
+            ]
         proc = Proc(
             f"worker{n}",
-            [CRUCIBLE, "worker", "--concurrency", str(concurrency)],
+            argv,
             {**self.env, **env},
             self.root / f"worker{n}.log",
         ).start()

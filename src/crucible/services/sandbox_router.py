@@ -226,7 +226,7 @@ class RoutedSandboxes(SandboxRecords):
         timeout = exec_timeout(self.settings, body)
         row = await self.access.sandbox(sandbox_id, who)
         if idempotency_key is not None:
-            done = await replay(self.store, self.blobs, sandbox_id, idempotency_key)
+            done = await replay(self.store, self.blobs, sandbox_id, idempotency_key, body.cmd)
             if done is not None:
                 return done
         endpoint = await self._endpoint(row)
@@ -240,7 +240,7 @@ class RoutedSandboxes(SandboxRecords):
             )
         except HostUnreachable as exc:
             if idempotency_key is not None:
-                done = await replay(self.store, self.blobs, sandbox_id, idempotency_key)
+                done = await replay(self.store, self.blobs, sandbox_id, idempotency_key, body.cmd)
                 if done is not None:
                     return done
             raise stopped_error(await self._settle(sandbox_id, exc)) from exc

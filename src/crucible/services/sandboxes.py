@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from crucible.core.config import Settings
 from crucible.core.errors import (
+    Conflict,
     InvalidSubmission,
     NotFound,
     Overloaded,
@@ -433,7 +434,7 @@ class SandboxService(SandboxRecords):
         timeout = exec_timeout(self.settings, body)
         row = await self.access.sandbox(sandbox_id, who)
         if idempotency_key is not None:
-            done = await replay(self.store, self.blobs, sandbox_id, idempotency_key)
+            done = await replay(self.store, self.blobs, sandbox_id, idempotency_key, body.cmd)
             if done is not None:
                 return done
         session = await self._session(row)
@@ -459,7 +460,8 @@ class SandboxService(SandboxRecords):
             )
         except ExecExists as exists:
             assert key is not None
-            return await self._await_exec(sandbox_id, key, exists.seq, timeout)
+            log.info("exec %d of %s retried (same key): waiting for it", exists.seq, sandbox_id)
+            return await self._await_exec(sandbox_id, key, body.cmd, timeout)
         if key is None:
             return await self._run_exec(session, sandbox_id, body, timeout, started)
         future: asyncio.Future[ExecPublic] = asyncio.get_running_loop().create_future()
@@ -475,7 +477,9 @@ class SandboxService(SandboxRecords):
         finally:
             del self._inflight[(sandbox_id, key)]
 
-    async def _await_exec(self, sandbox_id: str, key: str, seq: int, timeout: float) -> ExecPublic:
+    async def _await_exec(
+        self, sandbox_id: str, key: str, cmd: Sequence[str], timeout: float
+    ) -> ExecPublic:
         """The answer of exec ``seq`` (a retry of it arrived): from the run in this
         process, else from the database once it has finished."""
         future = self._inflight.get((sandbox_id, key))
@@ -485,7 +489,7 @@ class SandboxService(SandboxRecords):
         # over whatever happened (it was cut short: the sandbox stopped).
         async with asyncio.timeout(timeout + self.settings.runtime_timeout_s):
             while True:
-                done = await replay(self.store, self.blobs, sandbox_id, key)
+                done = await replay(self.store, self.blobs, sandbox_id, key, cmd)
                 if done is not None:
                     return done
                 await asyncio.sleep(0.1)
@@ -730,13 +734,16 @@ def exec_timeout(settings: Settings, body: ExecCreate) -> float:
 
 
 async def replay(
-    store: SandboxStore, blobs: BlobStore, sandbox_id: str, key: str
+    store: SandboxStore, blobs: BlobStore, sandbox_id: str, key: str, cmd: Sequence[str]
 ) -> ExecPublic | None:
     """The answer of the exec recorded with ``key`` once it has finished (its whole
     output, from the previews and blobs); None when there is none or it still runs.
-    An exec cut short by the sandbox's end raises what a new exec would (SandboxLost
-    or SandboxStopped): the command may have run, and its answer is gone with it."""
+    Conflict when that exec ran another command. An exec cut short by the sandbox's
+    end raises what a new exec would (SandboxLost or SandboxStopped): the command may
+    have run, and its answer is gone with it."""
     row = await asyncio.to_thread(store.exec_of_key, sandbox_id, key)
+    if row is not None and row.cmd != list(cmd):
+        raise Conflict(f"Idempotency-Key {key!r} was used for exec {row.seq} of another command")
     if row is None or row.finished_at is None:
         return None
     if row.returncode is None and row.error is not None:
