@@ -8,15 +8,18 @@ heartbeat, dead after 6 s); every wait polls for a state."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from typing import Any
 
 import httpx
 import pytest
-from dist_helpers import AUTH, Cluster, free_port, http, wait_for
+from dist_helpers import ADMIN_KEY, AUTH, Cluster, free_port, http, wait_for
 from httpx_sse import connect_sse
 
+from crucible.client import Client
+from crucible.core.errors import SandboxLost
 from local_cluster import CLUSTER_TOKEN
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox engine needs root")
@@ -167,6 +170,9 @@ def test_a_host_killed_mid_exec_loses_its_sandboxes_plainly(cluster: Cluster) ->
         assert b.post(f"/sandboxes/{sid}/exec", json={"cmd": ["true"]}).status_code == 410
         r = b.get(f"/sandboxes/{sid}/file", params={"path": "/etc/hostname"})
         assert r.status_code == 410 and r.json()["error"] == "sandbox_lost"
+        # The Python client raises the typed error (a SandboxStopped).
+        with Client(url_b, api_key=ADMIN_KEY) as c, pytest.raises(SandboxLost):
+            c.sandboxes.get(sid).exec(["true"])
         # The transcript is kept: one exec, cut short, saying why.
         execs = b.get(f"/sandboxes/{sid}/execs").json()["items"]
         assert len(execs) == 1 and execs[0]["returncode"] is None
@@ -224,3 +230,66 @@ def test_hosting_refuses_to_start_without_a_cluster_token(cluster: Cluster) -> N
     )
     wait_for(lambda: not proc.alive(), 60, "the worker to refuse")
     assert "CRUCIBLE_CLUSTER_TOKEN" in proc.tail()
+
+
+def test_a_host_cut_off_and_healed_drops_what_the_database_took(cluster: Cluster) -> None:
+    """SIGSTOP stands for a partition: the host stops heartbeating but lives. Its
+    sandbox becomes lost; healed, the host sees its epoch moved and closes it, so
+    there are never two live copies (nor a copy the database does not know)."""
+    _a, url_a = cluster.api()
+    [(host, _)] = start_hosts(cluster, (2,))
+    with http(url_a) as a:
+        wait_for(lambda: len(host_rows(a)) == 1, 30, "a sandbox host")
+        sid = create(a).json()["id"]
+        assert a.post(f"/sandboxes/{sid}/exec", json={"cmd": ["true"]}).status_code == 200
+        os.kill(host.pid, signal.SIGSTOP)
+        try:
+            # Bound: worker_dead_after_s (6) and a few maintenance ticks (0.5 s).
+            wait_for(lambda: a.get(f"/sandboxes/{sid}").json()["status"] == "lost", 20, "lost")
+            r = a.post(f"/sandboxes/{sid}/exec", json={"cmd": ["true"]})
+            assert r.status_code == 410 and r.json()["error"] == "sandbox_lost"
+        finally:
+            os.kill(host.pid, signal.SIGCONT)
+        # Healed: its next heartbeats see the epoch moved; the reaper's tick (1 s) is
+        # the fallback. Bound: a few heartbeats.
+        wait_for(lambda: f"closing sandbox {sid}" in host.tail(200000), 15, "the orphan closed")
+        wait_for(lambda: len(host_rows(a)) == 1, 15, "the host alive again")
+        rec = a.get(f"/sandboxes/{sid}").json()
+        assert rec["status"] == "lost"  # the database decided; nothing brings it back
+        fresh = create(a)
+        assert fresh.status_code == 201, fresh.text
+        r = a.post(f"/sandboxes/{fresh.json()['id']}/exec", json={"cmd": ["echo", "ok"]})
+        assert r.json()["stdout"] == "ok\n"
+
+
+def test_an_api_killed_during_an_exec_is_resumed_through_the_other(cluster: Cluster) -> None:
+    """The exec runs on the host, which records it: the caller retries its key through
+    the other API instance and gets the one run's whole output."""
+    api_a, url_a = cluster.api()
+    _b, url_b = cluster.api()
+    start_hosts(cluster, (1,))
+    with http(url_a) as a, http(url_b) as b:
+        wait_for(lambda: len(host_rows(b)) == 1, 30, "a sandbox host")
+        sid = create(b).json()["id"]
+        script = "echo run >> /tmp/runs; for i in 1 2 3; do echo line $i; sleep 1; done"
+        body = {"cmd": ["bash", "-c", script]}
+        key = {"Idempotency-Key": "resume-me"}
+        lost: dict[str, BaseException] = {}
+
+        def first() -> None:
+            try:
+                a.post(f"/sandboxes/{sid}/exec", json=body, headers=key)
+            except httpx.HTTPError as exc:
+                lost["exc"] = exc
+
+        t = threading.Thread(target=first)
+        t.start()
+        wait_for(lambda: b.get(f"/sandboxes/{sid}/execs").json()["items"], 30, "the exec")
+        api_a.kill9()
+        t.join(30)
+        assert "exc" in lost  # its answer was lost with API A
+        r = b.post(f"/sandboxes/{sid}/exec", json=body, headers=key)
+        assert r.status_code == 200, r.text
+        assert r.json()["seq"] == 1 and r.json()["stdout"] == "line 1\nline 2\nline 3\n"
+        runs = b.post(f"/sandboxes/{sid}/exec", json={"cmd": ["cat", "/tmp/runs"]}).json()
+        assert runs["stdout"] == "run\n"

@@ -13,13 +13,22 @@
             r = await sb.exec(["echo", "hi"])
 
 File operations raise ``crucible.core.errors.SandboxFileNotFound``, ``…PermissionDenied``,
-``…IsADirectory``, ``…FileTooLarge``; a stopped sandbox ``SandboxStopped``; other
-refusals :class:`crucible.client.errors.ApiError`.
+``…IsADirectory``, ``…FileTooLarge``; a stopped sandbox ``SandboxStopped``, one lost with
+its host ``SandboxLost`` (a SandboxStopped); other refusals
+:class:`crucible.client.errors.ApiError`.
+
+Every exec carries an ``Idempotency-Key`` (a new one per call, or the caller's), and is
+retried with the same key when the answer is lost (the connection broke, or the API
+instance answered 502/503/504): the server runs the command at most once and answers
+the retry with the first run's result.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +40,19 @@ from crucible.domain.models import ExecList, ExecPublic, SandboxList, SandboxPub
 
 # The HTTP wait of an exec beyond its own timeout (queueing in the server, the kill).
 EXEC_MARGIN_S = 30.0
+# An exec whose answer was lost is sent again (same Idempotency-Key) after these waits.
+EXEC_RETRIES_S = (0.5, 1.0, 2.0)
+RETRY_STATUS = frozenset({502, 503, 504})
+
+
+def _retry_exec(attempt: int, response: httpx.Response | None) -> float | None:
+    """How long to wait before sending an exec again, or None: give up (its answer
+    stands). Only a lost answer is retried, never the command's own failure."""
+    if attempt >= len(EXEC_RETRIES_S):
+        return None
+    if response is not None and response.status_code not in RETRY_STATUS:
+        return None
+    return EXEC_RETRIES_S[attempt]
 
 
 def _create_body(
@@ -119,13 +141,29 @@ class RemoteSandbox:
         user: str | None = None,
         timeout_s: float | None = None,
         detach: bool = False,
+        idempotency_key: str | None = None,
     ) -> ExecPublic:
         """Run ``cmd`` (an argv; a string runs as ``bash -lc STRING``) and wait for it.
         The command's own failure is in the result (``returncode``, ``timed_out``).
-        ``detach``: start it as a service and return once it runs."""
+        ``detach``: start it as a service and return once it runs. A lost answer is
+        retried under the same ``idempotency_key`` (default: a new one): the command
+        runs at most once. SandboxLost when its host died."""
         body, wait = exec_request(cmd, input, cwd, env, user, timeout_s, detach)
-        r = self.http.post(f"/sandboxes/{self.id}/exec", json=body, timeout=wait)
-        return ExecPublic.model_validate(check(r).json())
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        attempt = 0
+        while True:
+            try:
+                r = self.http.post(
+                    f"/sandboxes/{self.id}/exec", json=body, timeout=wait, headers=headers
+                )
+            except httpx.TransportError:
+                if (delay := _retry_exec(attempt, None)) is None:
+                    raise
+            else:
+                if (delay := _retry_exec(attempt, r)) is None:
+                    return ExecPublic.model_validate(check(r).json())
+            time.sleep(delay)
+            attempt += 1
 
     def write_file(self, path: str, data: bytes | str) -> None:
         r = self.http.put(f"/sandboxes/{self.id}/file", params={"path": path}, content=_bytes(data))
@@ -226,10 +264,25 @@ class AsyncRemoteSandbox:
         user: str | None = None,
         timeout_s: float | None = None,
         detach: bool = False,
+        idempotency_key: str | None = None,
     ) -> ExecPublic:
+        """:meth:`RemoteSandbox.exec`, awaited (the same key and retries)."""
         body, wait = exec_request(cmd, input, cwd, env, user, timeout_s, detach)
-        r = await self.http.post(f"/sandboxes/{self.id}/exec", json=body, timeout=wait)
-        return ExecPublic.model_validate(check(r).json())
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        attempt = 0
+        while True:
+            try:
+                r = await self.http.post(
+                    f"/sandboxes/{self.id}/exec", json=body, timeout=wait, headers=headers
+                )
+            except httpx.TransportError:
+                if (delay := _retry_exec(attempt, None)) is None:
+                    raise
+            else:
+                if (delay := _retry_exec(attempt, r)) is None:
+                    return ExecPublic.model_validate(check(r).json())
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def write_file(self, path: str, data: bytes | str) -> None:
         r = await self.http.put(
