@@ -293,3 +293,25 @@ def test_an_api_killed_during_an_exec_is_resumed_through_the_other(cluster: Clus
         assert r.json()["seq"] == 1 and r.json()["stdout"] == "line 1\nline 2\nline 3\n"
         runs = b.post(f"/sandboxes/{sid}/exec", json={"cmd": ["cat", "/tmp/runs"]}).json()
         assert runs["stdout"] == "run\n"
+
+
+def test_routing_works_from_the_database_while_redis_is_down(cluster: Cluster) -> None:
+    """Redis carries only the live events (and Celery's wake-ups): placement, routing,
+    exec and the transcript come from the database and the hosts."""
+    _a, url_a = cluster.api()
+    _b, url_b = cluster.api()
+    start_hosts(cluster, (2,))
+    with http(url_a) as a, http(url_b) as b:
+        wait_for(lambda: len(host_rows(a)) == 1, 30, "a sandbox host")
+        before = create(a).json()["id"]
+        cluster.redis.stop()
+        try:
+            made = create(b)
+            assert made.status_code == 201, made.text
+            for sid in (before, made.json()["id"]):
+                r = b.post(f"/sandboxes/{sid}/exec", json={"cmd": ["echo", sid]})
+                assert r.status_code == 200 and r.json()["stdout"] == f"{sid}\n", r.text
+                assert len(a.get(f"/sandboxes/{sid}/execs").json()["items"]) == 1
+                assert b.delete(f"/sandboxes/{sid}").status_code == 204
+        finally:
+            cluster.redis.start()
