@@ -102,6 +102,11 @@ class RoutedSandboxes(SandboxRecords):
         """Place and create (see the module). Raises what ``prepare`` and the host
         raise; QuotaExceeded (429) from the host's insert; Overloaded (503) when no
         host has room or none could take it."""
+        if not self.settings.cluster_token:
+            raise SandboxUnavailable(
+                "this API instance has no CRUCIBLE_CLUSTER_TOKEN, the secret sandbox hosts"
+                " require; set the hosts' one"
+            )
         req = await prepare(self.settings, self.access, self.environments, body, who)
         candidates = await self._candidates(req)
         refusals: list[str] = []

@@ -225,7 +225,11 @@ class RemoteBackend:
     smaller Inspect limit is applied here. File and stop errors arrive as the
     ``crucible.core.errors`` exceptions (``crucible.client.errors``); the server being
     unreachable, the sandbox gone (404) or hosted elsewhere (503) raise
-    :class:`SandboxUnavailable`.
+    :class:`SandboxUnavailable`; one lost with its host (410) ``SandboxLost``, a
+    SandboxStopped: both become Inspect's ``SandboxUnavailableError``. Each exec
+    carries an Idempotency-Key that the client reuses when it retries a lost answer,
+    so a retry never runs the command twice (unlike a provider that admits a command
+    "may run again on retry").
     """
 
     def __init__(self, client: AsyncClient, remote: AsyncRemoteSandbox) -> None:
