@@ -18,6 +18,7 @@ from crucible.engine import Sandbox
 from crucible.engine.models import SessionSpec
 from crucible.environments.dockerfile import BuildFailed, DockerfileSpec, build_dockerfile
 from crucible.environments.store import EnvironmentStore
+from crucible.services.environments import environment_public
 from oci_images import Image, host_userland_layer, write_oci_layout
 from registry_fixtures import Registry
 from sandbox_fixtures import SESSION_LIMITS
@@ -46,6 +47,7 @@ COPY --from=first /built.txt /app/
 RUN echo "$GREETING from RUN" > /app/greeting.txt && \\
     id -un > /app/built-by.txt
 USER nobody
+CMD ["python3", "-m", "http.server", "8080"]
 """
 
 
@@ -119,6 +121,14 @@ async def test_a_build_from_a_registry_base_runs_under_runc(
     clean_tmp(store)
     # The record survives a fresh look.
     assert EnvironmentStore(store.root).get("built/app:1").build == env.build
+    # The API's record of it (GET /environments/{name}) carries the build record, and
+    # the image's Cmd (what a compose service naming no command starts).
+    public = environment_public(EnvironmentStore(store.root).get("built/app:1"))
+    assert public.source == "dockerfile" and public.build is not None
+    assert public.build.model_dump() == env.build
+    assert public.build.bases == {base_ref: env.build["bases"][base_ref]}
+    assert public.build.dockerfile.startswith("sha256:") and public.build.target is None
+    assert public.cmd == ["python3", "-m", "http.server", "8080"] and public.entrypoint == []
 
     session = await sandbox.sessions.create(
         SessionSpec(runtime="runc", limits=SESSION_LIMITS, environment=env.root_spec()),

@@ -886,10 +886,67 @@ export interface components {
             retried_at: string | null;
         };
         /**
+         * EnvironmentBuild
+         * @description What a Dockerfile build was made from: its cache key covers exactly these
+         *     (``crucible env build --dockerfile``, a compose ``build:``).
+         */
+        EnvironmentBuild: {
+            /**
+             * Args
+             * @description the build args given
+             */
+            args: {
+                [key: string]: string;
+            };
+            /**
+             * Bases
+             * @description each FROM image as written → the digest it resolved to
+             * @example {
+             *       "python:3.12-slim": "sha256:…"
+             *     }
+             */
+            bases: {
+                [key: string]: string;
+            };
+            /**
+             * Context
+             * @description sha256:… of the context's tree (names, modes, bytes)
+             */
+            context: string;
+            /**
+             * Dockerfile
+             * @description sha256:… of the Dockerfile's text
+             */
+            dockerfile: string;
+            /**
+             * Format
+             * @description the version of the record's shape
+             * @example crucible-dockerfile-v1
+             */
+            format: string;
+            /**
+             * Key
+             * @description the cache key: sha256 hex of the record below
+             */
+            key: string;
+            /**
+             * Target
+             * @description the stage built (none: the last)
+             */
+            target?: string | null;
+        };
+        /**
          * EnvironmentPublic
          * @description A named, content-addressed, read-only root file system runs can name.
          */
         EnvironmentPublic: {
+            /** @description a Dockerfile build (source dockerfile): what it was made from */
+            build?: components["schemas"]["EnvironmentBuild"] | null;
+            /**
+             * Cmd
+             * @description the image config's Cmd (a compose service naming no command starts entrypoint + cmd)
+             */
+            cmd?: string[];
             /**
              * Created At
              * Format: date-time
@@ -900,6 +957,11 @@ export interface components {
              * @description sha256:… of its content; names may share one
              */
             digest: string;
+            /**
+             * Entrypoint
+             * @description the image config's Entrypoint
+             */
+            entrypoint?: string[];
             /**
              * Env
              * @description the image config's Env (KEY=value)
@@ -940,7 +1002,7 @@ export interface components {
             size_bytes: number;
             /**
              * Source
-             * @description docker-archive, oci, registry (pulled) or build
+             * @description docker-archive, oci, registry (pulled), build (mmdebstrap) or dockerfile
              */
             source: string;
             /**

@@ -29,6 +29,7 @@ from crucible.domain.evaluations import (  # the evaluations' shapes live below 
     WorkerPublic,
 )
 from crucible.domain.models import (  # the sandboxes' shapes live below the API
+    EnvironmentBuild,
     EnvironmentPublic,
     EnvironmentPull,
     ExecCreate,
@@ -48,6 +49,7 @@ __all__ = [
     "CancelPublic",
     "DeadLetterList",
     "DeadLetterPublic",
+    "EnvironmentBuild",
     "EnvironmentPublic",
     "EnvironmentPull",
     "EvaluationCreate",

@@ -227,6 +227,24 @@ def raw_output(text: str, b64: str | None) -> bytes:
     return base64.b64decode(b64) if b64 is not None else text.encode("utf-8")
 
 
+class EnvironmentBuild(BaseModel):
+    """What a Dockerfile build was made from: its cache key covers exactly these
+    (``crucible env build --dockerfile``, a compose ``build:``)."""
+
+    key: str = Field(description="the cache key: sha256 hex of the record below")
+    format: str = Field(
+        description="the version of the record's shape", examples=["crucible-dockerfile-v1"]
+    )
+    dockerfile: str = Field(description="sha256:… of the Dockerfile's text")
+    context: str = Field(description="sha256:… of the context's tree (names, modes, bytes)")
+    bases: dict[str, str] = Field(
+        description="each FROM image as written → the digest it resolved to",
+        examples=[{"python:3.12-slim": "sha256:…"}],
+    )
+    args: dict[str, str] = Field(description="the build args given")
+    target: str | None = Field(None, description="the stage built (none: the last)")
+
+
 class EnvironmentPublic(BaseModel):
     """A named, content-addressed, read-only root file system runs can name."""
 
@@ -234,10 +252,18 @@ class EnvironmentPublic(BaseModel):
     digest: str = Field(description="sha256:… of its content; names may share one")
     size_bytes: int = Field(description="disk used by the root")
     created_at: datetime
-    source: str = Field(description="docker-archive, oci, registry (pulled) or build")
+    source: str = Field(
+        description="docker-archive, oci, registry (pulled), build (mmdebstrap) or dockerfile"
+    )
     env: list[str] = Field(description="the image config's Env (KEY=value)")
     workdir: str = Field(description="the image config's WorkingDir")
     user: str = Field(description="the image config's User")
+    entrypoint: list[str] = Field(default_factory=list, description="the image config's Entrypoint")
+    cmd: list[str] = Field(
+        default_factory=list,
+        description="the image config's Cmd (a compose service naming no command starts"
+        " entrypoint + cmd)",
+    )
     programs: dict[str, str] = Field(description="program → its path inside the root")
     languages: list[str] = Field(description="the languages whose programs it has")
     ref: str | None = Field(
@@ -249,6 +275,9 @@ class EnvironmentPublic(BaseModel):
         None,
         description="pulled: the digest of the manifest the reference named (pull"
         " <repository>@<digest> for the same image again)",
+    )
+    build: EnvironmentBuild | None = Field(
+        None, description="a Dockerfile build (source dockerfile): what it was made from"
     )
 
 

@@ -92,6 +92,10 @@ class Environment:
     env: list[str] = field(default_factory=list)  # the image config's Env
     workdir: str = ""
     user: str = ""
+    # The image config's Entrypoint and Cmd: what a compose service that names no
+    # command starts, as Docker would (crucible.integrations.inspect.compose).
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
     # program name -> its path inside the root (what LANGUAGE_PROGRAMS resolve to)
     programs: dict[str, str] = field(default_factory=dict)
     # A pull's reference (normalised: docker.io/library/python:3.12-slim) and the
@@ -310,20 +314,27 @@ class EnvironmentStore:
         cfg = config["config"].get("config") or {}
         env = [str(e) for e in cfg.get("Env") or []]
         workdir, user = str(cfg.get("WorkingDir") or ""), str(cfg.get("User") or "")
+        entrypoint = [str(a) for a in cfg.get("Entrypoint") or []]
+        command = [str(a) for a in cfg.get("Cmd") or []]
         # The root and what a run takes from the config: the same image saved by
         # docker, as an OCI layout or pulled (whose configs differ in bytes) is one root.
-        canonical = {
+        canonical: dict[str, Any] = {
             "diff_ids": config["config"]["rootfs"]["diff_ids"],
             "env": env,
             "workdir": workdir,
             "user": user,
         }
+        # Only when there is one: an image without keeps the digest it had before
+        # Entrypoint and Cmd were recorded.
+        if entrypoint or command:
+            canonical["entrypoint"], canonical["cmd"] = entrypoint, command
         digest = (
             "sha256:" + hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
         )
         return self._install(
-            name, digest, bundle / "rootfs", env=env, workdir=workdir, user=user, origin=origin
-        )
+            name, digest, bundle / "rootfs", env=env, workdir=workdir, user=user, origin=origin,
+            entrypoint=entrypoint, cmd=command,
+        )  # fmt: skip
 
     def add_rootfs(
         self,
@@ -352,6 +363,8 @@ class EnvironmentStore:
         workdir: str,
         user: str,
         origin: dict[str, Any],
+        entrypoint: list[str] | None = None,
+        cmd: list[str] | None = None,
     ) -> Environment:
         source = origin["source"]
         home = self._home(digest)
@@ -360,7 +373,9 @@ class EnvironmentStore:
             staged.mkdir()
             rootfs.rename(staged / "rootfs")
             os.chmod(staged / "rootfs", 0o755)
-            probe = Environment(name, digest, 0, "", source, env, workdir, user)
+            probe = Environment(
+                name, digest, 0, "", source, env, workdir, user, entrypoint or [], cmd or []
+            )
             meta = asdict(probe)
             for key in ("root", "name", "ref", "manifest_digest", "build"):
                 meta.pop(key)
