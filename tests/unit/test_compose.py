@@ -9,7 +9,13 @@ import pytest
 from inspect_ai.util._sandbox.compose import ComposeConfig
 
 from crucible.engine.models import SessionLimits
-from crucible.integrations.inspect.compose import ComposeError, memory_mb, plan, seconds
+from crucible.integrations.inspect.compose import (
+    ComposeError,
+    ImageCommand,
+    memory_mb,
+    plan,
+    seconds,
+)
 
 DEFAULTS = SessionLimits(memory_mb=1024, cpus=1, pids=512, disk_mb=1024)
 KNOWN = ["python:3.12-slim", "victim:1"]
@@ -104,6 +110,31 @@ def test_what_cannot_run_is_refused_with_the_reason(service: dict, message: str)
 def test_a_networked_service_needs_a_host_name() -> None:
     with pytest.raises(ComposeError, match="needs a host name"):
         plan(compose(My_Service={"image": "victim:1"}), known=KNOWN, defaults=DEFAULTS)
+    # '_' is one (inspect_evals' gdm_in_house_ctf names its victims target_env).
+    p = plan(compose(target_env={"image": "victim:1"}, attacker={"image": "victim:1"}),
+             known=KNOWN, defaults=DEFAULTS)  # fmt: skip
+    assert p.members == ("target_env", "attacker")
+
+
+@pytest.mark.parametrize(
+    ("service", "argv"),
+    [
+        ({}, ["/entry.sh", "serve", "--port", "8080"]),  # the image's both
+        ({"command": "tail -f /dev/null"}, ["/entry.sh", "tail", "-f", "/dev/null"]),
+        ({"entrypoint": ["sh", "-c"], "command": "echo hi"}, ["sh", "-c", "echo", "hi"]),
+        ({"entrypoint": "/other"}, ["/other"]),  # a compose entrypoint drops the image's Cmd
+    ],
+)
+def test_a_service_starts_what_docker_would(service: dict, argv: list[str]) -> None:
+    """Docker's rule: the compose entrypoint else the image's, then the compose command,
+    else (no compose entrypoint) the image's Cmd."""
+    image = ImageCommand(("/entry.sh",), ("serve", "--port", "8080"))
+    p = plan(compose(default={"image": "victim:1", **service}), known=KNOWN,
+             defaults=DEFAULTS, images={"victim:1": image})  # fmt: skip
+    assert p.services[0].command == argv
+    # An image without Entrypoint and Cmd (and a service without command) starts nothing.
+    bare = plan(compose(default={"image": "victim:1"}), known=KNOWN, defaults=DEFAULTS)
+    assert bare.services[0].command == []
 
 
 def test_a_build_is_read_from_the_compose_file(tmp_path: Path) -> None:

@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 
 SUBNET = "10.89.0"
 MAX_MEMBERS = 200
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# A DNS label, with '_' too: compose service names have it (inspect_evals'
+# gdm_in_house_ctf names its victims target_env), Docker's resolver answers them and
+# so does glibc's /etc/hosts lookup, which is how members find each other here.
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 NETNS_DIR = Path("/run/netns")
 
 
@@ -52,7 +55,7 @@ def check_hostnames(names: list[str]) -> list[str]:
     for name in names:
         if not _HOSTNAME.match(name):
             raise InvalidSubmission(
-                f"invalid host name {name!r} (lowercase letters, digits and '-')",
+                f"invalid host name {name!r} (lowercase letters, digits, '-' and '_')",
                 field="network",
             )
     return names

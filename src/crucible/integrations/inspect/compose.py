@@ -172,6 +172,26 @@ class ComposePlan:
         return tuple(s.name for s in self.services if s.networked)
 
 
+@dataclass(frozen=True)
+class ImageCommand:
+    """An image config's Entrypoint and Cmd."""
+
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+
+
+def service_command(service: ComposeService, image: ImageCommand | None) -> list[str]:
+    """What a service starts, as Docker decides it: the compose ``entrypoint`` else the
+    image's, followed by the compose ``command``, else (no compose ``entrypoint``) the
+    image's Cmd. A service of an image with a server as its Cmd and no ``command:``
+    (most victims of CTF tasks) starts that server."""
+    image = image or ImageCommand()
+    if service.entrypoint is not None:
+        return _argv(service.entrypoint) + _argv(service.command)
+    command = _argv(service.command) if service.command is not None else list(image.cmd)
+    return [*image.entrypoint, *command]
+
+
 def _env(value: list[str] | dict[str, str | None] | None) -> dict[str, str]:
     if value is None:
         return {}
@@ -205,11 +225,14 @@ def plan(
     known: Iterable[str],
     defaults: SessionLimits,
     built: Mapping[str, str] | None = None,
+    images: Mapping[str, ImageCommand] | None = None,
 ) -> ComposePlan:
     """The sandboxes of one sample; raises ComposeError naming what cannot run.
-    ``built``: service -> the environment its ``build:`` made."""
+    ``built``: service -> the environment its ``build:`` made; ``images``:
+    environment -> its image's Entrypoint and Cmd (:func:`service_command`)."""
     names = set(known)
     built = built or {}
+    images = images or {}
     plans = []
     for name, service in compose.services.items():
         for field_name, why in _REFUSED.items():
@@ -244,7 +267,7 @@ def plan(
                 workdir=service.working_dir,
                 env=_env(service.environment),
                 user=service.user,
-                command=_argv(service.entrypoint) + _argv(service.command),
+                command=service_command(service, images.get(environment)),
                 healthcheck=Healthcheck.of(service),
                 networked=mode != "none",
             )
@@ -252,10 +275,10 @@ def plan(
     if not plans:
         raise ComposeError("the compose file has no services")
     for p in plans:
-        if p.networked and not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", p.name):
+        if p.networked and not re.fullmatch(r"[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?", p.name):
             raise ComposeError(
                 f"service {p.name!r}: a service on the network needs a host name for a "
-                "name (lowercase letters, digits and '-')"
+                "name (lowercase letters, digits, '-' and '_')"
             )
     # Inspect's convention: the service marked x-default, else the one named "default",
     # else the first, is the sample's default sandbox.

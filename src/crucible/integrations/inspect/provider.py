@@ -77,7 +77,7 @@ from crucible.engine.models import (
     SessionLimits,
     SessionSpec,
 )
-from crucible.integrations.inspect.compose import ComposePlan, ServicePlan, plan
+from crucible.integrations.inspect.compose import ComposePlan, ImageCommand, ServicePlan, plan
 
 if TYPE_CHECKING:  # the engine and the client are imported when first used
     from crucible.client import AsyncClient
@@ -425,6 +425,22 @@ async def known_environments(config: CrucibleSandboxConfig) -> list[str]:
         return [e.name for e in await client.environments.list()]
 
 
+async def image_commands(config: CrucibleSandboxConfig) -> dict[str, ImageCommand]:
+    """Each known environment's image Entrypoint and Cmd (what a service naming no
+    command starts)."""
+    if config.server is None:
+        from crucible.environments.store import EnvironmentStore
+
+        envs: list[Any] = EnvironmentStore.of(local_engine().settings).all()
+    else:
+        from crucible.client import AsyncClient
+
+        key = config.api_key or os.environ.get("CRUCIBLE_API_KEY")
+        async with AsyncClient(config.server, api_key=key) as client:
+            envs = await client.environments.list()
+    return {e.name: ImageCommand(tuple(e.entrypoint), tuple(e.cmd)) for e in envs}
+
+
 class PullRefused(RuntimeError):
     """An environment the task names is missing and could not be pulled."""
 
@@ -553,7 +569,8 @@ async def compose_plan(
     plan(compose, known=_images(compose), defaults=base.limits, built=planned)
     built = await ensure_builds(base, compose, base_dir or Path.cwd())
     known = await ensure_environments(base, _images(compose))
-    return base, plan(compose, known=known, defaults=base.limits, built=built)
+    images = await image_commands(base)
+    return base, plan(compose, known=known, defaults=base.limits, built=built, images=images)
 
 
 @sandboxenv(name="crucible")
