@@ -40,6 +40,7 @@ from crucible.domain.models import (  # the sandboxes' shapes live below the API
     SandboxList,
     SandboxPublic,
 )
+from crucible.domain.paging import Page
 
 __all__ = [
     "AttemptPublic",
@@ -154,9 +155,8 @@ class AuditPublic(BaseModel):
     hash: str
 
 
-class AuditList(BaseModel):
-    items: list[AuditPublic]
-    next_cursor: str | None
+class AuditList(Page[AuditPublic]):
+    next_cursor: str | None  # (undocumented, as it always was)
 
 
 class WhoAmI(BaseModel):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from crucible.core.lifecycle import Priority, Status, Verdict
 from crucible.domain.models import EnvironmentName
+from crucible.domain.paging import Page
 from crucible.engine.models import Limits, Result, RuntimeName
 
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^:]+$")]
@@ -133,9 +134,8 @@ class EvaluationPublic(BaseModel):
     )
 
 
-class EvaluationList(BaseModel):
-    items: list[EvaluationPublic]
-    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+class EvaluationList(Page[EvaluationPublic]):
+    pass
 
 
 class CancelPublic(BaseModel):
@@ -224,6 +224,5 @@ class DeadLetterPublic(BaseModel):
     retried_at: datetime | None
 
 
-class DeadLetterList(BaseModel):
-    items: list[DeadLetterPublic]
-    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+class DeadLetterList(Page[DeadLetterPublic]):
+    pass

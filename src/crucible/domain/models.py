@@ -19,6 +19,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from crucible.core.lifecycle import SandboxStatus, StopReason
+from crucible.domain.paging import Page
 from crucible.engine.models import RuntimeName
 
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^:]+$")]
@@ -118,9 +119,8 @@ class SandboxPublic(BaseModel):
     )
 
 
-class SandboxList(BaseModel):
-    items: list[SandboxPublic]
-    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+class SandboxList(Page[SandboxPublic]):
+    pass
 
 
 class ExecCreate(BaseModel):
@@ -206,9 +206,8 @@ class ExecPublic(BaseModel):
         return raw_output(self.stderr, self.stderr_base64)
 
 
-class ExecList(BaseModel):
-    items: list[ExecPublic]
-    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+class ExecList(Page[ExecPublic]):
+    pass
 
 
 def text_fields(name: str, data: bytes) -> dict[str, str | None]:

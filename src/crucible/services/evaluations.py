@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,6 +40,7 @@ from crucible.domain.evaluations import (
     WorkerList,
 )
 from crucible.domain.limits import resolve_limits
+from crucible.domain.paging import PageRequest
 from crucible.engine import Sandbox
 from crucible.environments.store import HOST, Environment
 from crucible.services import metrics
@@ -64,12 +64,6 @@ from crucible.store.keys import KeyRecord
 from crucible.store.tables import Evaluation
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Page:
-    cursor: int | None
-    limit: int
 
 
 class Service:
@@ -222,15 +216,12 @@ class Service:
             pass
         return await self.get(evaluation_id)
 
-    async def list(self, where: EvaluationFilter, page: Page) -> EvaluationList:
+    async def list(self, where: EvaluationFilter, page: PageRequest) -> EvaluationList:
         rows, nxt = await asyncio.to_thread(
             self.store.list_evaluations, where, cursor=page.cursor, limit=page.limit
         )
         labels = await asyncio.to_thread(self.store.labels_of, [r.seq for r in rows])
-        return EvaluationList(
-            items=[evaluation_public(r, labels.get(r.seq, {})) for r in rows],
-            next_cursor=str(nxt) if nxt is not None else None,
-        )
+        return EvaluationList.of([evaluation_public(r, labels.get(r.seq, {})) for r in rows], nxt)
 
     async def cancel(self, evaluation_id: str, who: KeyRecord | None = None) -> CancelPublic:
         """queued → cancelled; running → killed (within a second); final → Conflict."""
@@ -398,14 +389,11 @@ class Service:
         rows = await asyncio.to_thread(self.cluster.workers)
         return WorkerList(items=[worker_public(r) for r in rows])
 
-    async def dead_letters(self, page: Page) -> DeadLetterList:
+    async def dead_letters(self, page: PageRequest) -> DeadLetterList:
         rows, nxt = await asyncio.to_thread(
             self.cluster.dead_letters, cursor=page.cursor, limit=page.limit
         )
-        return DeadLetterList(
-            items=[dead_letter_public(r) for r in rows],
-            next_cursor=str(nxt) if nxt is not None else None,
-        )
+        return DeadLetterList.of([dead_letter_public(r) for r in rows], nxt)
 
     async def retry_dead_letter(self, dead_letter_id: str) -> EvaluationPublic:
         """Queue the dead evaluation's request again, as a new evaluation (once)."""

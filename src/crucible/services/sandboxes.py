@@ -175,10 +175,7 @@ class SandboxRecords:
         rows, nxt = await asyncio.to_thread(
             self.store.list, owner_key_id=owner, status=status, cursor=cursor, limit=limit
         )
-        return SandboxList(
-            items=[self._public(r) for r in rows],
-            next_cursor=str(nxt) if nxt is not None else None,
-        )
+        return SandboxList.of([self._public(r) for r in rows], nxt)
 
     # -- the transcript -------------------------------------------------------------
 
@@ -189,10 +186,7 @@ class SandboxRecords:
         rows, nxt = await asyncio.to_thread(
             self.store.list_execs, sandbox_id, cursor=cursor, limit=limit
         )
-        return ExecList(
-            items=[exec_public(r) for r in rows],
-            next_cursor=str(nxt) if nxt is not None else None,
-        )
+        return ExecList.of([exec_public(r) for r in rows], nxt)
 
     async def exec_output(
         self, sandbox_id: str, seq: int, stream: Stream, who: KeyRecord | None = None

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import or_, select, text
 
+from crucible.store.paging import keyset_page
 from crucible.store.repo import Store, now
 from crucible.store.tables import AuditEntry
 
@@ -121,9 +122,7 @@ class AuditLog:
         self, where: AuditFilter, *, cursor: int | None, limit: int
     ) -> tuple[list[AuditEntry], int | None]:
         """Newest first; returns (page, cursor of the next page or None)."""
-        q = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(limit + 1)
-        if cursor is not None:
-            q = q.where(AuditEntry.seq < cursor)
+        q = select(AuditEntry)
         if where.actor is not None:
             q = q.where(
                 or_(AuditEntry.actor_key_id == where.actor, AuditEntry.actor_name == where.actor)
@@ -137,10 +136,7 @@ class AuditLog:
         if where.until is not None:
             q = q.where(AuditEntry.at < where.until)
         with self.store.reading() as s:
-            rows = list(s.scalars(q))
-        if len(rows) > limit:
-            return rows[:limit], rows[limit - 1].seq
-        return rows, None
+            return keyset_page(s, q, AuditEntry.seq, cursor=cursor, limit=limit)
 
     def _all(self, batch: int = 1000) -> Iterator[AuditEntry]:
         after = 0

@@ -18,6 +18,7 @@ from sqlalchemy import delete, insert, or_, select, update
 
 from crucible.core.errors import Conflict, NotFound
 from crucible.core.lifecycle import Status
+from crucible.store.paging import keyset_page
 from crucible.store.repo import Claim, Store, now
 from crucible.store.tables import DeadLetter, Evaluation, Label, Worker
 
@@ -203,14 +204,8 @@ class Cluster:
         self, *, cursor: int | None, limit: int
     ) -> tuple[list[DeadLetter], int | None]:
         """Newest first; returns (page, cursor of the next page or None)."""
-        q = select(DeadLetter).order_by(DeadLetter.seq.desc()).limit(limit + 1)
-        if cursor is not None:
-            q = q.where(DeadLetter.seq < cursor)
         with self.store.reading() as s:
-            rows = list(s.scalars(q))
-        if len(rows) > limit:
-            return rows[:limit], rows[limit - 1].seq
-        return rows, None
+            return keyset_page(s, select(DeadLetter), DeadLetter.seq, cursor=cursor, limit=limit)
 
     def dead_letter(self, dead_letter_id: str) -> DeadLetter:
         with self.store.reading() as s:

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from crucible.core.errors import Conflict, NotFound
 from crucible.core.lifecycle import TERMINAL, Priority, Status, check_transition
 from crucible.store.db import WRITE_OPTION, make_engine, migrate
+from crucible.store.paging import keyset_page
 from crucible.store.tables import (
     ApiKey,
     Attempt,
@@ -344,9 +345,7 @@ class Store:
         self, where: EvaluationFilter, *, cursor: int | None, limit: int
     ) -> tuple[list[Evaluation], int | None]:
         """Newest first; returns (page, cursor of the next page or None)."""
-        q = select(Evaluation).order_by(Evaluation.seq.desc()).limit(limit + 1)
-        if cursor is not None:
-            q = q.where(Evaluation.seq < cursor)
+        q = select(Evaluation)
         if where.status is not None:
             q = q.where(Evaluation.status == where.status.value)
         if where.language is not None:
@@ -369,10 +368,7 @@ class Store:
                 )
             )
         with self._read() as s:
-            rows = list(s.scalars(q))
-        if len(rows) > limit:
-            return rows[:limit], rows[limit - 1].seq
-        return rows, None
+            return keyset_page(s, q, Evaluation.seq, cursor=cursor, limit=limit)
 
     def cancel_requested(self, evaluation_id: str) -> bool:
         with self._read() as s:

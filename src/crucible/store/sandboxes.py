@@ -12,17 +12,17 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import func, select, update
 
 from crucible.core.errors import Conflict, NotFound, QuotaExceeded, SandboxLost, SandboxStopped
 from crucible.core.lifecycle import SandboxStatus, StopReason
+from crucible.store.paging import keyset_page
 from crucible.store.repo import Store, now
 from crucible.store.tables import ApiKey, Sandbox, SandboxExec, Worker
 
 RUNNING = SandboxStatus.running.value
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,6 @@ class ExecOutcome:
     stderr_preview_truncated: bool
     stdout_blob: str | None
     stderr_blob: str | None
-
-
-def _page(rows: list[T], limit: int, key: int | None) -> tuple[list[T], int | None]:
-    """The first ``limit`` rows, and the cursor of the next page (``key`` of the last
-    row kept) when there are more."""
-    return (rows[:limit], key) if len(rows) > limit else (rows, None)
 
 
 class SandboxStore:
@@ -172,16 +166,13 @@ class SandboxStore:
         limit: int,
     ) -> tuple[builtins.list[Sandbox], int | None]:
         """Newest first; ``owner_key_id`` None: everyone's. Returns (page, next cursor)."""
-        q = select(Sandbox).order_by(Sandbox.seq.desc()).limit(limit + 1)
-        if cursor is not None:
-            q = q.where(Sandbox.seq < cursor)
+        q = select(Sandbox)
         if owner_key_id is not None:
             q = q.where(Sandbox.owner_key_id == owner_key_id)
         if status is not None:
             q = q.where(Sandbox.status == status.value)
         with self.store.reading() as s:
-            rows = list(s.scalars(q))
-        return _page(rows, limit, rows[limit - 1].seq if len(rows) > limit else None)
+            return keyset_page(s, q, Sandbox.seq, cursor=cursor, limit=limit)
 
     def running(
         self, *, process_id: str | None = None, other_than: str | None = None
@@ -398,14 +389,8 @@ class SandboxStore:
         self, sandbox_id: str, *, cursor: int | None, limit: int
     ) -> tuple[builtins.list[SandboxExec], int | None]:
         """The transcript in order (oldest first), from after ``cursor`` (a seq)."""
-        q = (
-            select(SandboxExec)
-            .where(SandboxExec.sandbox_id == sandbox_id)
-            .order_by(SandboxExec.seq)
-            .limit(limit + 1)
-        )
-        if cursor is not None:
-            q = q.where(SandboxExec.seq > cursor)
+        q = select(SandboxExec).where(SandboxExec.sandbox_id == sandbox_id)
         with self.store.reading() as s:
-            rows = list(s.scalars(q))
-        return _page(rows, limit, rows[limit - 1].seq if len(rows) > limit else None)
+            return keyset_page(
+                s, q, SandboxExec.seq, cursor=cursor, limit=limit, newest_first=False
+            )

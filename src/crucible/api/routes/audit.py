@@ -42,7 +42,4 @@ async def list_audit(
     rows, nxt = await asyncio.to_thread(
         service.access.audit.list, where, cursor=cursor, limit=limit
     )
-    return AuditList(
-        items=[AuditPublic.model_validate(r, from_attributes=True) for r in rows],
-        next_cursor=str(nxt) if nxt is not None else None,
-    )
+    return AuditList.of([AuditPublic.model_validate(r, from_attributes=True) for r in rows], nxt)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, status
 from crucible.api.deps import CursorDep, ServiceDep
 from crucible.api.errors import responses
 from crucible.api.schemas import DeadLetterList, EvaluationPublic, WorkerList
-from crucible.services.evaluations import Page
+from crucible.domain.paging import PageRequest
 
 router = APIRouter(tags=["cluster"])
 
@@ -34,7 +34,7 @@ async def list_dead_letters(
 ) -> DeadLetterList:
     """Evaluations that ended in `error` (platform faults past max_attempts, or an
     internal error), newest first, each with the reason and every attempt."""
-    return await service.dead_letters(Page(cursor=cursor, limit=limit))
+    return await service.dead_letters(PageRequest(cursor=cursor, limit=limit))
 
 
 @router.post(

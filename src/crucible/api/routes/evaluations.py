@@ -14,8 +14,8 @@ from crucible.api.schemas import CancelPublic, EvaluationCreate, EvaluationList,
 from crucible.api.sse import SSE_RESPONSE, parse_last_event_id, sse_response
 from crucible.core.errors import InvalidSubmission
 from crucible.core.lifecycle import TERMINAL, Status, Verdict
+from crucible.domain.paging import PageRequest
 from crucible.engine.models import Termination
-from crucible.services.evaluations import Page
 from crucible.store import EvaluationFilter
 
 router = APIRouter(prefix="/evaluations", tags=["evaluations"])
@@ -100,7 +100,7 @@ async def list_evaluations(
         owner_key_id=owner_key_id if who.admin else who.id,
         flag=flag,
     )
-    return await service.list(where, Page(cursor=cursor, limit=limit))
+    return await service.list(where, PageRequest(cursor=cursor, limit=limit))
 
 
 @router.get("/{evaluation_id}", responses=responses(404))
