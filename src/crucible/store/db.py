@@ -13,13 +13,17 @@ SQLite notes, because its defaults bite a multi-threaded server:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, sessionmaker
 
 WRITE_OPTION = "crucible_write"
 
@@ -81,3 +85,46 @@ def migrate(engine: Engine) -> None:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
                 conn.commit()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database:
+    """One database (SQLite or PostgreSQL) and its public unit of work, on which the
+    store's parts are built: :class:`~crucible.store.repo.Store` is this plus the
+    evaluations, the queue and batches; the other modules (cluster, keys, audit,
+    sandboxes) take a store and use ``transaction()`` and ``reading()`` only."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = make_engine(url)
+        self.dialect = self.engine.dialect.name
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False
+        )
+
+    def migrate(self) -> None:
+        migrate(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raise when the database is unusable."""
+        with self._read() as s:
+            s.execute(text("SELECT 1"))
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._write() as s, s.begin():
+            yield s
+
+    def transaction(self) -> AbstractContextManager[Session]:
+        """A write transaction: committed on exit, rolled back on an exception."""
+        return self._tx()
+
+    def reading(self) -> Session:
+        """A read-only session (use as a context manager); records stay readable."""
+        return self._read()

@@ -1,0 +1,219 @@
+"""The ``evaluations`` and ``labels`` tables: submitting and reading evaluations.
+
+A :class:`~crucible.store.repo.Store` part (with the queue and batches); methods are
+synchronous and records come back detached.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, timedelta
+from typing import Any
+
+from sqlalchemy import exists, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from crucible.core.errors import Conflict, NotFound
+from crucible.core.lifecycle import Priority, Status
+from crucible.store.db import Database, now
+from crucible.store.paging import keyset_page
+from crucible.store.tables import Evaluation, Label
+
+
+@dataclass
+class NewEvaluation:
+    """An evaluation ready to be inserted (validated by ``crucible.services.submissions``)."""
+
+    id: str
+    priority: Priority
+    language: str
+    request: dict[str, Any]
+    request_hash: str
+    labels: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    owner_key_id: str | None = None
+    flags: str = ""  # ",name,name," (crucible.services.scan)
+    environment: str = "host"  # its name; the digest is in ``request``
+
+
+@dataclass(frozen=True)
+class EvaluationFilter:
+    status: Status | None = None
+    language: str | None = None
+    verdict: str | None = None
+    termination: str | None = None
+    label: tuple[str, str] | None = None
+    batch_id: str | None = None
+    owner_key_id: str | None = None  # only this key's (a researcher's view)
+    flag: str | None = None
+
+
+class Evaluations(Database):
+    """Submission (quotas' counts, inserts with idempotency keys) and reads."""
+
+    # -- submission -------------------------------------------------------------
+
+    def queued_count(self) -> int:
+        with self.reading() as s:
+            q = select(func.count()).where(Evaluation.status == Status.queued)
+            return int(s.scalar(q) or 0)
+
+    def owner_queued(self, owner_key_id: str) -> int:
+        """How many of this key's evaluations are queued (the max_queued quota)."""
+        with self.reading() as s:
+            q = select(func.count()).where(
+                Evaluation.owner_key_id == owner_key_id, Evaluation.status == Status.queued
+            )
+            return int(s.scalar(q) or 0)
+
+    def environment_in_use(self, environment: str) -> int:
+        """How many evaluations naming ``environment`` are queued or running."""
+        with self.reading() as s:
+            q = select(func.count()).where(
+                Evaluation.environment == environment,
+                Evaluation.status.in_([Status.queued.value, Status.running.value]),
+            )
+            return int(s.scalar(q) or 0)
+
+    def owner_last_hour(self, owner_key_id: str) -> tuple[int, float | None]:
+        """(evaluations this key submitted in the last hour, age in seconds of the
+        oldest of them) for the per_hour quota."""
+        since = now() - timedelta(hours=1)
+        with self.reading() as s:
+            q = select(func.count(), func.min(Evaluation.created_at)).where(
+                Evaluation.owner_key_id == owner_key_id, Evaluation.created_at > since
+            )
+            count, oldest = s.execute(q).one()
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)
+        age = (now() - oldest).total_seconds() if oldest is not None else None
+        return int(count or 0), age
+
+    def create_evaluation(self, new: NewEvaluation) -> tuple[Evaluation, bool]:
+        """Insert ``new``; returns (record, created).
+
+        With an idempotency key already used for the same request, returns the
+        original (created False); for a different request raises Conflict.
+        """
+        try:
+            with self.transaction() as s:
+                self._insert(s, [new], batch_id=None)
+        except IntegrityError:
+            if new.idempotency_key is None:
+                raise
+            with self.reading() as s:
+                q = select(Evaluation).where(Evaluation.idempotency_key == new.idempotency_key)
+                original = s.scalars(q).one_or_none()
+            if original is None:
+                raise
+            if original.request_hash != new.request_hash:
+                raise Conflict(
+                    "Idempotency-Key already used for a different request body"
+                ) from None
+            return original, False
+        return self.get(new.id), True
+
+    def _insert(self, s: Session, items: Sequence[NewEvaluation], batch_id: str | None) -> None:
+        created = now()
+        rows = [
+            {
+                "id": n.id,
+                "batch_id": batch_id,
+                "status": Status.queued.value,
+                "priority": n.priority.rank,
+                "language": n.language,
+                "request": n.request,
+                "idempotency_key": n.idempotency_key,
+                "request_hash": n.request_hash,
+                "owner_key_id": n.owner_key_id,
+                "flags": n.flags,
+                "environment": n.environment,
+                "created_at": created,
+                "attempts": 0,
+                "cancel_requested": False,
+                "blobs": {},
+            }
+            for n in items
+        ]
+        stmt = insert(Evaluation).returning(Evaluation.seq, sort_by_parameter_order=True)
+        seqs = list(s.scalars(stmt, rows))
+        labels = [
+            {"evaluation_seq": seq, "key": k, "value": v}
+            for seq, n in zip(seqs, items, strict=True)
+            for k, v in n.labels.items()
+        ]
+        if labels:
+            s.execute(insert(Label), labels)
+
+    # -- reading ----------------------------------------------------------------
+
+    def get(self, evaluation_id: str) -> Evaluation:
+        """The evaluation; raises NotFound."""
+        with self.reading() as s:
+            row = s.scalars(select(Evaluation).where(Evaluation.id == evaluation_id)).one_or_none()
+        if row is None:
+            raise NotFound(f"no evaluation {evaluation_id!r}")
+        return row
+
+    def get_with_labels(self, evaluation_id: str) -> tuple[Evaluation, dict[str, str]]:
+        """The evaluation and its labels, in one read; raises NotFound."""
+        with self.reading() as s:
+            row = s.scalars(select(Evaluation).where(Evaluation.id == evaluation_id)).one_or_none()
+            if row is None:
+                raise NotFound(f"no evaluation {evaluation_id!r}")
+            labels = s.scalars(select(Label).where(Label.evaluation_seq == row.seq))
+            return row, {label.key: label.value for label in labels}
+
+    def labels_of(self, seqs: Sequence[int]) -> dict[int, dict[str, str]]:
+        out: dict[int, dict[str, str]] = collections.defaultdict(dict)
+        if not seqs:
+            return out
+        with self.reading() as s:
+            for label in s.scalars(select(Label).where(Label.evaluation_seq.in_(seqs))):
+                out[label.evaluation_seq][label.key] = label.value
+        return out
+
+    def list_evaluations(
+        self, where: EvaluationFilter, *, cursor: int | None, limit: int
+    ) -> tuple[list[Evaluation], int | None]:
+        """Newest first; returns (page, cursor of the next page or None)."""
+        q = select(Evaluation)
+        if where.status is not None:
+            q = q.where(Evaluation.status == where.status.value)
+        if where.language is not None:
+            q = q.where(Evaluation.language == where.language)
+        if where.verdict is not None:
+            q = q.where(Evaluation.verdict == where.verdict)
+        if where.termination is not None:
+            q = q.where(Evaluation.termination == where.termination)
+        if where.batch_id is not None:
+            q = q.where(Evaluation.batch_id == where.batch_id)
+        if where.owner_key_id is not None:
+            q = q.where(Evaluation.owner_key_id == where.owner_key_id)
+        if where.flag is not None:
+            q = q.where(Evaluation.flags.contains(f",{where.flag},", autoescape=True))
+        if where.label is not None:
+            key, value = where.label
+            q = q.where(
+                exists().where(
+                    Label.evaluation_seq == Evaluation.seq, Label.key == key, Label.value == value
+                )
+            )
+        with self.reading() as s:
+            return keyset_page(s, q, Evaluation.seq, cursor=cursor, limit=limit)
+
+    def cancel_requested(self, evaluation_id: str) -> bool:
+        with self.reading() as s:
+            q = select(Evaluation.cancel_requested).where(Evaluation.id == evaluation_id)
+            return bool(s.scalar(q))
+
+    def evaluation_counts(self) -> dict[tuple[str, str | None, str], int]:
+        """Evaluations by (status, termination, language), for the metrics."""
+        with self.reading() as s:
+            q = select(
+                Evaluation.status, Evaluation.termination, Evaluation.language, func.count()
+            ).group_by(Evaluation.status, Evaluation.termination, Evaluation.language)
+            return {(st, te, la): int(n) for st, te, la, n in s.execute(q)}
