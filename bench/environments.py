@@ -28,11 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import oci_images
 from crucible.core.config import Settings
 from crucible.domain.limits import resolve_limits
 from crucible.engine import RunRequest, Sandbox
 from crucible.environments.store import Environment, EnvironmentStore
+from support import oci_images
 
 CODE = 'print("hello")'
 

@@ -6,7 +6,7 @@ an exec, create <= 100 ms p50 with crun).
     exec        POST …/exec of `true`, one sandbox, sequential
 
 Forwarded: a throwaway PostgreSQL and redis-server, one `crucible serve --dispatcher
-celery` and one `crucible worker --sandboxes N` on 127.0.0.2 (tests/local_cluster.py).
+celery` and one `crucible worker --sandboxes N` on 127.0.0.2 (tests/support/local_cluster.py).
 Embedded: `crucible serve` on SQLite (bench/_server.py). The two alternate in rounds
 so that the machine's load falls on both alike; ratios are the figure to read.
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _server import AUTH as EMBEDDED_AUTH
 from _server import percentile, serve
-from local_cluster import AUTH, Cluster, PostgresServer, RedisServer, free_port, wait_for
+from support.local_cluster import AUTH, Cluster, PostgresServer, RedisServer, free_port, wait_for
 
 BODY = {"ttl_s": 600, "idle_timeout_s": 600, "runtime": "crun"}
 

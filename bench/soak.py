@@ -4,7 +4,7 @@ a chaos loop SIGKILLs workers and API instances and restarts Redis and PostgreSQ
 Everything is real and throwaway: a PostgreSQL cluster and a redis-server of this run
 on free ports (the machine's own 5432/6379 are never touched), `crucible serve
 --dispatcher celery` twice and `crucible worker --concurrency C` per worker, started
-with tests/local_cluster.py. By default a fault-free run of the same size, on a fresh
+with tests/support/local_cluster.py. By default a fault-free run of the same size, on a fresh
 deployment, goes first: its throughput is the baseline of the ratio.
 
 * Work: items 0..N-1, about half as batches of random size, half as single
@@ -74,7 +74,7 @@ from _soak_report import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from local_cluster import AUTH, Cluster, PostgresServer, Proc, RedisServer
+from support.local_cluster import AUTH, Cluster, PostgresServer, Proc, RedisServer
 
 LOGS = Path(tempfile.gettempdir()) / "crucible-soak-logs"
 

@@ -34,7 +34,7 @@ if [ "$mode" = "--test" ]; then
   have redis-server || need_apt+=(redis-server)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
   have pgrep || need_apt+=(procps)
-  # Registries for the pull tests (tests/registry_fixtures.py): the distribution
+  # Registries for the pull tests (tests/support/registry_fixtures.py): the distribution
   # registry, which the tests run on 127.0.0.1 (its packaged service is stopped
   # below), and htpasswd (bcrypt) for its auth.
   have docker-registry || need_apt+=(docker-registry)

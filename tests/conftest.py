@@ -6,25 +6,17 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import auth_keys  # noqa: F401 - auth on for every server and client (see there)
 from crucible.core.config import Settings
+from support import auth_keys  # noqa: F401 - auth on for every server and client (see there)
+from support.mounts import unmount_below
 
 PG_ADMIN = os.environ.get("CRUCIBLE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def unmount_under(root: Path) -> None:
-    """Lazily unmount whatever a killed server left mounted under ``root``."""
-    with open("/proc/mounts") as f:
-        targets = [line.split()[1] for line in f if line.split()[1].startswith(str(root))]
-    for target in sorted(targets, reverse=True):
-        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +25,7 @@ def state_dir() -> Iterator[Path]:
     where mounts work), and it never clashes with /run/crucible or other sessions."""
     path = Path(tempfile.mkdtemp(prefix="crucible-test-state-", dir="/tmp"))
     yield path
-    unmount_under(path)
+    unmount_below(path)
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -1,6 +1,6 @@
 /**
  * Environments in the browser: an admin uploads an image archive over the API (built
- * by tests/oci_images.py, imported by the real skopeo and umoci in a real `crucible
+ * by tests/support/oci_images.py, imported by the real skopeo and umoci in a real `crucible
  * serve`); the Environments page lists it, and the Run page submits into it, which
  * the evaluation page then names.
  */

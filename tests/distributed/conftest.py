@@ -1,5 +1,5 @@
 """Fixtures of the distributed tests; the servers and process launchers are in
-tests/local_cluster.py (through dist_helpers.py). Everything started is killed at
+tests/support/local_cluster.py (through support/distributed.py). Everything started is killed at
 teardown, even when a test fails."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dist_helpers import (
+
+from support.distributed import (
     PG_ADMIN,
     Cluster,
     PostgresServer,

@@ -15,6 +15,7 @@ from crucible.core.config import Settings
 from crucible.core.lifecycle import Priority, Status
 from crucible.services.events import Event, RedisBus, epoch_base
 from crucible.store import Claim, Cluster, NewEvaluation, Store, WorkerInfo
+from support.polling import aeventually
 
 
 async def collect(bus: RedisBus, stream: str, after: int = 0) -> list[Event]:
@@ -64,13 +65,14 @@ async def test_concurrent_publishers_never_share_an_id(redis_server) -> None:
 
 async def reconnected(bus: RedisBus) -> None:
     """Wait (bounded) until the bus's connection pool reaches the restarted server."""
-    for _ in range(100):
-        try:
-            await bus.ping()
-            return
-        except RedisError:
-            await asyncio.sleep(0.1)
-    raise AssertionError("redis did not come back within 10 s")
+
+    async def up() -> bool:
+        await bus.ping()
+        return True
+
+    await aeventually(
+        up, within=10, reason="redis to come back", interval=0.1, ignoring=(RedisError,)
+    )
 
 
 async def test_a_restarted_redis_numbers_above_what_readers_saw(redis_server) -> None:
@@ -101,10 +103,10 @@ async def test_cancel_channel(redis_server) -> None:
 
     try:
         task = asyncio.create_task(listen())
-        for _ in range(50):
-            await asyncio.sleep(0.05)
-            if await bus.broadcast("cancel", "ev_1"):
-                break
+        # Until the listener has subscribed: broadcast counts who received it.
+        await aeventually(
+            lambda: bus.broadcast("cancel", "ev_1"), within=2.5, reason="a listener", interval=0.05
+        )
         await asyncio.wait_for(task, 5)
         assert got == ["ev_1"]
     finally:

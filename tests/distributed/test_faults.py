@@ -7,11 +7,11 @@ import json
 import time
 
 import pytest
-from dist_helpers import AUTH, PostgresServer, http, wait_final, wait_for
 
 from crucible.core.config import Settings
 from crucible.dispatch.celery_app import TASK, make_celery
-from sse_stream import EventStream, stdout_events
+from support.distributed import AUTH, PostgresServer, http, wait_final, wait_for
+from support.sse_stream import EventStream, stdout_events
 
 SLEEPY = "import time\nprint('start', flush=True)\ntime.sleep({s})\nprint('end')\n"
 

@@ -16,9 +16,9 @@ import httpx
 import psycopg
 import pytest
 import redis
-from dist_helpers import http, wait_final, wait_for
 
 from crucible.dispatch.celery_app import QUEUE
+from support.distributed import http, wait_final, wait_for
 
 SLEEPY = "import time\ntime.sleep({s})\nprint('done {tag}')\n"
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from dist_helpers import ADMIN_KEY, AUTH, Cluster, free_port, http, wait_for
 from httpx_sse import connect_sse
 
 from crucible.client import Client
 from crucible.core.errors import SandboxLost
-from local_cluster import CLUSTER_TOKEN
+from support.distributed import ADMIN_KEY, AUTH, Cluster, free_port, http, wait_for
+from support.local_cluster import CLUSTER_TOKEN
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox engine needs root")
 

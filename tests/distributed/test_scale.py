@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from dist_helpers import AUTH, http, wait_for
 from httpx_sse import connect_sse
+
+from support.distributed import AUTH, http, wait_for
 
 N = 500
 

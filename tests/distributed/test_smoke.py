@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import httpx
-from dist_helpers import AUTH, http, wait_final
 from httpx_sse import connect_sse
+
+from support.distributed import AUTH, http, wait_final
 
 PRINTS = "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.1)\n"
 
@@ -48,8 +49,9 @@ def test_one_evaluation_runs_on_a_worker(cluster) -> None:
 
 def test_worker_serves_its_own_metrics(cluster) -> None:
     """Sandbox run durations are observed where the sandbox runs: the worker."""
-    from dist_helpers import free_port
     from prometheus_client.parser import text_string_to_metric_families
+
+    from support.distributed import free_port
 
     port = free_port()
     _api, url = cluster.api()
@@ -71,7 +73,7 @@ def test_worker_serves_its_own_metrics(cluster) -> None:
 def test_readyz_fails_while_the_broker_is_unreachable(cluster) -> None:
     """The event bus (Redis) answers but the broker (a RabbitMQ URL on a closed port)
     does not: the API is alive but not ready, and says which part is missing."""
-    from dist_helpers import CRUCIBLE, Proc, free_port, wait_for
+    from support.distributed import CRUCIBLE, Proc, free_port, wait_for
 
     port = free_port()
     env = {

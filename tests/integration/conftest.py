@@ -1,58 +1,23 @@
-"""Fixtures for the API: in process (httpx ASGITransport, lifespan run by hand) and as a
-real ``crucible serve`` subprocess on a free port. Sandboxes are real (runc)."""
+"""Fixtures for the API: in process (support.api: httpx ASGITransport, lifespan run by
+hand) and as a real ``crucible serve`` subprocess on a free port. Sandboxes are real (runc)."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from service_helpers import ApiFactory, ServerProcess
 
-from auth_keys import AUTH
-from crucible.api.app import create_app
 from crucible.core.config import Settings
-from crucible.services.evaluations import Service
-
-
-def _print_tasks() -> None:
-    print("\n--- the app's shutdown has lasted 60 s; its tasks:", file=sys.stderr)
-    for task in asyncio.all_tasks():
-        task.print_stack(file=sys.stderr)
+from support.api import ApiFactory, api_factory
+from support.servers import ServerProcess
 
 
 @pytest.fixture
 def make_api(settings: Settings) -> ApiFactory:
     """``async with make_api(dispatch=False, max_queue=3) as (client, service)``."""
-
-    @asynccontextmanager
-    async def factory(
-        dispatch: bool = True, **overrides: Any
-    ) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
-        cfg = settings.model_copy(update=overrides)
-        app = create_app(cfg, dispatch=dispatch)
-        watchdog: asyncio.TimerHandle | None = None
-        try:
-            async with app.router.lifespan_context(app):
-                transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(
-                    transport=transport, base_url="http://test/api/v1", timeout=60, headers=AUTH
-                ) as client:
-                    yield client, app.state.service
-                # A shutdown takes a few seconds at most (the claimer's grace is 10 s).
-                # One once outlived pytest-timeout unexplained: if it lasts a minute,
-                # print what every task is waiting on.
-                watchdog = asyncio.get_running_loop().call_later(60, _print_tasks)
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
-
-    return factory
+    return api_factory(settings)
 
 
 @pytest.fixture

@@ -10,10 +10,11 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from service_helpers import ApiFactory
 from sqlalchemy import text
 
 from crucible.store.audit import AuditLog
+from support.api import ApiFactory
+from support.polling import aeventually
 
 SLEEP = "import time\ntime.sleep({s})\nprint('done')\n"
 
@@ -189,7 +190,12 @@ async def test_fair_share_between_keys(make_api: ApiFactory) -> None:
         async with as_key(admin, a_key) as a, as_key(admin, b_key) as b:
             items = [{"code": SLEEP.format(s=0.3)} for _ in range(8)]
             batch = (await a.post("/batches", json={"items": items})).json()
-            await asyncio.sleep(0.2)
+
+            async def a_started() -> bool:
+                counts = (await admin.get(f"/batches/{batch['id']}")).json()["by_status"]
+                return bool(counts.get("queued", 0) < len(items))
+
+            await aeventually(a_started, within=30, reason="the first of a's batch to be claimed")
             ev = (await b.post("/evaluations?wait=30", json={"code": "print('b')"})).json()
             assert ev["status"] == "completed", ev
             await a.post(f"/batches/{batch['id']}/cancel")

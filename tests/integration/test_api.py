@@ -6,23 +6,24 @@ import asyncio
 from typing import Any
 
 import httpx
-from service_helpers import ApiFactory
 
 from crucible.core.lifecycle import Status
 from crucible.services.events import Event, InProcessBus
 from crucible.services.executor import stream_of
+from support.api import ApiFactory
+from support.polling import aeventually
 
 HELLO = {"code": "print('hello')"}
 
 
 async def finished(client: httpx.AsyncClient, evaluation_id: str, within: float = 60) -> Any:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
+    async def final() -> Any:
         body = (await client.get(f"/evaluations/{evaluation_id}")).json()
-        if body["status"] in ("completed", "cancelled", "error"):
-            return body
-        assert asyncio.get_running_loop().time() < deadline, body
-        await asyncio.sleep(0.05)
+        return body if body["status"] in ("completed", "cancelled", "error") else None
+
+    return await aeventually(
+        final, within=within, reason=f"{evaluation_id} to finish", interval=0.05
+    )
 
 
 async def test_submit_then_get(api: httpx.AsyncClient) -> None:
@@ -157,11 +158,11 @@ async def test_cancel_queued_never_runs(make_api: ApiFactory) -> None:
 async def test_cancel_running_kills_it(api: httpx.AsyncClient) -> None:
     code = "import time\nprint('started', flush=True)\ntime.sleep(30)\n"
     ev = (await api.post("/evaluations", json={"code": code})).json()
-    for _ in range(600):
-        body = (await api.get(f"/evaluations/{ev['id']}")).json()
-        if body["status"] == "running":
-            break
-        await asyncio.sleep(0.05)
+
+    async def running() -> bool:
+        return bool((await api.get(f"/evaluations/{ev['id']}")).json()["status"] == "running")
+
+    await aeventually(running, within=30, reason="the run to start", interval=0.05)
     r = await api.post(f"/evaluations/{ev['id']}/cancel")
     assert r.status_code == 200
     done = await finished(api, ev["id"], within=20)
@@ -243,11 +244,14 @@ async def test_batch(api: httpx.AsyncClient) -> None:
     r = await api.post("/batches", json={"items": items, "defaults": {"expected_output": "1"}})
     assert r.status_code == 202 and r.json()["count"] == 3
     batch_id = r.json()["id"]
-    for _ in range(600):
+
+    async def finished_batch() -> Any:
         batch = (await api.get(f"/batches/{batch_id}")).json()
-        if batch["finished"]:
-            break
-        await asyncio.sleep(0.05)
+        return batch if batch["finished"] else None
+
+    batch = await aeventually(
+        finished_batch, within=30, reason="the batch to finish", interval=0.05
+    )
     assert batch["by_status"] == {"completed": 3}
     assert batch["by_verdict"] == {"passed": 1, "failed": 2}
     assert batch["by_termination"] == {"exited": 3}

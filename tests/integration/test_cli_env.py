@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 from crucible.cli import app
 from crucible.cli import env as cli_env
 from crucible.environments.store import EnvironmentStore
-from oci_images import (
+from support.oci_images import (
     Image,
     directory,
     file,
@@ -24,7 +24,7 @@ from oci_images import (
     write_docker_archive,
     write_oci_layout,
 )
-from registry_fixtures import Registry
+from support.registry_fixtures import Registry
 
 
 def needs_tools() -> None:

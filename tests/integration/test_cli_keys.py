@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from service_helpers import CRUCIBLE, ServerProcess
+
+from support.servers import CRUCIBLE, ServerProcess
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

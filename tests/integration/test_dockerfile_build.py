@@ -1,6 +1,6 @@
 """Dockerfile builds (``crucible.environments.dockerfile``) with the real buildah, skopeo,
-umoci and runc: bases from a registry on 127.0.0.1 (tests/registry_fixtures.py) or from
-the store, made of the host's own bash, coreutils and python (tests/oci_images.py);
+umoci and runc: bases from a registry on 127.0.0.1 (tests/support/registry_fixtures.py) or from
+the store, made of the host's own bash, coreutils and python (tests/support/oci_images.py);
 nothing leaves the machine (the fixture's proxy refuses what is not on loopback)."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from crucible.engine.models import SessionSpec
 from crucible.environments.dockerfile import BuildFailed, DockerfileSpec, build_dockerfile
 from crucible.environments.store import EnvironmentStore
 from crucible.services.environments import environment_public
-from oci_images import Image, host_userland_layer, write_oci_layout
-from registry_fixtures import Registry
-from sandbox_fixtures import SESSION_LIMITS
+from support.oci_images import Image, host_userland_layer, write_oci_layout
+from support.registry_fixtures import Registry
+from support.sandbox_fixtures import SESSION_LIMITS
 
 pytestmark = [
     pytest.mark.skipif(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,13 +26,14 @@ from crucible.environments.build import (
 )
 from crucible.environments.store import EnvironmentStore, resolve_in_root
 from crucible.environments.treedigest import tree_digest
-from env_fixtures import (
+from support.env_fixtures import (
     BUILD_TIMEOUT_S,
     NUMPY_SPEC,
     cached_environment,
     install_numpy_environment,
     require_build_tools,
 )
+from support.polling import eventually
 
 # -- the tree digest ----------------------------------------------------------------------
 
@@ -274,11 +274,13 @@ def test_a_build_past_its_time_limit_is_killed_and_leaves_nothing(tmp_path: Path
     with pytest.raises(BuildFailed, match="time limit of 5 s"):
         build_environment(store, "slow", BuildSpec(debian=("python3-numpy",)), timeout=5)
     _nothing_left(store)
-    for _ in range(50):  # SIGKILL through the pid namespace is asynchronous
+
+    def no_builder() -> subprocess.CompletedProcess[bytes] | None:
         ps = subprocess.run(["pgrep", "-f", f"mmdebstrap.*{store.root}"], capture_output=True)
-        if ps.returncode == 1:
-            break
-        time.sleep(0.1)
+        return ps if ps.returncode == 1 else None
+
+    # SIGKILL through the pid namespace is asynchronous.
+    ps = eventually(no_builder, within=5, reason="the builder's processes to end", interval=0.1)
     assert ps.returncode == 1, ps.stdout  # no builder left running
 
 

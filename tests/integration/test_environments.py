@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-import oci_images
 from crucible.core.errors import InvalidSubmission
 from crucible.engine import Sandbox
 from crucible.engine.models import SessionSpec
 from crucible.environments.store import Environment, EnvironmentStore
-from sandbox_fixtures import SESSION_LIMITS, run_code
+from support import oci_images
+from support.sandbox_fixtures import SESSION_LIMITS, run_code
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,9 +167,9 @@ async def test_an_agent_sandbox_in_the_environment(
 
 @pytest.fixture(scope="module")
 def numpy_environment(environments: EnvironmentStore) -> Environment:
-    """The cached ``crucible env build --debian python3-numpy`` (tests/env_fixtures.py),
+    """The cached ``crucible env build --debian python3-numpy`` (tests/support/env_fixtures.py),
     in this session's store."""
-    from env_fixtures import install_numpy_environment, require_build_tools
+    from support.env_fixtures import install_numpy_environment, require_build_tools
 
     require_build_tools()
     return install_numpy_environment(environments, name="test/numpy")

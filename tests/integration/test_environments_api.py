@@ -1,7 +1,7 @@
 """/api/v1/environments and the ``environment`` of evaluations, batches and sandboxes,
 through the real app (auth, audit, store, SQLite and PostgreSQL) and the real
-environment store: images built by ``tests/oci_images.py``, imported with the real
-skopeo and umoci. Sandboxes run on the in-memory engine of ``tests/fake_sessions.py``
+environment store: images built by ``tests/support/oci_images.py``, imported with the real
+skopeo and umoci. Sandboxes run on the in-memory engine of ``tests/support/fake_sessions.py``
 (what it is handed is checked); the last test runs a program in an environment on
 the real engine, end to end."""
 
@@ -12,15 +12,13 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from auth_keys import AUTH
-from crucible.api.app import create_app
 from crucible.api.schemas import EvaluationRequest
 from crucible.core.config import Settings
 from crucible.core.errors import EnvironmentUnavailable, SandboxUnavailable
@@ -28,8 +26,9 @@ from crucible.core.lifecycle import Status
 from crucible.environments.store import EnvironmentStore
 from crucible.services.evaluations import Service
 from crucible.services.submissions import pinned_root
-from fake_sessions import FakeSessions
-from oci_images import (
+from support.api import api_factory
+from support.fake_sessions import FakeSessions
+from support.oci_images import (
     Image,
     directory,
     file,
@@ -38,7 +37,7 @@ from oci_images import (
     write_docker_archive,
     write_oci_layout,
 )
-from registry_fixtures import Registry
+from support.registry_fixtures import Registry
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("skopeo") and shutil.which("umoci")), reason="needs skopeo and umoci"
@@ -74,22 +73,7 @@ def engine() -> FakeSessions:
 @pytest.fixture
 def make_env_api(settings: Settings, engine: FakeSessions) -> Api:
     """``async with make_env_api(**overrides) as (client, service)``: nothing runs."""
-
-    @asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
-        app = create_app(settings.model_copy(update=overrides), dispatch=False, sessions=engine)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://test/api/v1",
-                timeout=60,
-                headers=AUTH,
-            ) as client,
-        ):
-            yield client, app.state.service
-
-    return factory
+    return api_factory(settings, dispatch=False, sessions=engine)
 
 
 async def upload(

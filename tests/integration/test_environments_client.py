@@ -1,7 +1,7 @@
 """``client.environments`` (sync and async: streamed uploads), ``environment=`` on
 submit, batch and sandboxes, and the CLI's ``--environment``, against the real app
 served over HTTP by uvicorn in this process (nothing is dispatched; sandboxes run on
-the in-memory engine of ``tests/fake_sessions.py``)."""
+the in-memory engine of ``tests/support/fake_sessions.py``)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,20 @@ import os
 import secrets
 import shutil
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
-from service_helpers import CRUCIBLE, free_port
 
 from crucible.api.app import create_app
 from crucible.client import AsyncClient, Client
 from crucible.client.errors import ApiError
 from crucible.core.config import Settings
-from fake_sessions import FakeSessions
-from oci_images import Image, directory, file, layer_tar, write_docker_archive
-from registry_fixtures import Registry
+from support.api import serve_in_thread
+from support.fake_sessions import FakeSessions
+from support.oci_images import Image, directory, file, layer_tar, write_docker_archive
+from support.registry_fixtures import Registry
+from support.servers import CRUCIBLE
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("skopeo") and shutil.which("umoci")), reason="needs skopeo and umoci"
@@ -42,20 +40,8 @@ def archive(path: Path, *programs: str) -> Path:
 @pytest.fixture
 def live(settings: Settings) -> Iterator[tuple[str, FakeSessions]]:
     engine = FakeSessions()
-    port = free_port()
-    app = create_app(settings, dispatch=False, sessions=engine)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", engine
-    server.should_exit = True
-    thread.join(30)
+    with serve_in_thread(create_app(settings, dispatch=False, sessions=engine)) as url:
+        yield url, engine
 
 
 def test_sync_client(live: tuple[str, FakeSessions], tmp_path: Path) -> None:

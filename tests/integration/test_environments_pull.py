@@ -1,6 +1,6 @@
 """Pulling environments from registries: ``EnvironmentStore.pull_image`` with the real
 skopeo and umoci, against real registries on 127.0.0.1 (Debian's ``docker-registry``,
-tests/registry_fixtures.py) seeded with the tests' own images; nothing leaves the
+tests/support/registry_fixtures.py) seeded with the tests' own images; nothing leaves the
 machine (the fixture's proxy refuses anything not on loopback)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from crucible.core.errors import ImageRejected, InvalidSubmission, PayloadTooLarge, PullFailed
 from crucible.environments.registry import host_architecture
 from crucible.environments.store import EnvironmentStore
-from oci_images import Image, file, layer_tar, sha256
-from registry_fixtures import Registry, unique_image
+from support.oci_images import Image, file, layer_tar, sha256
+from support.registry_fixtures import Registry, unique_image
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("skopeo") and shutil.which("umoci")), reason="needs skopeo and umoci"

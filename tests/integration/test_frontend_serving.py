@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-from service_helpers import ApiFactory
 
-from auth_keys import AUTH
+from support.api import ApiFactory
+from support.auth_keys import AUTH
 
 
 async def test_ui_routes_and_assets(make_api: ApiFactory, tmp_path: Path) -> None:

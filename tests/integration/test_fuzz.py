@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from service_helpers import ServerProcess
 
-from auth_keys import ADMIN_KEY
-from registry_fixtures import DEAD_PROXY
+from support.auth_keys import ADMIN_KEY
+from support.registry_fixtures import DEAD_PROXY
+from support.servers import ServerProcess
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 CHECKS = ",".join(

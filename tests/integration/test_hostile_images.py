@@ -14,7 +14,7 @@ import pytest
 
 from crucible.core.errors import PayloadTooLarge
 from crucible.environments.store import EnvironmentStore, ImageRejected
-from oci_images import (
+from support.oci_images import (
     Entry,
     Image,
     directory,

@@ -24,9 +24,7 @@ from inspect_ai.model import ModelOutput, get_model
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 from inspect_ai.util import sandbox
 from inspect_ai.util._sandbox.environment import SandboxUnavailableError
-from service_helpers import ServerProcess
 
-from auth_keys import ADMIN_KEY
 from crucible.client import AsyncClient
 from crucible.core.config import Settings
 from crucible.core.errors import InvalidSubmission, NotFound
@@ -39,8 +37,10 @@ from crucible.integrations.inspect.provider import (
     CrucibleSandboxEnvironment,
     PullRefused,
 )
-from registry_fixtures import Registry, unique_image
-from sandbox_fixtures import REACH, leftovers
+from support.auth_keys import ADMIN_KEY
+from support.registry_fixtures import Registry, unique_image
+from support.sandbox_fixtures import REACH, leftovers
+from support.servers import ServerProcess
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -50,7 +50,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 
-IMAGE = "test/features"  # tests/oci_images.py's feature image (sandbox_fixtures)
+IMAGE = "test/features"  # tests/support/oci_images.py's feature image (sandbox_fixtures)
 
 
 def compose_yaml(tmp_path: Path, *, extra: str = "", image: str = IMAGE) -> str:
@@ -227,12 +227,12 @@ async def test_two_services_through_a_server(
         await CrucibleSandboxEnvironment.sample_cleanup("compose", config, envs, False)
 
 
-# -- images the store lacks: pulled from a registry (tests/registry_fixtures.py) --------
+# -- images the store lacks: pulled from a registry (tests/support/registry_fixtures.py) --------
 
 
 @pytest.fixture(scope="module")
 def userland() -> bytes:
-    import oci_images
+    from support import oci_images
 
     return oci_images.host_userland_layer(python=False)
 

@@ -40,9 +40,9 @@ from inspect_ai.util import sandbox
 from crucible.core.config import Settings
 from crucible.engine import Sandbox
 from crucible.integrations.inspect import provider as inspect_provider
-from oci_images import Image, _libraries, directory, host_userland_layer, layer_tar
-from oci_images import file as tar_file
-from registry_fixtures import Registry
+from support.oci_images import Image, _libraries, directory, host_userland_layer, layer_tar
+from support.oci_images import file as tar_file
+from support.registry_fixtures import Registry
 
 pytestmark = [
     pytest.mark.timeout(600),

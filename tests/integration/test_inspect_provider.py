@@ -22,7 +22,6 @@ from inspect_ai.util import SandboxEnvironment
 from inspect_ai.util import sandbox as sample_sandbox
 from inspect_ai.util._sandbox.self_check import *  # noqa: F403
 
-import oci_images
 from crucible.core.config import Settings
 from crucible.core.errors import InvalidSubmission
 from crucible.engine import Sandbox
@@ -30,7 +29,9 @@ from crucible.engine.models import SessionLimits
 from crucible.environments.store import EnvironmentStore
 from crucible.integrations.inspect import provider as inspect_provider
 from crucible.integrations.inspect.provider import CrucibleSandboxConfig, CrucibleSandboxEnvironment
-from sandbox_fixtures import leftovers
+from support import oci_images
+from support.polling import eventually
+from support.sandbox_fixtures import leftovers
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -145,7 +146,6 @@ def test_inspect_sandbox_cleanup_removes_a_dead_evals_sandboxes(
     ``inspect sandbox cleanup crucible`` command removes it."""
     import subprocess
     import sys
-    import time
 
     state = str(sandbox_settings.state_dir)
     env = {**os.environ, "CRUCIBLE_STATE_DIR": state, "CRUCIBLE_PREFIX": sandbox_settings.prefix}
@@ -170,10 +170,12 @@ def test_inspect_sandbox_cleanup_removes_a_dead_evals_sandboxes(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     # Bound: the sweep deletes the container before returning; mounts go lazily.
-    deadline = time.monotonic() + 10
-    while leftovers(sandbox_settings):
-        assert time.monotonic() < deadline, leftovers(sandbox_settings)
-        time.sleep(0.1)
+    eventually(
+        lambda: not leftovers(sandbox_settings),
+        within=10,
+        reason="the sandbox's leftovers to go",
+        interval=0.1,
+    )
 
 
 @pytest.mark.parametrize("runtime", ["runc", "gvisor"])

@@ -11,12 +11,12 @@ from inspect_ai.util import OutputLimitExceededError, SandboxEnvironment
 from inspect_ai.util._sandbox.environment import SandboxUnavailableError
 from inspect_ai.util._sandbox.limits import override_max_exec_output_size
 from inspect_ai.util._sandbox.self_check import *  # noqa: F403
-from service_helpers import ServerProcess, free_port
 
-from auth_keys import ADMIN_KEY
 from crucible.client import AsyncClient
 from crucible.engine.models import SessionLimits
 from crucible.integrations.inspect.provider import CrucibleSandboxConfig, CrucibleSandboxEnvironment
+from support.auth_keys import ADMIN_KEY
+from support.servers import ServerProcess, free_port
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -17,7 +17,7 @@ from crucible.engine import Sandbox
 from crucible.engine.models import NetworkAttachment, SessionSpec
 from crucible.engine.network import NETNS_DIR, Network, sweep_networks
 from crucible.environments.store import Environment
-from sandbox_fixtures import REACH, SESSION_LIMITS
+from support.sandbox_fixtures import REACH, SESSION_LIMITS
 
 pytestmark = pytest.mark.timeout(120)
 

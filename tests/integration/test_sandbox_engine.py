@@ -14,7 +14,8 @@ import pytest
 
 from crucible.core.errors import InvalidSubmission
 from crucible.engine import RunRequest, Sandbox
-from sandbox_fixtures import leftovers, limits, run_code, settled_leftovers
+from support.polling import aeventually
+from support.sandbox_fixtures import leftovers, limits, run_code, settled_leftovers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -254,10 +255,12 @@ async def test_sweep_removes_a_crashed_supervisors_containers(
         "asyncio.run(main())\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
-    deadline = time.monotonic() + 30
-    while len([x for x in leftovers(sandbox.settings) if x.startswith("container")]) < 3:
-        assert time.monotonic() < deadline, leftovers(sandbox.settings)
-        await asyncio.sleep(0.1)
+    await aeventually(
+        lambda: len([x for x in leftovers(sandbox.settings) if x.startswith("container")]) >= 3,
+        within=30,
+        reason="a container of each runtime",
+        interval=0.1,
+    )
     os.kill(proc.pid, 9)
     proc.wait()
     assert leftovers(sandbox.settings) != []

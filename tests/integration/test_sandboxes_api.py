@@ -1,5 +1,5 @@
 """/api/v1/sandboxes through the real app (auth, audit, store, bus, SSE), over the
-in-memory engine of ``tests/fake_sessions.py`` (the real engine is tested on its own
+in-memory engine of ``tests/support/fake_sessions.py`` (the real engine is tested on its own
 and wired in at merge)."""
 
 from __future__ import annotations
@@ -8,22 +8,21 @@ import asyncio
 import base64
 import json
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
 
-from auth_keys import AUTH
 from crucible.api.app import create_app
 from crucible.core.config import Settings
 from crucible.services import identity
-from crucible.services.evaluations import Service
 from crucible.store.repo import Store
 from crucible.store.sandboxes import NewSandbox, Owner, SandboxStore
-from fake_sessions import FakeSessions
+from support.api import api_factory, in_process
+from support.fake_sessions import FakeSessions
+from support.polling import aeventually
 
 SandboxApi = Callable[..., Any]
 LIMITS = {"memory_mb": 256, "cpus": 1.0, "pids": 64, "disk_mb": 64}
@@ -37,25 +36,7 @@ def engine() -> FakeSessions:
 @pytest.fixture
 def sandbox_api(settings: Settings, engine: FakeSessions) -> SandboxApi:
     """``async with sandbox_api(**settings_overrides) as (client, service)``."""
-
-    @asynccontextmanager
-    async def factory(
-        **overrides: Any,
-    ) -> AsyncIterator[tuple[httpx.AsyncClient, Service]]:
-        cfg = settings.model_copy(update=overrides)
-        app = create_app(cfg, dispatch=False, sessions=engine)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app),
-                base_url="http://test/api/v1",
-                timeout=30,
-                headers=AUTH,
-            ) as client,
-        ):
-            yield client, app.state.service
-
-    return factory
+    return api_factory(settings, dispatch=False, sessions=engine, timeout=30)
 
 
 @asynccontextmanager
@@ -87,14 +68,6 @@ async def run(client: httpx.AsyncClient, sid: str, *cmd: str, **body: Any) -> di
     assert r.status_code == 200, r.text
     result: dict[str, Any] = r.json()
     return result
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Poll ``check`` every 20 ms; fail after ``timeout`` (a bound, not a guess)."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 def sse_events(body: str) -> list[tuple[int, str, dict[str, Any]]]:
@@ -368,13 +341,14 @@ async def test_ttl_and_idle_timeout_stop_with_a_reason(sandbox_api: SandboxApi) 
         slow = asyncio.create_task(
             client.post(f"/sandboxes/{busy}/exec", json={"cmd": ["sleep", "1.2"]})
         )
-        await until(lambda: stopped(ttl), timeout=5)
-        await until(lambda: stopped(idle), timeout=5)
+        await aeventually(lambda: stopped(ttl), within=5, reason="the ttl sandbox to stop")
+        await aeventually(lambda: stopped(idle), within=5, reason="the idle sandbox to stop")
         assert (await client.get(f"/sandboxes/{ttl}")).json()["stop_reason"] == "ttl"
         assert (await client.get(f"/sandboxes/{idle}")).json()["stop_reason"] == "idle_timeout"
         assert (await slow).json()["returncode"] == 0
         assert not await stopped(busy)
-        await until(lambda: stopped(busy), timeout=5)  # and idles out after it
+        # and idles out after it
+        await aeventually(lambda: stopped(busy), within=5, reason="the busy sandbox to stop")
         assert (await client.get(f"/sandboxes/{busy}")).json()["stop_reason"] == "idle_timeout"
 
 
@@ -419,12 +393,7 @@ async def test_a_deleted_sandbox_is_deleted_not_crashed(
 
 async def test_an_engine_failure_leaves_no_sandbox(settings: Settings) -> None:
     app = create_app(settings, dispatch=False, sessions=FakeSessions(fail_create=True))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test/api/v1", headers=AUTH
-        ) as client,
-    ):
+    async with in_process(app) as client:
         r = await client.post("/sandboxes", json={})
         assert r.status_code == 503 and "fail" in r.json()["detail"]
         assert (await client.get("/sandboxes")).json()["items"] == []

@@ -1,21 +1,17 @@
 """The Python clients (sync and async) and the CLI (``crucible sandbox …``, ``crucible
 shell``) against the real app served over HTTP by uvicorn in this process, with the
-in-memory engine of ``tests/fake_sessions.py``."""
+in-memory engine of ``tests/support/fake_sessions.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
-from service_helpers import CRUCIBLE, free_port
 
 from crucible.api.app import create_app
 from crucible.client import AsyncClient, Client
@@ -28,7 +24,9 @@ from crucible.core.errors import (
     SandboxPermissionDenied,
     SandboxStopped,
 )
-from fake_sessions import FakeSessions
+from support.api import serve_in_thread
+from support.fake_sessions import FakeSessions
+from support.servers import CRUCIBLE
 
 
 @dataclass
@@ -40,21 +38,8 @@ class Live:
 @pytest.fixture
 def live(settings: Settings) -> Iterator[Live]:
     engine = FakeSessions()
-    port = free_port()
-    app = create_app(settings, dispatch=False, sessions=engine)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30  # a start takes well under a second
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield Live(url, engine)
-    server.should_exit = True
-    thread.join(30)
+    with serve_in_thread(create_app(settings, dispatch=False, sessions=engine)) as url:
+        yield Live(url, engine)
 
 
 def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from service_helpers import ApiFactory
 
 from crucible.domain.models import ExecPublic
-from sandbox_fixtures import leftovers
+from support.api import ApiFactory
+from support.sandbox_fixtures import leftovers
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from httpx_sse import connect_sse
-from service_helpers import CRUCIBLE, ServerProcess
-from tests_support import unmount_leftovers
 
-from auth_keys import AUTH
 from crucible.client import Client
-from sse_stream import EventStream, stdout_events
+from support.auth_keys import AUTH
+from support.mounts import unmount_leftovers
+from support.polling import eventually
+from support.servers import CRUCIBLE, ServerProcess
+from support.sse_stream import EventStream, stdout_events
 
 PRINTS = "import time\nfor i in range(6):\n    print('line', i, flush=True)\n    time.sleep(0.1)\n"
 
@@ -119,10 +119,7 @@ def test_kill9_then_restart_loses_nothing(
     slow = "import time\nprint('start', flush=True)\ntime.sleep(2)\nprint('end')\n"
     with Client(server.url) as client:
         ids = [client.submit(slow).id for _ in range(5)]
-        deadline = time.monotonic() + 60
-        while client.queue().running < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        eventually(lambda: client.queue().running >= 2, within=60, reason="two runs claimed")
         running = {e.id for e in client.iter(status="running")}
     assert len(running) >= 2  # claimed (the dispatcher claims ahead of free sandboxes)
     server.kill9()
@@ -195,8 +192,9 @@ def test_interrupted_too_often_becomes_error(
     server.start()
     with Client(server.url) as client:
         ev = client.submit("import time\ntime.sleep(3)\n")
-        while client.get(ev.id).status != "running":
-            time.sleep(0.05)
+        eventually(
+            lambda: client.get(ev.id).status == "running", within=60, reason="the run to start"
+        )
     server.kill9()
     server.start()
     with Client(server.url) as client:

@@ -30,7 +30,8 @@ from crucible.core.errors import (
 from crucible.engine import Sandbox
 from crucible.engine.models import SessionLimits, SessionSpec
 from crucible.engine.session import Session
-from sandbox_fixtures import SESSION_LIMITS, leftovers
+from support.polling import aeventually
+from support.sandbox_fixtures import SESSION_LIMITS, leftovers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -91,10 +92,12 @@ async def test_root_inside_is_not_root_outside(
         else:
             # The shell has printed; the host may not list it under its new
             # command line yet. Bound: 10 s for a process that is already running.
-            deadline = time.monotonic() + 10
-            while not host_uids and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-                host_uids = _host_uids_of(marker)
+            host_uids = host_uids or await aeventually(
+                lambda: _host_uids_of(marker),
+                within=10,
+                reason="the command listed among the host's processes",
+                interval=0.05,
+            )
             assert host_uids and all(uid >= 65536 for uid in host_uids), host_uids
     finally:
         task.cancel()

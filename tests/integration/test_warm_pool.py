@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import pytest
 
 from crucible.core.config import Settings
 from crucible.engine import Sandbox
-from sandbox_fixtures import limits, run_code, settled_leftovers
+from support.polling import aeventually
+from support.sandbox_fixtures import limits, run_code, settled_leftovers
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,10 +48,11 @@ print(sorted(seen))
 async def _wait_warm(sandbox: Sandbox, runtime: str, count: int = 1) -> None:
     """Until the pool holds ``count`` idle sandboxes of ``runtime``. Bound: creating
     one takes well under a second (gVisor ~0.4 s here); 30 s is a stuck pool."""
-    deadline = time.monotonic() + 30
-    while not any(s.runtime == runtime and s.idle >= count for s in sandbox.warm_stats()):
-        assert time.monotonic() < deadline, f"no warm {runtime} sandbox: {sandbox.warm_stats()}"
-        await asyncio.sleep(0.02)
+    await aeventually(
+        lambda: any(s.runtime == runtime and s.idle >= count for s in sandbox.warm_stats()),
+        within=30,
+        reason=f"{count} warm {runtime} sandbox(es)",
+    )
 
 
 async def test_consecutive_pooled_programs_see_nothing_of_each_other(

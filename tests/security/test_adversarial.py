@@ -19,7 +19,7 @@ import pytest
 
 from crucible.engine import Result, RunRequest, Sandbox
 from crucible.environments.store import Environment
-from sandbox_fixtures import limits, run_code
+from support.sandbox_fixtures import limits, run_code
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -583,7 +583,7 @@ async def test_hostile_program_in_an_imported_environment(
     test_environment: Environment,
 ) -> None:
     """The same cases once more, under the default runtime, in an environment imported
-    from an image (tests/oci_images.py: the host's python3 and bash, with hostile
+    from an image (tests/support/oci_images.py: the host's python3 and bash, with hostile
     layers of its own: setuid, links out of the image) instead of the host's toolchain."""
     runtime = sandbox.settings.default_runtime
     if case.language not in test_environment.languages:

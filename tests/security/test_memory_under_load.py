@@ -22,7 +22,7 @@ from test_adversarial import MEMORY_CASES, Case
 from crucible.engine import Sandbox, accounting
 from crucible.engine.models import SessionLimits, SessionSpec
 from crucible.engine.session import SandboxStopped
-from sandbox_fixtures import run_code
+from support.sandbox_fixtures import run_code
 
 REPEATS = int(os.environ.get("CRUCIBLE_MEMORY_REPEATS", "2"))
 

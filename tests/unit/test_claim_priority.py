@@ -21,6 +21,7 @@ from crucible.core.config import Settings
 from crucible.core.lifecycle import Priority, Status
 from crucible.dispatch.claimer import Claimer
 from crucible.store import Claim, NewEvaluation, Store
+from support.polling import aeventually
 
 SLOTS = 2
 WORKERS = 3
@@ -60,14 +61,6 @@ def new(n: int, priority: Priority) -> NewEvaluation:
     )
 
 
-async def eventually(condition, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Wait for ``condition()``; the bound is generous (claims are milliseconds)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.005)
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     s = Store(Settings(data_dir=tmp_path).sqlalchemy_url)
@@ -90,7 +83,10 @@ async def test_a_high_evaluation_starts_at_the_next_free_slot_ahead_of_any_backl
     for c in claimers:
         c.start()
     try:
-        await eventually(lambda: len(started) == WORKERS * SLOTS)
+        # The bounds are generous: claims take milliseconds.
+        await aeventually(
+            lambda: len(started) == WORKERS * SLOTS, reason="every slot running", interval=0.005
+        )
         await asyncio.sleep(0.2)  # every claimer has had its chance to claim ahead
         before = set(started)
         store.create_evaluation(new(99, Priority.high))
@@ -99,7 +95,9 @@ async def test_a_high_evaluation_starts_at_the_next_free_slot_ahead_of_any_backl
         # Free one slot on the first worker: the next run there, or anywhere, is the high.
         first = next(i for i in started if i in executors[0].release)
         executors[0].release[first].set()
-        await eventually(lambda: len(started) > len(before))
+        await aeventually(
+            lambda: len(started) > len(before), reason="a slot to free and a claim", interval=0.005
+        )
         after = [i for i in started if i not in before]
         assert after[0] == "ev_99", f"{after[0]} (claimed ahead) started before the high one"
     finally:

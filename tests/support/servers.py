@@ -1,4 +1,5 @@
-"""Helpers shared by the service's integration tests (imported by conftest and tests)."""
+"""``crucible serve`` as a subprocess, and a free port: for the integration tests and
+(free_port) every other helper that starts a server."""
 
 from __future__ import annotations
 
@@ -8,18 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
 
-from crucible.services.evaluations import Service
+from support.polling import eventually
 
 CRUCIBLE = str(Path(sys.executable).with_name("crucible"))
-
-ApiFactory = Callable[..., AbstractAsyncContextManager[tuple[httpx.AsyncClient, Service]]]
 
 
 def free_port() -> int:
@@ -46,15 +42,19 @@ class ServerProcess:
         cmd = [CRUCIBLE, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+        proc = self.proc
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not start: {self.log.read_text()[-3000:]}")
+                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            return False
+
+        try:
+            eventually(healthy, within=timeout, reason="the server to start", interval=0.1)
+        except AssertionError:
+            raise RuntimeError(f"server did not start: {self.log.read_text()[-3000:]}") from None
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -19,6 +19,7 @@ from crucible.engine import Limits, Result, RunRequest, Sandbox
 from crucible.engine.models import SessionLimits, SessionSpec
 from crucible.engine.session import Session
 from crucible.environments.store import Environment, EnvironmentStore
+from support.mounts import unmount_below
 
 RUNTIMES = ["runc", "crun", "gvisor"]
 BINARY = {"runc": "runc", "crun": "crun", "gvisor": "runsc"}
@@ -42,10 +43,7 @@ def sandbox_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
         prefix=f"crucible-t{secrets.token_hex(3)}",
     )
     # Whatever a failed test left mounted would make the temp dir unremovable.
-    with open("/proc/mounts") as f:
-        mounted = [line.split()[1] for line in f if line.split()[1].startswith(str(state))]
-    for target in sorted(mounted, reverse=True):
-        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+    unmount_below(state)
     shutil.rmtree(state, ignore_errors=True)
 
 
@@ -169,7 +167,7 @@ async def host_unharmed(
 def image_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``oci_images.feature_image()`` written once per session in the three forms
     ``crucible env import`` takes: a docker save archive, an OCI layout, a tar of one."""
-    import oci_images
+    from support import oci_images
 
     root = tmp_path_factory.mktemp("images")
     image = oci_images.feature_image()

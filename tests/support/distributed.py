@@ -1,5 +1,5 @@
 """Helpers of the distributed tests (fixtures in conftest.py). The servers and process
-launchers live in tests/local_cluster.py, shared with bench/soak.py; this module adds
+launchers live in tests/support/local_cluster.py, shared with bench/soak.py; this module adds
 what only the tests need (pytest skips, a database on the machine's PostgreSQL) and
 re-exports the rest, so tests import everything from here."""
 
@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from local_cluster import (
+from support.local_cluster import (
     ADMIN_KEY,
     AUTH,
     CRUCIBLE,

@@ -4,7 +4,7 @@ free ports, ``crucible serve --dispatcher celery`` and ``crucible worker`` subpr
 with their own directories. Never fakeredis, never a mocked broker, and never the
 machine's own services (5432/6379), which are never restarted.
 
-Shared by the distributed tests (tests/distributed/, through dist_helpers.py and its
+Shared by the distributed tests (tests/distributed/, through support/distributed.py and its
 fixtures) and the benchmarks (bench/soak.py puts tests/ on sys.path); so it knows
 nothing of pytest: a missing binary raises :class:`Unavailable`, which the fixtures
 turn into a skip."""
@@ -19,13 +19,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from crucible.core.config import Settings
+from support.mounts import unmount_below
+from support.polling import eventually
+from support.servers import free_port
 
 CRUCIBLE = str(Path(sys.executable).with_name("crucible"))
 ADMIN_KEY = "crk_distributedtests0000000000000000"
@@ -38,25 +40,10 @@ def http(url: str, timeout: float = 60) -> httpx.Client:
     return httpx.Client(base_url=f"{url}/api/v1", headers=AUTH, timeout=timeout)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def wait_for(check: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            last = check()
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    """:func:`~support.polling.eventually` with a cluster's tolerance: any exception of
+    ``check`` (a server still starting, or briefly down) counts as "not yet"."""
+    return eventually(check, within=timeout, reason=what, interval=interval, ignoring=(Exception,))
 
 
 class Unavailable(RuntimeError):
@@ -291,7 +278,4 @@ class Cluster:
             from crucible.engine import Sandbox
 
             asyncio.run(Sandbox(Settings(state_dir=self.state_dir)).sweep())
-        with open("/proc/mounts") as f:
-            targets = [ln.split()[1] for ln in f if ln.split()[1].startswith(str(self.root))]
-        for target in sorted(targets, reverse=True):
-            subprocess.run(["umount", "-l", target], check=False, capture_output=True)
+        unmount_below(self.root)

@@ -3,7 +3,7 @@
 Debian's ``docker-registry`` (the CNCF distribution registry, 2.8) on 127.0.0.1 on a
 free port, with a throwaway config and storage directory: one open, one behind
 ``htpasswd`` (bcrypt, made by apache2-utils' ``htpasswd -B``). Images are the tests'
-own (``tests/oci_images.py``), pushed with ``skopeo copy``. The storage directory is
+own (``tests/support/oci_images.py``), pushed with ``skopeo copy``. The storage directory is
 there to be tampered with: a blob is ``docker/registry/v2/blobs/sha256/<2>/<hex>/data``,
 and the registry serves what the file holds.
 
@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,18 +26,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from oci_images import Image, file, layer_tar, write_oci_layout
+from support.oci_images import Image, file, layer_tar, write_oci_layout
+from support.polling import eventually
+from support.servers import free_port
 
 # Nothing listens here (port 9, discard, is not served on this machine's loopback):
 # a request through the proxy is refused at once, on the machine.
 DEAD_PROXY = "http://127.0.0.1:9"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -59,7 +52,7 @@ class Registry:
             pytest.fail("docker-registry is not installed; `scripts/setup.sh --test` installs it")
         root.mkdir(parents=True, exist_ok=True)
         storage = root / "storage"
-        port = _free_port()
+        port = free_port()
         auth = ""
         if user is not None:
             if shutil.which("htpasswd") is None:
@@ -86,18 +79,18 @@ class Registry:
         return registry
 
     def _wait_ready(self, within_s: float = 20.0) -> None:
-        deadline = time.monotonic() + within_s
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             if self.proc.poll() is not None:
                 pytest.fail(f"docker-registry exited: {self.log.read_text()[-2000:]}")
-            try:
-                r = httpx.get(f"http://{self.host}/v2/", timeout=1)
-                if r.status_code in (200, 401):
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"docker-registry did not answer within {within_s} s")
+            r = httpx.get(f"http://{self.host}/v2/", timeout=1)
+            return r.status_code in (200, 401)
+
+        eventually(
+            answers,
+            within=within_s,
+            reason="docker-registry to answer",
+            ignoring=(httpx.TransportError,),
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
