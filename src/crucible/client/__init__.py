@@ -153,6 +153,10 @@ class Client:
                         source.response.read()
                         self._json(source.response)
                     for sse in source.iter_sse():
+                        if not sse.data:
+                            # A keep-alive comment after an event: httpx-sse hands it
+                            # over as an event with the last id and no data.
+                            continue
                         event = ServerEvent(int(sse.id or 0), sse.event, sse.json())
                         last_event_id = event.id
                         failures = 0
