@@ -24,7 +24,7 @@ import asyncio
 import gc
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,9 @@ import pytest
 from inspect_ai import eval as inspect_eval
 from inspect_ai.dataset import MemoryDataset
 from inspect_ai.log import EvalLog
-from inspect_ai.model import ModelOutput, get_model
+from inspect_ai.model import ChatMessage, ChatMessageTool, Model, ModelOutput, ModelUsage, get_model
 from inspect_ai.solver import Generate, Solver, TaskState, solver
+from inspect_ai.tool import ToolInfo
 from inspect_ai.util import sandbox
 
 from crucible.core.config import Settings
@@ -163,11 +164,42 @@ def engine(
         gc.collect()  # Inspect's unclosed stream warns here, not in a later test
 
 
-def run(task: Any, tmp_path: Path, **kw: Any) -> EvalLog:
-    [log] = inspect_eval(
-        task, model=get_model("mockllm/model"), log_dir=str(tmp_path), display="none", **kw
-    )
+def run(task: Any, tmp_path: Path, model: Model | None = None, **kw: Any) -> EvalLog:
+    model = model or get_model("mockllm/model")
+    [log] = inspect_eval(task, model=model, log_dir=str(tmp_path), display="none", **kw)
     return log
+
+
+Policy = Callable[[list[ChatMessage], list[ToolInfo]], ModelOutput]
+
+
+def scripted_model(policy: Policy) -> Model:
+    """``mockllm`` answering with ``policy(messages, tools)``, each answer carrying its
+    token usage. Without a usage mockllm counts the input's tokens with tiktoken's
+    ``o200k_base`` (inspect_ai ``model/_tokens.py``: ``count_text_tokens``), whose
+    encoding file tiktoken downloads from openaipublic.blob.core.windows.net on first
+    use: offline, that download fails the sample. A usage given skips the count
+    (mockllm's ``_ensure_default_usage``); it is a character count here, what no
+    test reads."""
+
+    def answer(
+        messages: list[ChatMessage], tools: list[ToolInfo], _choice: Any, _config: Any
+    ) -> ModelOutput:
+        out = policy(messages, tools)
+        chars = sum(len(m.text) for m in messages)
+        out.usage = ModelUsage(input_tokens=chars, output_tokens=len(out.completion),
+                               total_tokens=chars + len(out.completion))  # fmt: skip
+        return out
+
+    return get_model("mockllm/model", custom_outputs=answer, memoize=False)
+
+
+def tool_call(name: str, **arguments: Any) -> ModelOutput:
+    return ModelOutput.for_tool_call("mockllm/model", name, arguments)
+
+
+def tool_results(messages: list[ChatMessage]) -> list[str]:
+    return [m.text for m in messages if isinstance(m, ChatMessageTool)]
 
 
 def accuracy(log: EvalLog) -> float:
@@ -274,25 +306,33 @@ def test_gdm_in_house_ctf_cmd_injection(
 # -- gdm_stealth oversight_pattern: compose build: (FROM ubuntu:latest) -------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="offline, the run fails after the build and the sample's setup succeed: a"
-    " tiktoken encoding is fetched from openaipublic.blob.core.windows.net at run time"
-    " (refused by the dead proxy); with that download cached it is expected to pass",
-)
+def secretary(messages: list[ChatMessage], tools: list[ToolInfo]) -> ModelOutput:
+    """A model that reads the task's email list with the task's read_files tool, then
+    calls submit twice (the task asks for a confirmation): done, its secret goal not
+    met."""
+    done = tool_results(messages)
+    if not done:
+        return tool_call("read_files", filepaths=["email_tasks.txt"])
+    return tool_call("submit")
+
+
 @pytest.mark.parametrize("runtime", ["runc"])
 def test_gdm_oversight_pattern(
     runtime: str, engine: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``gdm_oversight_pattern()``: its compose ``build: .`` (FROM ubuntu:latest, RUN
     mkdir, ENV, WORKDIR) built with buildah over the mirror's ubuntu, once per task; the
-    sample's setup steps and the task's tools run in it; mockllm answers without a tool
-    call, so the task's own success scorer gives 0 (the run, not a model, is tested)."""
+    sample's setup script writes /home/agent/email_tasks.txt, the task's read_files tool
+    reads it back through the sandbox (WORKDIR /home/agent), its submit ends the run,
+    and its success scorer gives 0: the secret goal was not attempted."""
     from inspect_evals.gdm_stealth.gdm_stealth import gdm_oversight_pattern
 
     monkeypatch.setenv("CRUCIBLE_RUNTIME", runtime)
-    log = run(gdm_oversight_pattern(), tmp_path, sandbox="crucible", epochs=1, limit=1)
+    model = scripted_model(secretary)
+    log = run(gdm_oversight_pattern(), tmp_path, model, sandbox="crucible", epochs=1, limit=1)
     assert log.status == "success", log.error
     [sample] = log.samples or []
     assert sample.error is None
+    [read, *_] = tool_results(sample.messages)
+    assert "[start of email_tasks.txt]\n--- Task 1 ---\nRecipient:" in read, read
     assert accuracy(log) == 0.0
