@@ -48,10 +48,12 @@ screenshots: setup-test
 test-memory-load: setup-test
 	CRUCIBLE_MEMORY_REPEATS=20 $(VENV)/pytest -q -p no:cacheprovider tests/security/test_memory_under_load.py
 
-# One make for all the steps, so setup-test runs once; then the tree must be as it was.
+# The set-up once, then the checks (lint, typecheck, frontend-test, e2e) beside pytest
+# (scripts/test-steps.sh says why); then the tree must be as it was.
 test:
-	@scripts/unchanged-tree.sh $(MAKE) --no-print-directory test-steps
+	@MAKE=$(MAKE) scripts/unchanged-tree.sh scripts/test-steps.sh
 
+# The same steps one after another.
 test-steps: lint typecheck frontend-test e2e pytest
 
 bench: setup
