@@ -3,6 +3,10 @@ class with its parts, in the API instance (which maps it to HTTP in one table)."
 
 from __future__ import annotations
 
+import socket
+from types import SimpleNamespace
+
+import httpx
 import pytest
 
 from crucible.core.errors import (
@@ -17,7 +21,7 @@ from crucible.core.errors import (
     SandboxStopped,
     SandboxUnavailable,
 )
-from crucible.dispatch.host import parse_listen
+from crucible.dispatch.host import HostServer, parse_listen
 from crucible.services.host_client import error_body, error_of
 
 
@@ -51,3 +55,23 @@ def test_listen_addresses() -> None:
     assert parse_listen("[::1]:0") == ("::1", 0)
     with pytest.raises(ValueError, match="ADDR:PORT"):
         parse_listen("8600")
+
+
+async def test_the_endpoint_answers_without_nagle() -> None:
+    """The accepted socket has TCP_NODELAY: asyncio sets it only when the listener's
+    proto is IPPROTO_TCP, and without it the answer's second write (uvicorn sends the
+    headers and the body apart) waits for the caller's delayed ACK, 40 ms a call."""
+    service = SimpleNamespace(owner=SimpleNamespace(id="worker@test"), capacity=1)
+    server = HostServer(service, token="t", listen="127.0.0.1:0")  # type: ignore[arg-type]
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/cluster/v1/healthz"
+        async with httpx.AsyncClient(headers={"Authorization": "Bearer t"}) as client:
+            assert (await client.get(url)).json()["owner"] == "worker@test"
+            connections = list(server.server.server_state.connections)
+            assert connections
+            for conn in connections:
+                sock = conn.transport.get_extra_info("socket")
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        await server.stop()
