@@ -50,7 +50,9 @@ def host_app(service: SandboxService, token: str) -> FastAPI:
     """The endpoint's app over ``service``; every route needs ``token``."""
     expected = f"Bearer {token}".encode()
 
-    def cluster_token(authorization: Annotated[str | None, Header()] = None) -> None:
+    # async: a plain def dependency would run in a worker thread, a thread hop (and a
+    # wait for the GIL beside the worker's Celery thread) on every forwarded call.
+    async def cluster_token(authorization: Annotated[str | None, Header()] = None) -> None:
         given = (authorization or "").encode()
         if not hmac.compare_digest(given, expected):
             raise _Refused()

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 # An exec's HTTP wait on its host beyond its own timeout: the kill, the recording.
 EXEC_MARGIN_S = 30.0
+# Host endpoints remembered (see RoutedSandboxes._endpoints): past this many, forget all.
+ENDPOINTS_KEPT = 4096
 
 
 class RoutedSandboxes(SandboxRecords):
@@ -85,6 +87,11 @@ class RoutedSandboxes(SandboxRecords):
         self.environments = environments
         self.hosts = hosts
         self._placing: Counter[str] = Counter()  # creations in flight here, per host
+        # Host id -> its endpoint. Not sandbox state: a host's id names one process
+        # (a random part per start) and its endpoint is set once, before its first
+        # sandbox, so an entry is never stale; a host gone is found by the call
+        # failing (then the database decides, _settle), as without the cache.
+        self._endpoints: dict[str, str] = {}
 
     async def start(self) -> None:
         """Nothing runs here; the hosts reap their own sandboxes."""
@@ -140,22 +147,26 @@ class RoutedSandboxes(SandboxRecords):
     async def _candidates(self, req: HostedCreate) -> list[Worker]:
         """The hosts to try, in order; Overloaded when none has room."""
         s = self.settings
-        hosts = await asyncio.to_thread(self.cluster.hosts, fresh_s=s.worker_dead_after_s)
+        # Independent reads, side by side: each is a round trip to the database.
+        hosts, load, first = await asyncio.gather(
+            asyncio.to_thread(self.cluster.hosts, fresh_s=s.worker_dead_after_s),
+            asyncio.to_thread(self.store.load),
+            asyncio.to_thread(self.store.host_of_group, req.network_group)
+            if req.network_group is not None
+            else _none(),
+        )
         if not hosts:
             raise Overloaded(
                 "no sandbox host is alive (start `crucible worker --sandboxes N`)",
                 retry_after=5,
             )
-        if req.network_group is not None:
-            first = await asyncio.to_thread(self.store.host_of_group, req.network_group)
-            if first is not None:  # its network is local to that host
-                hosts = [h for h in hosts if h.id == first]
-                if not hosts:
-                    raise Overloaded(
-                        f"the host of network {req.network_group!r} ({first}) is not alive",
-                        retry_after=5,
-                    )
-        load = await asyncio.to_thread(self.store.load)
+        if first is not None:  # its network is local to that host
+            hosts = [h for h in hosts if h.id == first]
+            if not hosts:
+                raise Overloaded(
+                    f"the host of network {req.network_group!r} ({first}) is not alive",
+                    retry_after=5,
+                )
 
         def used(h: Worker) -> int:
             return load.get(h.id, 0) + self._placing[h.id]
@@ -180,12 +191,18 @@ class RoutedSandboxes(SandboxRecords):
         is not running."""
         if row.status != SandboxStatus.running:
             raise stopped_error(row)
+        endpoint = self._endpoints.get(row.owner_process_id)
+        if endpoint is not None:
+            return endpoint
         host = await asyncio.to_thread(self.cluster.worker, row.owner_process_id)
         if host is None or host.endpoint is None:
             raise SandboxUnavailable(
                 f"sandbox {row.id} is hosted by {row.owner_process_id} ({row.owner_host}),"
                 " which has no cluster endpoint"
             )
+        if len(self._endpoints) >= ENDPOINTS_KEPT:
+            self._endpoints.clear()
+        self._endpoints[host.id] = host.endpoint
         return host.endpoint
 
     async def _settle(self, sandbox_id: str, exc: HostUnreachable) -> Sandbox:
@@ -230,7 +247,11 @@ class RoutedSandboxes(SandboxRecords):
         transcript is kept), else the HostUnreachable (503; retry with the same key)."""
         timeout = exec_timeout(self.settings, body)
         row = await self.access.sandbox(sandbox_id, who)
-        if idempotency_key is not None:
+        if idempotency_key is not None and row.status != SandboxStatus.running:
+            # The host is gone or has stopped it: a finished exec of the key is
+            # answered from the transcript. While it runs, the host replays (and
+            # refuses a key reused for another command) under the sandbox's row
+            # lock, so a read here would only add a round trip to every exec.
             done = await replay(self.store, self.blobs, sandbox_id, idempotency_key, body.cmd)
             if done is not None:
                 return done
@@ -267,3 +288,7 @@ class RoutedSandboxes(SandboxRecords):
             return await self.hosts.read_file(endpoint, sandbox_id, path)
         except HostUnreachable as exc:
             raise stopped_error(await self._settle(sandbox_id, exc)) from exc
+
+
+async def _none() -> None:
+    return None

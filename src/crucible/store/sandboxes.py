@@ -186,6 +186,14 @@ class SandboxStore:
         with self.store.reading() as s:
             return list(s.scalars(q))
 
+    def running_count(self, process_id: str) -> int:
+        """How many sandboxes of one process are running (a host's hard cap)."""
+        q = select(func.count()).where(
+            Sandbox.status == RUNNING, Sandbox.owner_process_id == process_id
+        )
+        with self.store.reading() as s:
+            return int(s.scalar(q) or 0)
+
     def environment_in_use(self, environment: str) -> int:
         """How many running sandboxes run over ``environment``."""
         q = select(func.count()).where(
