@@ -71,6 +71,16 @@ export function shortId(id: string): string {
   return m ? m[1] + m[2].slice(0, 8) : id.slice(0, 8);
 }
 
+/**
+ * A sandbox host (a worker id, `kind@host:pid:token`) as `host:pid`, enough to tell
+ * the hosts of a cluster apart; the whole id is the caller's title.
+ */
+export function hostLabel(workerId: string | null | undefined): string {
+  if (!workerId) return '—';
+  const m = /^[^@]+@(.+):(\d+):[0-9a-f]+$/.exec(workerId);
+  return m ? `${m[1]}:${m[2]}` : workerId;
+}
+
 export function formatClock(iso: string | null | undefined): string {
   if (!iso) return '—';
   const d = new Date(iso);

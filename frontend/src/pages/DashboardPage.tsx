@@ -1,7 +1,7 @@
 import { useQuery } from '@tanstack/react-query';
 import { Link } from 'react-router-dom';
 import { getDeadLetters, getHealth, getQueue, getWorkers, listEvaluations } from '../api/client';
-import type { EvaluationRecord } from '../api/models';
+import type { EvaluationRecord, WorkerInfo } from '../api/models';
 import { ErrorState, Spinner } from '../components/ui';
 import { relativeTime, shortId } from '../lib/format';
 import { terminationCounts, throughput, type Bucket } from '../lib/throughput';
@@ -67,6 +67,15 @@ function ThroughputChart({ buckets }: { buckets: Bucket[] }) {
       </figcaption>
     </figure>
   );
+}
+
+/** Sandboxes a worker hosts: `running / capacity` for a host; an embedded server hosts
+ * its own with no cap of its own (`running`); a worker that hosts none, `—`. */
+export function sandboxCount(w: Pick<WorkerInfo, 'sandbox_capacity' | 'sandboxes_running'>): string {
+  const running = w.sandboxes_running ?? 0;
+  const capacity = w.sandbox_capacity ?? 0;
+  if (capacity > 0) return `${running} / ${capacity}`;
+  return running > 0 ? String(running) : '—';
 }
 
 export function DashboardPage() {
@@ -160,7 +169,10 @@ export function DashboardPage() {
                 <thead>
                   <tr>
                     <th scope="col">Worker</th>
-                    <th scope="col">Load</th>
+                    <th scope="col">Evaluations</th>
+                    <th scope="col" title="Agent sandboxes hosted / at most (crucible worker --sandboxes N)">
+                      Sandboxes
+                    </th>
                     <th scope="col">Last heartbeat</th>
                     <th scope="col">Status</th>
                   </tr>
@@ -169,13 +181,14 @@ export function DashboardPage() {
                   {workers.data.map((w) => {
                     const stale = w.last_heartbeat ? Date.now() - new Date(w.last_heartbeat).getTime() > 30_000 : true;
                     return (
-                      <tr key={w.id}>
-                        <td className="mono">
+                      <tr key={w.id} aria-label={`Worker ${w.id}`}>
+                        <td className="mono" title={w.id}>
                           {w.host} <span className="muted small">{w.kind} · pid {w.pid}</span>
                         </td>
                         <td>
                           {w.running ?? 0} / {w.capacity ?? '—'}
                         </td>
+                        <td data-testid="worker-sandboxes">{sandboxCount(w)}</td>
                         <td className={stale ? 'text-bad' : ''}>{relativeTime(w.last_heartbeat)}</td>
                         <td>{w.state === 'alive' && stale ? 'stale' : w.state}</td>
                       </tr>

@@ -12,6 +12,7 @@ const box = {
   limits: { memory_mb: 512, cpus: 1, pids: 256, disk_mb: 1024 }, ttl_s: 3600, idle_timeout_s: 600, labels: {},
   owner_key_id: 'key_alice', created_at: '2026-01-01T00:00:00Z', last_activity_at: '2026-01-01T00:00:05Z',
   stopped_at: null, expires_at: '2026-01-01T01:00:00Z', resources: { cpu_ms: 12, peak_memory_bytes: 8388608, exec_count: 1 },
+  worker_id: 'worker@host-a:4242:a1b2c3',
 };
 const exec1 = {
   sandbox_id: box.id, seq: 1, cmd: ['bash', '-lc', 'ls /tmp'], cwd: null, user: null, started_at: '2026-01-01T00:00:01Z',
@@ -40,6 +41,8 @@ describe('SandboxPage', () => {
       [`DELETE /api/v1/sandboxes/${box.id}`]: () => new Response(null, { status: 204 }),
     });
     renderAt(`/sandboxes/${box.id}`, [{ path: '/sandboxes/:id', element: <SandboxPage /> }]);
+    // Its host: the worker id of /api/v1/workers, whole.
+    expect(await screen.findByText('worker@host-a:4242:a1b2c3')).toBeInTheDocument();
     const first = await screen.findByRole('listitem', { name: 'Command 1' });
     expect(within(first).getByText("bash -lc 'ls /tmp'")).toBeInTheDocument();
     expect(within(first).getByText('exit 2')).toBeInTheDocument();
@@ -74,8 +77,9 @@ describe('SandboxPage', () => {
 });
 
 describe('SandboxesPage', () => {
-  it('lists sandboxes with status, owner and resources', async () => {
-    mockFetch({ 'GET /api/v1/sandboxes': () => json({ items: [box, { ...box, id: 'sbx_ffff', status: 'lost', stop_reason: 'lost' }], next_cursor: null }) });
+  it('lists sandboxes with status, owner, host and resources', async () => {
+    const other = { ...box, id: 'sbx_ffff', status: 'lost', stop_reason: 'lost', worker_id: 'worker@host-b:77:00ff00' };
+    mockFetch({ 'GET /api/v1/sandboxes': () => json({ items: [box, other], next_cursor: null }) });
     renderAt('/sandboxes', [{ path: '/sandboxes', element: <SandboxesPage /> }]);
     const table = await screen.findByRole('table', { name: 'Sandboxes' });
     const rows = within(table).getAllByRole('row');
@@ -84,6 +88,9 @@ describe('SandboxesPage', () => {
     expect(within(rows[1]).getByText('running')).toBeInTheDocument();
     expect(within(rows[1]).getByText('12 ms')).toBeInTheDocument();
     expect(within(rows[2]).getByText('lost')).toBeInTheDocument();
+    // Each on its host (host:pid of the worker id; the whole id as the title).
+    expect(within(rows[1]).getByText('host-a:4242')).toHaveAttribute('title', box.worker_id);
+    expect(within(rows[2]).getByText('host-b:77')).toHaveAttribute('title', other.worker_id);
     expect(within(rows[1]).getByRole('link')).toHaveAttribute('href', `/sandboxes/${box.id}`);
   });
 });

@@ -127,6 +127,10 @@ export function SandboxPage() {
         <dl className="kv">
           <dt>Runtime</dt>
           <dd>{rec.runtime}</dd>
+          <dt>Host</dt>
+          <dd className="mono" title="The process hosting it: a worker of the Dashboard">
+            {rec.worker_id ?? '—'}
+          </dd>
           <dt>Environment</dt>
           <dd>
             {rec.environment}

@@ -5,7 +5,7 @@ import { createSandbox, listSandboxes } from '../api/client';
 import type { SandboxRecord } from '../api/models';
 import { Badge, Empty, ErrorState, Spinner } from '../components/ui';
 import { EnvironmentSelect } from '../components/EnvironmentSelect';
-import { formatBytes, formatTime, relativeTime, shortId } from '../lib/format';
+import { formatBytes, formatTime, hostLabel, relativeTime, shortId } from '../lib/format';
 import { stopReason } from '../lib/transcript';
 import type { Tone } from '../lib/verdict';
 
@@ -43,6 +43,9 @@ function Row({ rec }: { rec: SandboxRecord }) {
       </td>
       <td className="mono small">{rec.owner_key_id ?? '—'}</td>
       <td>{rec.runtime}</td>
+      <td className="mono small" title={rec.worker_id ?? undefined}>
+        {hostLabel(rec.worker_id)}
+      </td>
       <td className="mono small" title={rec.environment_digest ?? undefined}>
         {rec.environment}
       </td>
@@ -121,6 +124,9 @@ export function SandboxesPage() {
                 <th scope="col">Status</th>
                 <th scope="col">Owner</th>
                 <th scope="col">Runtime</th>
+                <th scope="col" title="The process hosting it (a worker of the Dashboard)">
+                  Host
+                </th>
                 <th scope="col">Environment</th>
                 <th scope="col" className="num">
                   Age
