@@ -15,6 +15,7 @@ the request may be retried.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import httpx
@@ -25,6 +26,11 @@ from crucible.domain.models import ExecCreate, ExecPublic, SandboxPublic
 from crucible.services.sandbox_records import HostedCreate
 
 PREFIX = "/cluster/v1"
+
+# httpx logs every request at INFO ("HTTP Request: POST …"): on the forwarding path that
+# is a formatted log line per exec, a measured share of the hop's CPU; failures are
+# raised, and logged by whoever handles them.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 KINDS: dict[str, type[CrucibleError]] = {
     name: kind
