@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dist_helpers import PG_ADMIN, Cluster, RedisServer, fresh_database, http, wait_for
 from inspect_ai import Task
 from inspect_ai import eval as inspect_eval
 from inspect_ai.dataset import Sample
@@ -34,7 +33,8 @@ from test_sandbox_hosts import host_rows, start_hosts
 
 from crucible.engine.models import SessionLimits
 from crucible.integrations.inspect.provider import CrucibleSandboxConfig, CrucibleSandboxEnvironment
-from local_cluster import ADMIN_KEY
+from support.distributed import PG_ADMIN, Cluster, RedisServer, fresh_database, http, wait_for
+from support.local_cluster import ADMIN_KEY
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox engine needs root"),
