@@ -62,7 +62,15 @@ def build_service(
     access = Access(store, settings)  # keys, audit, quotas, scoping
     cluster = Cluster(store)
     blobs = BlobStore(settings.data_dir / "blobs")
-    environments = EnvironmentService(EnvironmentStore.of(settings), store, access.sandboxes)
+    environments = EnvironmentService(
+        EnvironmentStore.of(settings),
+        store,
+        access.sandboxes,
+        context_max_bytes=settings.build_context_max_bytes,
+        context_max_entries=settings.build_context_max_entries,
+        build_timeout_s=settings.build_timeout_s,
+        runc=settings.runc_path,
+    )
     dispatcher: Dispatcher
     maintenance: Maintainer
     sandbox: Sandbox | None = None

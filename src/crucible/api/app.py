@@ -108,6 +108,7 @@ def create_app(
             ("POST", f"{API_PREFIX}/sandboxes/[^/]+/exec", EXEC_BODY_BYTES),
             # An image archive, streamed to disk; the store enforces its own limit.
             ("POST", f"{API_PREFIX}/environments", settings.environment_max_bytes),
+            ("POST", f"{API_PREFIX}/environments/build", settings.build_context_max_bytes),
         ),
     )
     return app

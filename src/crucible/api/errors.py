@@ -3,6 +3,7 @@
 InvalidSubmission  422 (PayloadTooLarge 413)   NotFound   404
 Conflict           409                          Overloaded 503 + Retry-After
 SandboxError       503                          PullFailed 502 (a registry said no)
+BuildFailed        422 with ``error: "build_failed"`` (the build's own output tail)
 other              500
 Unauthenticated    401 + WWW-Authenticate       Forbidden  403
 QuotaExceeded      429 (+ Retry-After when waiting helps)
@@ -26,6 +27,7 @@ from fastapi.responses import JSONResponse
 
 from crucible.api.schemas import ErrorPublic
 from crucible.core.errors import (
+    BuildFailed,
     Conflict,
     CrucibleError,
     Forbidden,
@@ -63,6 +65,9 @@ STATUS: list[tuple[type[CrucibleError], int]] = [
     (Overloaded, 503),
     (SandboxError, 503),
     (PullFailed, 502),
+    # What was asked did not build (a RUN step failed): the request's doing, like a
+    # bad Dockerfile; ``error`` tells the two apart.
+    (BuildFailed, 422),
 ]
 
 
@@ -81,6 +86,8 @@ def error_code(exc: CrucibleError) -> str | None:
         return "sandbox_lost"
     if isinstance(exc, SandboxStopped):
         return "sandbox_stopped"
+    if isinstance(exc, BuildFailed):
+        return "build_failed"
     return None
 
 

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     # lacks stops the start-up of whatever hosts sandboxes; naming `host` still gives
     # the host. One-shot evaluations keep `host` as their default.
     default_environment: str | None = None
+    # Dockerfile builds through the API (POST /environments/build, admins): the
+    # largest context archive accepted, as sent and unpacked; its most entries; and
+    # the time limit of each build step (a base's pull, buildah bud, the import).
+    build_context_max_bytes: int = 1 << 30
+    build_context_max_entries: int = 200_000
+    build_timeout_s: float = 1800.0
 
     max_concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1)
     limits: LimitBounds = Field(default_factory=LimitBounds)

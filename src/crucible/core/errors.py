@@ -26,6 +26,9 @@ these to HTTP status codes in one place (``crucible.api.errors``).
     │                             replaced since submission (it ends in error, no retry)
     ├── PullFailed                a registry could not be read: unreachable, credentials
     │                             refused, no such image (the registry's own words)
+    ├── BuildFailed               an environment build (mmdebstrap, pip, buildah) failed
+    │                             or ran out of time: the tail of its output (422
+    │                             build_failed through the API); nothing was kept
     ├── Overloaded                the queue is full; retry later
     │   └── QuotaExceeded         this key is over one of its quotas (429)
     ├── Unauthenticated           no API key, or not a valid one (401)
@@ -77,6 +80,12 @@ class ImageRejected(InvalidSubmission):
 class PullFailed(CrucibleError):
     """A registry could not be read: unreachable, credentials refused, no such image.
     The message carries the registry's (skopeo's) own words."""
+
+
+class BuildFailed(CrucibleError):
+    """An environment build failed or ran out of time (a ``RUN`` step's exit, a
+    ``COPY`` of a missing file, mmdebstrap or pip); the message ends with the tail of
+    the tool's output. Nothing of the build was kept."""
 
 
 class NotFound(CrucibleError):

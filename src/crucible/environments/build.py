@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crucible.core.errors import CrucibleError, InvalidSubmission, SandboxUnavailable
+from crucible.core.errors import BuildFailed, InvalidSubmission, SandboxUnavailable
 from crucible.environments.store import DEFAULT_PATH, Environment, EnvironmentStore, check_name
 from crucible.environments.treedigest import tree_digest
 
@@ -74,10 +74,6 @@ _PIP = re.compile(
 _SUITE = re.compile(r"^[a-z][a-z0-9-]{1,31}$")
 _MAX_BUILDS = threading.BoundedSemaphore(2)  # tool processes at once, per process
 Log = Callable[[str], None]
-
-
-class BuildFailed(CrucibleError):
-    """mmdebstrap or pip failed or ran out of time; nothing of the build was kept."""
 
 
 @dataclass(frozen=True)

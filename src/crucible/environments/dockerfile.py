@@ -46,17 +46,21 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from crucible.core.errors import CrucibleError, InvalidSubmission, NotFound
-from crucible.environments.build import BuildFailed, Log, build_dir, build_tool
+from crucible.core.errors import BuildFailed, CrucibleError, InvalidSubmission, NotFound
+from crucible.environments.build import Log, build_dir, build_tool
 from crucible.environments.registry import default_name, host_architecture, parse_ref
 from crucible.environments.store import Environment, EnvironmentStore, check_name
 from crucible.environments.treedigest import tree_digest
 
-__all__ = ["BuildFailed", "DockerfileSpec", "build_dockerfile", "cache_key", "parse"]
+__all__ = [
+    "BuildFailed", "DockerfileSpec", "Planned", "build_dockerfile", "build_planned", "cache_key",
+    "parse", "plan_build",
+]  # fmt: skip
 
 # Bump when what a key covers, or how a build is made from it, changes.
 _KEY_FORMAT = "crucible-dockerfile-v1"
@@ -434,6 +438,46 @@ def _buildah_cleanup(work: Path) -> None:
 # -- a build ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A build with its bases resolved and its key known (:func:`plan_build`)."""
+
+    spec: DockerfileSpec
+    text: str
+    found: list[Base]
+    record: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return str(self.record["key"])
+
+
+def plan_build(
+    store: EnvironmentStore, spec: DockerfileSpec, *, pull: Pull = "missing",
+    timeout: float = 1800.0,
+) -> Planned:  # fmt: skip
+    """Steps 1 to 3 of the module docstring: the Dockerfile read and checked, its bases
+    resolved, the key. Nothing is built. Raises as :func:`build_dockerfile`."""
+    text = spec.read()
+    stages = parse(text, dict(spec.args))
+    if spec.target is not None and spec.target.lower() not in {s.alias for s in stages}:
+        raise InvalidSubmission(f"the Dockerfile has no stage {spec.target!r}", field="target")
+    found = [resolve_base(store, image, pull=pull, timeout=timeout) for image in bases(stages)]
+    return Planned(spec, text, found, cache_key(spec, text, found))
+
+
+# One build of a key at a time in this process: callers that ask for the same build
+# together (a server's concurrent uploads, threads of one eval) wait for the first
+# and find its result in the cache. One small lock per key ever built here.
+_key_locks: dict[str, threading.Lock] = {}
+_key_locks_guard = threading.Lock()
+
+
+def _key_lock(key: str) -> threading.Lock:
+    with _key_locks_guard:
+        return _key_locks.setdefault(key, threading.Lock())
+
+
 def build_dockerfile(
     store: EnvironmentStore,
     spec: DockerfileSpec,
@@ -451,19 +495,37 @@ def build_dockerfile(
     (buildah missing). Nothing of a failed build is left."""
     if name is not None:
         check_name(name)
-    text = spec.read()
-    args = dict(spec.args)
-    stages = parse(text, args)
-    if spec.target is not None and spec.target.lower() not in {s.alias for s in stages}:
-        raise InvalidSubmission(f"the Dockerfile has no stage {spec.target!r}", field="target")
-    found = [resolve_base(store, image, pull=pull, timeout=timeout) for image in bases(stages)]
-    record = cache_key(spec, text, found)
-    key = record["key"]
+    planned = plan_build(store, spec, pull=pull, timeout=timeout)
+    return build_planned(store, planned, name, timeout=timeout, runc=runc, log=log)
+
+
+def build_planned(
+    store: EnvironmentStore,
+    planned: Planned,
+    name: str | None = None,
+    *,
+    timeout: float = 1800.0,
+    runc: str = "runc",
+    log: Log | None = None,
+) -> Environment:
+    """Steps 4 and 5 for what :func:`plan_build` planned, or its build found in the
+    cache; concurrent builds of one key in this process build once."""
+    spec, key = planned.spec, planned.key
     name = name or build_name(spec, key)
-    origin = {"source": "dockerfile", "build": record}
-    cached = store.built(key)
-    if cached is not None:
-        return cached if cached.name == name else store.named(name, cached.digest, origin)
+    origin = {"source": "dockerfile", "build": planned.record}
+    with _key_lock(key):
+        cached = store.built(key)
+        if cached is not None:
+            return cached if cached.name == name else store.named(name, cached.digest, origin)
+        return _build(store, planned, name, origin, timeout=timeout, runc=runc, log=log)
+
+
+def _build(
+    store: EnvironmentStore, planned: Planned, name: str, origin: dict[str, Any], *,
+    timeout: float, runc: str, log: Log | None,
+) -> Environment:  # fmt: skip
+    spec, text, found, key = planned.spec, planned.text, planned.found, planned.key
+    args = dict(spec.args)
     if shutil.which("buildah") is None:
         from crucible.core.errors import SandboxUnavailable
 

@@ -213,18 +213,17 @@ class EnvironmentStore:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def receive(self, stream: IO[bytes], work: Path) -> Path:
+    def receive(self, stream: IO[bytes], work: Path, *, limit: int | None = None) -> Path:
         """Copy an archive from ``stream`` (stdin, an upload) into ``work``, refusing it
-        once it exceeds ``max_bytes``."""
+        once it exceeds ``limit`` (default ``max_bytes``)."""
         target = work / "archive.tar"
+        limit = self.max_bytes if limit is None else limit
         total = 0
         with open(target, "wb") as out:
             while chunk := stream.read(1 << 20):
                 total += len(chunk)
-                if total > self.max_bytes:
-                    raise PayloadTooLarge(
-                        f"the archive is larger than the limit of {self.max_bytes} bytes"
-                    )
+                if total > limit:
+                    raise PayloadTooLarge(f"the archive is larger than the limit of {limit} bytes")
                 out.write(chunk)
         return target
 

@@ -22,6 +22,9 @@ from typing import IO, cast
 
 from crucible.core.errors import Conflict, InvalidSubmission, NotFound, PayloadTooLarge
 from crucible.domain.models import EnvironmentPublic
+from crucible.environments.build import build_dir
+from crucible.environments.context import dockerfile_path, unpack_context
+from crucible.environments.dockerfile import DockerfileSpec, Pull, build_planned, plan_build
 from crucible.environments.registry import default_name, parse_ref
 from crucible.environments.store import HOST, Environment, EnvironmentStore, check_name
 from crucible.services.submissions import resolve_environment
@@ -78,10 +81,24 @@ class _Body(io.RawIOBase):
 class EnvironmentService:
     """The environment store, with what the API adds: in-use checks, threads."""
 
-    def __init__(self, store: EnvironmentStore, evaluations: Store, sandboxes: SandboxStore):
+    def __init__(
+        self,
+        store: EnvironmentStore,
+        evaluations: Store,
+        sandboxes: SandboxStore,
+        *,
+        context_max_bytes: int = 1 << 30,
+        context_max_entries: int = 200_000,
+        build_timeout_s: float = 1800.0,
+        runc: str = "runc",
+    ):
         self.store = store
         self.evaluations = evaluations
         self.sandboxes = sandboxes
+        self.context_max_bytes = context_max_bytes
+        self.context_max_entries = context_max_entries
+        self.build_timeout_s = build_timeout_s
+        self.runc = runc
 
     async def list(self) -> list[EnvironmentPublic]:
         envs = await asyncio.to_thread(self.store.all)
@@ -171,6 +188,83 @@ class EnvironmentService:
         await self._may_take(name, replace)
         env = await asyncio.to_thread(self.store.pull_image, image, name)
         return environment_public(env)
+
+    async def build(
+        self,
+        chunks: AsyncIterator[bytes],
+        *,
+        name: str | None = None,
+        dockerfile: str = "Dockerfile",
+        build_args: dict[str, str] | None = None,
+        target: str | None = None,
+        pull: Pull = "missing",
+        replace: bool = False,
+        length: int | None = None,
+    ) -> EnvironmentPublic:
+        """Build the Dockerfile ``dockerfile`` of the context arriving in ``chunks`` (a
+        tar or compressed tar, checked and unpacked by
+        :func:`crucible.environments.context.unpack_context`) with buildah, as
+        ``name`` (default ``build/context:<key>``); a build of the same key in the
+        store is the answer, with nothing built. The build runs in a thread, each
+        step bounded by ``build_timeout_s``; one build per key at a time.
+
+        Raises InvalidSubmission (a bad name, arg, archive or Dockerfile; nothing
+        kept), PayloadTooLarge (over ``context_max_bytes`` as declared, sent or
+        unpacked), Conflict (``name`` holds another build and not ``replace``, or is
+        in use), NotFound (a base missing with ``pull`` never), PullFailed and
+        ImageRejected (a base), BuildFailed (buildah: its output's tail).
+        """
+        if name is not None:
+            check_name(name)
+        limit = self.context_max_bytes
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"the build context is larger than the limit of {limit} bytes")
+        args = tuple(sorted((build_args or {}).items()))
+        body = cast(IO[bytes], _Body(chunks, asyncio.get_running_loop()))
+        env = await asyncio.to_thread(
+            self._build, body, name, dockerfile, args, target, pull, replace
+        )
+        return environment_public(env)
+
+    def _build(
+        self, body: IO[bytes], name: str | None, dockerfile: str,
+        args: tuple[tuple[str, str], ...], target: str | None, pull: Pull, replace: bool,
+    ) -> Environment:  # fmt: skip
+        """:meth:`build`'s thread: receive, unpack, plan, then build or find."""
+        with build_dir(self.store) as work:
+            archive = self.store.receive(body, work, limit=self.context_max_bytes)
+            context = work / "context"
+            unpack_context(
+                archive, context, max_bytes=self.context_max_bytes,
+                max_entries=self.context_max_entries,
+            )  # fmt: skip
+            archive.unlink()
+            spec = DockerfileSpec(context, dockerfile_path(context, dockerfile), args, target)
+            planned = plan_build(self.store, spec, pull=pull, timeout=self.build_timeout_s)
+            if name is not None:
+                self._may_rebuild(name, planned.key, replace)
+            return build_planned(
+                self.store, planned, name, timeout=self.build_timeout_s, runc=self.runc
+            )
+
+    def _may_rebuild(self, name: str, key: str, replace: bool) -> None:
+        """Conflict when ``name`` holds anything but the build of ``key`` and not
+        ``replace``, or it is in use (the same build again is no change)."""
+        try:
+            current = self.store.get(name)
+        except NotFound:
+            return
+        if current.build is not None and current.build.get("key") == key:
+            return
+        if not replace:
+            raise Conflict(f"environment {name!r} exists; send replace=true to replace it")
+        evaluations = self.evaluations.environment_in_use(name)
+        sandboxes = self.sandboxes.environment_in_use(name)
+        if evaluations or sandboxes:
+            raise Conflict(
+                f"cannot replace environment {name!r}: {evaluations} queued or running"
+                f" evaluations and {sandboxes} running sandboxes use it"
+            )
 
     async def delete(self, name: str) -> None:
         """Forget ``name`` (its root goes when no other name shares it). Raises
