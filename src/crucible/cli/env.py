@@ -2,7 +2,9 @@
 
 An operator's commands: they act on the environment store of the configured data
 directory (``--data-dir`` / ``CRUCIBLE_DATA_DIR``, or ``CRUCIBLE_ENVIRONMENTS_DIR``)
-on this machine, not through a server.
+on this machine, not through a server; but for ``build --dockerfile/--context``, which
+builds on the server when one is named (``--server`` / ``CRUCIBLE_SERVER``; an admin
+key, ``CRUCIBLE_API_KEY``) unless ``--local``: the context goes there as a tar.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -189,10 +192,23 @@ def build(
     ] = "missing",
     timeout: Annotated[float, typer.Option(help="time limit of each build step, s")] = 1800.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no build output")] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="CRUCIBLE_SERVER",
+            help="build a Dockerfile on this Crucible server (an admin key), not here",
+        ),
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="build here even when CRUCIBLE_SERVER is set")
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Build an environment: from Debian packages (mmdebstrap) and pip packages, or
-    from a Dockerfile (buildah; --dockerfile and/or --context).
+    from a Dockerfile (buildah; --dockerfile and/or --context), here or, with
+    --server (or CRUCIBLE_SERVER), on that server (the context is sent as a tar;
+    the build's output stays there).
 
     pip and a Dockerfile's RUN steps run in build containers on the host's network;
     needs root. A run in the environment never reaches the network, and never runs
@@ -225,12 +241,25 @@ def build(
             )
             if name is not None:
                 check_name(name)
+            if server is not None and not local:
+                public = _remote_build(server, dspec, name, pull)
+                out.print(
+                    f"{public.name} · {public.digest[:19]} · {_size(public.size_bytes)} · "
+                    f"{', '.join(public.languages) or 'none'}",
+                    soft_wrap=True, highlight=False,
+                )  # fmt: skip
+                return
             store = _store(_settings(data_dir))
             env = build_dockerfile(
                 store, dspec, name, pull=pull,  # type: ignore[arg-type]
                 timeout=timeout, log=None if quiet else log,
             )  # fmt: skip
         else:
+            if server is not None and not local:
+                raise InvalidSubmission(
+                    "a package build runs on this machine only: drop --server (or"
+                    " CRUCIBLE_SERVER), or pass --local"
+                )
             if name is None:
                 raise InvalidSubmission("a package build needs --name")
             spec = BuildSpec(
@@ -247,6 +276,31 @@ def build(
         f"{env.name} · {env.digest[:19]} · {_size(env.size_bytes)} · {languages}",
         soft_wrap=True, highlight=False,
     )  # fmt: skip
+
+
+def _remote_build(server: str, spec: Any, name: str | None, pull: str) -> Any:
+    """``spec`` built on ``server`` (POST /environments/build); its record. Raises
+    InvalidSubmission for a Dockerfile outside the context, and the client's errors."""
+    from crucible.client import ApiError, Client
+
+    try:
+        dockerfile = spec.file.relative_to(spec.context).as_posix()
+    except ValueError:
+        raise InvalidSubmission(
+            f"the Dockerfile {spec.file} is not inside the context {spec.context}: a"
+            " server builds only what the context holds",
+            field="dockerfile",
+        ) from None
+    try:
+        with Client(server) as client:
+            return client.environments.build(
+                spec.context, name=name, dockerfile=dockerfile, build_args=dict(spec.args),
+                target=spec.target, pull=pull,  # type: ignore[arg-type]  # checked above
+            )  # fmt: skip
+    except ApiError as exc:
+        raise InvalidSubmission(f"{server} refused the build: {exc}") from None
+    except httpx.HTTPError as exc:
+        raise InvalidSubmission(f"cannot reach {server}: {exc}") from None
 
 
 @env_app.command("ls")

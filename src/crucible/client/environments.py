@@ -4,10 +4,15 @@
         env = c.environments.upload("python-3.12.tar", "python:3.12-slim")  # admins
         print(env.digest, env.languages)
         c.environments.pull("python:3.12-slim")  # admins: from its registry, by the server
+        c.environments.build("app/", name="app:1", build_args={"V": "2"})  # admins: buildah
         c.submit("print(1)", environment="python:3.12-slim", wait=30)
 
 An upload is streamed from the file (never read whole): a path, or an open binary
 file such as ``sys.stdin.buffer`` (``docker save IMAGE | python upload.py``).
+A build sends its context directory as a tar archive (every entry as it is, symbolic
+links as links, owners as root; nothing left out: buildah applies a ``.dockerignore``
+on the server, after the upload), packed into a temporary file first so the server
+learns its length before it is sent.
 Refusals raise :class:`crucible.client.errors.ApiError` (404, 409, 413, 422 …).
 """
 
@@ -17,10 +22,12 @@ import asyncio
 import builtins
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 from urllib.parse import quote
 
 import httpx
@@ -78,9 +85,53 @@ def _pull_body(ref: str, name: str | None, replace: bool) -> dict[str, object]:
     return {"ref": ref, "name": name, "replace": replace}
 
 
+def _as_root(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    # The server makes every entry root's anyway (COPY's default); the same directory
+    # sent by two users is then the same archive.
+    member.uid = member.gid = 0
+    member.uname = member.gname = "root"
+    return member
+
+
+def pack_context(context: str | os.PathLike[str], stack: ExitStack) -> IO[bytes]:
+    """The directory ``context`` as a tar archive in a temporary file, at its start.
+    Raises NotADirectoryError."""
+    root = Path(context)
+    if not root.is_dir():
+        raise NotADirectoryError(f"the build context {root} is not a directory")
+    f = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (the caller's stack)
+    paths: list[Path] = []
+    for top, dirs, files in os.walk(root):  # links to directories are not followed
+        paths += [Path(top, n) for n in [*dirs, *files]]
+    with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(paths):  # sorted: the same tree, the same bytes
+            tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False,
+                    filter=_as_root)  # fmt: skip
+    f.seek(0)
+    return f
+
+
+def _build_params(
+    name: str | None, dockerfile: str, build_args: Mapping[str, str] | None,
+    target: str | None, pull: str, replace: bool,
+) -> httpx.QueryParams:  # fmt: skip
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        ("dockerfile", dockerfile),
+        ("pull", pull),
+    ]
+    params += [("build_arg", f"{k}={v}") for k, v in (build_args or {}).items()]
+    if name is not None:
+        params.append(("name", name))
+    if target is not None:
+        params.append(("target", target))
+    if replace:
+        params.append(("replace", "true"))
+    return httpx.QueryParams(params)
+
+
 class Environments:
-    """``Client.environments``: list, get, upload, pull and delete (the last three
-    admins only)."""
+    """``Client.environments``: list, get, upload, pull, build and delete (the last
+    four admins only)."""
 
     def __init__(self, http: httpx.Client) -> None:
         self.http = http
@@ -115,6 +166,32 @@ class Environments:
         r = self.http.post(
             "/environments/pull", json=_pull_body(ref, name, replace), timeout=UPLOAD_TIMEOUT_S
         )
+        return EnvironmentPublic.model_validate(check(r).json())
+
+    def build(
+        self,
+        context: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        dockerfile: str = "Dockerfile",
+        build_args: Mapping[str, str] | None = None,
+        target: str | None = None,
+        pull: Literal["missing", "never"] = "missing",
+        replace: bool = False,
+    ) -> EnvironmentPublic:
+        """Have the server build ``dockerfile`` (a path inside ``context``) of the
+        directory ``context`` with buildah as ``name`` (default ``build/context:<key>``);
+        the same build again answers at once (``.build.key``). ``replace``: an
+        environment of that name that another build (or import) made."""
+        with ExitStack() as stack:
+            f = pack_context(context, stack)
+            r = self.http.post(
+                "/environments/build",
+                params=_build_params(name, dockerfile, build_args, target, pull, replace),
+                content=_chunks(f),
+                headers=_headers(f),
+                timeout=UPLOAD_TIMEOUT_S,
+            )
         return EnvironmentPublic.model_validate(check(r).json())
 
     def delete(self, name: str) -> None:
@@ -156,6 +233,28 @@ class AsyncEnvironments:
         r = await self.http.post(
             "/environments/pull", json=_pull_body(ref, name, replace), timeout=UPLOAD_TIMEOUT_S
         )
+        return EnvironmentPublic.model_validate(check(r).json())
+
+    async def build(
+        self,
+        context: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        dockerfile: str = "Dockerfile",
+        build_args: Mapping[str, str] | None = None,
+        target: str | None = None,
+        pull: Literal["missing", "never"] = "missing",
+        replace: bool = False,
+    ) -> EnvironmentPublic:
+        with ExitStack() as stack:
+            f = await asyncio.to_thread(pack_context, context, stack)
+            r = await self.http.post(
+                "/environments/build",
+                params=_build_params(name, dockerfile, build_args, target, pull, replace),
+                content=_achunks(f),
+                headers=_headers(f),
+                timeout=UPLOAD_TIMEOUT_S,
+            )
         return EnvironmentPublic.model_validate(check(r).json())
 
     async def delete(self, name: str) -> None:

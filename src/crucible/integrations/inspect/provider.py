@@ -83,6 +83,7 @@ if TYPE_CHECKING:  # the engine and the client are imported when first used
     from crucible.client import AsyncClient
     from crucible.client.sandboxes import AsyncRemoteSandbox
     from crucible.engine import Sandbox
+    from crucible.environments.dockerfile import DockerfileSpec
 
 
 class CrucibleSandboxConfig(BaseModel):
@@ -534,39 +535,69 @@ async def ensure_builds(
     config: CrucibleSandboxConfig, compose: ComposeConfig, base_dir: Path
 ) -> dict[str, str]:
     """service -> the environment its ``build:`` made (built with buildah into this
-    machine's store, or found in its cache; once per task: concurrent samples wait
-    for the first build). Raises ComposeError (a bad build: section, a server),
-    PullRefused (the build failed)."""
-    from crucible.environments.dockerfile import build_dockerfile
-    from crucible.environments.store import EnvironmentStore
-    from crucible.integrations.inspect.compose import ComposeError, build_spec
+    machine's store, or with a server on it: the context sent as a tar to ``POST
+    /environments/build``, admin keys only; found in the cache either way; once per
+    task: concurrent samples wait for the first build). Raises ComposeError (a bad
+    build: section), PullRefused (the build failed or was refused)."""
+    from crucible.integrations.inspect.compose import build_spec
 
     specs = {n: build_spec(n, s, base_dir) for n, s in compose.services.items()}
     wanted = {n: s for n, s in specs.items() if s is not None}
     if not wanted:
         return {}
-    if config.server is not None:
-        raise ComposeError(
-            "build: is built locally (buildah, into this machine's store); with a server,"
-            " build on it with `crucible env build --dockerfile` and name the image"
-        )
     done = _builds.setdefault(asyncio.get_running_loop(), {})
     out: dict[str, str] = {}
     for name, spec in wanted.items():
         image = compose.services[name].image
-        key = (spec, image, config.pull)
-        async with _pull_lock(None, f"build:{key!r}"):
+        key = (config.server, spec, image, config.pull)
+        async with _pull_lock(config.server, f"build:{key!r}"):
             if key not in done:
-                store = EnvironmentStore.of(local_engine().settings)
                 try:
-                    env = await asyncio.to_thread(
-                        build_dockerfile, store, spec, image, pull=config.pull
-                    )
+                    done[key] = await _build(config, spec, image)
+                except PullRefused:
+                    raise
                 except Exception as exc:
                     raise PullRefused(f"service {name!r}: the build failed: {exc}") from exc
-                done[key] = env.name
         out[name] = done[key]
     return out
+
+
+async def _build(config: CrucibleSandboxConfig, spec: DockerfileSpec, image: str | None) -> str:
+    """The name of the environment ``spec`` builds as ``image``: here, or on the server
+    (which replaces an older build of that name, as a local build does)."""
+    if config.server is None:
+        from crucible.environments.dockerfile import build_dockerfile
+        from crucible.environments.store import EnvironmentStore
+
+        store = EnvironmentStore.of(local_engine().settings)
+        env = await asyncio.to_thread(build_dockerfile, store, spec, image, pull=config.pull)
+        return env.name
+    from crucible.client import AsyncClient
+    from crucible.client.errors import ApiError
+
+    try:
+        dockerfile = spec.file.relative_to(spec.context).as_posix()
+    except ValueError:
+        raise PullRefused(
+            f"the Dockerfile {spec.file} is outside its context {spec.context}: a server"
+            " builds only what the context holds"
+        ) from None
+    key = config.api_key or os.environ.get("CRUCIBLE_API_KEY")
+    async with AsyncClient(config.server, api_key=key) as client:
+        try:
+            public = await client.environments.build(
+                spec.context, name=image, dockerfile=dockerfile, build_args=dict(spec.args),
+                target=spec.target, pull=config.pull, replace=True,
+            )  # fmt: skip
+        except ApiError as exc:
+            if exc.status == 403:
+                raise PullRefused(
+                    f"building {image or spec.context.name!r} on {config.server} needs an"
+                    f" admin key ({exc.detail}); have an admin run `crucible env build"
+                    " --dockerfile` there and name the image"
+                ) from None
+            raise
+    return public.name
 
 
 async def compose_plan(
