@@ -19,7 +19,8 @@ from crucible.engine.models import SessionSpec
 from crucible.environments.dockerfile import BuildFailed, DockerfileSpec, build_dockerfile
 from crucible.environments.store import EnvironmentStore
 from crucible.services.environments import environment_public
-from support.oci_images import Image, host_userland_layer, write_oci_layout
+from support.dockerfile_fixtures import context as make_context
+from support.oci_images import Image, write_oci_layout
 from support.registry_fixtures import Registry
 from support.sandbox_fixtures import SESSION_LIMITS
 
@@ -52,11 +53,6 @@ CMD ["python3", "-m", "http.server", "8080"]
 
 
 @pytest.fixture(scope="session")
-def userland() -> Image:
-    return Image([host_userland_layer()], env=["PATH=/usr/bin:/bin"])
-
-
-@pytest.fixture(scope="session")
 def base_ref(registry: Registry, userland: Image, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The userland as ``<registry>/base/userland:1``."""
     registry.push(userland, "base/userland:1", tmp_path_factory.mktemp("push"))
@@ -80,13 +76,7 @@ def based_store(userland: Image, tmp_path_factory: pytest.TempPathFactory) -> En
 
 
 def context(tmp_path: Path, dockerfile: str = DOCKERFILE) -> Path:
-    ctx = tmp_path / f"ctx-{secrets.token_hex(3)}"
-    (ctx / "data").mkdir(parents=True)
-    (ctx / "data" / "input.txt").write_text("from the context\n")
-    (ctx / "data" / "run.sh").write_text("#!/bin/sh\necho run\n")
-    (ctx / "data" / "run.sh").chmod(0o755)
-    (ctx / "Dockerfile").write_text(dockerfile)
-    return ctx
+    return make_context(tmp_path, dockerfile)
 
 
 def clean_tmp(store: EnvironmentStore) -> None:
