@@ -178,6 +178,45 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/environments/build": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Build Environment
+         * @description Build an environment from a Dockerfile with buildah (admins). The body is the
+         *     build context as a tar archive (optionally gzip-compressed), streamed to disk;
+         *     it is checked whole before anything is unpacked: absolute paths, `..`, links out
+         *     of the context, device nodes and FIFOs are refused, and so is a context over
+         *     `build_context_max_bytes` (as sent or unpacked) or `build_context_max_entries`.
+         *     Each `FROM` is an environment of the server's store, else (`pull=missing`) its
+         *     image pulled from its registry as `POST /environments/pull` does.
+         *
+         *     **`RUN` steps are code run at build time on the server, with the host's
+         *     network** (they reach what the server reaches, loopback services included);
+         *     evaluations and sandboxes run in the result, never a `RUN` step.
+         *
+         *     Cached by the Dockerfile, the context (every entry's name, type, mode and
+         *     content), the bases' digests, the args and the target: the same build again
+         *     answers at once with the environment that build made (`build.key`), building
+         *     nothing; concurrent requests for one build build it once. 404: a `FROM` missing
+         *     with `pull=never`; 409: `name` holds another environment (without `replace`) or
+         *     is in use; 413: the context is too large; 422: a bad archive, Dockerfile, name,
+         *     arg or target (nothing is kept), or the build failed (`error: build_failed`,
+         *     with the tail of buildah's output); 502: a base's registry said no.
+         */
+        post: operations["build_environment_api_v1_environments_build_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/environments/pull": {
         parameters: {
             query?: never;
@@ -2782,6 +2821,117 @@ export interface operations {
             };
             /** @description Invalid request; `field` names the culprit */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+        };
+    };
+    build_environment_api_v1_environments_build_post: {
+        parameters: {
+            query?: {
+                /** @description the environment's name; default build/context:<key> */
+                name?: string | null;
+                /** @description the Dockerfile's path inside the context */
+                dockerfile?: string;
+                /** @description KEY=VALUE for the Dockerfile's ARG (repeated) */
+                build_arg?: string[] | null;
+                /** @description the stage to build */
+                target?: string | null;
+                /** @description a FROM the store lacks: missing (pull it) | never (404) */
+                pull?: "missing" | "never";
+                /** @description replace an environment of this name that another build made */
+                replace?: boolean;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/gzip": string;
+                "application/octet-stream": string;
+                "application/x-tar": string;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EnvironmentPublic"];
+                };
+            };
+            /** @description The body could not be read as the declared content type */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No valid API key (send `Authorization: Bearer <key>`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description The key's role or limit ceilings do not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description No such evaluation, batch, sandbox, file or dead letter */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Conflicts with the current state (or Idempotency-Key reuse) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Code or files larger than the server accepts */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Invalid request; `field` names the culprit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description A registry could not be read: unreachable, credentials refused, no such image */
+            502: {
                 headers: {
                     [name: string]: unknown;
                 };
