@@ -10,7 +10,8 @@ import pytest
 from crucible.core.config import Settings
 from crucible.core.errors import Conflict, NotFound
 from crucible.core.lifecycle import Priority, Status
-from crucible.store import EvaluationFilter, NewEvaluation, Store
+from crucible.store import Claim, Cluster, EvaluationFilter, NewEvaluation, Store, WorkerInfo
+from crucible.store.tables import Batch
 
 
 @pytest.fixture
@@ -199,3 +200,100 @@ def test_batches(store: Store) -> None:
     assert depth == {"high": 0, "normal": 0, "low": 0} and n_running == 1
     with pytest.raises(NotFound):
         store.get_batch("bt_nope")
+    assert counts == store.count_batch_rows("bt_1")
+
+
+def test_batch_counters_equal_the_rows_after_a_mixed_life(store: Store) -> None:
+    """The counters on the batch row (``crucible.store.tallies``) are kept through
+    every status change: claim, finish (passed, failed verdict, cancelled while
+    running), cancel of one queued evaluation, re-queue after its worker was lost,
+    recovery out of attempts into a dead letter, a stale finish fenced out, and the
+    cancel of the rest of the batch. After each step they equal a real count."""
+    cluster = Cluster(store)
+    w = WorkerInfo(id="w1", kind="embedded", host="h", node="n", pid=1, proc_start="1", capacity=4)
+    cluster.heartbeat(w, running=0)
+    store.create_batch("bt_m", [new(n) for n in range(10)], {})
+    store.create_evaluation(new(99))  # outside the batch: counted nowhere
+
+    def check(**expected: int) -> None:
+        counted = store.count_batch_rows("bt_m")
+        assert store.batch_counts("bt_m") == counted
+        assert counted.total == 10
+        assert {k: v for k, v in counted.by_status.items()} == expected
+
+    def claim(worker_id: str | None = "w1") -> Claim:
+        c = store.claim_next(worker_id=worker_id)
+        assert c is not None and c.id != "ev_99"
+        return c
+
+    check(queued=10)
+    store.cancel("ev_99")  # a claim would pick ev_0 first anyway; keep ev_99 out
+    passed, failed, killed = claim(), claim(), claim()
+    check(queued=7, running=3)
+    assert store.finish(passed, Status.completed, termination="exited", verdict="passed")
+    assert store.finish(failed, Status.completed, termination="timeout", verdict="failed")
+    assert store.finish(killed, Status.cancelled, termination="cancelled")
+    assert not store.finish(passed, Status.completed, termination="exited")  # fenced
+    check(queued=7, completed=2, cancelled=1)
+    assert store.cancel("ev_3") == Status.cancelled
+    check(queued=6, completed=2, cancelled=2)
+    # A lost worker: its run goes back to the queue, then dies again, out of attempts.
+    lost = claim()
+    cluster.stopped("w1")
+    recover = dict(
+        node="n", alive_here=lambda pid, start: False, dead_after_s=3600.0,
+        stuck_after_s=3600.0, max_attempts=2, backoff=lambda attempt: 0.0,
+    )  # fmt: skip
+    assert cluster.recover_orphans(**recover) == (1, 0)  # type: ignore[arg-type]
+    check(queued=6, completed=2, cancelled=2)
+    assert store.claim(lost.id, worker_id="w1") is not None
+    check(queued=5, completed=2, cancelled=2, running=1)
+    assert cluster.recover_orphans(**recover) == (0, 1)  # type: ignore[arg-type]
+    check(queued=5, completed=2, cancelled=2, error=1)
+    assert not store.requeue(lost, "late")  # the first claim is long fenced out
+    # A platform fault re-queues a run; then the rest of the batch is cancelled.
+    fault = claim()
+    assert store.requeue(fault, "fault")
+    running = claim()
+    check(queued=4, completed=2, cancelled=2, error=1, running=1)
+    assert store.cancel_batch("bt_m") == [running.id]
+    check(completed=2, cancelled=6, error=1, running=1)
+    assert store.finish(running, Status.cancelled, termination="cancelled")
+    counts = store.batch_counts("bt_m")
+    assert counts.by_status == {"completed": 2, "cancelled": 7, "error": 1}
+    assert counts.by_termination == {"exited": 1, "timeout": 1, "cancelled": 2}
+    assert counts.by_verdict == {"passed": 1, "failed": 1}
+    assert counts == store.count_batch_rows("bt_m")
+
+
+def test_a_termination_outside_the_vocabulary_is_refused_and_counts_nothing(
+    store: Store,
+) -> None:
+    store.create_batch("bt_v", [new(1)], {})
+    c = store.claim_next()
+    assert c is not None
+    with pytest.raises(ValueError):
+        store.finish(c, Status.completed, termination="vanished")
+    # The transaction rolled back with its counts: still running, still counted so.
+    assert store.get("ev_1").status == Status.running
+    assert store.batch_counts("bt_v") == store.count_batch_rows("bt_v")
+
+
+def test_the_counters_migration_backfills_from_the_rows(store: Store) -> None:
+    from alembic import command
+    from sqlalchemy import update
+
+    from crucible.store.db import alembic_config
+
+    store.create_batch("bt_b", [new(n) for n in range(4)], {})
+    c = store.claim_next()
+    assert c is not None
+    store.finish(c, Status.completed, termination="exited", verdict="passed")
+    truth = store.count_batch_rows("bt_b")
+    cfg = alembic_config(store.engine.url.render_as_string(hide_password=False))
+    command.downgrade(cfg, "0010")
+    command.upgrade(cfg, "head")
+    assert store.batch_counts("bt_b") == truth
+    with store.transaction() as s:  # and a drifted row is caught by the comparison
+        s.execute(update(Batch).where(Batch.id == "bt_b").values(n_queued=0))
+    assert store.batch_counts("bt_b") != truth

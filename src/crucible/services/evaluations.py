@@ -59,7 +59,15 @@ from crucible.services.sandbox_router import RoutedSandboxes
 from crucible.services.sandboxes import SandboxService
 from crucible.services.scan import scan_request
 from crucible.services.submissions import merge, new_id, prepare
-from crucible.store import BlobStore, Cluster, EvaluationFilter, NewEvaluation, Store, WorkerInfo
+from crucible.store import (
+    BatchCounts,
+    BlobStore,
+    Cluster,
+    EvaluationFilter,
+    NewEvaluation,
+    Store,
+    WorkerInfo,
+)
 from crucible.store.keys import KeyRecord
 from crucible.store.tables import Evaluation
 
@@ -345,9 +353,9 @@ class Service:
         return resolved
 
     async def batch(self, batch_id: str, who: KeyRecord | None = None) -> BatchPublic:
+        # The row carries its counts (crucible.store.tallies): one read, no counting.
         row = await self.access.batch(batch_id, who)
-        counts = await asyncio.to_thread(self.store.batch_counts, batch_id)
-        return batch_public(row, counts)
+        return batch_public(row, BatchCounts.of(row))
 
     async def cancel_batch(self, batch_id: str, who: KeyRecord | None = None) -> BatchPublic:
         await self.access.batch(batch_id, who)

@@ -14,6 +14,7 @@ from crucible.core.lifecycle import Status, check_transition
 from crucible.store.db import now
 from crucible.store.evaluations import Evaluations, NewEvaluation
 from crucible.store.tables import Batch, Evaluation
+from crucible.store.tallies import counts_of, tally
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,12 @@ class BatchCounts:
     by_status: dict[str, int]
     by_termination: dict[str, int]
     by_verdict: dict[str, int]
+
+    @classmethod
+    def of(cls, batch: Batch) -> BatchCounts:
+        """From the counters on the batch's row (see ``crucible.store.tallies``)."""
+        by_status, by_termination, by_verdict = counts_of(batch)
+        return cls(sum(by_status.values()), by_status, by_termination, by_verdict)
 
 
 class Batches(Evaluations):
@@ -48,6 +55,7 @@ class Batches(Evaluations):
                     count=len(items),
                     labels=labels,
                     cancel_requested=False,
+                    n_queued=len(items),
                     owner_key_id=owner_key_id,
                     idempotency_key=idempotency_key,
                     request_hash=request_hash,
@@ -78,6 +86,13 @@ class Batches(Evaluations):
         return row
 
     def batch_counts(self, batch_id: str) -> BatchCounts:
+        """The batch's counts, from the counters on its row (one primary-key read,
+        whatever its size); raises NotFound."""
+        return BatchCounts.of(self.get_batch(batch_id))
+
+    def count_batch_rows(self, batch_id: str) -> BatchCounts:
+        """The batch's counts by counting its evaluations (a ``GROUP BY`` over every
+        row): what the counters must always equal, for tests and benchmarks."""
         q = (
             select(Evaluation.status, Evaluation.termination, Evaluation.verdict, func.count())
             .where(Evaluation.batch_id == batch_id)
@@ -102,23 +117,27 @@ class Batches(Evaluations):
         self.get_batch(batch_id)
         check_transition(Status.queued, Status.cancelled)
         with self.transaction() as s:
-            s.execute(update(Batch).where(Batch.id == batch_id).values(cancel_requested=True))
-            s.execute(
+            cancelled = s.execute(
                 update(Evaluation)
                 .where(
                     Evaluation.batch_id == batch_id,
                     Evaluation.status == Status.queued,
                 )
                 .values(status=Status.cancelled.value, finished_at=now(), cancel_requested=True)
-            )
+            ).rowcount  # type: ignore[attr-defined]
             s.execute(
                 update(Evaluation)
                 .where(Evaluation.batch_id == batch_id, Evaluation.status == Status.running)
                 .values(cancel_requested=True)
             )
-            running = s.scalars(
-                select(Evaluation.id).where(
-                    Evaluation.batch_id == batch_id, Evaluation.status == Status.running
+            running = list(
+                s.scalars(
+                    select(Evaluation.id).where(
+                        Evaluation.batch_id == batch_id, Evaluation.status == Status.running
+                    )
                 )
             )
-            return list(running)
+            # The batch row last: evaluation rows are always locked before it.
+            s.execute(update(Batch).where(Batch.id == batch_id).values(cancel_requested=True))
+            tally(s, batch_id, source=Status.queued, target=Status.cancelled, n=cancelled)
+            return running

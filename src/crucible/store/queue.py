@@ -23,6 +23,7 @@ from crucible.core.errors import NotFound
 from crucible.core.lifecycle import TERMINAL, Priority, Status, check_transition
 from crucible.store.db import Database, now
 from crucible.store.tables import ApiKey, Attempt, DeadLetter, Evaluation, OwnerTurn
+from crucible.store.tallies import tally
 
 
 def _owner(key_id: Any) -> Any:
@@ -162,12 +163,17 @@ class Queue(Database):
                     not_before=None,
                 )
                 .returning(
-                    Evaluation.id, Evaluation.attempts, Evaluation.request, Evaluation.owner_key_id
+                    Evaluation.id,
+                    Evaluation.attempts,
+                    Evaluation.request,
+                    Evaluation.owner_key_id,
+                    Evaluation.batch_id,
                 )
             )
             row = s.execute(stmt).one_or_none()
             if row is None:
                 return None
+            tally(s, row[4], source=Status.queued, target=Status.running)
             s.execute(
                 insert(Attempt).values(
                     evaluation_id=row[0], attempt=row[1], worker_id=worker_id, started_at=started
@@ -194,7 +200,8 @@ class Queue(Database):
         *,
         attempt: int | None = None,
     ) -> bool:
-        """``source`` → ``target`` if the evaluation is (still) in ``source``.
+        """``source`` → ``target`` if the evaluation is (still) in ``source``, and its
+        batch's counters with it (``termination`` and ``verdict`` in ``values`` too).
 
         With ``attempt``, only for that claim (the fence). Returns whether it moved.
         """
@@ -203,10 +210,22 @@ class Queue(Database):
             update(Evaluation)
             .where(Evaluation.id == evaluation_id, Evaluation.status == source.value)
             .values(status=target.value, **values)
+            .returning(Evaluation.batch_id)
         )
         if attempt is not None:
             stmt = stmt.where(Evaluation.attempts == attempt)
-        return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+        moved = s.execute(stmt).one_or_none()
+        if moved is None:
+            return False
+        tally(
+            s,
+            moved[0],
+            source=source,
+            target=target,
+            termination=values.get("termination"),
+            verdict=values.get("verdict"),
+        )
+        return True
 
     def finish(
         self,

@@ -65,6 +65,22 @@ class Batch(Base):
     # Idempotency-Key (scoped to the key) and a digest of the body it came with.
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Its evaluations counted by status (n_), termination (t_) and verdict (v_), kept
+    # in the same transaction as every status change (``crucible.store.tallies``), so
+    # reading a batch never counts its rows.
+    n_queued: Mapped[int] = mapped_column(Integer, default=0)
+    n_running: Mapped[int] = mapped_column(Integer, default=0)
+    n_completed: Mapped[int] = mapped_column(Integer, default=0)
+    n_cancelled: Mapped[int] = mapped_column(Integer, default=0)
+    n_error: Mapped[int] = mapped_column(Integer, default=0)
+    t_exited: Mapped[int] = mapped_column(Integer, default=0)
+    t_timeout: Mapped[int] = mapped_column(Integer, default=0)
+    t_memory_limit: Mapped[int] = mapped_column(Integer, default=0)
+    t_output_limit: Mapped[int] = mapped_column(Integer, default=0)
+    t_compile_error: Mapped[int] = mapped_column(Integer, default=0)
+    t_cancelled: Mapped[int] = mapped_column(Integer, default=0)
+    v_passed: Mapped[int] = mapped_column(Integer, default=0)
+    v_failed: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Evaluation(Base):
