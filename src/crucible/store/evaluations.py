@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -197,11 +197,10 @@ class Evaluations(Database):
             q = q.where(Evaluation.flags.contains(f",{where.flag},", autoescape=True))
         if where.label is not None:
             key, value = where.label
-            q = q.where(
-                exists().where(
-                    Label.evaluation_seq == Evaluation.seq, Label.key == key, Label.value == value
-                )
-            )
+            # IN, not a correlated EXISTS: the planner can start from the label's
+            # index range instead of probing it for every evaluation, newest first.
+            labelled = select(Label.evaluation_seq).where(Label.key == key, Label.value == value)
+            q = q.where(Evaluation.seq.in_(labelled))
         with self.reading() as s:
             return keyset_page(s, q, Evaluation.seq, cursor=cursor, limit=limit)
 

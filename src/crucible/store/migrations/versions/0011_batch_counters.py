@@ -35,6 +35,28 @@ COUNTERS = [
     *((f"v_{v}", "verdict", v) for v in ("passed", "failed")),
 ]
 
+# The list's filters: (old index, its columns), (new index, its columns).
+INDEXES = [
+    (
+        ("ix_evaluations_batch", ["batch_id", "status"]),
+        ("ix_evaluations_batch_seq", ["batch_id", "seq"]),
+    ),
+    (("ix_evaluations_status", ["status"]), ("ix_evaluations_status_seq", ["status", "seq"])),
+    (
+        ("ix_evaluations_language", ["language"]),
+        ("ix_evaluations_language_seq", ["language", "seq"]),
+    ),
+    (
+        ("ix_evaluations_termination", ["termination"]),
+        ("ix_evaluations_termination_seq", ["termination", "seq"]),
+    ),
+    (("ix_evaluations_verdict", ["verdict"]), ("ix_evaluations_verdict_seq", ["verdict", "seq"])),
+    (
+        ("ix_evaluations_owner_key_id", ["owner_key_id"]),
+        ("ix_evaluations_owner_seq", ["owner_key_id", "seq"]),
+    ),
+]
+
 
 def upgrade() -> None:
     with op.batch_alter_table("batches", schema=None) as batch_op:
@@ -46,9 +68,19 @@ def upgrade() -> None:
         for name, column, value in COUNTERS
     )
     op.execute(f"UPDATE batches SET {sets}")
+    for (old, _), (new, columns) in INDEXES:
+        op.create_index(new, "evaluations", columns)
+        op.drop_index(old, table_name="evaluations")
+    op.create_index("ix_labels_kv_seq", "labels", ["key", "value", "evaluation_seq"])
+    op.drop_index("ix_labels_kv", table_name="labels")
 
 
 def downgrade() -> None:
+    op.create_index("ix_labels_kv", "labels", ["key", "value"])
+    op.drop_index("ix_labels_kv_seq", table_name="labels")
+    for (old, old_columns), (new, _) in INDEXES:
+        op.create_index(old, "evaluations", old_columns)
+        op.drop_index(new, table_name="evaluations")
     with op.batch_alter_table("batches", schema=None) as batch_op:
         for name, _, _ in reversed(COUNTERS):
             batch_op.drop_column(name)
