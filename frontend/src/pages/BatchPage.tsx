@@ -1,7 +1,7 @@
 import { useState } from 'react';
 import { Link, useParams } from 'react-router-dom';
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
-import { batchEventsUrl, cancelBatch, getBatch, listEvaluations } from '../api/client';
+import { batchEventsUrl, cancelBatch, getBatch, listEvaluations, normalizeBatch } from '../api/client';
 import type { EvaluationRecord } from '../api/models';
 import { subscribe } from '../api/sse';
 import { Badge, Empty, ErrorState, Spinner, StatusBadge } from '../components/ui';
@@ -61,31 +61,55 @@ async function allItems(batchId: string): Promise<EvaluationRecord[]> {
   return out;
 }
 
+// Polled only while the batch's event stream is down (it failed, or never opened):
+// while it is up, its `progress` events carry the batch record itself.
+const FALLBACK_POLL_MS = 10_000;
+
 export function BatchPage() {
   const { id = '' } = useParams();
   const qc = useQueryClient();
   const [shown, setShown] = useState(SHOW_STEP);
+  const [streamUp, setStreamUp] = useState(false);
   const batch = useQuery({
     queryKey: ['batch', id],
     queryFn: () => getBatch(id),
-    refetchInterval: (q) => (q.state.data?.finished ? false : 2000),
+    refetchInterval: (q) => (q.state.data?.finished || streamUp ? false : FALLBACK_POLL_MS),
   });
   const done = !!batch.data?.finished;
   const items = useQuery({
     queryKey: ['batch-items', id],
     queryFn: () => allItems(id),
     enabled: !!batch.data,
-    refetchInterval: done ? false : 3000,
+    refetchInterval: done || streamUp ? false : FALLBACK_POLL_MS,
   });
   const refresh = useThrottled(() => {
     void qc.invalidateQueries({ queryKey: ['batch', id] });
     void qc.invalidateQueries({ queryKey: ['batch-items', id] });
   }, 1000);
+  // The item list is many pages: re-read it at most every 3 s, and only as items finish.
+  const refreshItems = useThrottled(() => void qc.invalidateQueries({ queryKey: ['batch-items', id] }), 3000);
 
-  // Live progress over SSE while the batch runs; polling covers a missing stream.
+  // Live progress over SSE while the batch runs: each event is the batch record, so
+  // the counts need no request; the slow poll above covers a missing stream.
   useEffect(() => {
     if (!batch.data || done) return;
-    return subscribe(batchEventsUrl(id), { onEvent: refresh, onFinal: refresh, maxRetries: 3 });
+    const close = subscribe(batchEventsUrl(id), {
+      onOpen: () => setStreamUp(true),
+      onError: () => setStreamUp(false),
+      onEvent: (_event, data) => {
+        if (data && typeof data === 'object') qc.setQueryData(['batch', id], normalizeBatch(data as Record<string, unknown>));
+        refreshItems();
+      },
+      onFinal: () => {
+        setStreamUp(false);
+        refresh();
+      },
+      maxRetries: 3,
+    });
+    return () => {
+      setStreamUp(false);
+      close();
+    };
   }, [id, !!batch.data, done, refresh]); // eslint-disable-line react-hooks/exhaustive-deps
 
   const cancel = useMutation({ mutationFn: () => cancelBatch(id), onSettled: refresh });

@@ -1,4 +1,4 @@
-import { useState } from 'react';
+import { useRef, useState } from 'react';
 import { Link, useNavigate, useParams } from 'react-router-dom';
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
 import {
@@ -23,6 +23,7 @@ import { useLiveEvents } from '../hooks';
 import { exitCodeMeaning, explain, kernelEventNotes, signalMeaning, verdictExplanation } from '../lib/verdict';
 
 const ACTIVE = new Set(['queued', 'running']);
+const FALLBACK_POLL_MS = 10_000;
 const MiB = 1024 * 1024;
 
 function Timeline({ rec }: { rec: EvaluationRecord }) {
@@ -112,16 +113,21 @@ export function EvaluationPage() {
   const [full, setFull] = useState<{ stdout?: string; stderr?: string }>({});
   const [loadingFull, setLoadingFull] = useState<string | null>(null);
 
+  // While the event stream is connected it carries the status and output, and its
+  // final event re-reads the record: the slow poll is only the stream's fallback.
+  const streamUp = useRef(false);
   const query = useQuery({
     queryKey: ['evaluation', id],
     queryFn: ({ signal }) => getEvaluation(id, signal),
-    refetchInterval: (q) => (q.state.data && ACTIVE.has(q.state.data.status) ? 3000 : q.state.error ? 5000 : false),
+    refetchInterval: (q) =>
+      q.state.data && ACTIVE.has(q.state.data.status) ? (streamUp.current ? false : FALLBACK_POLL_MS) : q.state.error ? 5000 : false,
   });
   const rec = query.data;
   const active = !!rec && ACTIVE.has(rec.status);
   const live = useLiveEvents(rec ? evaluationEventsUrl(id) : null, active, () => {
     void qc.invalidateQueries({ queryKey: ['evaluation', id] });
   });
+  streamUp.current = live.connected;
 
   const cancel = useMutation({
     mutationFn: () => cancelEvaluation(id),

@@ -1,7 +1,9 @@
 import { useEffect, useState, type FormEvent } from 'react';
 import { Link, useSearchParams } from 'react-router-dom';
-import { keepPreviousData, useQuery } from '@tanstack/react-query';
-import { listEvaluations, type EvaluationFilters } from '../api/client';
+import { keepPreviousData, useQuery, useQueryClient } from '@tanstack/react-query';
+import { batchEventsUrl, listEvaluations, type EvaluationFilters } from '../api/client';
+import { subscribe } from '../api/sse';
+import { useThrottled } from '../hooks';
 import { LANGUAGES, STATUSES, TERMINATIONS, VERDICTS, type EvaluationRecord } from '../api/models';
 import { SCAN_FLAGS } from '../api/types';
 import { Flags } from '../components/Flags';
@@ -12,6 +14,8 @@ import { explain } from '../lib/verdict';
 const FILTER_KEYS = ['status', 'language', 'verdict', 'termination', 'flag', 'label', 'batch_id'] as const;
 const PAGE_SIZE = 50;
 const ACTIVE = new Set(['queued', 'running']);
+const ACTIVE_POLL_MS = 5000;
+const REST_POLL_MS = 30_000;
 
 function Row({ rec }: { rec: EvaluationRecord }) {
   const ex = explain(rec);
@@ -79,12 +83,38 @@ export function EvaluationsPage() {
     setBatch(filters.batch_id ?? '');
   }, [filters.label, filters.batch_id]);
 
+  // A batch's page follows the batch's event stream (one connection, an event as each
+  // item finishes). Without a batch there is no list-wide stream, and one per row would
+  // exhaust the browser's connections: a slow poll while any row is active (a page
+  // is one index range scan, see README "Cheap reads"), slower at rest.
+  const qc = useQueryClient();
+  const [streamUp, setStreamUp] = useState(false);
   const query = useQuery({
     queryKey: ['evaluations', filters, cursor ?? null],
     queryFn: ({ signal }) => listEvaluations({ ...filters, cursor, limit: PAGE_SIZE }, signal),
     placeholderData: keepPreviousData,
-    refetchInterval: (q) => (q.state.data?.items.some((r) => ACTIVE.has(r.status)) ? 2000 : q.state.error ? 5000 : 15000),
+    refetchInterval: (q) =>
+      q.state.error ? 5000 : q.state.data?.items.some((r) => ACTIVE.has(r.status)) ? (streamUp ? false : ACTIVE_POLL_MS) : REST_POLL_MS,
   });
+  const anyActive = !!query.data?.items.some((r) => ACTIVE.has(r.status));
+  const refresh = useThrottled(() => void qc.invalidateQueries({ queryKey: ['evaluations'] }), 1000);
+  useEffect(() => {
+    if (!filters.batch_id || !anyActive) return;
+    const close = subscribe(batchEventsUrl(filters.batch_id), {
+      onOpen: () => setStreamUp(true),
+      onError: () => setStreamUp(false),
+      onEvent: refresh,
+      onFinal: () => {
+        setStreamUp(false);
+        refresh();
+      },
+      maxRetries: 3,
+    });
+    return () => {
+      setStreamUp(false);
+      close();
+    };
+  }, [filters.batch_id, anyActive, refresh]);
 
   function setFilter(key: (typeof FILTER_KEYS)[number], value: string) {
     const next = new URLSearchParams(params);
