@@ -20,7 +20,7 @@ function archive(): Buffer {
     'import sys',
     "sys.path.insert(0, 'tests')",
     'from pathlib import Path',
-    'from oci_images import Image, directory, file, layer_tar, write_docker_archive',
+    'from support.oci_images import Image, directory, file, layer_tar, write_docker_archive',
     "entries = [directory('usr'), directory('usr/bin')]",
     "entries += [file(f'usr/bin/{p}', '#!/bin/sh\\n', mode=0o755) for p in ('python3', 'bash')]",
     'write_docker_archive(Image([layer_tar(entries)]), Path(sys.argv[1]))',
