@@ -192,11 +192,17 @@ async def test_memory_limit_stops_the_exec_not_the_sandbox(session: Session) -> 
     hog = "x = bytearray(1 << 30)"  # 1 GiB against 256 MiB
     if session.runtime == "gvisor":
         # The sandbox's cgroup holds gVisor's sentry, which holds the program's memory:
-        # at the limit the host's OOM killer takes the sentry, i.e. the whole sandbox.
-        # Known limit (README); what must hold is that it is seen and counted.
-        with pytest.raises(SandboxStopped):
-            await session.exec(["python3", "-c", hog], timeout_s=20)
-        assert not session.alive and session.usage().oom_kill >= 1
+        # at the limit the host's OOM killer usually takes the sentry, i.e. the whole
+        # sandbox (known limit, README). It picks by size, and once in a fresh-clone run
+        # it took another process and the exec ended on its own. Either way what must
+        # hold is that the limit is seen: the sandbox stopped with the kill counted, or
+        # the exec's verdict says memory_limit.
+        try:
+            r = await session.exec(["python3", "-c", hog], timeout_s=20)
+        except SandboxStopped:
+            assert not session.alive and session.usage().oom_kill >= 1
+            return
+        assert r.returncode != 0 and not r.timed_out and r.memory_limit, (r, session.usage())
         return
     r = await session.exec(["python3", "-c", hog], timeout_s=20)
     assert r.returncode == 137 and not r.timed_out and r.memory_limit
