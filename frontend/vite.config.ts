@@ -47,5 +47,10 @@ export default defineConfig({
     include: ['src/**/*.test.{ts,tsx}'],
     setupFiles: ['src/test-setup.ts'],
     css: false,
+    // The bounds catch a hung test, not a slow one: a page's first render transforms and
+    // imports its modules (CodeMirror is a few MB) inside the test, and with every core
+    // busy that alone took 6.6 s against Vitest's default of 5 s (a fresh-clone run at
+    // load average 10). No test here measures time.
+    testTimeout: 30_000,
   },
 });

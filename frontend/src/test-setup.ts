@@ -1,6 +1,10 @@
 import '@testing-library/jest-dom/vitest';
 import { afterEach } from 'vitest';
-import { cleanup } from '@testing-library/react';
+import { cleanup, configure } from '@testing-library/react';
+
+// findBy* and waitFor wait for what a test awaits; their default of 1 s is a speed
+// assertion on a loaded machine (see testTimeout in vite.config.ts).
+configure({ asyncUtilTimeout: 10_000 });
 
 afterEach(() => cleanup());
 
