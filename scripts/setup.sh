@@ -65,10 +65,21 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
+#
+# uv installs it (the lock is uv's own `pip compile`): pip took 229 s of wall and 74 s of
+# CPU for the 153 packages into a new venv here, a cold uv 21 s, a warm one 12 s and
+# 1.8 s of CPU, and a fresh clone builds its venv at every `make test`. uv is pinned and
+# lives in the venv; pip stays there too, for whoever needs it.
+UV_VERSION=0.13.9
 stamp=.venv/.lock-installed
 if [ ! -f "$stamp" ] || ! cat requirements.lock pyproject.toml | cmp -s - "$stamp"; then
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  if [ "$(.venv/bin/uv --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
+    .venv/bin/pip install -q --disable-pip-version-check "uv==$UV_VERSION"
+  fi
+  # Copies, not hard links: the cache and a clone are often on different file systems.
+  export UV_LINK_MODE=copy
+  .venv/bin/uv pip install -q --python .venv/bin/python -r requirements.lock
+  .venv/bin/uv pip install -q --python .venv/bin/python --no-deps -e .
   cat requirements.lock pyproject.toml >"$stamp"
 fi
 
