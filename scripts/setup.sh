@@ -73,7 +73,7 @@ fi
 UV_VERSION=0.13.9
 stamp=.venv/.lock-installed
 if [ ! -f "$stamp" ] || ! cat requirements.lock pyproject.toml | cmp -s - "$stamp"; then
-  if [ "$(.venv/bin/uv --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
+  if [ "$(.venv/bin/uv --version 2>/dev/null | cut -d" " -f2)" != "$UV_VERSION" ]; then
     .venv/bin/pip install -q --disable-pip-version-check "uv==$UV_VERSION"
   fi
   # Copies, not hard links: the cache and a clone are often on different file systems.
