@@ -86,7 +86,7 @@ fi
 # The web UI: npm packages from the lock file, then a build served at /.
 fstamp=frontend/node_modules/.crucible-lock
 if [ ! -f "$fstamp" ] || ! cmp -s frontend/package-lock.json "$fstamp"; then
-  (cd frontend && npm ci --no-audit --no-fund --loglevel=error)
+  (cd frontend && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
   cp frontend/package-lock.json "$fstamp"
 fi
 # Rebuilt when anything the build reads is newer than it (`make e2e` tests this build).
