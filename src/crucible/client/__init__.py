@@ -21,12 +21,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from httpx_sse import connect_sse
 
+from crucible.client import evaluations as calls
 from crucible.client.environments import AsyncEnvironments, Environments
-from crucible.client.errors import ApiError, check
+from crucible.client.errors import ApiError
 from crucible.client.events import ServerEvent
 from crucible.client.sandboxes import AsyncSandboxes, Sandboxes
+from crucible.client.transport import AsyncTransport, SyncTransport
 from crucible.domain.evaluations import (
     BatchCreated,
     BatchPublic,
@@ -41,9 +42,13 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 __all__ = ["DEFAULT_SERVER", "ApiError", "AsyncClient", "Client", "ServerEvent"]
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
+def _http_options(server: str, timeout: float, api_key: str | None) -> dict[str, Any]:
     api_key = api_key or os.environ.get("CRUCIBLE_API_KEY")
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return {
+        "base_url": server.rstrip("/") + "/api/v1",
+        "timeout": timeout,
+        "headers": {"Authorization": f"Bearer {api_key}"} if api_key else {},
+    }
 
 
 class Client:
@@ -57,14 +62,10 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         api_key: str | None = None,
     ) -> None:
-        self.http = httpx.Client(
-            base_url=server.rstrip("/") + "/api/v1",
-            timeout=timeout,
-            transport=transport,
-            headers=_headers(api_key),
-        )
-        self.sandboxes = Sandboxes(self.http, self._sse)
-        self.environments = Environments(self.http)
+        self.http = httpx.Client(transport=transport, **_http_options(server, timeout, api_key))
+        self.send = SyncTransport(self.http)
+        self.sandboxes = Sandboxes(self.send)
+        self.environments = Environments(self.send)
 
     def __enter__(self) -> Client:
         return self
@@ -74,9 +75,6 @@ class Client:
 
     def close(self) -> None:
         self.http.close()
-
-    def _json(self, response: httpx.Response) -> Any:
-        return check(response).json()
 
     # -- evaluations ------------------------------------------------------------
 
@@ -96,19 +94,11 @@ class Client:
         With ``wait`` (≤ 60 s) the server answers once the evaluation ends, if it does.
         """
         body = {"code": code, "language": language, "environment": environment, **fields}
-        body = {k: v for k, v in body.items() if v is not None}
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        params = {"wait": wait} if wait else {}
-        timeout = (wait or 0) + self.http.timeout.read if self.http.timeout.read else None
-        r = self.http.post(
-            "/evaluations", json=body, headers=headers, params=params, timeout=timeout
-        )
-        return EvaluationPublic.model_validate(self._json(r))
+        read_timeout = self.http.timeout.read
+        return self.send(calls.submit_call(body, wait, idempotency_key, read_timeout))
 
     def get(self, evaluation_id: str) -> EvaluationPublic:
-        return EvaluationPublic.model_validate(
-            self._json(self.http.get(f"/evaluations/{evaluation_id}"))
-        )
+        return self.send(calls.get_call(evaluation_id))
 
     def wait(self, evaluation_id: str, timeout: float | None = None) -> EvaluationPublic:
         """Block until the evaluation is final (following its event stream)."""
@@ -122,10 +112,7 @@ class Client:
 
     def list(self, *, cursor: str | None = None, limit: int = 50, **filters: Any) -> EvaluationList:
         """One page; filters: status, language, verdict, termination, label="k:v", batch_id."""
-        params = {k: v for k, v in {**filters, "cursor": cursor, "limit": limit}.items() if v}
-        return EvaluationList.model_validate(
-            self._json(self.http.get("/evaluations", params=params))
-        )
+        return self.send(calls.list_call(cursor, limit, filters))
 
     def iter(self, **filters: Any) -> Iterator[EvaluationPublic]:
         """Every matching evaluation, newest first, following the cursor."""
@@ -138,53 +125,17 @@ class Client:
             cursor = page.next_cursor
 
     def cancel(self, evaluation_id: str) -> CancelPublic:
-        return CancelPublic.model_validate(
-            self._json(self.http.post(f"/evaluations/{evaluation_id}/cancel"))
-        )
-
-    def _sse(self, path: str, last_event_id: int | None, final: set[str]) -> Iterator[ServerEvent]:
-        """Follow an event stream, reconnecting with Last-Event-ID after a drop."""
-        failures = 0
-        while True:
-            headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
-            try:
-                with connect_sse(self.http, "GET", path, headers=headers, timeout=None) as source:
-                    if source.response.status_code >= 400:
-                        source.response.read()
-                        self._json(source.response)
-                    for sse in source.iter_sse():
-                        if not sse.data:
-                            # A keep-alive comment after an event: httpx-sse hands it
-                            # over as an event with the last id and no data.
-                            continue
-                        event = ServerEvent(int(sse.id or 0), sse.event, sse.json())
-                        last_event_id = event.id
-                        failures = 0
-                        yield event
-                        if event.type in final:
-                            return
-                raise httpx.RemoteProtocolError("event stream ended early")
-            except httpx.TransportError:
-                failures += 1
-                if failures > 5:
-                    raise
-                time.sleep(min(0.2 * 2**failures, 5.0))
+        return self.send(calls.cancel_call(evaluation_id))
 
     def events(self, evaluation_id: str, last_event_id: int | None = None) -> Iterator[ServerEvent]:
         """``status``, ``stdout``, ``stderr`` events, then ``result`` (the final record)."""
-        return self._sse(f"/evaluations/{evaluation_id}/events", last_event_id, {"result"})
+        return self.send.events(f"/evaluations/{evaluation_id}/events", last_event_id, {"result"})
 
     def logs(self, evaluation_id: str, stream: str = "stdout") -> str:
-        r = self.http.get(f"/evaluations/{evaluation_id}/output/{stream}")
-        if r.status_code >= 400:
-            self._json(r)
-        return r.text
+        return self.send(calls.output_call(evaluation_id, stream))
 
     def file(self, evaluation_id: str, path: str) -> bytes:
-        r = self.http.get(f"/evaluations/{evaluation_id}/files/{path}")
-        if r.status_code >= 400:
-            self._json(r)
-        return r.content
+        return self.send(calls.file_call(evaluation_id, path))
 
     # -- batches ----------------------------------------------------------------
 
@@ -198,32 +149,21 @@ class Client:
     ) -> BatchCreated:
         """Queue ``items``; ``environment`` goes into ``defaults`` (an item's own wins).
         With ``idempotency_key``, a retry after a lost answer gets the same batch."""
-        body: dict[str, Any] = {"items": items}
-        if environment is not None:
-            defaults = {**(defaults or {}), "environment": environment}
-        if defaults:
-            body["defaults"] = defaults
-        if labels:
-            body["labels"] = labels
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        r = self.http.post(
-            "/batches", json=body, headers=headers, timeout=max(60.0, len(items) / 50)
-        )
-        return BatchCreated.model_validate(self._json(r))
+        return self.send(calls.batch_call(items, defaults, labels, environment, idempotency_key))
 
     def get_batch(self, batch_id: str) -> BatchPublic:
-        return BatchPublic.model_validate(self._json(self.http.get(f"/batches/{batch_id}")))
+        return self.send(calls.get_batch_call(batch_id))
 
     def batch_events(self, batch_id: str) -> Iterator[BatchPublic]:
         """The batch record each time more of it has finished; ends when all have."""
-        for event in self._sse(f"/batches/{batch_id}/events", None, {"done"}):
+        for event in self.send.events(f"/batches/{batch_id}/events", None, {"done"}):
             yield BatchPublic.model_validate(event.data)
 
     def cancel_batch(self, batch_id: str) -> BatchPublic:
-        return BatchPublic.model_validate(self._json(self.http.post(f"/batches/{batch_id}/cancel")))
+        return self.send(calls.cancel_batch_call(batch_id))
 
     def queue(self) -> QueuePublic:
-        return QueuePublic.model_validate(self._json(self.http.get("/queue")))
+        return self.send(calls.queue_call())
 
 
 class AsyncClient:
@@ -240,13 +180,11 @@ class AsyncClient:
         api_key: str | None = None,
     ) -> None:
         self.http = httpx.AsyncClient(
-            base_url=server.rstrip("/") + "/api/v1",
-            timeout=timeout,
-            transport=transport,
-            headers=_headers(api_key),
+            transport=transport, **_http_options(server, timeout, api_key)
         )
-        self.sandboxes = AsyncSandboxes(self.http)
-        self.environments = AsyncEnvironments(self.http)
+        self.send = AsyncTransport(self.http)
+        self.sandboxes = AsyncSandboxes(self.send)
+        self.environments = AsyncEnvironments(self.send)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -24,7 +24,7 @@ import os
 import stat
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Literal
@@ -32,10 +32,9 @@ from urllib.parse import quote
 
 import httpx
 
-from crucible.client.errors import check
+from crucible.client.transport import AsyncTransport, Call, SyncTransport, model, models, nothing
 from crucible.domain.models import EnvironmentPublic
 
-CHUNK = 1 << 20
 # An import checks every layer and unpacks the image: minutes for a large one.
 UPLOAD_TIMEOUT_S = 1800.0
 
@@ -67,24 +66,6 @@ def _headers(f: IO[bytes]) -> dict[str, str]:
     return {"Content-Type": "application/octet-stream"}
 
 
-def _chunks(f: IO[bytes]) -> Iterator[bytes]:
-    while chunk := f.read(CHUNK):
-        yield chunk
-
-
-async def _achunks(f: IO[bytes]) -> AsyncIterator[bytes]:
-    while chunk := await asyncio.to_thread(f.read, CHUNK):
-        yield chunk
-
-
-def _params(name: str, replace: bool) -> dict[str, str]:
-    return {"name": name, **({"replace": "true"} if replace else {})}
-
-
-def _pull_body(ref: str, name: str | None, replace: bool) -> dict[str, object]:
-    return {"ref": ref, "name": name, "replace": replace}
-
-
 def _as_root(member: tarfile.TarInfo) -> tarfile.TarInfo:
     # The server makes every entry root's anyway (COPY's default); the same directory
     # sent by two users is then the same archive.
@@ -111,10 +92,45 @@ def pack_context(context: str | os.PathLike[str], stack: ExitStack) -> IO[bytes]
     return f
 
 
-def _build_params(
-    name: str | None, dockerfile: str, build_args: Mapping[str, str] | None,
+# -- the calls: each route once ---------------------------------------------------
+
+
+def list_call() -> Call[builtins.list[EnvironmentPublic]]:
+    return Call("GET", "/environments", models(EnvironmentPublic))
+
+
+def get_call(name: str) -> Call[EnvironmentPublic]:
+    return Call("GET", _path(name), model(EnvironmentPublic))
+
+
+def upload_call(f: IO[bytes], name: str, replace: bool) -> Call[EnvironmentPublic]:
+    """POST /environments: the archive ``f``, streamed from where it stands."""
+    return Call(
+        "POST",
+        "/environments",
+        model(EnvironmentPublic),
+        params={"name": name, **({"replace": "true"} if replace else {})},
+        content=f,
+        headers=_headers(f),
+        timeout=UPLOAD_TIMEOUT_S,
+    )
+
+
+def pull_call(ref: str, name: str | None, replace: bool) -> Call[EnvironmentPublic]:
+    return Call(
+        "POST",
+        "/environments/pull",
+        model(EnvironmentPublic),
+        json={"ref": ref, "name": name, "replace": replace},
+        timeout=UPLOAD_TIMEOUT_S,
+    )
+
+
+def build_call(
+    f: IO[bytes], name: str | None, dockerfile: str, build_args: Mapping[str, str] | None,
     target: str | None, pull: str, replace: bool,
-) -> httpx.QueryParams:  # fmt: skip
+) -> Call[EnvironmentPublic]:  # fmt: skip
+    """POST /environments/build: the packed context ``f`` (:func:`pack_context`)."""
     params: list[tuple[str, str | int | float | bool | None]] = [
         ("dockerfile", dockerfile),
         ("pull", pull),
@@ -126,36 +142,42 @@ def _build_params(
         params.append(("target", target))
     if replace:
         params.append(("replace", "true"))
-    return httpx.QueryParams(params)
+    return Call(
+        "POST",
+        "/environments/build",
+        model(EnvironmentPublic),
+        params=httpx.QueryParams(params),
+        content=f,
+        headers=_headers(f),
+        timeout=UPLOAD_TIMEOUT_S,
+    )
+
+
+def delete_call(name: str) -> Call[None]:
+    return Call("DELETE", _path(name), nothing)
+
+
+# -- the sync and async faces -----------------------------------------------------
 
 
 class Environments:
     """``Client.environments``: list, get, upload, pull, build and delete (the last
     four admins only)."""
 
-    def __init__(self, http: httpx.Client) -> None:
-        self.http = http
+    def __init__(self, send: SyncTransport) -> None:
+        self.send = send
 
     def list(self) -> builtins.list[EnvironmentPublic]:
-        r = check(self.http.get("/environments"))
-        return [EnvironmentPublic.model_validate(e) for e in r.json()]
+        return self.send(list_call())
 
     def get(self, name: str) -> EnvironmentPublic:
-        return EnvironmentPublic.model_validate(check(self.http.get(_path(name))).json())
+        return self.send(get_call(name))
 
     def upload(self, source: Source, name: str, *, replace: bool = False) -> EnvironmentPublic:
         """Import ``source`` (a ``docker save`` archive or a tar of an OCI layout)
         as ``name``; ``replace`` an environment of that name (not one in use)."""
         with ExitStack() as stack:
-            f = _open(source, stack)
-            r = self.http.post(
-                "/environments",
-                params=_params(name, replace),
-                content=_chunks(f),
-                headers=_headers(f),
-                timeout=UPLOAD_TIMEOUT_S,
-            )
-        return EnvironmentPublic.model_validate(check(r).json())
+            return self.send(upload_call(_open(source, stack), name, replace))
 
     def pull(
         self, ref: str, name: str | None = None, *, replace: bool = False
@@ -163,10 +185,7 @@ class Environments:
         """Have the server pull ``ref`` from its registry as ``name`` (default: the
         reference as Docker shows it), with the server's own registry credentials and
         mirrors; pinned by its manifest digest (``.manifest_digest``)."""
-        r = self.http.post(
-            "/environments/pull", json=_pull_body(ref, name, replace), timeout=UPLOAD_TIMEOUT_S
-        )
-        return EnvironmentPublic.model_validate(check(r).json())
+        return self.send(pull_call(ref, name, replace))
 
     def build(
         self,
@@ -185,55 +204,35 @@ class Environments:
         environment of that name that another build (or import) made."""
         with ExitStack() as stack:
             f = pack_context(context, stack)
-            r = self.http.post(
-                "/environments/build",
-                params=_build_params(name, dockerfile, build_args, target, pull, replace),
-                content=_chunks(f),
-                headers=_headers(f),
-                timeout=UPLOAD_TIMEOUT_S,
-            )
-        return EnvironmentPublic.model_validate(check(r).json())
+            return self.send(build_call(f, name, dockerfile, build_args, target, pull, replace))
 
     def delete(self, name: str) -> None:
         """Remove ``name`` (409 while queued or running work names it)."""
-        check(self.http.delete(_path(name)))
+        self.send(delete_call(name))
 
 
 class AsyncEnvironments:
     """``AsyncClient.environments``: :class:`Environments`, awaited."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self.http = http
+    def __init__(self, send: AsyncTransport) -> None:
+        self.send = send
 
     async def list(self) -> builtins.list[EnvironmentPublic]:
-        r = check(await self.http.get("/environments"))
-        return [EnvironmentPublic.model_validate(e) for e in r.json()]
+        return await self.send(list_call())
 
     async def get(self, name: str) -> EnvironmentPublic:
-        r = await self.http.get(_path(name))
-        return EnvironmentPublic.model_validate(check(r).json())
+        return await self.send(get_call(name))
 
     async def upload(
         self, source: Source, name: str, *, replace: bool = False
     ) -> EnvironmentPublic:
         with ExitStack() as stack:
-            f = _open(source, stack)
-            r = await self.http.post(
-                "/environments",
-                params=_params(name, replace),
-                content=_achunks(f),
-                headers=_headers(f),
-                timeout=UPLOAD_TIMEOUT_S,
-            )
-        return EnvironmentPublic.model_validate(check(r).json())
+            return await self.send(upload_call(_open(source, stack), name, replace))
 
     async def pull(
         self, ref: str, name: str | None = None, *, replace: bool = False
     ) -> EnvironmentPublic:
-        r = await self.http.post(
-            "/environments/pull", json=_pull_body(ref, name, replace), timeout=UPLOAD_TIMEOUT_S
-        )
-        return EnvironmentPublic.model_validate(check(r).json())
+        return await self.send(pull_call(ref, name, replace))
 
     async def build(
         self,
@@ -248,14 +247,8 @@ class AsyncEnvironments:
     ) -> EnvironmentPublic:
         with ExitStack() as stack:
             f = await asyncio.to_thread(pack_context, context, stack)
-            r = await self.http.post(
-                "/environments/build",
-                params=_build_params(name, dockerfile, build_args, target, pull, replace),
-                content=_achunks(f),
-                headers=_headers(f),
-                timeout=UPLOAD_TIMEOUT_S,
-            )
-        return EnvironmentPublic.model_validate(check(r).json())
+            call = build_call(f, name, dockerfile, build_args, target, pull, replace)
+            return await self.send(call)
 
     async def delete(self, name: str) -> None:
-        check(await self.http.delete(_path(name)))
+        await self.send(delete_call(name))

@@ -25,45 +25,40 @@ the retry with the first run's result.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
-from crucible.client.errors import check
 from crucible.client.events import ServerEvent
+from crucible.client.transport import (
+    AsyncTransport,
+    Call,
+    SyncTransport,
+    content,
+    model,
+    nothing,
+)
 from crucible.domain.models import ExecList, ExecPublic, SandboxList, SandboxPublic
 
 # The HTTP wait of an exec beyond its own timeout (queueing in the server, the kill).
 EXEC_MARGIN_S = 30.0
-# An exec whose answer was lost is sent again (same Idempotency-Key) after these waits.
-EXEC_RETRIES_S = (0.5, 1.0, 2.0)
-RETRY_STATUS = frozenset({502, 503, 504})
 
 
-def _retry_exec(attempt: int, response: httpx.Response | None) -> float | None:
-    """How long to wait before sending an exec again, or None: give up (its answer
-    stands). Only a lost answer is retried, never the command's own failure."""
-    if attempt >= len(EXEC_RETRIES_S):
-        return None
-    if response is not None and response.status_code not in RETRY_STATUS:
-        return None
-    return EXEC_RETRIES_S[attempt]
+# -- the calls: each route once ---------------------------------------------------
 
 
-def _create_body(
-    runtime: str | None,
-    limits: dict[str, Any] | None,
-    ttl_s: float | None,
-    idle_timeout_s: float | None,
-    labels: dict[str, str] | None,
+def create_call(
+    runtime: str | None = None,
+    limits: dict[str, Any] | None = None,
+    ttl_s: float | None = None,
+    idle_timeout_s: float | None = None,
+    labels: dict[str, str] | None = None,
     environment: str | None = None,
     network: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Call[SandboxPublic]:
     body = {
         "runtime": runtime,
         "environment": environment,
@@ -73,20 +68,34 @@ def _create_body(
         "idle_timeout_s": idle_timeout_s,
         "labels": labels,
     }
-    return {k: v for k, v in body.items() if v is not None}
+    body = {k: v for k, v in body.items() if v is not None}
+    return Call("POST", "/sandboxes", model(SandboxPublic), json=body)
 
 
-def exec_request(
+def get_call(sandbox_id: str) -> Call[SandboxPublic]:
+    return Call("GET", f"/sandboxes/{sandbox_id}", model(SandboxPublic))
+
+
+def list_call(status: str | None, cursor: str | None, limit: int) -> Call[SandboxList]:
+    given = {"status": status, "cursor": cursor, "limit": limit}
+    params = {k: v for k, v in given.items() if v}
+    return Call("GET", "/sandboxes", model(SandboxList), params=params)
+
+
+def exec_call(
+    sandbox_id: str,
     cmd: list[str] | str,
-    input: str | bytes | None,
-    cwd: str | None,
-    env: dict[str, str] | None,
-    user: str | None,
-    timeout_s: float | None,
+    input: str | bytes | None = None,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    timeout_s: float | None = None,
     detach: bool = False,
-) -> tuple[dict[str, Any], float | None]:
-    """The body of POST …/exec, and how long to wait for its answer (None: no bound
-    here; the server bounds every exec by its ceiling)."""
+    idempotency_key: str | None = None,
+) -> Call[ExecPublic]:
+    """POST …/exec: waits ``timeout_s`` and a margin for its answer (no bound here
+    without one; the server bounds every exec by its ceiling), retried when that is
+    lost under the same Idempotency-Key (default: a new one), so it runs at most once."""
     argv = ["bash", "-lc", cmd] if isinstance(cmd, str) else list(cmd)
     body: dict[str, Any] = {"cmd": argv}
     if isinstance(input, bytes):
@@ -98,26 +107,49 @@ def exec_request(
             body[name] = value
     if detach:
         body["detach"] = True
-    return body, (timeout_s + EXEC_MARGIN_S) if timeout_s is not None else None
+    return Call(
+        "POST",
+        f"/sandboxes/{sandbox_id}/exec",
+        model(ExecPublic),
+        json=body,
+        headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
+        timeout=(timeout_s + EXEC_MARGIN_S) if timeout_s is not None else None,
+        retried=True,
+    )
 
 
-def _list_params(status: str | None, cursor: str | None, limit: int) -> dict[str, Any]:
-    given = {"status": status, "cursor": cursor, "limit": limit}
-    return {k: v for k, v in given.items() if v}
+def write_file_call(sandbox_id: str, path: str, data: bytes | str) -> Call[None]:
+    body = data.encode("utf-8") if isinstance(data, str) else data
+    return Call(
+        "PUT", f"/sandboxes/{sandbox_id}/file", nothing, params={"path": path}, content=body,
+        file=path,
+    )  # fmt: skip
 
 
-def _bytes(data: bytes | str) -> bytes:
-    return data.encode("utf-8") if isinstance(data, str) else data
+def read_file_call(sandbox_id: str, path: str) -> Call[bytes]:
+    return Call("GET", f"/sandboxes/{sandbox_id}/file", content, params={"path": path}, file=path)
+
+
+def execs_call(sandbox_id: str, cursor: str | None, limit: int) -> Call[ExecList]:
+    params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+    return Call("GET", f"/sandboxes/{sandbox_id}/execs", model(ExecList), params=params)
+
+
+def delete_call(sandbox_id: str) -> Call[None]:
+    return Call("DELETE", f"/sandboxes/{sandbox_id}", nothing)
+
+
+# -- the sync and async faces -----------------------------------------------------
 
 
 class RemoteSandbox:
     """One sandbox on the server; a context manager that deletes it on exit."""
 
-    def __init__(self, http: httpx.Client, record: SandboxPublic, sse: Any = None) -> None:
-        self.http = http
+    def __init__(self, send: SyncTransport, record: SandboxPublic) -> None:
+        self.send = send
+        self.http: httpx.Client = send.http
         self.id = record.id
         self.record = record
-        self._sse = sse
 
     def __enter__(self) -> RemoteSandbox:
         return self
@@ -126,9 +158,7 @@ class RemoteSandbox:
         self.close()
 
     def refresh(self) -> SandboxPublic:
-        self.record = SandboxPublic.model_validate(
-            check(self.http.get(f"/sandboxes/{self.id}")).json()
-        )
+        self.record = self.send(get_call(self.id))
         return self.record
 
     def exec(
@@ -148,57 +178,34 @@ class RemoteSandbox:
         ``detach``: start it as a service and return once it runs. A lost answer is
         retried under the same ``idempotency_key`` (default: a new one): the command
         runs at most once. SandboxLost when its host died."""
-        body, wait = exec_request(cmd, input, cwd, env, user, timeout_s, detach)
-        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-        attempt = 0
-        while True:
-            try:
-                r = self.http.post(
-                    f"/sandboxes/{self.id}/exec", json=body, timeout=wait, headers=headers
-                )
-            except httpx.TransportError:
-                if (delay := _retry_exec(attempt, None)) is None:
-                    raise
-            else:
-                if (delay := _retry_exec(attempt, r)) is None:
-                    return ExecPublic.model_validate(check(r).json())
-            time.sleep(delay)
-            attempt += 1
+        return self.send(
+            exec_call(self.id, cmd, input, cwd, env, user, timeout_s, detach, idempotency_key)
+        )
 
     def write_file(self, path: str, data: bytes | str) -> None:
-        r = self.http.put(f"/sandboxes/{self.id}/file", params={"path": path}, content=_bytes(data))
-        check(r, path=path)
+        self.send(write_file_call(self.id, path, data))
 
     def read_file(self, path: str) -> bytes:
-        r = self.http.get(f"/sandboxes/{self.id}/file", params={"path": path})
-        return check(r, path=path).content
+        return self.send(read_file_call(self.id, path))
 
     def execs(self, *, cursor: str | None = None, limit: int = 100) -> ExecList:
         """One page of the transcript, oldest first."""
-        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
-        r = self.http.get(f"/sandboxes/{self.id}/execs", params=params)
-        return ExecList.model_validate(check(r).json())
+        return self.send(execs_call(self.id, cursor, limit))
 
     def events(self, last_event_id: int | None = None) -> Iterator[ServerEvent]:
         """``exec_started``, ``output``, ``exec_finished`` … then ``stopped``."""
-        if self._sse is None:
-            raise RuntimeError("this sandbox was not opened through a Client")
-        events: Iterator[ServerEvent] = self._sse(
-            f"/sandboxes/{self.id}/events", last_event_id, {"stopped"}
-        )
-        return events
+        return self.send.events(f"/sandboxes/{self.id}/events", last_event_id, {"stopped"})
 
     def close(self) -> None:
         """Delete the sandbox (idempotent: a stopped one stays as it is)."""
-        check(self.http.delete(f"/sandboxes/{self.id}"))
+        self.send(delete_call(self.id))
 
 
 class Sandboxes:
     """``Client.sandboxes``: create, open, list."""
 
-    def __init__(self, http: httpx.Client, sse: Any = None) -> None:
-        self.http = http
-        self._sse = sse
+    def __init__(self, send: SyncTransport) -> None:
+        self.send = send
 
     def create(
         self,
@@ -215,31 +222,25 @@ class Sandboxes:
         the root under its writable layer, default the server's
         CRUCIBLE_DEFAULT_ENVIRONMENT, else host; ``network`` a place on a
         private network, ``{"group", "hostname", "members"}``)."""
-        body = _create_body(runtime, limits, ttl_s, idle_timeout_s, labels, environment, network)
-        record = SandboxPublic.model_validate(check(self.http.post("/sandboxes", json=body)).json())
-        return RemoteSandbox(self.http, record, self._sse)
+        call = create_call(runtime, limits, ttl_s, idle_timeout_s, labels, environment, network)
+        return RemoteSandbox(self.send, self.send(call))
 
     def get(self, sandbox_id: str) -> RemoteSandbox:
         """An existing sandbox by id (NotFound: ApiError 404)."""
-        record = SandboxPublic.model_validate(
-            check(self.http.get(f"/sandboxes/{sandbox_id}")).json()
-        )
-        return RemoteSandbox(self.http, record, self._sse)
+        return RemoteSandbox(self.send, self.send(get_call(sandbox_id)))
 
     def list(
         self, *, status: str | None = None, cursor: str | None = None, limit: int = 50
     ) -> SandboxList:
-        params = {
-            k: v for k, v in {"status": status, "cursor": cursor, "limit": limit}.items() if v
-        }
-        return SandboxList.model_validate(check(self.http.get("/sandboxes", params=params)).json())
+        return self.send(list_call(status, cursor, limit))
 
 
 class AsyncRemoteSandbox:
     """:class:`RemoteSandbox` with async methods; ``async with`` deletes it on exit."""
 
-    def __init__(self, http: httpx.AsyncClient, record: SandboxPublic) -> None:
-        self.http = http
+    def __init__(self, send: AsyncTransport, record: SandboxPublic) -> None:
+        self.send = send
+        self.http: httpx.AsyncClient = send.http
         self.id = record.id
         self.record = record
 
@@ -250,8 +251,7 @@ class AsyncRemoteSandbox:
         await self.close()
 
     async def refresh(self) -> SandboxPublic:
-        r = await self.http.get(f"/sandboxes/{self.id}")
-        self.record = SandboxPublic.model_validate(check(r).json())
+        self.record = await self.send(get_call(self.id))
         return self.record
 
     async def exec(
@@ -267,47 +267,28 @@ class AsyncRemoteSandbox:
         idempotency_key: str | None = None,
     ) -> ExecPublic:
         """:meth:`RemoteSandbox.exec`, awaited (the same key and retries)."""
-        body, wait = exec_request(cmd, input, cwd, env, user, timeout_s, detach)
-        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-        attempt = 0
-        while True:
-            try:
-                r = await self.http.post(
-                    f"/sandboxes/{self.id}/exec", json=body, timeout=wait, headers=headers
-                )
-            except httpx.TransportError:
-                if (delay := _retry_exec(attempt, None)) is None:
-                    raise
-            else:
-                if (delay := _retry_exec(attempt, r)) is None:
-                    return ExecPublic.model_validate(check(r).json())
-            await asyncio.sleep(delay)
-            attempt += 1
+        return await self.send(
+            exec_call(self.id, cmd, input, cwd, env, user, timeout_s, detach, idempotency_key)
+        )
 
     async def write_file(self, path: str, data: bytes | str) -> None:
-        r = await self.http.put(
-            f"/sandboxes/{self.id}/file", params={"path": path}, content=_bytes(data)
-        )
-        check(r, path=path)
+        await self.send(write_file_call(self.id, path, data))
 
     async def read_file(self, path: str) -> bytes:
-        r = await self.http.get(f"/sandboxes/{self.id}/file", params={"path": path})
-        return check(r, path=path).content
+        return await self.send(read_file_call(self.id, path))
 
     async def execs(self, *, cursor: str | None = None, limit: int = 100) -> ExecList:
-        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
-        r = await self.http.get(f"/sandboxes/{self.id}/execs", params=params)
-        return ExecList.model_validate(check(r).json())
+        return await self.send(execs_call(self.id, cursor, limit))
 
     async def close(self) -> None:
-        check(await self.http.delete(f"/sandboxes/{self.id}"))
+        await self.send(delete_call(self.id))
 
 
 class AsyncSandboxes:
     """``AsyncClient.sandboxes``."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self.http = http
+    def __init__(self, send: AsyncTransport) -> None:
+        self.send = send
 
     async def create(
         self,
@@ -320,19 +301,13 @@ class AsyncSandboxes:
         environment: str | None = None,
         network: dict[str, Any] | None = None,
     ) -> AsyncRemoteSandbox:
-        body = _create_body(runtime, limits, ttl_s, idle_timeout_s, labels, environment, network)
-        r = await self.http.post("/sandboxes", json=body)
-        return AsyncRemoteSandbox(self.http, SandboxPublic.model_validate(check(r).json()))
+        call = create_call(runtime, limits, ttl_s, idle_timeout_s, labels, environment, network)
+        return AsyncRemoteSandbox(self.send, await self.send(call))
 
     async def get(self, sandbox_id: str) -> AsyncRemoteSandbox:
-        r = await self.http.get(f"/sandboxes/{sandbox_id}")
-        return AsyncRemoteSandbox(self.http, SandboxPublic.model_validate(check(r).json()))
+        return AsyncRemoteSandbox(self.send, await self.send(get_call(sandbox_id)))
 
     async def list(
         self, *, status: str | None = None, cursor: str | None = None, limit: int = 50
     ) -> SandboxList:
-        params = {
-            k: v for k, v in {"status": status, "cursor": cursor, "limit": limit}.items() if v
-        }
-        r = await self.http.get("/sandboxes", params=params)
-        return SandboxList.model_validate(check(r).json())
+        return await self.send(list_call(status, cursor, limit))
