@@ -152,6 +152,7 @@ def worker(
 
     from crucible.core.config import Settings
     from crucible.dispatch.worker import run_worker
+    from crucible.wiring import build_worker
 
     overrides: dict[str, Any] = {
         "data_dir": data_dir,
@@ -165,7 +166,7 @@ def worker(
         overrides["max_concurrency"] = concurrency
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run_worker(settings, concurrency=settings.max_concurrency)
+    run_worker(build_worker(settings, concurrency=settings.max_concurrency))
 
 
 def submit(

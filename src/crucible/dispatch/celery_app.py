@@ -20,8 +20,8 @@ Configuration, and why:
 * The worker runs Celery's *threads* pool with one thread: the task body takes
   microseconds; the sandboxes run in the worker's own asyncio loop.
 
-Run a worker with ``crucible worker``; ``celery -A crucible.dispatch.worker worker
---pool threads`` works too (the worker's runtime is then built at the first task).
+Run a worker with ``crucible worker``; ``celery -A crucible.wiring worker --pool
+threads`` works too (the worker's runtime is then built at the first task).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def __getattr__(name: str) -> Celery:
     # of the CRUCIBLE_* settings of the importing process, built on first use rather
     # than at import (servers import this module without needing an app of its own).
     # It sends and monitors; a worker that runs the task is ``crucible worker`` (or
-    # ``celery -A crucible.dispatch.worker worker --pool threads``).
+    # ``celery -A crucible.wiring worker --pool threads``).
     if name in ("app", "celery"):
         return make_celery(get_settings())
     raise AttributeError(name)

@@ -12,7 +12,9 @@ process per host keeps one heartbeat, one identity and one cancel subscription p
 worker. ``kill -9`` of the worker kills all of it at once; its heartbeat stops and
 other processes re-queue its evaluations.
 
-The loop also runs the process's maintenance (heartbeat, orphan recovery) and
+Its parts are composed by :func:`crucible.wiring.compose_worker` (handed to the
+runtime by :func:`crucible.wiring.build_worker`); the runtime starts, serves and
+stops them. The loop also runs the process's maintenance (heartbeat, orphan recovery) and
 listens on the cancel channel, killing a local run within milliseconds of a cancel
 on any API instance.
 
@@ -33,13 +35,13 @@ import dataclasses
 import logging
 import shutil
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import start_http_server
 from redis.exceptions import RedisError
 
-from crucible.core.config import Settings, get_settings
+from crucible.core.config import Settings
 from crucible.core.errors import SandboxUnavailable
 from crucible.dispatch import CANCEL_CHANNEL
 from crucible.dispatch.celery_app import QUEUE, make_celery
@@ -48,16 +50,12 @@ from crucible.dispatch.host import HostServer
 from crucible.dispatch.maintenance import Maintenance
 from crucible.domain.limits import resolve_limits
 from crucible.engine import Sandbox
-from crucible.environments.store import EnvironmentStore
 from crucible.services import identity, metrics
-from crucible.services.access import Access
-from crucible.services.environments import EnvironmentService
 from crucible.services.events import RedisBus
 from crucible.services.executor import Executor
 from crucible.services.metrics import REGISTRY
-from crucible.services.sandboxes import SandboxService, lose_dead_hosts
-from crucible.store import BlobStore, Cluster, Store
-from crucible.store.sandboxes import Owner, SandboxStore
+from crucible.services.sandboxes import SandboxService
+from crucible.store import Store, WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +65,48 @@ _runtime: WorkerRuntime | None = None
 _runtime_lock = threading.Lock()
 
 
-class WorkerRuntime:
-    """The asyncio side of one worker process (see the module docstring)."""
+@dataclasses.dataclass(frozen=True)
+class WorkerParts:
+    """What a worker process is made of, composed by ``crucible.wiring``;
+    ``sandboxes``: the agent sandboxes it hosts (``--sandboxes N``), else None."""
 
-    def __init__(self, settings: Settings, *, concurrency: int) -> None:
+    store: Store
+    bus: RedisBus
+    sandbox: Sandbox
+    executor: Executor
+    claimer: Claimer
+    maintenance: Maintenance
+    sandboxes: SandboxService | None
+
+
+class Compose(Protocol):
+    """Builds a worker's parts (``crucible.wiring.compose_worker``), on its loop."""
+
+    def __call__(
+        self,
+        settings: Settings,
+        *,
+        info: WorkerInfo,
+        concurrency: int,
+        on_epoch: Callable[[int], None],
+    ) -> WorkerParts: ...
+
+
+class WorkerRuntime:
+    """The asyncio side of one worker process (see the module docstring): it starts,
+    serves and stops the parts ``compose`` builds."""
+
+    def __init__(self, settings: Settings, *, concurrency: int, compose: Compose) -> None:
         self.settings = settings
         self.concurrency = concurrency
+        self.compose = compose
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="crucible-loop", daemon=True
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.info = identity.this_process("celery", concurrency, QUEUE)
-        self.sandboxes: SandboxService | None = None
+        self.parts: WorkerParts | None = None
         self.endpoint: HostServer | None = None
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -92,7 +119,8 @@ class WorkerRuntime:
 
     def wake(self) -> None:
         """The Celery task's body: look for runnable work now (from a task thread)."""
-        self.loop.call_soon_threadsafe(self.claimer.notify)
+        if self.parts is not None:
+            self.loop.call_soon_threadsafe(self.parts.claimer.notify)
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -102,102 +130,64 @@ class WorkerRuntime:
 
     async def _start(self) -> None:
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(s.sqlalchemy_url)
-        self.store.default_max_running = s.quota_max_running  # as in the API (access.py)
-        await asyncio.to_thread(self.store.migrate)
-        self.cluster = Cluster(self.store)
-        self.bus = RedisBus(s.event_redis_url, prefix=s.prefix, retention_s=s.event_retention_s)
-        self.sandbox = Sandbox(s, max_concurrency=self.concurrency)
-        await self.sandbox.sweep()  # leftovers of dead supervisors on this state dir
-        metrics.watch_warm_pool(self.sandbox)
-        await self.sandbox.start_pool(resolve_limits({}, self.settings))
+        # First: a refused start leaves nothing running.
+        hosting = self._hosting_address() if s.sandbox_host_capacity > 0 else None
+        parts = self.compose(
+            s, info=self.info, concurrency=self.concurrency, on_epoch=self._declared_dead
+        )
+        await asyncio.to_thread(parts.store.migrate)
+        await parts.sandbox.sweep()  # leftovers of dead supervisors on this state dir
+        metrics.watch_warm_pool(parts.sandbox)
+        await parts.sandbox.start_pool(resolve_limits({}, s))
         shutil.rmtree(s.data_dir / "tmp" / self.info.id, ignore_errors=True)
-        self.executor = Executor(
-            store=self.store,
-            blobs=BlobStore(s.data_dir / "blobs"),
-            bus=self.bus,
-            sandbox=self.sandbox,
-            settings=s,
-            # The cancel channel is the fast path; the flag is polled as the fallback.
-            cancel_poll_s=1.0,
-            worker_id=self.info.id,
-        )
-        self.claimer = Claimer(
-            self.executor,
-            self.store,
-            concurrency=self.concurrency,
-            poll_s=s.claim_poll_s,
-        )
-        if s.sandbox_host_capacity > 0:
-            await self._start_hosting()
-        records = SandboxStore(self.store)
-        self.maintenance = Maintenance(
-            self.cluster,
-            s,
-            info=self.info,
-            running=lambda: self.executor.running,
-            on_recovered=self.claimer.notify,
-            duties=(lambda: lose_dead_hosts(records, self.bus),),
-            sandboxes=self._sandboxes_running,
-            on_epoch=self._declared_dead,
-        )
-        await self.maintenance.heartbeat()  # registered before the first claim
-        self.maintenance.start()
-        self.claimer.start()
-        self._tasks.append(asyncio.create_task(self._listen_cancels()))
+        self.parts = parts
+        if parts.sandboxes is not None and hosting is not None:
+            await self._start_hosting(parts.sandboxes, *hosting)
+            parts.maintenance.info = self.info  # now with the endpoint it advertises
+        await parts.maintenance.heartbeat()  # registered before the first claim
+        parts.maintenance.start()
+        parts.claimer.start()
+        self._tasks.append(asyncio.create_task(self._listen_cancels(parts)))
 
-    async def _start_hosting(self) -> None:
-        """The sandbox service of this host and its cluster endpoint, before the first
-        heartbeat (which advertises them). Refuses without a cluster token or a
-        listening address: an endpoint open to anyone would run anyone's code."""
-        s = self.settings
-        if not s.cluster_token:
+    def _hosting_address(self) -> tuple[str, str]:
+        """The cluster token and listening address of this host's endpoint. Refuses
+        (SandboxUnavailable) without either: an endpoint open to anyone would run
+        anyone's code."""
+        token, listen = self.settings.cluster_token, self.settings.sandbox_host_listen
+        if not token:
             raise SandboxUnavailable(
                 "hosting sandboxes (--sandboxes) needs CRUCIBLE_CLUSTER_TOKEN, the secret"
                 " API instances present to this host's cluster endpoint"
             )
-        if not s.sandbox_host_listen:
+        if not listen:
             raise SandboxUnavailable("hosting sandboxes (--sandboxes) needs --listen ADDR:PORT")
-        access = Access(self.store, s)
-        environments = EnvironmentService(EnvironmentStore.of(s), self.store, access.sandboxes)
-        info = self.info
-        self.sandboxes = SandboxService(
-            settings=s,
-            access=access,
-            blobs=BlobStore(s.data_dir / "blobs"),
-            bus=self.bus,
-            engine=self.sandbox.sessions,
-            owner=Owner(info.id, info.node, info.host, info.pid, info.proc_start),
-            environments=environments,
-            capacity=s.sandbox_host_capacity,
-        )
-        await self.sandboxes.check_settings()
-        await self.sandboxes.start()  # sweeps the leftovers of dead owners, then reaps
-        self.endpoint = HostServer(
-            self.sandboxes, token=s.cluster_token, listen=s.sandbox_host_listen
-        )
+        return token, listen
+
+    async def _start_hosting(self, sandboxes: SandboxService, token: str, listen: str) -> None:
+        """The sandbox service of this host and its cluster endpoint, before the first
+        heartbeat (which advertises them)."""
+        s = self.settings
+        await sandboxes.check_settings()
+        await sandboxes.start()  # sweeps the leftovers of dead owners, then reaps
+        self.endpoint = HostServer(sandboxes, token=token, listen=listen)
         await self.endpoint.start()
         advertise = s.sandbox_host_advertise or f"http://{self.endpoint.addr}:{self.endpoint.port}"
         self.info = dataclasses.replace(
-            info, sandbox_capacity=s.sandbox_host_capacity, endpoint=advertise
+            self.info, sandbox_capacity=s.sandbox_host_capacity, endpoint=advertise
         )
         log.info("hosting up to %d sandboxes at %s", s.sandbox_host_capacity, advertise)
-
-    def _sandboxes_running(self) -> int:
-        return self.sandboxes.hosted() if self.sandboxes is not None else 0
 
     def _declared_dead(self, _epoch: int) -> None:
         """Declared dead while cut off: its sandboxes are ``lost`` in the database, so
         close them here now (the reaper would at its next tick)."""
-        if self.sandboxes is not None:
-            self._tasks.append(asyncio.create_task(self.sandboxes.drop_orphans()))
+        if self.parts is not None and self.parts.sandboxes is not None:
+            self._tasks.append(asyncio.create_task(self.parts.sandboxes.drop_orphans()))
 
-    async def _listen_cancels(self) -> None:
+    async def _listen_cancels(self, parts: WorkerParts) -> None:
         while True:
             try:
-                async for evaluation_id in self.bus.listen(CANCEL_CHANNEL):
-                    self.executor.cancel(evaluation_id)
+                async for evaluation_id in parts.bus.listen(CANCEL_CHANNEL):
+                    parts.executor.cancel(evaluation_id)
             except (RedisError, OSError) as exc:
                 log.warning("cancel channel lost (%r); resubscribing", exc)
                 await asyncio.sleep(1.0)
@@ -209,19 +199,21 @@ class WorkerRuntime:
                 await task
         if self.endpoint is not None:
             await self.endpoint.stop()
-        await self.claimer.stop(grace_s=self.settings.shutdown_grace_s)
-        if self.sandboxes is not None:
-            await self.sandboxes.stop()  # reason shutdown, before the row says stopped
-        await self.maintenance.stop()
-        await self.sandbox.close()
-        await self.bus.close()
-        await asyncio.to_thread(self.store.dispose)
+        if (parts := self.parts) is None:
+            return
+        await parts.claimer.stop(grace_s=self.settings.shutdown_grace_s)
+        if parts.sandboxes is not None:
+            await parts.sandboxes.stop()  # reason shutdown, before the row says stopped
+        await parts.maintenance.stop()
+        await parts.sandbox.close()
+        await parts.bus.close()
+        await asyncio.to_thread(parts.store.dispose)
 
 
 def wake(task: Any, *hint: Any, **_: Any) -> None:
     """The ``crucible.wake`` task: make this worker look for runnable evaluations now
     (``hint``, an evaluation id or a count, is only for the worker's log)."""
-    current_runtime(task.app.conf.crucible_settings).wake()
+    current_runtime().wake()
 
 
 def install_runtime(runtime: WorkerRuntime) -> None:
@@ -230,27 +222,31 @@ def install_runtime(runtime: WorkerRuntime) -> None:
         _runtime = runtime
 
 
-def current_runtime(settings: Settings) -> WorkerRuntime:
-    """The process's runtime; built at the first task when ``crucible worker`` did not
-    build it (a plain ``celery worker --pool threads``)."""
+def current_runtime(build: Callable[[], WorkerRuntime] | None = None) -> WorkerRuntime:
+    """The process's runtime; started from ``build`` at the first task when none was
+    installed (``celery -A crucible.wiring worker --pool threads``, where ``crucible
+    worker`` did not build it). Raises RuntimeError with neither."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = WorkerRuntime(settings, concurrency=settings.max_concurrency)
+            if build is None:
+                raise RuntimeError("no worker runtime: start workers with `crucible worker`")
+            _runtime = build()
             _runtime.start()
         return _runtime
 
 
-def run_worker(settings: Settings, *, concurrency: int) -> None:
-    """``crucible worker``: the runtime, then a Celery worker receiving wake-ups;
-    returns after a warm shutdown (running evaluations get ``shutdown_grace_s``)."""
+def run_worker(runtime: WorkerRuntime) -> None:
+    """``crucible worker``: ``runtime`` (``crucible.wiring.build_worker``) started, then
+    a Celery worker receiving wake-ups; returns after a warm shutdown (running
+    evaluations get ``shutdown_grace_s``)."""
+    settings = runtime.settings
     if settings.worker_metrics_port is not None:
         # Runs in this worker's process: its own sandbox run histograms.
         start_http_server(
             settings.worker_metrics_port, addr=settings.worker_metrics_host, registry=REGISTRY
         )
     app = make_celery(settings, wake=wake)
-    runtime = WorkerRuntime(settings, concurrency=concurrency)
     runtime.start()
     install_runtime(runtime)
     try:
@@ -267,12 +263,3 @@ def run_worker(settings: Settings, *, concurrency: int) -> None:
         )
     finally:
         runtime.stop()
-
-
-def __getattr__(name: str) -> Any:
-    # For ``celery -A crucible.dispatch.worker worker --pool threads``: the app of the
-    # CRUCIBLE_* settings with the task registered, built on first use (see
-    # crucible.dispatch.celery_app's for an app that only sends and monitors).
-    if name in ("app", "celery"):
-        return make_celery(get_settings(), wake=wake)
-    raise AttributeError(name)
