@@ -25,7 +25,6 @@ the retry with the first run's result.
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +40,7 @@ from crucible.client.transport import (
     model,
     nothing,
 )
+from crucible.domain.execs import ExecRequest
 from crucible.domain.models import ExecList, ExecPublic, SandboxList, SandboxPublic
 
 # The HTTP wait of an exec beyond its own timeout (queueing in the server, the kill).
@@ -83,35 +83,18 @@ def list_call(status: str | None, cursor: str | None, limit: int) -> Call[Sandbo
 
 
 def exec_call(
-    sandbox_id: str,
-    cmd: list[str] | str,
-    input: str | bytes | None = None,
-    cwd: str | None = None,
-    env: dict[str, str] | None = None,
-    user: str | None = None,
-    timeout_s: float | None = None,
-    detach: bool = False,
-    idempotency_key: str | None = None,
+    sandbox_id: str, request: ExecRequest, idempotency_key: str | None = None
 ) -> Call[ExecPublic]:
-    """POST …/exec: waits ``timeout_s`` and a margin for its answer (no bound here
-    without one; the server bounds every exec by its ceiling), retried when that is
-    lost under the same Idempotency-Key (default: a new one), so it runs at most once."""
-    argv = ["bash", "-lc", cmd] if isinstance(cmd, str) else list(cmd)
-    body: dict[str, Any] = {"cmd": argv}
-    if isinstance(input, bytes):
-        body["input_base64"] = base64.b64encode(input).decode("ascii")
-    elif input is not None:
-        body["input"] = input
-    for name, value in (("cwd", cwd), ("env", env), ("user", user), ("timeout_s", timeout_s)):
-        if value is not None:
-            body[name] = value
-    if detach:
-        body["detach"] = True
+    """POST …/exec: waits ``request.timeout_s`` and a margin for its answer (no bound
+    here without one; the server bounds every exec by its ceiling), retried when that
+    is lost under the same Idempotency-Key (default: a new one), so it runs at most
+    once."""
+    timeout_s = request.timeout_s
     return Call(
         "POST",
         f"/sandboxes/{sandbox_id}/exec",
         model(ExecPublic),
-        json=body,
+        json=request.body(),
         headers={"Idempotency-Key": idempotency_key or uuid.uuid4().hex},
         timeout=(timeout_s + EXEC_MARGIN_S) if timeout_s is not None else None,
         retried=True,
@@ -178,9 +161,14 @@ class RemoteSandbox:
         ``detach``: start it as a service and return once it runs. A lost answer is
         retried under the same ``idempotency_key`` (default: a new one): the command
         runs at most once. SandboxLost when its host died."""
-        return self.send(
-            exec_call(self.id, cmd, input, cwd, env, user, timeout_s, detach, idempotency_key)
+        request = ExecRequest.of(
+            cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s, detach=detach
         )
+        return self.run(request, idempotency_key=idempotency_key)
+
+    def run(self, request: ExecRequest, *, idempotency_key: str | None = None) -> ExecPublic:
+        """:meth:`exec` of a request built already."""
+        return self.send(exec_call(self.id, request, idempotency_key))
 
     def write_file(self, path: str, data: bytes | str) -> None:
         self.send(write_file_call(self.id, path, data))
@@ -267,9 +255,14 @@ class AsyncRemoteSandbox:
         idempotency_key: str | None = None,
     ) -> ExecPublic:
         """:meth:`RemoteSandbox.exec`, awaited (the same key and retries)."""
-        return await self.send(
-            exec_call(self.id, cmd, input, cwd, env, user, timeout_s, detach, idempotency_key)
+        request = ExecRequest.of(
+            cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s, detach=detach
         )
+        return await self.run(request, idempotency_key=idempotency_key)
+
+    async def run(self, request: ExecRequest, *, idempotency_key: str | None = None) -> ExecPublic:
+        """:meth:`exec` of a request built already."""
+        return await self.send(exec_call(self.id, request, idempotency_key))
 
     async def write_file(self, path: str, data: bytes | str) -> None:
         await self.send(write_file_call(self.id, path, data))

@@ -19,6 +19,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from crucible.core.lifecycle import SandboxStatus, StopReason
+from crucible.domain.execs import ExecRequest
 from crucible.domain.paging import Page
 from crucible.engine.models import RuntimeName
 
@@ -160,6 +161,13 @@ class ExecCreate(BaseModel):
         if self.input_base64 is not None:
             return base64.b64decode(self.input_base64)
         return self.input.encode() if self.input is not None else None
+
+    def request(self) -> ExecRequest:
+        """This body as the value the services pass on (stdin decoded)."""
+        return ExecRequest(
+            self.cmd, self.stdin(), self.cwd, self.env, self.user, self.timeout_s,
+            bool(self.detach),
+        )  # fmt: skip
 
 
 class ExecPublic(BaseModel):

@@ -47,6 +47,7 @@ from crucible.services.events import Event, EventBus, follow
 if TYPE_CHECKING:
     from crucible.services.environments import EnvironmentService
 from crucible.core.lifecycle import SandboxStatus, StopReason
+from crucible.domain.execs import ExecRequest
 from crucible.domain.limits import resolve_bounds, resolve_session_limits
 from crucible.domain.models import (
     ExecCreate,
@@ -425,12 +426,15 @@ class SandboxService(SandboxRecords):
         InvalidSubmission for a timeout out of bounds. With ``idempotency_key`` the
         command runs at most once: a retry gets the first exec's answer (waiting for
         it while it runs); the same key with another command is a Conflict."""
-        timeout = exec_timeout(self.settings, body)
+        request = body.request()
+        timeout = exec_timeout(self.settings, request)
         session = self.engine.get(sandbox_id) if who is None else None
         if session is None or not session.alive:
             row = await self.access.sandbox(sandbox_id, who)
             if idempotency_key is not None:
-                done = await replay(self.store, self.blobs, sandbox_id, idempotency_key, body.cmd)
+                done = await replay(
+                    self.store, self.blobs, sandbox_id, idempotency_key, request.argv
+                )
                 if done is not None:
                     return done
             session = await self._session(row)
@@ -440,7 +444,7 @@ class SandboxService(SandboxRecords):
         # command, and answers a retried key (ExecExists): two reads fewer per exec.
         self._busy[sandbox_id] += 1  # before the row: the reaper must not see it idle
         try:
-            return await self._exec(session, sandbox_id, body, timeout, idempotency_key)
+            return await self._exec(session, sandbox_id, request, timeout, idempotency_key)
         finally:
             self._busy[sandbox_id] -= 1
             if self._busy[sandbox_id] <= 0:
@@ -450,24 +454,24 @@ class SandboxService(SandboxRecords):
         self,
         session: SessionHandle,
         sandbox_id: str,
-        body: ExecCreate,
+        request: ExecRequest,
         timeout: float,
         key: str | None,
     ) -> ExecPublic:
         try:
             started = await asyncio.to_thread(
-                self.store.begin_exec, sandbox_id, body.cmd, body.cwd, body.user, key
+                self.store.begin_exec, sandbox_id, request.argv, request.cwd, request.user, key
             )
         except ExecExists as exists:
             assert key is not None
             log.info("exec %d of %s retried (same key): waiting for it", exists.seq, sandbox_id)
-            return await self._await_exec(sandbox_id, key, body.cmd, timeout)
+            return await self._await_exec(sandbox_id, key, request.argv, timeout)
         if key is None:
-            return await self._run_exec(session, sandbox_id, body, timeout, started)
+            return await self._run_exec(session, sandbox_id, request, timeout, started)
         future: asyncio.Future[ExecPublic] = asyncio.get_running_loop().create_future()
         self._inflight[(sandbox_id, key)] = future
         try:
-            answer = await self._run_exec(session, sandbox_id, body, timeout, started)
+            answer = await self._run_exec(session, sandbox_id, request, timeout, started)
             future.set_result(answer)
             return answer
         except BaseException as exc:
@@ -498,7 +502,7 @@ class SandboxService(SandboxRecords):
         self,
         session: SessionHandle,
         sandbox_id: str,
-        body: ExecCreate,
+        request: ExecRequest,
         timeout: float,
         started: SandboxExec,
     ) -> ExecPublic:
@@ -507,14 +511,14 @@ class SandboxService(SandboxRecords):
         live = LiveOutput(self.bus, stream, started.seq)
         try:
             result = await session.exec(
-                body.cmd,
-                input=body.stdin(),
-                cwd=body.cwd,
-                env=body.env,
-                user=body.user,
+                request.argv,
+                input=request.stdin(),
+                cwd=request.cwd,
+                env=request.env,
+                user=request.user,
                 timeout_s=timeout,
                 on_output=live,
-                detach=bool(body.detach),
+                detach=request.detach,
             )
         except Exception as exc:  # no result: the transcript says why
             await live.finish()
@@ -721,7 +725,7 @@ async def prepare(
     )
 
 
-def exec_timeout(settings: Settings, body: ExecCreate) -> float:
+def exec_timeout(settings: Settings, body: ExecCreate | ExecRequest) -> float:
     """The exec's timeout within its bounds (InvalidSubmission outside them)."""
     return float(
         resolve_bounds(

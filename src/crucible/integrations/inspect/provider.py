@@ -42,7 +42,7 @@ import secrets
 import shlex
 import weakref
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Union, overload
 
@@ -70,6 +70,7 @@ from crucible.core.errors import (
     SandboxStopped,
     SandboxUnavailable,
 )
+from crucible.domain.execs import ExecRequest
 from crucible.engine.models import (
     EnvironmentRoot,
     NetworkAttachment,
@@ -153,20 +154,9 @@ class Backend(Protocol):
 
     id: str
 
-    async def exec(
-        self,
-        cmd: list[str],
-        *,
-        input: bytes | None,
-        cwd: str | None,
-        env: dict[str, str] | None,
-        user: str | None,
-        timeout_s: float | None,
-        output_cap: int,
-        detach: bool = False,
-    ) -> ExecOutcome:
-        """The command's end (``detach``: started as a service); ``output_cap`` bounds
-        each stream (the tail kept)."""
+    async def exec(self, request: ExecRequest, *, output_cap: int) -> ExecOutcome:
+        """The command's end (``request.detach``: started as a service); ``output_cap``
+        bounds each stream (the tail kept)."""
         ...
 
     async def write_file(self, path: str, data: bytes) -> None: ...
@@ -201,21 +191,11 @@ class LocalBackend:
         self._session = session
         self.id: str = session.id
 
-    async def exec(
-        self,
-        cmd: list[str],
-        *,
-        input: bytes | None,
-        cwd: str | None,
-        env: dict[str, str] | None,
-        user: str | None,
-        timeout_s: float | None,
-        output_cap: int,
-        detach: bool = False,
-    ) -> ExecOutcome:
+    async def exec(self, request: ExecRequest, *, output_cap: int) -> ExecOutcome:
         r = await self._session.exec(
-            cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s,
-            output_cap=output_cap, detach=detach,
+            request.argv, input=request.stdin(), cwd=request.cwd, env=request.env,
+            user=request.user, timeout_s=request.timeout_s, output_cap=output_cap,
+            detach=request.detach,
         )  # fmt: skip
         truncated = r.stdout_truncated or r.stderr_truncated
         return ExecOutcome(r.returncode, r.stdout, r.stderr, r.timed_out, truncated)
@@ -273,23 +253,9 @@ class RemoteBackend:
             raise
         return cls(client, remote)
 
-    async def exec(
-        self,
-        cmd: list[str],
-        *,
-        input: bytes | None,
-        cwd: str | None,
-        env: dict[str, str] | None,
-        user: str | None,
-        timeout_s: float | None,
-        output_cap: int,
-        detach: bool = False,
-    ) -> ExecOutcome:
+    async def exec(self, request: ExecRequest, *, output_cap: int) -> ExecOutcome:
         async with _reachable(self.id):
-            r = await self._remote.exec(
-                cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s,
-                detach=detach,
-            )  # fmt: skip
+            r = await self._remote.run(request)
         out, err = r.stdout_bytes, r.stderr_bytes
         truncated = r.stdout_truncated or r.stderr_truncated
         if len(out) > output_cap or len(err) > output_cap:
@@ -390,6 +356,16 @@ class ServiceDefaults:
 
     def path(self, path: str) -> str:
         return posixpath.join(self.workdir, path) if self.workdir else path
+
+    def apply(self, request: ExecRequest) -> ExecRequest:
+        """``request`` with these defaults where it leaves them unset (its env over
+        the service's)."""
+        return replace(
+            request,
+            cwd=self.path(request.cwd) if request.cwd else self.workdir,
+            env={**self.env, **(request.env or {})} or None,
+            user=request.user or self.user,
+        )
 
 
 def compose_of(config: SandboxEnvironmentConfigType | None) -> ComposeConfig | None:
@@ -712,7 +688,7 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
 
     async def _start(self, svc: ServicePlan) -> None:
         if svc.command:
-            r = await self._exec(svc.command, detach=True)
+            r = await self._exec(ExecRequest(svc.command, detach=True))
             if r.returncode != 0:
                 raise RuntimeError(
                     f"service {svc.name!r}: {shlex.join(svc.command)} did not start "
@@ -723,36 +699,15 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
             return
         await asyncio.sleep(check.start_period_s)
         for _ in range(max(1, check.retries)):
-            r = await self._exec(check.argv, timeout_s=check.timeout_s)
+            r = await self._exec(ExecRequest(check.argv, timeout_s=check.timeout_s))
             if r.returncode == 0 and not r.timed_out:
                 return
             await asyncio.sleep(check.interval_s)
         raise RuntimeError(f"service {svc.name!r} did not become healthy ({check.argv})")
 
-    async def _exec(
-        self,
-        cmd: list[str],
-        *,
-        input: bytes | None = None,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-        user: str | None = None,
-        timeout_s: float | None = None,
-        output_cap: int = 1 << 20,
-        detach: bool = False,
-    ) -> ExecOutcome:
+    async def _exec(self, request: ExecRequest, output_cap: int = 1 << 20) -> ExecOutcome:
         """``backend.exec`` with the service's defaults."""
-        d = self.defaults
-        return await self.backend.exec(
-            cmd,
-            input=input,
-            cwd=d.path(cwd) if cwd else d.workdir,
-            env={**d.env, **(env or {})} or None,
-            user=user or d.user,
-            timeout_s=timeout_s,
-            output_cap=output_cap,
-            detach=detach,
-        )
+        return await self.backend.exec(self.defaults.apply(request), output_cap=output_cap)
 
     @classmethod
     async def sample_cleanup(
@@ -798,11 +753,10 @@ class CrucibleSandboxEnvironment(SandboxEnvironment):
         # timeout is the command's own, and a retry would run it again.
         data = input.encode("utf-8") if isinstance(input, str) else input
         try:
-            r = await self._exec(
-                cmd, input=data, cwd=cwd, env=env, user=user,
-                timeout_s=float(timeout) if timeout is not None else None,
-                output_cap=SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE,
-            )  # fmt: skip
+            request = ExecRequest(
+                cmd, data, cwd, env, user, float(timeout) if timeout is not None else None
+            )
+            r = await self._exec(request, SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE)
         except (SandboxStopped, SandboxUnavailable) as exc:
             raise SandboxUnavailableError(str(exc)) from exc
         if r.timed_out:
