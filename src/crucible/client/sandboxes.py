@@ -82,6 +82,11 @@ def list_call(status: str | None, cursor: str | None, limit: int) -> Call[Sandbo
     return Call("GET", "/sandboxes", model(SandboxList), params=params)
 
 
+def _argv(cmd: list[str] | str) -> list[str]:
+    """A string runs as ``bash -lc STRING``; a list as it is."""
+    return ["bash", "-lc", cmd] if isinstance(cmd, str) else list(cmd)
+
+
 def exec_call(
     sandbox_id: str, request: ExecRequest, idempotency_key: str | None = None
 ) -> Call[ExecPublic]:
@@ -161,9 +166,7 @@ class RemoteSandbox:
         ``detach``: start it as a service and return once it runs. A lost answer is
         retried under the same ``idempotency_key`` (default: a new one): the command
         runs at most once. SandboxLost when its host died."""
-        request = ExecRequest.of(
-            cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s, detach=detach
-        )
+        request = ExecRequest(_argv(cmd), input, cwd, env, user, timeout_s, detach)
         return self.run(request, idempotency_key=idempotency_key)
 
     def run(self, request: ExecRequest, *, idempotency_key: str | None = None) -> ExecPublic:
@@ -255,9 +258,7 @@ class AsyncRemoteSandbox:
         idempotency_key: str | None = None,
     ) -> ExecPublic:
         """:meth:`RemoteSandbox.exec`, awaited (the same key and retries)."""
-        request = ExecRequest.of(
-            cmd, input=input, cwd=cwd, env=env, user=user, timeout_s=timeout_s, detach=detach
-        )
+        request = ExecRequest(_argv(cmd), input, cwd, env, user, timeout_s, detach)
         return await self.run(request, idempotency_key=idempotency_key)
 
     async def run(self, request: ExecRequest, *, idempotency_key: str | None = None) -> ExecPublic:

@@ -30,22 +30,6 @@ class ExecRequest:
     timeout_s: float | None = None
     detach: bool = False
 
-    @classmethod
-    def of(
-        cls,
-        cmd: list[str] | str,
-        *,
-        input: str | bytes | None = None,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-        user: str | None = None,
-        timeout_s: float | None = None,
-        detach: bool = False,
-    ) -> ExecRequest:
-        """The client's spelling: a string ``cmd`` runs as ``bash -lc STRING``."""
-        argv = ["bash", "-lc", cmd] if isinstance(cmd, str) else list(cmd)
-        return cls(argv, input, cwd, env, user, timeout_s, detach)
-
     def stdin(self) -> bytes | None:
         return self.input.encode() if isinstance(self.input, str) else self.input
 
