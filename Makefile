@@ -24,9 +24,11 @@ typecheck: setup-test
 # server stays one): most tests wait on containers, servers and workers, not on a core.
 # Every process has its own state directory, database and ports; the 25 slowest tests
 # are listed at the end.
+# PYTEST_ARGS adds to them (for example --junitxml=/tmp/times.xml: every test's time).
 PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 pytest: setup-test
-	$(VENV)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope --durations=25
+	$(VENV)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope --durations=25 $(PYTEST_ARGS)
 
 # Types generated from the committed OpenAPI document must not drift; then unit tests.
 frontend-test: setup-test
