@@ -2,7 +2,8 @@
 root or servers: a host that refuses (at its own hard cap while the database counted
 room, or its engine failed) or cannot be reached is skipped and the next one tried;
 an answer lost after the host made the row returns that row; none left is 503 with
-every host's reason; the key's quota (429) is not retried elsewhere."""
+every host's reason; the key's quota (429) is not retried elsewhere; a host that finds
+the network group elsewhere sends the create to a placement again."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from crucible.core.config import Settings
 from crucible.core.errors import (
+    NetworkElsewhere,
     NotFound,
     Overloaded,
     QuotaExceeded,
@@ -119,3 +121,31 @@ async def test_the_keys_quota_is_not_tried_elsewhere(monkeypatch: pytest.MonkeyP
     with pytest.raises(QuotaExceeded):
         await r.create(SandboxCreate())
     assert hosts.tried == ["a"]
+
+
+async def test_a_network_group_found_elsewhere_is_placed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another instance placed a member of the group on b meanwhile: a's insert refuses
+    it, and the next placement reads b as the group's host (the second _candidates)."""
+    made = SimpleNamespace(id="sbx_new", worker_id="b")
+    hosts = Hosts({"a": NetworkElsewhere("network 'k/s' has running members on b"), "b": made})
+    r = router(monkeypatch, hosts, rows={})
+    rounds: list[list[str]] = [["a"], ["b"]]
+
+    async def candidates(_req: Any) -> list[Any]:
+        return [SimpleNamespace(id=e, endpoint=e) for e in rounds.pop(0)]
+
+    monkeypatch.setattr(r, "_candidates", candidates)
+    assert await r.create(SandboxCreate()) is made
+    assert hosts.tried == ["a", "b"] and not rounds and not r._placing
+
+
+async def test_a_network_group_that_keeps_moving_is_409_after_a_few_placements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hosts = Hosts({"a": NetworkElsewhere("network 'k/s' has running members on b")})
+    r = router(monkeypatch, hosts, rows={})
+    with pytest.raises(NetworkElsewhere):
+        await r.create(SandboxCreate())
+    assert hosts.tried == ["a"] * sandbox_router.GROUP_PLACEMENTS

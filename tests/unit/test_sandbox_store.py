@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from crucible.core.config import Settings
-from crucible.core.errors import NotFound, QuotaExceeded, SandboxStopped
+from crucible.core.errors import NetworkElsewhere, NotFound, QuotaExceeded, SandboxStopped
 from crucible.core.lifecycle import SandboxStatus, StopReason
 from crucible.store import Store
 from crucible.store.keys import KeyStore
@@ -33,7 +33,9 @@ def boxes(store: Store) -> SandboxStore:
     return SandboxStore(store)
 
 
-def new(n: int, owner: Owner = OWNER, key: str | None = None) -> NewSandbox:
+def new(
+    n: int, owner: Owner = OWNER, key: str | None = None, group: str | None = None
+) -> NewSandbox:
     return NewSandbox(
         id=f"sbx_{n}",
         runtime="runc",
@@ -43,6 +45,7 @@ def new(n: int, owner: Owner = OWNER, key: str | None = None) -> NewSandbox:
         owner=owner,
         labels={"n": str(n)},
         owner_key_id=key,
+        network_group=group,
     )
 
 
@@ -116,6 +119,38 @@ def test_concurrent_creates_cannot_both_pass_the_quota(store: Store, boxes: Sand
     for t in threads:
         t.join(30)
     assert sorted(results) == ["ok"] * 2 + ["refused"] * 4
+
+
+def test_a_network_group_stays_on_one_host_even_when_created_at_once(
+    boxes: SandboxStore,
+) -> None:
+    """Members of one group inserted at once by two hosts: the first host's members
+    go in, the other's are refused (PostgreSQL: the group's advisory lock; SQLite: one
+    writer); a group whose members are stopped may start again anywhere."""
+    results: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def attempt(n: int) -> None:
+        barrier.wait()
+        try:
+            boxes.create(new(n, owner=(OWNER, OTHER)[n % 2], group="k/sample"))
+            results.append("ok")
+        except NetworkElsewhere:
+            results.append("refused")
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == ["ok"] * 3 + ["refused"] * 3
+    running = [b for b in boxes.running() if b.network_group == "k/sample"]
+    assert len({b.owner_process_id for b in running}) == 1
+    boxes.create(new(10, owner=OWNER, group="k/other"))  # another group: its own host
+    boxes.create(new(11, owner=OTHER, group="k/another"))
+    for b in running:
+        boxes.stop(b.id, StopReason.deleted)
+    boxes.create(new(12, owner=OTHER, group="k/sample"))  # none running: anywhere
 
 
 def test_stop_is_fenced_and_records_usage(boxes: SandboxStore) -> None:

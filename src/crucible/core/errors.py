@@ -16,6 +16,8 @@ these to HTTP status codes in one place (``crucible.api.errors``).
     ├── Conflict                  illegal state transition, idempotency key reuse
     │   └── SandboxStopped        the long-lived sandbox is no longer running
     │       └── SandboxLost       ... because its host died (410 sandbox_lost)
+    │   └── NetworkElsewhere      a sandbox's private network has running members on
+    │                             another host (the network is local to one host)
     ├── SandboxFileError          a file operation inside a long-lived sandbox failed;
     │   │                         ``code`` is the API's machine-readable ``error``
     │   ├── SandboxFileNotFound       404 not_found
@@ -130,6 +132,12 @@ class SandboxLost(SandboxStopped):
     """The long-lived sandbox is gone with its host (the host stopped heartbeating, or
     its process died): nothing of it runs any more, and it is never moved elsewhere.
     Its transcript stays readable."""
+
+
+class NetworkElsewhere(Conflict):
+    """The sandbox joins a private network (``network.group``) whose running members
+    are on another host, and such a network is local to one host. A host's insert
+    refuses it; an API instance that placed it there places it again, on that host."""
 
 
 class SandboxFileError(CrucibleError):

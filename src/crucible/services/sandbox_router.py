@@ -10,7 +10,10 @@ killing or restarting one loses nothing.
   capacity) is tried first, then the others by load. A host that refuses (full: its
   own hard cap, counted where the sandboxes are) or cannot be reached is skipped; none
   left: Overloaded (503 with Retry-After, and why). A sandbox on a private network goes
-  to the host of that network's other members, which is local to it.
+  to the host of that network's other members, which is local to it. That lookup
+  cannot see a member being placed at the same moment by another instance, so the
+  host's insert holds the rule (serialised per group; NetworkElsewhere when the group
+  is on another host) and the create is placed again, finding the group's host.
 * **Routing**: the host is the record's ``owner_process_id`` (``worker_id``), its URL
   the endpoint of its heartbeat row. Exec, files and delete are forwarded; the
   transcript, output blobs and events are read here (the host writes them).
@@ -30,6 +33,7 @@ from collections import Counter
 
 from crucible.core.config import Settings
 from crucible.core.errors import (
+    NetworkElsewhere,
     NotFound,
     Overloaded,
     QuotaExceeded,
@@ -62,6 +66,10 @@ log = logging.getLogger(__name__)
 EXEC_MARGIN_S = 30.0
 # Host endpoints remembered (see RoutedSandboxes._endpoints): past this many, forget all.
 ENDPOINTS_KEPT = 4096
+# Placements of one create refused because its network group turned out to be on
+# another host (see create): the second finds the group's host; a third covers that
+# group's first member failing on its host (its row removed) in between.
+GROUP_PLACEMENTS = 3
 
 
 class RoutedSandboxes(SandboxRecords):
@@ -108,13 +116,27 @@ class RoutedSandboxes(SandboxRecords):
     async def create(self, body: SandboxCreate, who: KeyRecord | None = None) -> SandboxPublic:
         """Place and create (see the module). Raises what ``prepare`` and the host
         raise; QuotaExceeded (429) from the host's insert; Overloaded (503) when no
-        host has room or none could take it."""
+        host has room or none could take it; NetworkElsewhere (409) when its network
+        group moved under it at every placement."""
         if not self.settings.cluster_token:
             raise SandboxUnavailable(
                 "this API instance has no CRUCIBLE_CLUSTER_TOKEN, the secret sandbox hosts"
                 " require; set the hosts' one"
             )
         req = await prepare(self.settings, self.access, self.environments, body, who)
+        for _ in range(GROUP_PLACEMENTS - 1):
+            try:
+                return await self._place(req)
+            except NetworkElsewhere:
+                # Another member of its network was placed on another host meanwhile
+                # (by another instance): placing again reads that host.
+                log.info(
+                    "sandbox %s: network %s is elsewhere; placing again", req.id, req.network_group
+                )
+        return await self._place(req)
+
+    async def _place(self, req: HostedCreate) -> SandboxPublic:
+        """One placement of ``req``: the candidates in turn (see create)."""
         candidates = await self._candidates(req)
         refusals: list[str] = []
         for host in candidates:
@@ -122,7 +144,7 @@ class RoutedSandboxes(SandboxRecords):
             self._placing[host.id] += 1
             try:
                 return await self.hosts.create(host.endpoint, req)
-            except QuotaExceeded:
+            except (QuotaExceeded, NetworkElsewhere):
                 raise
             except HostUnreachable as exc:
                 # The host may have made it before the answer was lost: the row says.

@@ -5,6 +5,10 @@ and starting an exec race safely (the reaper, a DELETE and a sweep may all try a
 once; one wins, the others change nothing). The per-key ``max_sandboxes`` quota is
 checked in the transaction that inserts, serialised per key (SQLite writers already
 are; PostgreSQL locks the key's row), so two concurrent creates cannot both pass it.
+Likewise a private network (``network_group``) is local to one host: the insert admits
+a member only on the host of the group's running members, serialised per group
+(PostgreSQL: an advisory lock on the group), so two creates of one group placed at once
+on two hosts cannot both pass it.
 """
 
 from __future__ import annotations
@@ -14,15 +18,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 
-from crucible.core.errors import Conflict, NotFound, QuotaExceeded, SandboxLost, SandboxStopped
+from crucible.core.errors import (
+    Conflict,
+    NetworkElsewhere,
+    NotFound,
+    QuotaExceeded,
+    SandboxLost,
+    SandboxStopped,
+)
 from crucible.core.lifecycle import SandboxStatus, StopReason
 from crucible.store.paging import keyset_page
 from crucible.store.repo import Store, now
 from crucible.store.tables import ApiKey, Sandbox, SandboxExec, Worker
 
 RUNNING = SandboxStatus.running.value
+# The class of the two-key advisory locks (pg_advisory_xact_lock(int4, int4)) that
+# serialise a network group's inserts: "netw". The two-key space is apart from the
+# one-key (bigint) locks of the audit chain and the migrations.
+_NETWORK_LOCK = 0x6E657477
 
 
 @dataclass(frozen=True)
@@ -96,7 +112,8 @@ class SandboxStore:
 
     def create(self, new: NewSandbox, *, max_sandboxes: int = 0) -> Sandbox:
         """Insert a running sandbox; QuotaExceeded when its key already has
-        ``max_sandboxes`` running (0: unlimited)."""
+        ``max_sandboxes`` running (0: unlimited); NetworkElsewhere when its network
+        group has running members on another host."""
         t = now()
         row = Sandbox(
             id=new.id,
@@ -124,6 +141,8 @@ class SandboxStore:
             network_group=new.network_group,
         )
         with self.store.transaction() as s:
+            if new.network_group is not None:  # first: always this lock, then the key's
+                self._join_network(s, new)
             if new.owner_key_id is not None and max_sandboxes > 0:
                 if self.store.dialect == "postgresql":
                     s.execute(
@@ -142,6 +161,37 @@ class SandboxStore:
                     )
             s.add(row)
         return row
+
+    def _join_network(self, s: Session, new: NewSandbox) -> None:
+        """Refuse a member of a network whose running members are on another host.
+
+        Placement looks the group's host up before it calls a host, so two creates of a
+        new group placed at once (two API instances) can pick two hosts; this check,
+        in the inserting transaction, is what holds. On PostgreSQL the group's inserts
+        are serialised by a transaction-scoped advisory lock: the second waits for the
+        first to commit, then reads its row (READ COMMITTED: the query's snapshot is
+        taken after the lock is granted). SQLite's writers are serialised already
+        (``BEGIN IMMEDIATE``), and an embedded server is its group's only host."""
+        group = new.network_group
+        if self.store.dialect == "postgresql":
+            s.execute(
+                text("SELECT pg_advisory_xact_lock(:cls, hashtext(:group))"),
+                {"cls": _NETWORK_LOCK, "group": group},
+            )
+        elsewhere = s.scalar(
+            select(Sandbox.owner_process_id)
+            .where(
+                Sandbox.network_group == group,
+                Sandbox.status == RUNNING,
+                Sandbox.owner_process_id != new.owner.id,
+            )
+            .limit(1)
+        )
+        if elsewhere is not None:
+            raise NetworkElsewhere(
+                f"network {group!r} has running members on host {elsewhere}, and a"
+                " private network is local to one host: create it there"
+            )
 
     def discard(self, sandbox_id: str) -> None:
         """Remove the row of a sandbox the engine failed to create (it never existed)."""
