@@ -315,3 +315,91 @@ def test_routing_works_from_the_database_while_redis_is_down(cluster: Cluster) -
                 assert b.delete(f"/sandboxes/{sid}").status_code == 204
         finally:
             cluster.redis.start()
+
+
+def waiting_on_locks(db: Any) -> int:
+    """Backends of this database waiting for a lock in a sandbox insert: the insert
+    itself, the network group's advisory lock, or the key's row (the quota)."""
+    row = db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' AND ("
+        " query ILIKE 'INSERT INTO sandboxes%%' OR query ILIKE '%%pg_advisory_xact_lock%%'"
+        " OR query ILIKE '%%FROM api_keys%%FOR UPDATE%%')"
+    ).fetchone()
+    return int(row[0])
+
+
+def test_a_network_group_created_at_once_through_two_apis_gets_one_host(
+    cluster: Cluster, database: str
+) -> None:
+    """Two services of one compose sample created at the same moment through two API
+    instances. Placement's lookup of the group's host sees neither (neither row is
+    committed), so only the host's insert can keep them together.
+
+    Made deterministic with locks the test holds, no timing: the sandboxes table
+    (LOCK … EXCLUSIVE: reads pass, inserts wait) holds every insert until both members
+    are placed, and a FOR KEY SHARE on a second key's row holds two fillers of that key
+    (its quota's FOR UPDATE waits), which keep host A busy so that B is where the second
+    member is placed: A (capacity 3) refuses a create while three are being made on it.
+    Host B holds two sandboxes already, so A is where the first member goes. On the old
+    code the members ended on A and B; now B's insert waits for the group's lock, sees
+    the first member on A, refuses, and API 2 places it again, on A."""
+    psycopg = pytest.importorskip("psycopg")
+    _a, url_a = cluster.api()
+    _b, url_b = cluster.api()
+    os.chmod(cluster.root, 0o711)  # see start_hosts
+    cluster.worker(1, sandboxes=3, listen=f"127.0.0.3:{free_port()}")  # B
+    with http(url_a) as a, http(url_b) as b:
+        wait_for(lambda: len(host_rows(a)) == 1, 30, "host B")
+        [host_b] = host_rows(a)
+        made = a.post("/keys", json={"name": "fill", "role": "researcher", "max_sandboxes": 2})
+        key2 = made.json()
+        fill = {"Authorization": f"Bearer {key2['key']}"}
+        for _ in range(2):
+            r = b.post("/sandboxes", json={"ttl_s": 600, "idle_timeout_s": 600}, headers=fill)
+            assert r.status_code == 201 and r.json()["worker_id"] == host_b, r.text
+        cluster.worker(1, sandboxes=3, listen=f"127.0.0.2:{free_port()}")  # A
+        wait_for(lambda: len(host_rows(a)) == 2, 30, "host A")
+        [host_a] = set(host_rows(a)) - {host_b}
+
+        answers: dict[str, httpx.Response] = {}
+
+        def send(name: str, url: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+            with httpx.Client(base_url=f"{url}/api/v1", timeout=60, headers=headers) as c:
+                answers[name] = create(c, **body)
+
+        def member(hostname: str) -> dict[str, Any]:
+            net = {"group": "sample-1", "hostname": hostname, "members": ["default", "web"]}
+            return {"network": net}
+
+        threads: list[threading.Thread] = []
+
+        def start(*args: Any, waiting: int) -> None:
+            t = threading.Thread(target=send, args=args)
+            t.start()
+            threads.append(t)
+            # Bound: one HTTP hop and a database call each, on a loaded machine.
+            wait_for(lambda: waiting_on_locks(watch) == waiting, 30, f"{args[0]} waiting")
+
+        with (
+            psycopg.connect(database) as table_lock,
+            psycopg.connect(database) as key_lock,
+            psycopg.connect(database, autocommit=True) as watch,
+        ):
+            table_lock.execute("LOCK TABLE sandboxes IN EXCLUSIVE MODE")
+            key_lock.execute("SELECT 1 FROM api_keys WHERE id = %s FOR KEY SHARE", (key2["id"],))
+            start("first", url_a, member("default"), AUTH, waiting=1)  # A: B has two
+            start("fill-1", url_b, {}, fill, waiting=2)  # A: the least loaded
+            start("fill-2", url_b, {}, fill, waiting=3)  # A: B has two, A one in flight
+            start("second", url_b, member("web"), AUTH, waiting=4)  # A full: B
+            key_lock.commit()  # the fillers find their key's two running: 429
+            for t in threads[1:3]:
+                t.join(60)
+            assert [answers[f].status_code for f in ("fill-1", "fill-2")] == [429, 429]
+            table_lock.commit()
+            for t in threads:
+                t.join(60)
+        first, second = answers["first"], answers["second"]
+        assert (first.status_code, second.status_code) == (201, 201), (first.text, second.text)
+        assert first.json()["worker_id"] == host_a
+        assert second.json()["worker_id"] == host_a, "the group's members were split"
