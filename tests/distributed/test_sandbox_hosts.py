@@ -7,6 +7,7 @@ heartbeat, dead after 6 s); every wait polls for a state."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -403,3 +404,62 @@ def test_a_network_group_created_at_once_through_two_apis_gets_one_host(
         assert (first.status_code, second.status_code) == (201, 201), (first.text, second.text)
         assert first.json()["worker_id"] == host_a
         assert second.json()["worker_id"] == host_a, "the group's members were split"
+
+
+def test_an_exec_streamed_through_an_api_killed_mid_way_resumes_through_the_other(
+    cluster: Cluster,
+) -> None:
+    """The client follows an exec's live output on API A's events stream; A is
+    SIGKILLed after the first line. It resumes through B with Last-Event-ID: the rest
+    of the output, nothing twice, and its retry of the exec's key answers the one run."""
+    api_a, url_a = cluster.api()
+    _b, url_b = cluster.api()
+    start_hosts(cluster, (1,))
+    with http(url_a) as a, http(url_b) as b:
+        wait_for(lambda: len(host_rows(b)) == 1, 30, "a sandbox host")
+        sid = create(b).json()["id"]
+        script = "echo run >> /tmp/runs; for i in 1 2 3; do echo line $i; sleep 1; done"
+        body = {"cmd": ["bash", "-c", script]}
+        key = {"Idempotency-Key": "streamed"}
+        seen: list[str] = []
+        last_id: dict[str, str] = {}
+        first_line = threading.Event()
+
+        def exec_through_a() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # its answer is lost with API A
+                a.post(f"/sandboxes/{sid}/exec", json=body, headers=key)
+
+        def follow(url: str, headers: dict[str, str]) -> None:
+            with (
+                httpx.Client(timeout=30, headers={**AUTH, **headers}) as client,
+                connect_sse(client, "GET", f"{url}/api/v1/sandboxes/{sid}/events") as src,
+            ):
+                for sse in src.iter_sse():
+                    if sse.event == "output" and sse.json()["stream"] == "stdout":
+                        seen.append(sse.json()["data"])
+                        last_id["id"] = sse.id
+                        first_line.set()
+                    if sse.event == "exec_finished":
+                        return
+
+        def follow_until_killed() -> None:
+            with contextlib.suppress(httpx.HTTPError):  # A dies under the stream
+                follow(url_a, {})
+
+        follower = threading.Thread(target=follow_until_killed)
+        follower.start()
+        runner = threading.Thread(target=exec_through_a)
+        runner.start()
+        # Bound: a create of the exec and its first output line, on a loaded machine.
+        assert first_line.wait(30), "no output through API A"
+        api_a.kill9()
+        follower.join(30)
+        runner.join(30)
+        assert "line 3\n" not in seen, "the exec ended before A was killed"
+        follow(url_b, {"Last-Event-ID": last_id["id"]})
+        assert "".join(seen) == "line 1\nline 2\nline 3\n", seen
+        r = b.post(f"/sandboxes/{sid}/exec", json=body, headers=key)
+        assert r.status_code == 200 and r.json()["seq"] == 1, r.text
+        assert r.json()["stdout"] == "line 1\nline 2\nline 3\n"
+        runs = b.post(f"/sandboxes/{sid}/exec", json={"cmd": ["cat", "/tmp/runs"]}).json()
+        assert runs["stdout"] == "run\n"
