@@ -131,8 +131,10 @@ def host_side(pid: int, prefix: str) -> tuple[int, dict[str, list[int]]]:
         p_pss, p_rss = pss_rss(p.pid)
         pss += p_pss
         with contextlib.suppress(psutil.NoSuchProcess):
-            zombie = p.status() == psutil.STATUS_ZOMBIE
-            by_name.setdefault(p.name() + (" (zombie)" if zombie else ""), []).append(p_rss)
+            label = p.name()
+            if p.status() == psutil.STATUS_ZOMBIE:  # exited, not reaped: by whom?
+                label += f" (zombie, child of {psutil.Process(p.ppid()).name()})"
+            by_name.setdefault(label, []).append(p_rss)
     return pss, by_name
 
 
@@ -274,6 +276,7 @@ def main() -> int:
         execs = parallel(exec_true, n, args.concurrency)
         parallel(lambda i: api.delete(f"/sandboxes/{ids[i]}"), n, args.concurrency)
         ids = []
+        left = {h.pid: host_side(h.pid, prefix)[1] for h in hosts}
 
         creates = [ms for ms, _b in made]
         out.append(
@@ -319,6 +322,13 @@ def main() -> int:
         out.append("| statement (most called in the hold) | calls/s | mean ms |\n|---|---|---|")
         for q, c, m in stmts[:8]:
             out.append(f"| `{q[:110]}` | {c / held:.2f} | {m:.2f} |")
+        zombies = {
+            p: sum(len(r) for k, r in names.items() if "zombie" in k) for p, names in left.items()
+        }
+        out.append(
+            "\nafter the deletes, exited children left unreaped per host:"
+            f" {sorted(zombies.values())}"
+        )
         out.append(
             f"\ncreate p50 {statistics.median(creates):.1f} ms, p99"
             f" {percentile(creates, 99):.1f} ms (concurrency {args.concurrency});"
