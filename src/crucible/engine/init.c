@@ -32,9 +32,12 @@
  * still parsed with bounds. EOF before a job means the warm sandbox was discarded.
  *
  *
- * Long-lived sandboxes (session.py) use four more modes, chosen by argv[1]:
+ * Long-lived sandboxes (session.py) use these modes, chosen by argv[1]:
  *
  *   --session                 PID 1 of the sandbox: reaps orphans until killed.
+ *   --session --agent         the same, and the exec agent: forks the wrapper below
+ *                             for each exec the engine sends on its stdin, a socket
+ *                             (see "the exec agent" below, and agent.py).
  *   --exec USER CWD FLAGS -- ARGV...
  *                             the wrapper of one exec (started by the runtime's
  *                             `exec`): a child subreaper that runs ARGV as USER
@@ -42,6 +45,7 @@
  *                             exits with its status (code, or 128+signal). SIGUSR1
  *                             (the supervisor's timeout, forwarded by the runtime)
  *                             stops and kills the exec's whole process tree.
+ *                             The fallback of the agent, and gVisor's way.
  *   --read PATH MAX           copy a regular file to stdout (at most MAX bytes)
  *   --write PATH              create parents, then copy stdin into PATH
  *
@@ -71,6 +75,7 @@
 #include <sys/types.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <stdint.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -480,18 +485,14 @@ static int user_groups(const char *user, gid_t primary, gid_t *groups, int max) 
     return n;
 }
 
-static int exec_mode(int argc, char **argv) {
-    /* argv: init --exec USER CWD FLAGS -- ARGV... */
-    if (argc < 7 || strcmp(argv[5], "--") != 0) {
-        fprintf(stderr, "crucible-init: usage: --exec USER CWD FLAGS -- ARGV...\n");
-        return 125;
-    }
-    const char *user = argv[2], *cwd = argv[3];
-    int defaulted = strchr(argv[4], 'c') != NULL, keep_home = strchr(argv[4], 'h') != NULL;
+/* The wrapper of one exec, whichever way it was started (the runtime's `exec` running
+ * `--exec`, or the agent forking it): run program as user in cwd under the seccomp
+ * filter as a child subreaper; returns its status (code, or 128+signal). */
+static int run_wrapper(const char *user, const char *cwd, const char *flags, char **program) {
+    int defaulted = strchr(flags, 'c') != NULL, keep_home = strchr(flags, 'h') != NULL;
     /* 'd': a service (compose's command): detached, in a session of its own, stdio on
      * /dev/null; the exec returns at once and the sandbox's init adopts it. */
-    int detach = strchr(argv[4], 'd') != NULL;
-    char **program = argv + 6;
+    int detach = strchr(flags, 'd') != NULL;
     struct passwd pw = {0};
     if (find_user(user, &pw) != 0) {
         if (user[0] != '\0') {
@@ -596,6 +597,15 @@ static int exec_mode(int argc, char **argv) {
     }
 }
 
+static int exec_mode(int argc, char **argv) {
+    /* argv: init --exec USER CWD FLAGS -- ARGV... */
+    if (argc < 7 || strcmp(argv[5], "--") != 0) {
+        fprintf(stderr, "crucible-init: usage: --exec USER CWD FLAGS -- ARGV...\n");
+        return 125;
+    }
+    return run_wrapper(argv[2], argv[3], argv[4], argv + 6);
+}
+
 static int session_mode(void) {
     /* PID 1 of a long-lived sandbox: reap orphans until the runtime kills us.
      * SIGCHLD is blocked and waited for (its default disposition would never wake a
@@ -612,6 +622,271 @@ static int session_mode(void) {
     return 0;
 }
 
+/* ---- the exec agent (--session --agent) ------------------------------------------
+ *
+ * PID 1 of a long-lived sandbox started with a unix socket (SOCK_STREAM) as its
+ * stdin, the other end held by the engine (agent.py): the channel. Nothing inside
+ * the sandbox can reach it. It has no name (a socketpair: no path, no abstract
+ * address, and the sandbox has a network namespace of its own); it is never
+ * inherited (every wrapper replaces fd 0 before anything else, and closes every fd
+ * above 2); and this process is non-dumpable, so /proc/1/fd, pidfd_getfd() and
+ * process_vm_readv() need CAP_SYS_PTRACE over the sandbox's user namespace, which
+ * the sandbox's root is never given (ptrace and pidfd_getfd are also not in the
+ * seccomp profile). Signals sent from inside the pid namespace to its init are
+ * dropped by the kernel unless it handles them: only SIGCHLD is (through a
+ * signalfd), and a forged SIGCHLD only makes it reap early.
+ *
+ * Requests (engine -> agent): a header of struct request, then `length` bytes.
+ *   AGENT_EXEC    with three fds (SCM_RIGHTS: stdin, stdout, stderr of the exec,
+ *                 made by the engine); payload: NUL-terminated USER, CWD, FLAGS,
+ *                 argc, argv..., envc, env... (as --exec takes them, plus the env).
+ *   AGENT_SIGNAL  payload: an int, SIGUSR1 (tree kill) or SIGKILL (the wrapper).
+ * Replies (agent -> engine): struct reply, one per exec, when its wrapper has been
+ * reaped: its status (code, or 128+signal), wall time, and the CPU time and peak
+ * RSS of the wrapper and every descendant it reaped (wait4's rusage).
+ *
+ * Everything that reads the sandbox's file system (/etc/passwd, the filter, the
+ * directory) happens in the forked wrapper, never here: a FIFO the program planted
+ * can block one exec, not the agent. */
+#include <poll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+
+enum { AGENT_EXEC = 1, AGENT_SIGNAL = 2, AGENT_EXITED = 1 };
+struct request {
+    uint32_t kind;
+    uint32_t length;
+    uint64_t id;
+};
+struct reply {
+    uint32_t kind;
+    int32_t code;
+    uint64_t id;
+    int64_t wall_us, user_us, sys_us, maxrss_kb;
+};
+
+#define MAX_EXECS 4096
+#define MAX_REQUEST (8 << 20) /* session.py's MAX_ARGS_BYTES is 2 MiB */
+static struct {
+    uint64_t id;
+    pid_t pid;
+    struct timespec t0;
+} execs[MAX_EXECS];
+static int nexecs;
+static int channel = 0; /* fd 0, -1 once the engine's end is closed */
+
+static int read_full(int fd, void *buf, size_t n) {
+    for (size_t got = 0; got < n;) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) {
+            return -1;
+        }
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+static void send_reply(const struct reply *r) {
+    if (channel < 0) {
+        return;
+    }
+    for (size_t done = 0; done < sizeof *r;) {
+        ssize_t w = send(channel, (const char *)r + done, sizeof *r - done, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            return;
+        }
+        done += (size_t)w;
+    }
+}
+
+static void close_from(int low) {
+    if (syscall(SYS_close_range, (unsigned)low, ~0U, 0) == 0) {
+        return;
+    }
+    for (int fd = low; fd < 65536; fd++) { /* kernels before 5.9 */
+        close(fd);
+    }
+}
+
+static void start_exec(uint64_t id, char *payload, size_t len, int fds[3], const sigset_t *old) {
+    size_t pos = 0;
+    char *user = next_field(payload, len, &pos), *cwd = next_field(payload, len, &pos);
+    char *flags = next_field(payload, len, &pos), *f = next_field(payload, len, &pos);
+    long argc = 0, envc = 0;
+    char **argv = NULL, **env = NULL;
+    int ok = flags != NULL && f != NULL && parse_count(f, 1 << 20, &argc) == 0 && argc >= 1 &&
+             nexecs < MAX_EXECS && (argv = calloc((size_t)argc + 1, sizeof *argv)) != NULL;
+    for (long i = 0; ok && i < argc; i++) {
+        ok = (argv[i] = next_field(payload, len, &pos)) != NULL;
+    }
+    f = ok ? next_field(payload, len, &pos) : NULL;
+    ok = ok && f != NULL && parse_count(f, 1 << 20, &envc) == 0 &&
+         (env = calloc((size_t)envc + 1, sizeof *env)) != NULL;
+    for (long i = 0; ok && i < envc; i++) {
+        ok = (env[i] = next_field(payload, len, &pos)) != NULL;
+    }
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pid_t pid = ok ? fork() : -1;
+    if (pid == 0) {
+        /* The wrapper: the exec's stdio first (fd 0 was the channel), nothing else. */
+        sigprocmask(SIG_SETMASK, old, NULL);
+        if (dup2(fds[0], 0) < 0 || dup2(fds[1], 1) < 0 || dup2(fds[2], 2) < 0) {
+            _exit(125);
+        }
+        close_from(3);
+        setsid(); /* kill(0, ...) in the exec reaches its own tree, not the agent's group */
+        environ = env;
+        _exit(run_wrapper(user, cwd, flags, argv));
+    }
+    if (pid < 0) {
+        const char *why = ok ? strerror(errno) : "malformed request";
+        dprintf(fds[2], "crucible-init: cannot start the exec: %s\n", why);
+        struct reply r = {.kind = AGENT_EXITED, .code = 125, .id = id};
+        send_reply(&r);
+    } else {
+        execs[nexecs].id = id;
+        execs[nexecs].pid = pid;
+        execs[nexecs].t0 = t0;
+        nexecs++;
+    }
+    free(argv);
+    free(env);
+}
+
+static void signal_exec(uint64_t id, int sig) {
+    if (sig != SIGUSR1 && sig != SIGKILL) {
+        return;
+    }
+    for (int i = 0; i < nexecs; i++) {
+        if (execs[i].id == id) { /* still unreaped: the pid cannot have been reused */
+            kill(execs[i].pid, sig);
+        }
+    }
+}
+
+/* One request from the channel; -1 when the engine's end is closed (or broken). */
+static int handle_request(const sigset_t *old) {
+    struct request req;
+    int fds[3] = {-1, -1, -1}, nfds = 0;
+    union {
+        char buf[CMSG_SPACE(sizeof fds)];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {.iov_base = &req, .iov_len = sizeof req};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = sizeof control.buf};
+    ssize_t n;
+    do {
+        n = recvmsg(channel, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+        return -1;
+    }
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            int got[3];
+            memcpy(got, CMSG_DATA(c), (count > 3 ? 3 : count) * sizeof(int));
+            for (size_t i = 0; i < count && i < 3; i++) {
+                fds[nfds++] = got[i];
+            }
+        }
+    }
+    int bad = (msg.msg_flags & MSG_CTRUNC) != 0 ||
+              read_full(channel, (char *)&req + n, sizeof req - (size_t)n) != 0 ||
+              req.length > MAX_REQUEST;
+    char *payload = bad ? NULL : malloc((size_t)req.length + 1);
+    if (!bad && (payload == NULL || read_full(channel, payload, req.length) != 0)) {
+        bad = 1;
+    }
+    if (!bad && req.kind == AGENT_EXEC && nfds == 3) {
+        payload[req.length] = '\0';
+        start_exec(req.id, payload, req.length, fds, old);
+    } else if (!bad && req.kind == AGENT_SIGNAL && req.length == sizeof(int)) {
+        int sig;
+        memcpy(&sig, payload, sizeof sig);
+        signal_exec(req.id, sig);
+    }
+    for (int i = 0; i < nfds; i++) {
+        close(fds[i]);
+    }
+    free(payload);
+    return bad ? -1 : 0; /* the engine is trusted: a malformed stream is a broken one */
+}
+
+static void reap(void) {
+    int st;
+    struct rusage ru;
+    pid_t pid;
+    while ((pid = wait4(-1, &st, WNOHANG, &ru)) > 0) {
+        for (int i = 0; i < nexecs; i++) {
+            if (execs[i].pid != pid) {
+                continue;
+            }
+            struct timespec t1;
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            struct reply r = {
+                .kind = AGENT_EXITED,
+                .code = WIFSIGNALED(st) ? 128 + WTERMSIG(st) : WEXITSTATUS(st),
+                .id = execs[i].id,
+                .wall_us = (int64_t)(t1.tv_sec - execs[i].t0.tv_sec) * 1000000 +
+                           (t1.tv_nsec - execs[i].t0.tv_nsec) / 1000,
+                .user_us = (int64_t)ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec,
+                .sys_us = (int64_t)ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec,
+                .maxrss_kb = ru.ru_maxrss,
+            };
+            execs[i] = execs[--nexecs];
+            send_reply(&r);
+            break;
+        }
+    }
+}
+
+static int agent_mode(void) {
+    struct stat st;
+    if (fstat(channel, &st) != 0 || !S_ISSOCK(st.st_mode)) {
+        fprintf(stderr, "crucible-init: --agent needs the engine's socket as stdin\n");
+        return 125;
+    }
+    fcntl(channel, F_SETFD, FD_CLOEXEC);
+    sigset_t chld, old;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, &old);
+    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) {
+        perror("crucible-init: signalfd");
+        return 125;
+    }
+    for (;;) {
+        struct pollfd p[2] = {{.fd = sfd, .events = POLLIN}, {.fd = channel, .events = POLLIN}};
+        if (poll(p, channel < 0 ? 1 : 2, -1) < 0 && errno != EINTR) {
+            return 125;
+        }
+        if (p[0].revents) {
+            struct signalfd_siginfo info;
+            while (read(sfd, &info, sizeof info) > 0) {
+            }
+        }
+        reap(); /* also when only the channel woke us: cheap, and nothing is missed */
+        if (channel >= 0 && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            if (handle_request(&old) != 0) {
+                /* The engine is gone: no more execs; keep reaping until killed. */
+                close(channel);
+                channel = -1;
+            }
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     char nonce[128] = "";
     const char *env_nonce = getenv("CRUCIBLE_STATUS_NONCE");
@@ -624,6 +899,9 @@ int main(int argc, char **argv) {
         memset((char *)env_nonce, 'x', strlen(env_nonce));
     }
     unsetenv("CRUCIBLE_STATUS_NONCE");
+    if (argc == 3 && strcmp(argv[1], "--session") == 0 && strcmp(argv[2], "--agent") == 0) {
+        return agent_mode();
+    }
     if (argc >= 2 && strcmp(argv[1], "--session") == 0) {
         return session_mode();
     }
