@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # crun by measurement: the least CPU per run of the three (bench/sandbox_overhead.py).
     default_runtime: Literal["runc", "crun", "gvisor"] = "crun"
     runtime_timeout_s: float = 30.0  # for create/start/kill/delete, not for the program
+    # Execs into agent sandboxes through the init's exec agent (engine/agent.py) under
+    # runc and crun, instead of a runtime `exec` per command; gVisor always uses `exec`.
+    exec_agent: bool = True
     # Warm one-shot sandboxes (engine/pool.py): idle ones kept per shape (runtime and
     # container limits); None: max_concurrency; 0 turns the pool off.
     pool_size: int | None = None

@@ -78,14 +78,19 @@ class Container:
 
     # -- create ---------------------------------------------------------------
 
-    async def create(self, config: dict[str, Any]) -> None:
+    async def create(self, config: dict[str, Any], *, stdin: int | None = None) -> None:
         """Write the bundle and bring the container up with its init waiting.
 
+        ``stdin``: the init's stdin instead of a pipe (an exec agent's socket, see
+        agent.py); the caller keeps and closes it.
         Raises RuntimeFailure with the runtime's own message when it refuses.
         """
         self.directory.mkdir()
         (self.directory / "config.json").write_text(json.dumps(config))
-        in_r, self._stdin = os.pipe()
+        if stdin is None:
+            in_r, self._stdin = os.pipe()
+        else:
+            in_r = os.dup(stdin)
         self.stdout, out_w = os.pipe()
         self.stderr, err_w = os.pipe()
         pid_file = self.directory / "pid"

@@ -213,3 +213,11 @@ class ExecResult(BaseModel):
         " timeout struck (a program thrashing at its limit)",
     )
     duration_ms: int
+    cpu_us: int | None = Field(
+        None,
+        description="CPU time (user + system) of the exec's processes that ended with it;"
+        " None when the runtime's exec ran it (gVisor, or the agent off)",
+    )
+    max_rss_kb: int | None = Field(
+        None, description="the largest resident set of those processes, KiB; None as cpu_us"
+    )

@@ -58,7 +58,7 @@ from crucible.core.errors import (
     SandboxStopped,
     SandboxUnavailable,
 )
-from crucible.engine import accounting, overlay, runtime, spec, workspace
+from crucible.engine import accounting, agent, overlay, runtime, spec, workspace
 from crucible.engine.accounting import Usage
 from crucible.engine.caps import MAX_EXEC_OUTPUT, MAX_FILE_BYTES
 from crucible.engine.container import Container, WritePipeState
@@ -141,6 +141,101 @@ def _feeder(sinks: dict[str, _Stream], on_output: OutputCallback | None) -> Outp
     return feed
 
 
+class _Running:
+    """One exec in flight, whichever mechanism started it."""
+
+    @property
+    def cpu_us(self) -> int | None:
+        """CPU time of its processes, when the mechanism reports it."""
+        return None
+
+    @property
+    def max_rss_kb(self) -> int | None:
+        return None
+
+    @property
+    def returncode(self) -> int | None:
+        """Its status once ended: the code, or (runtime exec) minus the signal."""
+        raise NotImplementedError
+
+    async def wait(self) -> None:
+        """Until it ends (cancelling the wait leaves the exec running)."""
+        raise NotImplementedError
+
+    async def signal(self, signum: signal.Signals) -> None:
+        """Signal the wrapper (SIGUSR1: kill the exec's tree)."""
+        raise NotImplementedError
+
+    async def kill(self) -> None:
+        """The last resort when the wrapper does not answer: kill it, and wait."""
+        raise NotImplementedError
+
+    def forget(self) -> None:
+        """Once it has ended: remove what it left (files)."""
+
+
+class _RuntimeRun(_Running):
+    """The runtime's ``exec`` running ``init --exec``, in the foreground for its life."""
+
+    def __init__(self, container: Container, proc: asyncio.subprocess.Process, name: str) -> None:
+        self._container = container
+        self._proc = proc
+        self._name = name
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def wait(self) -> None:
+        await asyncio.shield(self._proc.wait())
+
+    async def signal(self, signum: signal.Signals) -> None:
+        await self._container.signal_exec(self._proc, self._name, signum)
+
+    async def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+        await self._proc.wait()
+
+    def forget(self) -> None:
+        # Read by the runtime when the exec starts; not before it has ended.
+        self._container.forget_exec(self._name)
+
+
+class _AgentRun(_Running):
+    """A wrapper the sandbox's init forked (agent.py); its end comes as a reply."""
+
+    def __init__(self, run: agent.AgentExec) -> None:
+        self._run = run
+
+    @property
+    def returncode(self) -> int | None:
+        done = self._run.exit
+        return None if done is None else done.code
+
+    @property
+    def cpu_us(self) -> int | None:
+        done = self._run.exit
+        return None if done is None else done.cpu_us
+
+    @property
+    def max_rss_kb(self) -> int | None:
+        done = self._run.exit
+        return None if done is None else done.max_rss_kb
+
+    async def wait(self) -> None:
+        await self._run.wait()
+
+    async def signal(self, signum: signal.Signals) -> None:
+        await self._run.signal(signum)
+
+    async def kill(self) -> None:
+        await self._run.signal(signal.SIGKILL)
+        # SIGKILL cannot be caught: the init reaps the wrapper and answers at once.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._run.wait(), _KILL_GRACE_S)
+
+
 class Session:
     """One long-lived sandbox. Obtain with :meth:`Sessions.create`; ``close`` when done."""
 
@@ -153,6 +248,7 @@ class Session:
         bundle: Path,
         ids: overlay.IdRange | None,
         owner: Sessions,
+        exec_agent: agent.Agent | None = None,
     ) -> None:
         self.id = session_id
         self.spec = session_spec
@@ -160,6 +256,7 @@ class Session:
         self._container = container
         self._ids = ids
         self._owner = owner
+        self._agent = exec_agent
         self._names = itertools.count()
         self._closing = False
         self._final: Usage | None = None
@@ -182,6 +279,11 @@ class Session:
     @property
     def container_id(self) -> str:
         return self._container.cid
+
+    @property
+    def exec_mechanism(self) -> str:
+        """How execs run: ``agent`` (the init forks them) or ``exec`` (the runtime's)."""
+        return "agent" if self._agent is not None else "exec"
 
     def _check_alive(self) -> None:
         if not self.alive:
@@ -230,7 +332,7 @@ class Session:
         flags = ("" if cwd else "c") + ("h" if "HOME" in env else "") + ("d" if detach else "")
         flags = flags or "-"
         return await self._exec(
-            [spec.INIT_PATH, "--exec", user or self.user, directory, flags, "--", *cmd],
+            (user or self.user, directory, flags, cmd),
             env,
             input=input,
             timeout_s=timeout_s,
@@ -241,7 +343,7 @@ class Session:
 
     async def _exec(
         self,
-        argv: list[str],
+        wrapper: tuple[str, str, str, list[str]],
         env: dict[str, str],
         *,
         input: bytes | None,
@@ -250,20 +352,17 @@ class Session:
         stdout: _Stream,
         stderr: _Stream,
     ) -> ExecResult:
+        """Run init.c's exec wrapper with ``wrapper`` (USER, CWD, FLAGS, ARGV): forked
+        by the agent when the sandbox has one, else as the runtime's ``exec``."""
         self._check_alive()
-        limits = self.spec.limits
-        process = spec.session_process(
-            argv, env, disk_mb=limits.disk_mb, pids=limits.pids, gvisor=self.runtime == "gvisor"
-        )
         loop = asyncio.get_running_loop()
         in_r, in_w = os.pipe() if input is not None else (os.open(os.devnull, os.O_RDONLY), -1)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        name = f"{next(self._names)}-{secrets.token_hex(4)}"
         before = self._container.account()
         started = time.monotonic()
         try:
-            proc = await self._container.exec(process, (in_r, out_w, err_w), name=name)
+            proc = await self._start(wrapper, env, (in_r, out_w, err_w))
         except BaseException:
             for fd in (in_w, out_r, err_r):
                 if fd != -1:
@@ -287,26 +386,32 @@ class Session:
         timed_out = pinned = False
         try:
             try:
-                await asyncio.wait_for(asyncio.shield(proc.wait()), timeout_s)
+                await asyncio.wait_for(proc.wait(), timeout_s)
             except TimeoutError:
                 timed_out = True
                 pinned = self._pinned()  # before the kill frees its memory
-                await self._kill_tree(proc, name)
+                await self._kill_tree(proc)
             # What the command wrote is in the pipes; a background process it left
             # holding them must not keep this exec open.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(asyncio.gather(*readers)), _DRAIN_S)
         except asyncio.CancelledError:
-            await asyncio.shield(self._kill_tree(proc, name))
+            await asyncio.shield(self._kill_tree(proc))
             raise
+        except SandboxStopped:
+            if self._closing:
+                raise
+            # The agent's end closed: the init died. Wait for the runtime to see it too.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._container.exited.wait(), _KILL_GRACE_S)
+            raise SandboxStopped(f"sandbox {self.id} stopped during the exec") from None
         finally:
             for task in readers:
                 task.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
             if feeder is not None and not fed.lost:
                 feeder.abort()  # the command left some of its input unread
-            # Read by the runtime when the exec starts; not before it has ended.
-            self._container.forget_exec(name)
+            proc.forget()
         duration_ms = int((time.monotonic() - started) * 1000)
         if not self.alive:
             raise SandboxStopped(f"sandbox {self.id} stopped during the exec")
@@ -320,7 +425,29 @@ class Session:
             timed_out=timed_out,
             memory_limit=pinned or self._reached_limit(before),
             duration_ms=duration_ms,
+            cpu_us=proc.cpu_us,
+            max_rss_kb=proc.max_rss_kb,
         )
+
+    async def _start(
+        self,
+        wrapper: tuple[str, str, str, list[str]],
+        env: dict[str, str],
+        stdio: tuple[int, int, int],
+    ) -> _Running:
+        if self._agent is not None:
+            user, cwd, flags, argv = wrapper
+            payload = agent.exec_payload(user, cwd, flags, argv, env)
+            return _AgentRun(await self._agent.start(payload, stdio))
+        user, cwd, flags, argv = wrapper
+        limits = self.spec.limits
+        process = spec.session_process(
+            [spec.INIT_PATH, "--exec", user, cwd, flags, "--", *argv], env,
+            disk_mb=limits.disk_mb, pids=limits.pids, gvisor=self.runtime == "gvisor",
+        )  # fmt: skip
+        name = f"{next(self._names)}-{secrets.token_hex(4)}"
+        proc = await self._container.exec(process, stdio, name=name)
+        return _RuntimeRun(self._container, proc, name)
 
     @property
     def _memory_limit(self) -> int:
@@ -344,18 +471,16 @@ class Session:
             before, limit
         )
 
-    async def _kill_tree(self, proc: asyncio.subprocess.Process, name: str) -> None:
+    async def _kill_tree(self, proc: _Running) -> None:
         """Ask the exec's wrapper to kill its process tree (SIGUSR1); kill the
-        runtime's exec if that fails."""
+        wrapper (the runtime's exec) if that fails."""
         deadline = time.monotonic() + _KILL_GRACE_S
         while proc.returncode is None and time.monotonic() < deadline:
-            await self._container.signal_exec(proc, name, signal.SIGUSR1)
+            await proc.signal(signal.SIGUSR1)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), _RESEND_S)
+                await asyncio.wait_for(proc.wait(), _RESEND_S)
         if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+            await proc.kill()
 
     # -- files ----------------------------------------------------------------
 
@@ -378,9 +503,9 @@ class Session:
     ) -> bytes:
         out = _Stream(max_out, keep_head=True)
         err = _Stream(4096, keep_head=True)
-        argv = [spec.INIT_PATH, "--exec", "", "/", "-", "--", spec.INIT_PATH, *op]
+        wrapper = ("", "/", "-", [spec.INIT_PATH, *op])
         result = await self._exec(
-            argv, dict(self.env), input=input, timeout_s=_FILE_TIMEOUT_S, on_output=None,
+            wrapper, dict(self.env), input=input, timeout_s=_FILE_TIMEOUT_S, on_output=None,
             stdout=out, stderr=err,
         )  # fmt: skip
         if result.returncode == 0 and not result.timed_out:
@@ -438,6 +563,8 @@ class Session:
                 usage = self._container.account()
                 await self._container.delete()
             finally:
+                if self._agent is not None:
+                    self._agent.close()
                 self._final = usage
                 _remove_bundle(self.bundle)
                 if self._ids is not None:
@@ -544,8 +671,12 @@ class Sessions:
                 del self._networks[attachment.group]
                 await net.remove()
 
-    async def create(self, spec_: SessionSpec, *, session_id: str) -> Session:
+    async def create(
+        self, spec_: SessionSpec, *, session_id: str, exec_agent: bool | None = None
+    ) -> Session:
         """Create and start a sandbox named ``session_id`` (the API's sandbox id).
+        ``exec_agent``: run execs through the init's agent (default: the setting; never
+        under gVisor, whose sentry cannot take host fds over a socket).
         Raises ``SandboxUnavailable`` / ``RuntimeFailure`` on platform failures,
         ``Conflict``-free: the id is the caller's to keep unique."""
         engine = self._engine
@@ -569,6 +700,8 @@ class Sessions:
         ids: overlay.IdRange | None = None
         container: Container | None = None
         net: Network | None = None
+        use_agent = engine.settings.exec_agent if exec_agent is None else exec_agent
+        channel: agent.Agent | None = None
         try:
             if spec_.network is not None:
                 net = await self._join_network(spec_.network)
@@ -601,16 +734,30 @@ class Sessions:
                 cgroups_path=cgroups_path,
                 id_base=ids.base if ids else None,
                 gvisor=not namespaced,
+                agent=use_agent and namespaced,
             )  # fmt: skip
             if spec_.network is not None:
                 config["hostname"] = spec_.network.hostname
             container = Container(rt, cid, bundle / cid, cgroups_path)
-            await container.create(config)
+            if use_agent and namespaced:
+                ours, theirs = agent.socketpair()
+                try:
+                    await container.create(config, stdin=theirs)
+                except BaseException:
+                    ours.close()
+                    raise
+                finally:
+                    os.close(theirs)  # the init's end is the init's alone
+                channel = agent.Agent(ours)
+            else:
+                await container.create(config)
             if namespaced:
                 await _until_init_runs(container.pid, engine.settings.runtime_timeout_s)
             if net is not None and spec_.network is not None:
                 await net.attach(spec_.network.hostname, container.pid)
         except BaseException:
+            if channel is not None:
+                channel.close()
             if container is not None:
                 with contextlib.suppress(Exception):
                     await container.delete()
@@ -621,8 +768,9 @@ class Sessions:
                 await self._leave_network(spec_)
             raise
         session = Session(
-            session_id, spec_, container=container, bundle=bundle, ids=ids, owner=self
-        )
+            session_id, spec_, container=container, bundle=bundle, ids=ids, owner=self,
+            exec_agent=channel,
+        )  # fmt: skip
         self._sessions[session_id] = session
         if net is not None and spec_.network is not None:
             try:  # written from inside: the image's /etc may be a link to anywhere

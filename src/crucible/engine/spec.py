@@ -350,11 +350,13 @@ def build_session_config(
     id_base: int | None,
     gvisor: bool = False,
     gvisor_preload: tuple[Path, Path] | None = None,
+    agent: bool = False,
 ) -> dict[str, Any]:
     """The config.json of a long-lived sandbox: a writable ``rootfs`` (the overlay of
-    ``overlay.mount_root``), the init waiting in ``--session`` mode, no network, and
-    under runc/crun a user namespace mapping 0..65535 inside to ``id_base``.. outside
-    (``id_base`` None: gVisor, whose own kernel is the boundary)."""
+    ``overlay.mount_root``), the init waiting in ``--session`` mode (``agent``: also
+    serving execs on its stdin, see agent.py), no network, and under runc/crun a user
+    namespace mapping 0..65535 inside to ``id_base``.. outside (``id_base`` None:
+    gVisor, whose own kernel is the boundary)."""
     config = build_config(
         args=["--session"],
         env={"PATH": PATH},
@@ -366,8 +368,9 @@ def build_session_config(
         cgroups_path=cgroups_path,
         gvisor=gvisor,
     )
+    init_args = [INIT_PATH, "--session", *(["--agent"] if agent else [])]
     config["process"] = session_process(
-        [INIT_PATH, "--session"], {"PATH": PATH}, disk_mb=limits.disk_mb, pids=limits.pids,
+        init_args, {"PATH": PATH}, disk_mb=limits.disk_mb, pids=limits.pids,
         gvisor=gvisor,
     )  # fmt: skip
     config["root"] = {"path": str(rootfs), "readonly": False}
