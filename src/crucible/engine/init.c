@@ -710,7 +710,26 @@ static void close_from(int low) {
     if (syscall(SYS_close_range, (unsigned)low, ~0U, 0) == 0) {
         return;
     }
-    for (int fd = low; fd < 65536; fd++) { /* kernels before 5.9 */
+    /* Kernels before 5.9, and gVisor 20221219 (where each close is a trip through the
+     * sentry): the open ones, as /proc/self/fd lists them. */
+    DIR *fds = opendir("/proc/self/fd");
+    if (fds != NULL) {
+        int own = dirfd(fds);
+        struct dirent *e;
+        while ((e = readdir(fds)) != NULL) {
+            int fd = atoi(e->d_name);
+            if (fd >= low && fd != own) {
+                close(fd);
+            }
+        }
+        closedir(fds);
+        return;
+    }
+    /* No fd is above the hard RLIMIT_NOFILE (the runtime sets it: 4096). */
+    struct rlimit lim;
+    int top = getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_max < 65536 ? (int)lim.rlim_max
+                                                                           : 65536;
+    for (int fd = low; fd < top; fd++) {
         close(fd);
     }
 }
