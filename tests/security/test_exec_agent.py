@@ -232,9 +232,18 @@ async def test_timeout_kills_the_whole_tree(agent_session: Session) -> None:
 
 
 async def test_a_fork_bomb_is_contained_and_the_agent_recovers(agent_session: Session) -> None:
-    bomb = "import os\nwhile True:\n    try: os.fork()\n    except OSError: pass\n"
+    # Every child becomes a small `sleep` (a bomb of whole Pythons would hit the memory
+    # limit first, and the OOM killer would end the exec before its timeout); the pids
+    # limit stops the forks, the parent keeps trying until the timeout.
+    bomb = (
+        "import os\nwhile True:\n    try:\n        if os.fork() == 0:\n"
+        "            os.execv('/bin/sleep', ['sleep', '1000'])\n    except OSError:\n"
+        "        pass\n"
+    )
     r = await agent_session.exec(["python3", "-c", bomb], timeout_s=3)
     assert r.timed_out, r
+    ps = (await agent_session.exec(["ps", "-eo", "args"])).stdout.decode()
+    assert "sleep 1000" not in ps, ps
     await still_serves(agent_session)
 
 
