@@ -12,14 +12,17 @@ delete):
   root of gVisor's kernel;
 - **no network** and cgroup limits (memory, CPU, pids) for the whole sandbox.
 
-**Exec mechanism**: the runtime's ``exec`` verb, running ``crucible-init --exec`` (see
-init.c) as the process: it switches to the requested user (from the sandbox's own
-/etc/passwd), changes directory, installs the seccomp filter and runs the command as
-a child subreaper, so that a timeout (SIGUSR1, forwarded by the runtime) stops and
-kills the exec's whole process tree and nothing else. Measured against an exec agent
-in the init: the runtime verb costs a Go process per exec (runc about 25 ms, runsc
-about 150 ms; ``bench/sandboxes.py``) but needs no protocol between the supervisor and
-code inside the sandbox; the figures are the ratio to a bare ``runc exec``.
+**Exec mechanism**: init.c's exec wrapper (``run_wrapper``): it switches to the
+requested user (from the sandbox's own /etc/passwd), changes directory, installs the
+seccomp filter and runs the command as a child subreaper, so that a timeout (SIGUSR1)
+stops and kills the exec's whole process tree and nothing else. Under runc and crun
+the sandbox's PID 1 is the exec agent (``--session --agent``, agent.py): it forks the
+wrapper for each request sent on a socket only the engine holds, with the exec's pipes
+passed in, so an exec costs a fork instead of a Go process (the runtime's ``exec``:
+runc about 20 ms, runsc about 100 ms; ``bench/sandboxes.py``). Under gVisor, or with
+the agent turned off (``exec_agent``), the runtime's ``exec`` runs ``crucible-init
+--exec``, the same wrapper. Both are one code path here (``_Running``): pipes, pumps,
+caps, timeouts, tree kill and drains do not depend on the mechanism.
 
 **Files** are read and written by the init's ``--read``/``--write`` modes run the same
 way, inside the sandbox as its root: paths are resolved by the sandbox's kernel in the
