@@ -829,6 +829,9 @@ static int handle_request(const sigset_t *old) {
     if (!bad && req.kind == AGENT_EXEC && nfds == 3) {
         payload[req.length] = '\0';
         start_exec(req.id, payload, req.length, fds, old);
+    } else if (!bad && req.kind == AGENT_EXEC) { /* never sent so: still, an answer */
+        struct reply r = {.kind = AGENT_EXITED, .code = 125, .id = req.id};
+        send_reply(&r);
     } else if (!bad && req.kind == AGENT_SIGNAL && req.length == sizeof(int)) {
         int sig;
         memcpy(&sig, payload, sizeof sig);

@@ -272,8 +272,10 @@ class Session:
 
     @property
     def alive(self) -> bool:
-        """False once the sandbox's init has ended (killed, crashed) or it was closed."""
-        return not self._closing and not self._container.exited.is_set()
+        """False once the sandbox's init has ended (killed, crashed), its exec agent's
+        channel broke, or it was closed."""
+        broken = self._agent is not None and self._agent.closed
+        return not self._closing and not broken and not self._container.exited.is_set()
 
     @property
     def runtime(self) -> str:
