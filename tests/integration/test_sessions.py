@@ -312,6 +312,35 @@ async def test_close_removes_everything(sandbox: Sandbox, runtime: str) -> None:
     assert leftovers(sandbox.settings) == []
 
 
+def _zombie_children() -> set[tuple[int, str]]:
+    """This process's exited, unreaped children: (pid, name)."""
+    found = set()
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
+            for pid in f.read().split():
+                with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as st:
+                    stat = st.read()
+                    end = stat.rindex(")")
+                    if stat[end + 2] == "Z":
+                        found.add((int(pid), stat[stat.index("(") + 1 : end]))
+    return found
+
+
+async def test_no_zombie_is_left_per_sandbox(sandbox: Sandbox, runtime: str) -> None:
+    # crun forks to start a container and that process exits orphaned to the engine
+    # (a subreaper): unreaped, a host holding sandboxes for days runs out of pids.
+    before = _zombie_children()
+    for i in range(3):
+        made = await sandbox.sessions.create(
+            SessionSpec(runtime=runtime, limits=SESSION_LIMITS),  # type: ignore[arg-type]
+            session_id=f"sb_zombie{i}",
+        )
+        await sh(made, "true")
+        assert _zombie_children() - before == set()  # none while it runs either
+        await made.close()
+    assert _zombie_children() - before == set()
+
+
 async def test_alive_turns_false_when_the_init_dies(sandbox: Sandbox, runtime: str) -> None:
     made = await sandbox.sessions.create(
         SessionSpec(runtime=runtime, limits=SESSION_LIMITS),  # type: ignore[arg-type]

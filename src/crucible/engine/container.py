@@ -111,6 +111,11 @@ class Container:
             self._helpers = reaper.runtime_children(self.cid)
         self.pid = int(pid_file.read_text().strip())
         reaper.own(self.pid)
+        if self.rt.name == "crun":
+            # crun's fork that started the container has exited, orphaned to us: one
+            # zombie per container (a host holding sandboxes for days would run out
+            # of pids; delete scans again for one that exits late).
+            reaper.reap_orphans()
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except ProcessLookupError:
@@ -242,7 +247,7 @@ class Container:
         try:
             if self._created:
                 # runsc delete waits until its sandbox and gofer are gone: reap them.
-                if self.rt.name == "gvisor":  # runc and crun leave no orphans to scan for
+                if self.rt.name == "gvisor":
                     await reaper.reap_all(self._helpers)
                     reaper.reap_orphans()
                 await runtime.runtime_delete(self.rt, self.cid)
@@ -250,6 +255,8 @@ class Container:
             if self.pid != -1:
                 reaper.reap(self.pid)
                 reaper.disown(self.pid)
+            if self.rt.name == "crun":  # the process crun forked to start it (runc: none)
+                reaper.reap_orphans()
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def take_output(self) -> tuple[int, int]:

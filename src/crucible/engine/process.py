@@ -9,6 +9,8 @@ import os
 import weakref
 from dataclasses import dataclass
 
+from crucible.engine import reaper
+
 _MAX_CAPTURE = 64 << 10
 _MAX_IN_FLIGHT = 32  # runtime verbs running at once, per event loop
 _bounds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -55,6 +57,7 @@ async def run_tool(
             close_fds=True,
             env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
         )
+        reaper.spawned(proc)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
         except (TimeoutError, asyncio.CancelledError):

@@ -83,6 +83,16 @@ async def reap_all(pids: list[int], *, timeout: float = 5.0) -> None:
 # Pids that live runs wait for themselves (their containers' init processes):
 # reap_orphans leaves them to their owner, whose pidfd and wait status they are.
 _owned: set[int] = set()
+# The runtimes' verbs that asyncio started and waits for, by pid, while they run: a
+# ``crun`` zombie in here is asyncio's to collect, not an orphan.
+_spawned: dict[int, asyncio.subprocess.Process] = {}
+
+
+def spawned(proc: asyncio.subprocess.Process) -> None:
+    """Tell reap_orphans that asyncio waits for ``proc``: never reap it."""
+    for pid in [pid for pid, p in _spawned.items() if p.returncode is not None]:
+        del _spawned[pid]
+    _spawned[proc.pid] = proc
 
 
 def own(pid: int) -> None:
@@ -93,13 +103,20 @@ def disown(pid: int) -> None:
     _owned.discard(pid)
 
 
+def _asyncio_waits_for(pid: int) -> bool:
+    proc = _spawned.get(pid)
+    return proc is not None and proc.returncode is None
+
+
 def reap_orphans() -> None:
-    """Reap exited orphans of the runtimes (the ptrace stubs of a finished gVisor sandbox).
+    """Reap exited orphans of the runtimes: the ptrace stubs of a finished gVisor
+    sandbox, and the process crun forks to start a container (``run --detach``), which
+    exits and is orphaned to us, one zombie per container until reaped.
 
     Orphans are recognised by name: runc and runsc re-execute themselves through
-    /proc/self/exe, so their exited helpers are zombies called ``exe``; the runtime
-    verbs that asyncio itself waits for are called ``runc``/``runsc`` and are left
-    alone.
+    /proc/self/exe, so their exited helpers are zombies called ``exe``; crun's is called
+    ``crun``, as are the crun verbs asyncio waits for, which ``spawned`` lists and
+    this leaves alone (as it leaves ``runc``/``runsc``).
     """
     for pid in _children():
         try:
@@ -109,5 +126,7 @@ def reap_orphans() -> None:
             continue
         end = stat.rindex(b")")
         comm, state = stat[stat.index(b"(") + 1 : end], stat[end + 2 : end + 3]
-        if state == b"Z" and comm == b"exe" and pid not in _owned:
+        if state != b"Z" or pid in _owned:
+            continue
+        if comm == b"exe" or (comm == b"crun" and not _asyncio_waits_for(pid)):
             reap(pid)

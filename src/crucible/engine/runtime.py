@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crucible.core.errors import RuntimeFailure, SandboxUnavailable
+from crucible.engine import reaper
 from crucible.engine.models import RuntimeName
 from crucible.engine.process import run_tool
 
@@ -104,7 +105,7 @@ async def runtime_exec(
     inside the sandbox, for ``runtime_kill(..., pid=)``."""
     extra = ["--internal-pid-file", str(internal_pid_file)] if internal_pid_file else []
     argv = [*rt.argv, "exec", *extra, "--process", str(process_json), container_id]
-    return await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=stdio[0],
         stdout=stdio[1],
@@ -112,6 +113,8 @@ async def runtime_exec(
         close_fds=True,
         env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
     )
+    reaper.spawned(proc)
+    return proc
 
 
 async def runtime_start(rt: Runtime, container_id: str) -> None:
