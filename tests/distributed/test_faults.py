@@ -172,11 +172,12 @@ def test_postgres_restart_api_and_workers_carry_on(
 def test_high_priority_overtakes_a_low_backlog(cluster) -> None:
     _api, url = cluster.api()
     with http(url) as api:
+        # The first low runs long enough that the high one is surely queued before it
+        # ends (8 s against the test's one poll and one POST, even on a loaded machine).
+        first = {"code": SLEEPY.format(s=8), "limits": {"timeout_s": 60}, "priority": "low"}
+        rest = {"code": SLEEPY.format(s=0.3), "priority": "low"}
         lows = [
-            api.post("/evaluations", json={"code": SLEEPY.format(s=0.5), "priority": "low"}).json()[
-                "id"
-            ]
-            for _ in range(12)
+            api.post("/evaluations", json=first if n == 0 else rest).json()["id"] for n in range(12)
         ]
         cluster.worker(concurrency=1)
         wait_for(
@@ -189,10 +190,11 @@ def test_high_priority_overtakes_a_low_backlog(cluster) -> None:
         ]
         finals = {i: wait_final(api, i, 120) for i in [*lows, high]}
     order = sorted(finals, key=lambda i: finals[i]["started_at"])
-    # Workers claim only for a free slot: only the low already running goes first,
-    # plus one more if a 0.5 s run ended between the test seeing lows[0] taken and
-    # posting the high one (tests/unit/test_claim_priority.py pins this exactly).
-    assert order.index(high) <= 2, order
+    # Workers claim only for a free slot: only the low already running goes first (a
+    # worker that claimed ahead would have taken another low before the high one
+    # arrived; tests/unit/test_claim_priority.py pins the claim itself).
+    assert order.index(high) == 1, order
+    assert order[0] == lows[0], order
 
 
 def test_duplicate_and_late_deliveries_never_write_twice(cluster) -> None:

@@ -112,10 +112,10 @@ class Container:
         self.pid = int(pid_file.read_text().strip())
         reaper.own(self.pid)
         if self.rt.name == "crun":
-            # crun's fork that started the container has exited, orphaned to us: one
+            # crun's fork that started the container is orphaned to us: unreaped, one
             # zombie per container (a host holding sandboxes for days would run out
-            # of pids; delete scans again for one that exits late).
-            reaper.reap_orphans()
+            # of pids).
+            reaper.watch_crun_forks()
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except ProcessLookupError:

@@ -108,25 +108,63 @@ def _asyncio_waits_for(pid: int) -> bool:
     return proc is not None and proc.returncode is None
 
 
-def reap_orphans() -> None:
-    """Reap exited orphans of the runtimes: the ptrace stubs of a finished gVisor
-    sandbox, and the process crun forks to start a container (``run --detach``), which
-    exits and is orphaned to us, one zombie per container until reaped.
-
-    Orphans are recognised by name: runc and runsc re-execute themselves through
-    /proc/self/exe, so their exited helpers are zombies called ``exe``; crun's is called
-    ``crun``, as are the crun verbs asyncio waits for, which ``spawned`` lists and
-    this leaves alone (as it leaves ``runc``/``runsc``).
-    """
+def _orphans() -> list[tuple[int, bytes, bool]]:
+    """Our children that are neither containers' inits nor waited for by asyncio:
+    (pid, name, exited)."""
+    found = []
     for pid in _children():
+        if pid in _owned or _asyncio_waits_for(pid):
+            continue
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 stat = f.read()
         except OSError:
             continue
         end = stat.rindex(b")")
-        comm, state = stat[stat.index(b"(") + 1 : end], stat[end + 2 : end + 3]
-        if state != b"Z" or pid in _owned:
-            continue
-        if comm == b"exe" or (comm == b"crun" and not _asyncio_waits_for(pid)):
+        found.append((pid, stat[stat.index(b"(") + 1 : end], stat[end + 2 : end + 3] == b"Z"))
+    return found
+
+
+def reap_orphans() -> None:
+    """Reap exited orphans of the runtimes: the ptrace stubs of a finished gVisor
+    sandbox, and the process crun forks to start a container (``run --detach``), which
+    exits orphaned to us, one zombie per container until reaped.
+
+    Orphans are recognised by name: runc and runsc re-execute themselves through
+    /proc/self/exe, so their exited helpers are zombies called ``exe``; crun's is called
+    ``crun``, as are the crun verbs asyncio waits for, which ``spawned`` lists and
+    this leaves alone (as it leaves ``runc``/``runsc``).
+    """
+    for pid, comm, exited in _orphans():
+        if exited and comm in (b"exe", b"crun") and pid not in _watched:
             reap(pid)
+
+
+# crun forks of which a pidfd is watched until they exit (watch_crun_forks).
+_watched: set[int] = set()
+
+
+def watch_crun_forks() -> None:
+    """Right after crun's ``run --detach`` returned: its fork that started the
+    container is ours now (crun exited, we are the subreaper). It may exit a moment
+    later, so the exited ones are reaped now and the others when their pidfd says so."""
+    loop = asyncio.get_running_loop()
+    for pid, comm, exited in _orphans():
+        if comm != b"crun" or pid in _watched:
+            continue
+        if exited:
+            reap(pid)
+            continue
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone (and reaped) already
+        _watched.add(pid)
+
+        def done(fd: int = fd, pid: int = pid) -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            reap(pid)
+            _watched.discard(pid)
+
+        loop.add_reader(fd, done)
