@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import os
 import time
+from collections.abc import Callable, Iterator
 
 _PR_SET_CHILD_SUBREAPER = 36
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -86,10 +87,30 @@ _owned: set[int] = set()
 # The runtimes' verbs that asyncio started and waits for, by pid, while they run: a
 # ``crun`` zombie in here is asyncio's to collect, not an orphan.
 _spawned: dict[int, asyncio.subprocess.Process] = {}
+# Spawns under way: create_subprocess_exec yields to the loop after the fork, so a
+# verb can exit (a ``crun`` zombie) before its pid is known here. While any spawn is
+# under way no ``crun`` zombie is reaped (asyncio would then report the verb's exit
+# status as 255); the scans asked for meanwhile run when the last spawn is known.
+_spawning = 0
+_scan_deferred = False
 
 
-def spawned(proc: asyncio.subprocess.Process) -> None:
-    """Tell reap_orphans that asyncio waits for ``proc``: never reap it."""
+@contextlib.contextmanager
+def spawning() -> Iterator[Callable[[asyncio.subprocess.Process], None]]:
+    """Around ``create_subprocess_exec`` of a runtime verb; call what it yields with
+    the process as soon as it is made."""
+    global _spawning, _scan_deferred
+    _spawning += 1
+    try:
+        yield _spawned_now
+    finally:
+        _spawning -= 1
+        if _spawning == 0 and _scan_deferred:
+            _scan_deferred = False
+            _scan()
+
+
+def _spawned_now(proc: asyncio.subprocess.Process) -> None:
     for pid in [pid for pid, p in _spawned.items() if p.returncode is not None]:
         del _spawned[pid]
     _spawned[proc.pid] = proc
@@ -135,9 +156,27 @@ def reap_orphans() -> None:
     ``crun``, as are the crun verbs asyncio waits for, which ``spawned`` lists and
     this leaves alone (as it leaves ``runc``/``runsc``).
     """
+    _scan()
+
+
+def _scan() -> None:
+    """reap_orphans, and watch_crun_forks when on an event loop; deferred while a
+    spawn is under way (see ``spawning``)."""
+    global _scan_deferred
+    if _spawning:
+        _scan_deferred = True
+        return
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
     for pid, comm, exited in _orphans():
-        if exited and comm in (b"exe", b"crun") and pid not in _watched:
+        if pid in _watched or comm not in (b"exe", b"crun"):
+            continue
+        if exited:
             reap(pid)
+        elif comm == b"crun" and loop is not None:
+            _watch(loop, pid)
 
 
 # crun forks of which a pidfd is watched until they exit (watch_crun_forks).
@@ -148,23 +187,20 @@ def watch_crun_forks() -> None:
     """Right after crun's ``run --detach`` returned: its fork that started the
     container is ours now (crun exited, we are the subreaper). It may exit a moment
     later, so the exited ones are reaped now and the others when their pidfd says so."""
-    loop = asyncio.get_running_loop()
-    for pid, comm, exited in _orphans():
-        if comm != b"crun" or pid in _watched:
-            continue
-        if exited:
-            reap(pid)
-            continue
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            continue  # gone (and reaped) already
-        _watched.add(pid)
+    _scan()
 
-        def done(fd: int = fd, pid: int = pid) -> None:
-            loop.remove_reader(fd)
-            os.close(fd)
-            reap(pid)
-            _watched.discard(pid)
 
-        loop.add_reader(fd, done)
+def _watch(loop: asyncio.AbstractEventLoop, pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return  # gone (and reaped) already
+    _watched.add(pid)
+
+    def done() -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+        reap(pid)
+        _watched.discard(pid)
+
+    loop.add_reader(fd, done)

@@ -105,15 +105,16 @@ async def runtime_exec(
     inside the sandbox, for ``runtime_kill(..., pid=)``."""
     extra = ["--internal-pid-file", str(internal_pid_file)] if internal_pid_file else []
     argv = [*rt.argv, "exec", *extra, "--process", str(process_json), container_id]
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=stdio[0],
-        stdout=stdio[1],
-        stderr=stdio[2],
-        close_fds=True,
-        env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
-    )
-    reaper.spawned(proc)
+    with reaper.spawning() as spawned:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=stdio[0],
+            stdout=stdio[1],
+            stderr=stdio[2],
+            close_fds=True,
+            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+        )
+        spawned(proc)
     return proc
 
 
