@@ -4,7 +4,11 @@ warm pool on), as one batch and as individual requests at concurrency 16, beside
 (one per core); then one `?wait` request at a time against one bare process at a time.
 All in this one invocation.
 
-    .venv/bin/python bench/api_throughput.py [--n 1000] [--concurrency 16]
+    .venv/bin/python bench/api_throughput.py [--n 1000] [--concurrency 16] [--batch-only]
+
+For the batch it also prints CPU per evaluation: the server's own (utime+stime from
+/proc/PID/stat), its reaped children's (cutime+cstime: runtimes and sandboxed programs) and
+the whole machine's (/proc/stat), which vary far less with other load than wall time.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from _server import AUTH, percentile, serve
+from _server import AUTH, percentile, serve, server_cpu_s
 from crucible.client import Client
 from crucible.core.config import Settings
 from crucible.domain.limits import resolve_limits
@@ -118,16 +122,31 @@ def stored_timings(client: Client, batch_id: str | None, ids: list[str]) -> tupl
     return waits, e2e
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (not idle, not waiting on I/O)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def via_batch(url: str, n: int) -> dict[str, float]:
     with Client(url, timeout=300) as client:
+        own0, children0 = server_cpu_s(url)
+        machine0 = machine_cpu_s()
         start = time.perf_counter()
         created = client.batch([{"code": HELLO}] * n)
         for state in client.batch_events(created.id):
             if state.finished:
                 break
         wall = time.perf_counter() - start
+        own1, children1 = server_cpu_s(url)
+        machine1 = machine_cpu_s()
         waits, e2e = stored_timings(client, created.id, [])
     return {
+        "server_ms": (own1 - own0) / n * 1000,
+        "children_ms": (children1 - children0) / n * 1000,
+        "machine_ms": (machine1 - machine0) / n * 1000,
         "rate": n / wall,
         "wait_p50": percentile(waits, 50),
         "wait_p99": percentile(waits, 99),
@@ -171,6 +190,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--batch-only",
+        action="store_true",
+        help="bare processes and the API batch only (the CPU split), no raw engine or requests",
+    )
     args = parser.parse_args()
     slots = os.cpu_count() or 1
     runtime = Settings().default_runtime
@@ -178,19 +202,23 @@ def main() -> None:
         f"{args.n} python hello-world runs · {runtime} · {slots} sandbox slots · "
         f"client concurrency {args.concurrency}"
     )
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    naked_cpu0 = machine_cpu_s()
     naked = asyncio.run(bare(args.n, slots))
-    raw = asyncio.run(raw_engine(args.n, args.concurrency, slots))
+    naked["machine_ms"] = (machine_cpu_s() - naked_cpu0) / args.n * 1000
+    rows = [(f"bare python3 -c ({slots} at a time)", naked)]
+    if not args.batch_only:
+        rows.append(
+            ("raw engine (Sandbox.run)", asyncio.run(raw_engine(args.n, args.concurrency, slots)))
+        )
     with serve(CRUCIBLE_MAX_CONCURRENCY=str(slots)) as url:
         batch = via_batch(url, args.n)
-        single = asyncio.run(via_requests(url, args.n, args.concurrency))
-        api_one, bare_one = one_at_a_time(url, 100)
+        rows.append(("API, one batch", batch))
+        if not args.batch_only:
+            single = asyncio.run(via_requests(url, args.n, args.concurrency))
+            rows.append((f"API, {args.concurrency} concurrent requests", single))
+            api_one, bare_one = one_at_a_time(url, 100)
     nan = float("nan")
-    rows = [
-        (f"bare python3 -c ({slots} at a time)", naked),
-        ("raw engine (Sandbox.run)", raw),
-        ("API, one batch", batch),
-        (f"API, {args.concurrency} concurrent requests", single),
-    ]
     print()
     print(
         f"{'path':<32} {'eval/s':>7} {'ratio':>6} {'wait p50':>9} {'wait p99':>9} "
@@ -206,6 +234,15 @@ def main() -> None:
         "\nms; ratio = eval/s over bare python3 -c processes', measured in this run; e2e = "
         "submission to finish (batch: stored timestamps; requests: client round trip with ?wait)"
     )
+    print(
+        f"\nCPU per evaluation, one batch: server {batch['server_ms']:.1f} ms, "
+        f"its reaped children {batch['children_ms']:.1f} ms, "
+        f"whole machine {batch['machine_ms']:.1f} ms "
+        f"(bare python3 -c: whole machine {naked['machine_ms']:.1f} ms)"
+    )
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.batch_only:
+        return
     a50, b50 = statistics.median(api_one), statistics.median(bare_one)
     print(
         f"\none ?wait request at a time (100): p50 {a50:.1f} ms, "
