@@ -11,10 +11,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -31,9 +31,11 @@ def _owner(key_id: Any) -> Any:
     return func.coalesce(key_id, "")
 
 
-def _due() -> Any:
-    """Not waiting out a retry's back-off."""
-    return or_(Evaluation.not_before.is_(None), Evaluation.not_before <= now())
+def _due(at: Any = None) -> Any:
+    """Not waiting out a retry's back-off (at ``at``, a bound parameter or now)."""
+    return or_(
+        Evaluation.not_before.is_(None), Evaluation.not_before <= (now() if at is None else at)
+    )
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,38 @@ class Claim:
     request: dict[str, Any] | None = field(default=None, compare=False)
 
 
+# The statements run for every evaluation are built once, with bound parameters, and
+# executed on the session's connection (Core): building a statement and going through the
+# ORM's DML layer cost more CPU than SQLite's work on the rows (bench/store_path.py).
+_END_ATTEMPT = (
+    update(Attempt)
+    .where(Attempt.evaluation_id == bindparam("e_id"), Attempt.attempt == bindparam("e_attempt"))
+    .values(
+        finished_at=bindparam("e_finished"),
+        outcome=bindparam("e_outcome"),
+        error=bindparam("e_error"),
+    )
+)
+
+
+_OPEN_ATTEMPT = insert(Attempt).values(
+    evaluation_id=bindparam("a_id"),
+    attempt=bindparam("a_attempt"),
+    worker_id=bindparam("a_worker"),
+    started_at=bindparam("a_at"),
+)
+
+
 def end_attempt(s: Session, claim: Claim, outcome: str, error: str | None) -> None:
-    s.execute(
-        update(Attempt)
-        .where(Attempt.evaluation_id == claim.id, Attempt.attempt == claim.attempt)
-        .values(finished_at=now(), outcome=outcome, error=error)
+    s.connection().execute(
+        _END_ATTEMPT,
+        {
+            "e_id": claim.id,
+            "e_attempt": claim.attempt,
+            "e_finished": now(),
+            "e_outcome": outcome,
+            "e_error": error,
+        },
     )
 
 
@@ -105,7 +134,7 @@ class Queue(Database):
     def claim(self, evaluation_id: str, *, worker_id: str | None = None) -> Claim | None:
         """Claim one queued evaluation; None when it is not (or no longer) queued, or
         its retry back-off has not passed yet."""
-        return self._claim(Evaluation.id == evaluation_id, worker_id)
+        return self._claim(self._claim_stmt("id"), worker_id, {"c_id": evaluation_id})
 
     def claim_next(self, *, worker_id: str | None = None) -> Claim | None:
         """Claim the next queued evaluation, sharing capacity fairly between keys:
@@ -114,6 +143,36 @@ class Queue(Database):
         owner has 0 running, and the oldest batch would otherwise win every turn),
         then oldest. An owner at its max_running quota (per key, else
         ``default_max_running``; 0 is unlimited) is skipped."""
+        return self._claim(self._claim_stmt("next"), worker_id, {})
+
+    def _claim_stmt(self, which: str) -> Any:
+        """The claim's UPDATE … RETURNING, of one evaluation (``c_id``) or of the fair
+        next one; built once per ``default_max_running`` (tests change it)."""
+        key = (which, self.default_max_running)
+        cache: dict[Any, Any] = self.__dict__.setdefault("_claim_cache", {})
+        if key not in cache:
+            picked = Evaluation.id == bindparam("c_id") if which == "id" else self._next()
+            cache[key] = (
+                update(Evaluation)
+                .where(picked, Evaluation.status == Status.queued, _due(bindparam("c_now")))
+                .values(
+                    status=Status.running.value,
+                    attempts=Evaluation.attempts + 1,
+                    started_at=bindparam("c_now"),
+                    worker_id=bindparam("c_worker"),
+                    not_before=None,
+                )
+                .returning(
+                    Evaluation.id,
+                    Evaluation.attempts,
+                    Evaluation.request,
+                    Evaluation.owner_key_id,
+                    Evaluation.batch_id,
+                )
+            )
+        return cache[key]
+
+    def _next(self) -> Any:
         running = (
             select(Evaluation.owner_key_id.label("owner"), func.count().label("n"))
             .where(Evaluation.status == Status.running)
@@ -127,7 +186,11 @@ class Queue(Database):
             .outerjoin(running, running.c.owner == Evaluation.owner_key_id)
             .outerjoin(ApiKey, ApiKey.id == Evaluation.owner_key_id)
             .outerjoin(OwnerTurn, OwnerTurn.owner == _owner(Evaluation.owner_key_id))
-            .where(Evaluation.status == Status.queued, _due(), or_(cap <= 0, n_running < cap))
+            .where(
+                Evaluation.status == Status.queued,
+                _due(bindparam("c_now")),
+                or_(cap <= 0, n_running < cap),
+            )
             .order_by(
                 n_running,
                 Evaluation.priority,
@@ -140,9 +203,9 @@ class Queue(Database):
             .with_for_update(skip_locked=True, of=Evaluation)
             .scalar_subquery()
         )
-        return self._claim(Evaluation.seq == nxt, worker_id)
+        return Evaluation.seq == nxt
 
-    def _claim(self, which: Any, worker_id: str | None) -> Claim | None:
+    def _claim(self, stmt: Any, worker_id: str | None, params: dict[str, Any]) -> Claim | None:
         # Not through _move: the evaluation is picked by the UPDATE itself.
         check_transition(Status.queued, Status.running)
         with self.transaction() as s:
@@ -150,45 +213,33 @@ class Queue(Database):
             # BEGIN IMMEDIATE, emitted by connection()): read before, a claim that
             # waited behind the submission's own insert would start before it was
             # created (a negative queue wait).
-            s.connection()
+            conn = s.connection()
             started = now()
-            stmt = (
-                update(Evaluation)
-                .where(which, Evaluation.status == Status.queued, _due())
-                .values(
-                    status=Status.running.value,
-                    attempts=Evaluation.attempts + 1,
-                    started_at=started,
-                    worker_id=worker_id,
-                    not_before=None,
-                )
-                .returning(
-                    Evaluation.id,
-                    Evaluation.attempts,
-                    Evaluation.request,
-                    Evaluation.owner_key_id,
-                    Evaluation.batch_id,
-                )
-            )
-            row = s.execute(stmt).one_or_none()
+            row = conn.execute(
+                stmt, {**params, "c_now": started, "c_worker": worker_id}
+            ).one_or_none()
             if row is None:
                 return None
             tally(s, row[4], source=Status.queued, target=Status.running)
-            s.execute(
-                insert(Attempt).values(
-                    evaluation_id=row[0], attempt=row[1], worker_id=worker_id, started_at=started
-                )
+            conn.execute(
+                _OPEN_ATTEMPT,
+                {"a_id": row[0], "a_attempt": row[1], "a_worker": worker_id, "a_at": started},
             )
-            self._took_turn(s, row[3] or "", started)
+            conn.execute(self._turn_stmt(), {"t_owner": row[3] or "", "t_at": started})
         return Claim(row[0], row[1], row[2])
 
-    def _took_turn(self, s: Session, owner: str, at: datetime) -> None:
-        upsert = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(OwnerTurn)
-        s.execute(
-            upsert.values(owner=owner, served_at=at).on_conflict_do_update(
-                index_elements=["owner"], set_={"served_at": at}
+    def _turn_stmt(self) -> Any:
+        """The owner's last turn, upserted (dialect-specific; built once)."""
+        stmt = self.__dict__.get("_turn_cache")
+        if stmt is None:
+            upsert = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(OwnerTurn)
+            stmt = upsert.values(
+                owner=bindparam("t_owner"), served_at=bindparam("t_at")
+            ).on_conflict_do_update(
+                index_elements=["owner"], set_={"served_at": upsert.excluded.served_at}
             )
-        )
+            self.__dict__["_turn_cache"] = stmt
+        return stmt
 
     def _move(
         self,
@@ -206,15 +257,24 @@ class Queue(Database):
         With ``attempt``, only for that claim (the fence). Returns whether it moved.
         """
         check_transition(source, target)
-        stmt = (
-            update(Evaluation)
-            .where(Evaluation.id == evaluation_id, Evaluation.status == source.value)
-            .values(status=target.value, **values)
-            .returning(Evaluation.batch_id)
-        )
+        key = (source, target, tuple(values), attempt is not None)
+        cache: dict[Any, Any] = self.__dict__.setdefault("_move_cache", {})
+        stmt = cache.get(key)
+        if stmt is None:
+            stmt = (
+                update(Evaluation)
+                .where(Evaluation.id == bindparam("m_id"), Evaluation.status == source.value)
+                .values(status=target.value, **{k: bindparam(f"m_{k}") for k in values})
+                .returning(Evaluation.batch_id)
+            )
+            if attempt is not None:
+                stmt = stmt.where(Evaluation.attempts == bindparam("m_attempt"))
+            cache[key] = stmt
+        params = {f"m_{k}": v for k, v in values.items()}
+        params["m_id"] = evaluation_id
         if attempt is not None:
-            stmt = stmt.where(Evaluation.attempts == attempt)
-        moved = s.execute(stmt).one_or_none()
+            params["m_attempt"] = attempt
+        moved = s.connection().execute(stmt, params).one_or_none()
         if moved is None:
             return False
         tally(

@@ -1,0 +1,69 @@
+"""The store's share of one evaluation, alone: a batch of ``--n`` in SQLite, then each
+claimed and finished with a result the size of a hello world's, and the final record read
+back, as the executor does. Prints this process's CPU per evaluation (time.process_time,
+which moves far less with other load than wall time), best of ``--rounds``.
+
+    .venv/bin/python bench/store_path.py [--n 600] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from crucible.core.lifecycle import Priority, Status
+from crucible.store import NewEvaluation, Store
+
+RESULT = {
+    "stdout": "hello\n",
+    "stderr": "",
+    "exit_code": 0,
+    "termination": "exited",
+    "wall_ms": 20.0,
+    "cpu_ms": 15.0,
+}
+
+
+def one_round(n: int) -> float:
+    with tempfile.TemporaryDirectory() as d:
+        store = Store(f"sqlite:///{Path(d) / 'db.sqlite'}")
+        store.migrate()
+        items = [
+            NewEvaluation(
+                id=f"ev_{i}",
+                priority=Priority.normal,
+                language="python",
+                request={"code": "print('hello')", "language": "python"},
+                request_hash=f"h{i}",
+                labels={"run": "bench"},
+            )
+            for i in range(n)
+        ]
+        store.create_batch("b_1", items, {"run": "bench"})
+        finish = getattr(store, "finish_and_read", None)
+        start = time.process_time()
+        while (claim := store.claim_next(worker_id="w")) is not None:
+            fields = {"result": RESULT, "termination": "exited", "verdict": "passed"}
+            if finish is not None:
+                assert finish(claim, Status.completed, **fields) is not None
+            else:
+                assert store.finish(claim, Status.completed, **fields)
+                store.get_with_labels(claim.id)
+        spent = time.process_time() - start
+        store.dispose()
+    return spent / n * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=600)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    best = min(one_round(args.n) for _ in range(args.rounds))
+    print(f"store CPU per evaluation (claim, finish, read back): {best:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
