@@ -8,6 +8,7 @@ several supervisors can share one host and one state directory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -23,7 +24,19 @@ log = logging.getLogger(__name__)
 
 def owner_token(pid: int | None = None) -> str:
     """``pid:starttime`` of a process: unique even when pids are reused."""
-    pid = pid or os.getpid()
+    if pid is None or pid == os.getpid():
+        return _own_token(os.getpid())
+    return _read_token(pid)
+
+
+@functools.lru_cache(maxsize=4)
+def _own_token(pid: int) -> str:
+    # This process's token never changes (a forked child has another pid, so another
+    # key): read /proc once, not for every bundle a one-shot run writes.
+    return _read_token(pid)
+
+
+def _read_token(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return f"{pid}:{fields[19]}"  # field 22 of stat: start time in clock ticks
