@@ -110,11 +110,10 @@ static int read_filter(void) {
 
 #define MAX_JOB (4 << 20)
 
-/* Reads exactly n bytes from stdin; 0 on success, -1 on EOF or error. */
-static int read_exact(char *buf, size_t n) {
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = read(STDIN_FILENO, buf + got, n - got);
+/* Reads exactly n bytes from fd; 0 on success, -1 on EOF or error. */
+static int read_full(int fd, void *buf, size_t n) {
+    for (size_t got = 0; got < n;) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
         if (r < 0 && errno == EINTR) {
             continue;
         }
@@ -167,7 +166,7 @@ static char **read_job(void) {
     char line[64];
     size_t n = 0;
     for (;;) { /* the header line, byte by byte: nothing past it may be consumed */
-        if (n == sizeof line - 1 || read_exact(line + n, 1) != 0) {
+        if (n == sizeof line - 1 || read_full(STDIN_FILENO, line + n, 1) != 0) {
             return NULL;
         }
         if (line[n] == '\n') {
@@ -182,7 +181,7 @@ static char **read_job(void) {
         return NULL;
     }
     char *job = malloc((size_t)len + 1);
-    if (job == NULL || read_exact(job, (size_t)len) != 0) {
+    if (job == NULL || read_full(STDIN_FILENO, job, (size_t)len) != 0) {
         return NULL;
     }
     job[len] = '\0';
@@ -675,20 +674,6 @@ static struct {
 } execs[MAX_EXECS];
 static int nexecs;
 static int channel = 0; /* fd 0, -1 once the engine's end is closed */
-
-static int read_full(int fd, void *buf, size_t n) {
-    for (size_t got = 0; got < n;) {
-        ssize_t r = read(fd, (char *)buf + got, n - got);
-        if (r < 0 && errno == EINTR) {
-            continue;
-        }
-        if (r <= 0) {
-            return -1;
-        }
-        got += (size_t)r;
-    }
-    return 0;
-}
 
 static void send_reply(const struct reply *r) {
     if (channel < 0) {
