@@ -115,7 +115,7 @@ class Container:
             # crun's fork that started the container is orphaned to us: unreaped, one
             # zombie per container (a host holding sandboxes for days would run out
             # of pids).
-            reaper.watch_crun_forks()
+            reaper.reap_orphans()
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except ProcessLookupError:

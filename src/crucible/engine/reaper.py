@@ -92,22 +92,22 @@ _spawned: dict[int, asyncio.subprocess.Process] = {}
 # under way no ``crun`` zombie is reaped (asyncio would then report the verb's exit
 # status as 255); the scans asked for meanwhile run when the last spawn is known.
 _spawning = 0
-_scan_deferred = False
+_reap_deferred = False
 
 
 @contextlib.contextmanager
 def spawning() -> Iterator[Callable[[asyncio.subprocess.Process], None]]:
     """Around ``create_subprocess_exec`` of a runtime verb; call what it yields with
     the process as soon as it is made."""
-    global _spawning, _scan_deferred
+    global _spawning, _reap_deferred
     _spawning += 1
     try:
         yield _spawned_now
     finally:
         _spawning -= 1
-        if _spawning == 0 and _scan_deferred:
-            _scan_deferred = False
-            _scan()
+        if _spawning == 0 and _reap_deferred:
+            _reap_deferred = False
+            reap_orphans()
 
 
 def _spawned_now(proc: asyncio.subprocess.Process) -> None:
@@ -149,22 +149,19 @@ def _orphans() -> list[tuple[int, bytes, bool]]:
 def reap_orphans() -> None:
     """Reap exited orphans of the runtimes: the ptrace stubs of a finished gVisor
     sandbox, and the process crun forks to start a container (``run --detach``), which
-    exits orphaned to us, one zombie per container until reaped.
+    exits orphaned to us, one zombie per container until reaped. Called right after
+    crun's ``run --detach`` returned, its fork may still be alive and exit a moment
+    later: on an event loop such a fork is watched by pidfd and reaped when it exits.
 
     Orphans are recognised by name: runc and runsc re-execute themselves through
     /proc/self/exe, so their exited helpers are zombies called ``exe``; crun's is called
-    ``crun``, as are the crun verbs asyncio waits for, which ``spawned`` lists and
-    this leaves alone (as it leaves ``runc``/``runsc``).
+    ``crun``, as are the crun verbs asyncio waits for, which ``spawning`` lists and
+    this leaves alone (as it leaves ``runc``/``runsc``). Deferred while a spawn is
+    under way (see ``spawning``).
     """
-    _scan()
-
-
-def _scan() -> None:
-    """reap_orphans, and watch_crun_forks when on an event loop; deferred while a
-    spawn is under way (see ``spawning``)."""
-    global _scan_deferred
+    global _reap_deferred
     if _spawning:
-        _scan_deferred = True
+        _reap_deferred = True
         return
     try:
         loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -179,15 +176,8 @@ def _scan() -> None:
             _watch(loop, pid)
 
 
-# crun forks of which a pidfd is watched until they exit (watch_crun_forks).
+# crun forks of which a pidfd is watched until they exit (reap_orphans).
 _watched: set[int] = set()
-
-
-def watch_crun_forks() -> None:
-    """Right after crun's ``run --detach`` returned: its fork that started the
-    container is ours now (crun exited, we are the subreaper). It may exit a moment
-    later, so the exited ones are reaped now and the others when their pidfd says so."""
-    _scan()
 
 
 def _watch(loop: asyncio.AbstractEventLoop, pid: int) -> None:
