@@ -21,14 +21,15 @@ typecheck: setup-test
 	$(VENV)/mypy
 
 # Two pytest processes (pytest-xdist), a module to each at a time (its module-scoped
-# server stays one): most tests wait on containers, servers and workers, not on a core.
+# server stays one), the heaviest modules first (tests/conftest.py, HEAVIEST_FIRST): most
+# tests wait on containers, servers and workers, not on a core.
 # Every process has its own state directory, database and ports; the 25 slowest tests
 # are listed at the end.
 # PYTEST_ARGS adds to them (for example --junitxml=/tmp/times.xml: every test's time).
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 pytest: setup-test
-	$(VENV)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope --durations=25 $(PYTEST_ARGS)
+	$(VENV)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 # Types generated from the committed OpenAPI document must not drift; then unit tests.
 frontend-test: setup-test
@@ -46,7 +47,7 @@ screenshots: setup-test
 	cd frontend && E2E_DOCS_SCREENSHOTS=1 npx --no-install playwright test
 
 # The memory verdicts, 20 runs of each case per runtime, one-shot and in agent sandboxes,
-# while a busy loop holds every core (make test runs 2 of each).
+# while a busy loop holds every core (make test runs 1 of each).
 test-memory-load: setup-test
 	CRUCIBLE_MEMORY_REPEATS=20 $(VENV)/pytest -q -p no:cacheprovider tests/security/test_memory_under_load.py
 

@@ -85,3 +85,39 @@ def settings(tmp_path: Path, state_dir: Path) -> Settings:
         max_concurrency=2,
         prefix=f"crucible-i{secrets.token_hex(3)}",
     )
+
+
+# The heaviest modules first, by worker-seconds in a fresh-clone run (pytest's
+# --junitxml times summed per module): `make pytest` hands modules to its two processes
+# in collection order (`--dist loadscope --no-loadscope-reorder`), so a heavy module
+# started last no longer runs alone while the other process idles. A module not listed
+# runs after these, in collection order; refresh the list when one grows past them.
+HEAVIEST_FIRST = (
+    "tests/distributed/test_faults.py",
+    "tests/distributed/test_sandbox_hosts.py",
+    "tests/integration/test_inspect_provider.py",
+    "tests/integration/test_server.py",
+    "tests/security/test_adversarial.py",
+    "tests/integration/test_inspect_evals_tasks.py",
+    "tests/integration/test_envbuild.py",
+    "tests/integration/test_sandbox_engine.py",
+    "tests/distributed/test_inspect_across_hosts.py",
+    "tests/distributed/test_lost_work.py",
+    "tests/distributed/test_scale.py",
+    "tests/integration/test_cli_keys.py",
+    "tests/integration/test_dockerfile_build.py",
+    "tests/integration/test_sessions.py",
+    "tests/security/test_memory_under_load.py",
+    "tests/integration/test_inspect_provider_remote.py",
+    "tests/integration/test_fuzz.py",
+    "tests/distributed/test_smoke.py",
+    "tests/integration/test_environments.py",
+    "tests/integration/test_sandboxes_client.py",
+    "tests/integration/test_inspect_compose.py",
+    "tests/integration/test_dockerfile_build_api.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {module: i for i, module in enumerate(HEAVIEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
