@@ -149,3 +149,11 @@ async def test_a_network_group_that_keeps_moving_is_409_after_a_few_placements(
     with pytest.raises(NetworkElsewhere):
         await r.create(SandboxCreate())
     assert hosts.tried == ["a"] * sandbox_router.GROUP_PLACEMENTS
+
+
+def test_network_elsewhere_answers_409_with_its_error_code() -> None:
+    """A client tells it from other conflicts by ``error``: it may send the create again."""
+    from crucible.api.errors import error_code, status_of
+
+    exc = NetworkElsewhere("network 'k/s' has running members on b")
+    assert (status_of(exc), error_code(exc)) == (409, "network_elsewhere")

@@ -507,9 +507,11 @@ export interface paths {
          * Create Sandbox
          * @description Create a sandbox that stays up until deleted, its `ttl_s` passes, or it is idle
          *     for `idle_timeout_s`. 403: a limit above the key's ceiling; 422: a limit outside
-         *     the server's bounds; 429: the key's `max_sandboxes` are running; 503: no engine,
-         *     or (distributed) no sandbox host with room, with `Retry-After`. `worker_id` names
-         *     the host it was placed on.
+         *     the server's bounds; 409 (`network_elsewhere`, distributed): its `network` group's
+         *     members moved to another host at every placement tried, so it can be sent again;
+         *     429: the key's `max_sandboxes` are running; 503: no engine, or (distributed) no
+         *     sandbox host with room, with `Retry-After`. `worker_id` names the host it was placed
+         *     on.
          */
         post: operations["create_sandbox_api_v1_sandboxes_post"];
         delete?: never;
@@ -1088,7 +1090,7 @@ export interface components {
             detail: string;
             /**
              * Error
-             * @description machine-readable kind, where a status is shared: not_found, permission_denied, is_a_directory, too_large (a file in a sandbox), sandbox_stopped
+             * @description machine-readable kind, where a status is shared: not_found, permission_denied, is_a_directory, too_large (a file in a sandbox), sandbox_stopped, sandbox_lost, network_elsewhere, build_failed
              */
             error?: string | null;
             /** Errors */
@@ -4229,6 +4231,15 @@ export interface operations {
             };
             /** @description The key's role or limit ceilings do not allow this */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorPublic"];
+                };
+            };
+            /** @description Conflicts with the current state (or Idempotency-Key reuse) */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -11,6 +11,7 @@ SandboxFileError   by kind: not_found 404, permission_denied 403, is_a_directory
                    too_large 413; the body's ``error`` is the exception's ``code``
 SandboxStopped     409 with ``error: "sandbox_stopped"``
 SandboxLost        410 with ``error: "sandbox_lost"`` (its host died; never moved)
+NetworkElsewhere   409 with ``error: "network_elsewhere"`` (distributed; send it again)
 
 ``error`` is machine-readable where a client must tell failures apart that share a
 status (a missing file vs a missing sandbox, both 404): clients map it back to the
@@ -32,6 +33,7 @@ from crucible.core.errors import (
     CrucibleError,
     Forbidden,
     InvalidSubmission,
+    NetworkElsewhere,
     NotFound,
     Overloaded,
     PayloadTooLarge,
@@ -86,6 +88,8 @@ def error_code(exc: CrucibleError) -> str | None:
         return "sandbox_lost"
     if isinstance(exc, SandboxStopped):
         return "sandbox_stopped"
+    if isinstance(exc, NetworkElsewhere):
+        return "network_elsewhere"
     if isinstance(exc, BuildFailed):
         return "build_failed"
     return None

@@ -84,7 +84,8 @@ class ErrorPublic(BaseModel):
     error: str | None = Field(
         None,
         description="machine-readable kind, where a status is shared: not_found,"
-        " permission_denied, is_a_directory, too_large (a file in a sandbox), sandbox_stopped",
+        " permission_denied, is_a_directory, too_large (a file in a sandbox), sandbox_stopped,"
+        " sandbox_lost, network_elsewhere, build_failed",
     )
 
 

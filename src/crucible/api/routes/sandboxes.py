@@ -34,15 +34,17 @@ FilePath = Annotated[
 OCTET = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=responses(403, 422, 429, 503))
+@router.post("", status_code=status.HTTP_201_CREATED, responses=responses(403, 409, 422, 429, 503))
 async def create_sandbox(
     body: SandboxCreate, service: ServiceDep, who: PrincipalDep, request: Request
 ) -> SandboxPublic:
     """Create a sandbox that stays up until deleted, its `ttl_s` passes, or it is idle
     for `idle_timeout_s`. 403: a limit above the key's ceiling; 422: a limit outside
-    the server's bounds; 429: the key's `max_sandboxes` are running; 503: no engine,
-    or (distributed) no sandbox host with room, with `Retry-After`. `worker_id` names
-    the host it was placed on."""
+    the server's bounds; 409 (`network_elsewhere`, distributed): its `network` group's
+    members moved to another host at every placement tried, so it can be sent again;
+    429: the key's `max_sandboxes` are running; 503: no engine, or (distributed) no
+    sandbox host with room, with `Retry-After`. `worker_id` names the host it was placed
+    on."""
     record = await service.sandboxes.create(body, who)
     request.state.audit_target = record.id
     return record
