@@ -5,16 +5,22 @@ Two parts, each measured side by side in this one run:
 1. The store, on SQLite (and PostgreSQL with ``--pg URL``): the batch's counts by the
    old ``GROUP BY`` over its rows vs the counters on its row; a list page (default
    and each filter) with the indexes before migration 0011 vs after, on the same rows.
-2. A real ``crucible serve`` at rest with those rows: client round trip p50/p99 and
-   the server's own CPU per request of ``GET /batches/{id}``, ``GET /evaluations``
-   and ``GET /healthz`` (the HTTP floor).
+2. A real ``crucible serve`` (or two: ``--before``) at rest with those rows: client
+   round trip p50/p99 and the server's own CPU per request of ``GET /batches/{id}``,
+   ``GET /evaluations`` and ``GET /healthz`` (the HTTP floor).
 
     .venv/bin/python bench/cheap_reads.py [--items 10000] [--rows 20000] [--pg URL]
+        [--server-only] [--before OLD/src --rounds 5]
+
+``--before`` serves an older tree too (``git archive REV src | tar -x -C DIR``, the
+server started with ``PYTHONPATH=DIR/src``); the two are measured in turn, path by path.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -137,38 +143,65 @@ def store_part(url: str, name: str, items: int, rows: int, n: int) -> None:
     store.dispose()
 
 
-def server_part(items: int, rows: int, n: int) -> None:
-    with serve(CRUCIBLE_MAX_CONCURRENCY="1") as url:
-        data_dir = Path(Path(f"/proc/{_pid(url)}/cmdline").read_text().split("\0")[-2])
-        store = Store(f"sqlite:///{data_dir / 'crucible.db'}")
-        # Rows the API can render: the normalised request of a real submission.
-        one = httpx.post(f"{url}/api/v1/evaluations", params={"wait": 30}, headers=AUTH,
-                         json={"code": "print(1)"}, timeout=60).json()  # fmt: skip
-        populate(store, items, rows, store.get(one["id"]).request)
-        store.dispose()
-        print(f"\nserver at rest ({rows} rows): round trip p50/p99 ms, server CPU ms/request")
-        with httpx.Client(base_url=f"{url}/api/v1", headers=AUTH, timeout=30) as http:
-            paths = {
-                "GET /healthz (floor)": f"{url}/healthz",
-                f"GET /batches/{{id}} ({items} items)": f"/batches/{BATCH}",
-                "GET /evaluations?limit=50": "/evaluations?limit=50",
-                "GET /evaluations?limit=50&status=error": "/evaluations?limit=50&status=error",
-                "GET /evaluations?limit=50&label=k:3": "/evaluations?limit=50&label=k%3A3",
-            }
-            for label, path in paths.items():
-                for _ in range(5):
-                    r = http.get(path)
-                    assert r.status_code == 200, (path, r.status_code, r.text[:300])
-                cpu0, _ = server_cpu_s(url)
-                ms = []
-                for _ in range(n):
-                    t = time.perf_counter()
-                    r = http.get(path)
-                    ms.append((time.perf_counter() - t) * 1000)
-                    assert r.status_code == 200, r.text
-                cpu = (server_cpu_s(url)[0] - cpu0) / n * 1000
-                p50, p99 = percentile(ms, 50), percentile(ms, 99)
-                print(f"  {label:42} {p50:6.2f} / {p99:6.2f}   cpu {cpu:5.2f}")
+PATHS = {
+    "GET /healthz (floor)": "/healthz",
+    "GET /batches/{id}": f"/api/v1/batches/{BATCH}",
+    "GET /evaluations?limit=50": "/api/v1/evaluations?limit=50",
+    "GET /evaluations?limit=50&status=error": "/api/v1/evaluations?limit=50&status=error",
+    "GET /evaluations?limit=50&label=k:3": "/api/v1/evaluations?limit=50&label=k%3A3",
+}
+
+
+def start_server(stack: contextlib.ExitStack, items: int, rows: int, src: str | None) -> str:
+    """A populated ``crucible serve`` (``src``: import crucible from that tree instead)."""
+    env = {"CRUCIBLE_MAX_CONCURRENCY": "1", **({"PYTHONPATH": src} if src else {})}
+    url = stack.enter_context(serve(**env))
+    data_dir = Path(Path(f"/proc/{_pid(url)}/cmdline").read_text().split("\0")[-2])
+    store = Store(f"sqlite:///{data_dir / 'crucible.db'}")
+    # Rows the API can render: the normalised request of a real submission.
+    one = httpx.post(f"{url}/api/v1/evaluations", params={"wait": 30}, headers=AUTH,
+                     json={"code": "print(1)"}, timeout=60).json()  # fmt: skip
+    populate(store, items, rows, store.get(one["id"]).request)
+    store.dispose()
+    return url
+
+
+def measure(http: httpx.Client, url: str, path: str, n: int) -> tuple[float, float, float]:
+    """(round trip p50, p99, server CPU per request), all in ms, of ``n`` GETs."""
+    for _ in range(5):
+        r = http.get(url + path)
+        assert r.status_code == 200, (path, r.status_code, r.text[:300])
+    cpu0, _ = server_cpu_s(url)
+    ms = []
+    for _ in range(n):
+        t = time.perf_counter()
+        r = http.get(url + path)
+        ms.append((time.perf_counter() - t) * 1000)
+        assert r.status_code == 200, r.text
+    cpu = (server_cpu_s(url)[0] - cpu0) / n * 1000
+    return percentile(ms, 50), percentile(ms, 99), cpu
+
+
+def server_part(items: int, rows: int, n: int, before: str | None, rounds: int) -> None:
+    """Each server at rest, measured in turn ``rounds`` times (before, after, before, …
+    with ``before``), so both see the same machine; medians over the rounds."""
+    servers = {"before": before, "after": None} if before else {"server": None}
+    with contextlib.ExitStack() as stack, httpx.Client(headers=AUTH, timeout=30) as http:
+        urls = {name: start_server(stack, items, rows, src) for name, src in servers.items()}
+        runs: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        for _ in range(rounds):
+            for label, path in PATHS.items():
+                for name, url in urls.items():
+                    runs.setdefault((name, label), []).append(measure(http, url, path, n))
+    print(f"\nserver at rest ({rows} rows, {items}-item batch), {rounds} round(s) of {n}:"
+          " round trip p50 / p99 ms, server CPU ms/request"
+          " (median of rounds; each round's)")  # fmt: skip
+    for label in PATHS:
+        for name in servers:
+            got = runs[(name, label)]
+            p50, p99, cpu = (statistics.median(x[i] for x in got) for i in range(3))
+            each = " ".join(f"{x[2]:.2f}" for x in got)
+            print(f"  {label:40} {name:6} {p50:6.2f} / {p99:6.2f}   cpu {cpu:5.2f}  ({each})")
 
 
 def _pid(url: str) -> int:
@@ -183,12 +216,20 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--pg", help="an empty PostgreSQL database (postgresql+psycopg://…)")
+    parser.add_argument("--server-only", action="store_true", help="skip the store part")
+    parser.add_argument(
+        "--before",
+        metavar="SRC",
+        help="also serve an older tree's src/ (e.g. from git archive), measured alternately",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="server measurements per path")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        store_part(f"sqlite:///{d}/bench.db", "SQLite", args.items, args.rows, args.n)
-    if args.pg:
-        store_part(args.pg, "PostgreSQL", args.items, args.rows, args.n)
-    server_part(args.items, args.rows, args.n)
+    if not args.server_only:
+        with tempfile.TemporaryDirectory() as d:
+            store_part(f"sqlite:///{d}/bench.db", "SQLite", args.items, args.rows, args.n)
+        if args.pg:
+            store_part(args.pg, "PostgreSQL", args.items, args.rows, args.n)
+    server_part(args.items, args.rows, args.n, args.before, args.rounds)
 
 
 if __name__ == "__main__":
