@@ -28,7 +28,9 @@ bearer = HTTPBearer(
 TOUCH_EVERY = timedelta(seconds=60)
 
 
-def get_service(request: Request) -> Service:
+# The dependencies are coroutines even where nothing is awaited: FastAPI runs a plain
+# function in a worker thread, a hop per dependency per request.
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -78,7 +80,7 @@ LastEventId = Annotated[
 ]
 
 
-def parse_cursor(
+async def parse_cursor(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> int | None:
     """A list's ``?cursor=`` (the ``next_cursor`` a previous page gave) as a number."""
