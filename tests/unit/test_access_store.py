@@ -12,10 +12,11 @@ from test_store import new
 
 from crucible.core.config import Settings
 from crucible.core.lifecycle import Priority, Status
+from crucible.services.access import Access, VerifiedKeys
 from crucible.services.scan import decode, encode, scan_python, scan_request, scan_text
 from crucible.store import Store
 from crucible.store.audit import AuditEvent, AuditLog
-from crucible.store.keys import KeyStore, hash_key
+from crucible.store.keys import KeyRecord, KeyStore, hash_key
 
 
 @pytest.fixture
@@ -43,6 +44,73 @@ def test_keys_store_only_a_hash(store: Store) -> None:
     again = keys.ensure(secret)
     assert again.id == record.id and again.admin and keys.authenticate(secret) is not None
     assert keys.count_active() == 1
+
+
+class CountingKeys(KeyStore):
+    """A KeyStore that counts its reads and writes; ``during_read`` runs inside a read."""
+
+    reads = touches = 0
+    during_read: object = None
+
+    def authenticate(self, secret: str) -> KeyRecord | None:
+        self.reads += 1
+        if callable(self.during_read):
+            self.during_read()
+        return super().authenticate(secret)
+
+    def touch(self, key_id: str) -> None:
+        self.touches += 1
+        super().touch(key_id)
+
+
+async def test_verified_keys_bound_revocation(store: Store, tmp_path: Path) -> None:
+    """A verified key is remembered for ttl_s, never longer; a revoke by another
+    process applies within it, one through Access at once."""
+    clock = [100.0]
+    keys = CountingKeys(store)
+    verified = VerifiedKeys(keys, ttl_s=1.0, clock=lambda: clock[0])
+    record, secret = keys.create("alice", "researcher")
+    first = await verified.authenticate(secret)
+    assert first is not None and first.id == record.id and (keys.reads, keys.touches) == (1, 1)
+    for _ in range(5):  # remembered: no read, and last_used_at is not written again
+        assert await verified.authenticate(secret) == first
+    assert (keys.reads, keys.touches) == (1, 1)
+    assert await verified.authenticate("crk_unknown") is None and keys.reads == 2
+
+    keys.revoke(record.id)  # as `crucible keys revoke` does, on the database
+    clock[0] += 0.99
+    assert await verified.authenticate(secret) is not None  # within the bound
+    clock[0] += 0.02
+    assert await verified.authenticate(secret) is None  # past it: read, and refused
+    assert await verified.authenticate(secret) is None  # revoked ones are not remembered
+    assert keys.reads == 4
+
+    # Through this process's Access: the next request is refused.
+    access = Access(store, Settings(data_dir=tmp_path))
+    access.verified = VerifiedKeys(keys, ttl_s=60.0, clock=lambda: clock[0])
+    bob, bob_secret = keys.create("bob", "researcher")
+    assert await access.authenticate(bob_secret) is not None
+    assert (await access.set_quotas(bob.id, {"per_hour": 7})).per_hour == 7
+    again = await access.authenticate(bob_secret)
+    assert again is not None and again.per_hour == 7  # quotas too apply at once
+    await access.revoke(bob.id)
+    assert await access.authenticate(bob_secret) is None
+
+
+async def test_verified_keys_forget_during_a_read(store: Store) -> None:
+    """A read under way when forget() runs is used but not remembered."""
+    keys = CountingKeys(store)
+    verified = VerifiedKeys(keys, ttl_s=60.0)
+    _, secret = keys.create("carol", "researcher")
+    keys.during_read = verified.forget
+    assert await verified.authenticate(secret) is not None
+    keys.during_read = None
+    assert await verified.authenticate(secret) is not None and keys.reads == 2
+    assert await verified.authenticate(secret) is not None and keys.reads == 2
+    off = VerifiedKeys(keys, ttl_s=0)  # 0: every request reads
+    for _ in range(3):
+        assert await off.authenticate(secret) is not None
+    assert keys.reads == 5
 
 
 def test_fair_share_claim(store: Store) -> None:

@@ -7,8 +7,6 @@ Every /api/v1 route depends on :func:`authenticate` (set on the router in app.py
 
 from __future__ import annotations
 
-import asyncio
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
@@ -17,15 +15,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from crucible.core.errors import Forbidden, InvalidSubmission, Unauthenticated
 from crucible.services.evaluations import Service
 from crucible.store.keys import KeyRecord
-from crucible.store.repo import now
 
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="ApiKey",
     description="An API key (`crk_…`) from `crucible keys create` or POST /api/v1/keys",
 )
-# last_used_at is written at most this often per key (not one write per request).
-TOUCH_EVERY = timedelta(seconds=60)
 
 
 # The dependencies are coroutines even where nothing is awaited: FastAPI runs a plain
@@ -43,15 +38,14 @@ async def authenticate(
     service: ServiceDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> KeyRecord:
-    """The caller's key; raises Unauthenticated (401) when missing, unknown or revoked."""
+    """The caller's key; raises Unauthenticated (401) when missing, unknown or revoked
+    (revoked elsewhere: within key_cache_s, see crucible.services.access.VerifiedKeys)."""
     if credentials is None:
         raise Unauthenticated("an API key is required: send Authorization: Bearer <key>")
-    key = await asyncio.to_thread(service.access.keys.authenticate, credentials.credentials)
+    key = await service.access.authenticate(credentials.credentials)
     if key is None:
         raise Unauthenticated("the API key is not valid (unknown or revoked)")
     request.state.principal = key
-    if key.last_used_at is None or now() - key.last_used_at > TOUCH_EVERY:
-        await asyncio.to_thread(service.access.keys.touch, key.id)
     return key
 
 

@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     # Access control. The server makes sure this exact key exists as an admin key
     # (automation, tests); without it, the first start with no keys prints a new one.
     bootstrap_admin_key: str | None = Field(default=None, repr=False)
+    # A key read from the database stays verified this long in each API process, so
+    # most requests need no database read to authenticate. Revoking (or re-quotaing) a
+    # key through this process's API applies at once; through the CLI or another API
+    # instance, within this many seconds. 0: read the key on every request.
+    key_cache_s: float = Field(1.0, ge=0, le=60)
     # Browser origins allowed to call the API cross-origin; empty: CORS off.
     cors_origins: list[str] = Field(default_factory=list)
     # Largest request body accepted (413 above it); a batch of many programs is large.

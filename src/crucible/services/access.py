@@ -4,23 +4,33 @@
 platform itself (internal calls, tests), which is never scoped. A researcher sees only
 their own evaluations and batches; anything else is NotFound (not Forbidden), so ids
 of others' work cannot be probed. Admins see everything.
+
+Who the caller is comes from :class:`VerifiedKeys`: a key read from the database is
+remembered for ``key_cache_s`` (1 s), so a busy client is not one more read and thread
+hop per request; see there for how long a revoked key can still work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 from crucible.core.config import Settings
 from crucible.core.errors import Forbidden, NotFound, QuotaExceeded
 from crucible.store import Store
 from crucible.store.audit import AuditLog
-from crucible.store.keys import KeyRecord, KeyStore
+from crucible.store.keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
+from crucible.store.repo import now
 from crucible.store.sandboxes import SandboxStore
 from crucible.store.tables import Batch, Evaluation, Sandbox
 
 QUOTAS = ("max_running", "max_queued", "per_hour", "max_sandboxes")
+# last_used_at is written at most this often per key (not one write per request).
+TOUCH_EVERY_S = 60.0
 
 
 def visible(owner: str | None, who: KeyRecord | None) -> bool:
@@ -50,6 +60,74 @@ def apply_ceilings(
         limits[name] = type(limits[name])(ceiling)
 
 
+class VerifiedKeys:
+    """Active keys read from the database in the last ``ttl_s`` seconds, by the SHA-256
+    of their secret (the secret itself is not kept): a request whose key is here is
+    authenticated on the event loop, without a database read or a thread.
+
+    How long a revoked key still works: revoking or changing a key's quotas through
+    :meth:`forget` (this process's API does) applies to the next request. Done by
+    another process (``crucible keys revoke`` on the database, another API instance),
+    it applies here within ``ttl_s``: an entry expires ``ttl_s`` after the read that
+    found the key active and is never extended by use. A read that was under way when
+    :meth:`forget` ran is not remembered, so it cannot bring back a key just dropped.
+    Unknown and revoked keys are not remembered either: each such request reads the
+    database, as before. ``ttl_s`` 0: every request reads the database.
+    """
+
+    MAX_ENTRIES = 10_000  # active keys; past it, expired entries go, then all
+
+    def __init__(
+        self, keys: KeyStore, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._seen: dict[str, tuple[float, KeyRecord]] = {}
+        self._generation = 0  # bumped by forget(): reads begun before it are not kept
+
+    async def authenticate(self, secret: str) -> KeyRecord | None:
+        """The active key with this secret, or None; writes its last_used_at at most
+        every TOUCH_EVERY_S."""
+        if not secret.startswith(KEY_PREFIX) or len(secret) > 200:
+            return None
+        digest = hash_key(secret)
+        started, generation = self.clock(), self._generation
+        seen = self._seen.get(digest)
+        if seen is not None and started < seen[0]:
+            expires, key = seen
+        else:
+            found = await asyncio.to_thread(self.keys.authenticate, secret)
+            if found is None:
+                self._seen.pop(digest, None)
+                return None
+            # From before the read, so never later than ttl_s after it.
+            expires, key = started + self.ttl_s, found
+            self._remember(digest, expires, key, generation)
+        if key.last_used_at is None or (now() - key.last_used_at).total_seconds() > TOUCH_EVERY_S:
+            await asyncio.to_thread(self.keys.touch, key.id)
+            # The remembered record says so too (same expiry), or every request until
+            # it expires would write again.
+            key = dataclasses.replace(key, last_used_at=now())
+            self._remember(digest, expires, key, generation)
+        return key
+
+    def _remember(self, digest: str, expires: float, key: KeyRecord, generation: int) -> None:
+        if self.ttl_s <= 0 or generation != self._generation:
+            return
+        if len(self._seen) >= self.MAX_ENTRIES:
+            at = self.clock()
+            self._seen = {d: e for d, e in self._seen.items() if e[0] > at}
+            if len(self._seen) >= self.MAX_ENTRIES:
+                self._seen.clear()
+        self._seen[digest] = (expires, key)
+
+    def forget(self) -> None:
+        """Drop every remembered key (after a key was revoked or changed)."""
+        self._generation += 1
+        self._seen.clear()
+
+
 class Access:
     """Keys, the audit log and the checks, on one store."""
 
@@ -57,14 +135,35 @@ class Access:
         self.store = store
         self.settings = settings
         self.keys = KeyStore(store)
+        self.verified = VerifiedKeys(self.keys, settings.key_cache_s)
         self.audit = AuditLog(store)
         self.sandboxes = SandboxStore(store)
         store.default_max_running = settings.quota_max_running
+
+    async def authenticate(self, secret: str) -> KeyRecord | None:
+        """The active key with this secret, or None (unknown or revoked)."""
+        return await self.verified.authenticate(secret)
+
+    async def revoke(self, key_id: str) -> KeyRecord:
+        """Revoke the key; its next request here is refused. Raises NotFound."""
+        try:
+            return await asyncio.to_thread(self.keys.revoke, key_id)
+        finally:
+            self.verified.forget()
+
+    async def set_quotas(self, key_id: str, values: dict[str, Any]) -> KeyRecord:
+        """Override the key's quotas (None: the default); applies to its next request.
+        Raises NotFound, InvalidSubmission."""
+        try:
+            return await asyncio.to_thread(self.keys.set_quotas, key_id, values)
+        finally:
+            self.verified.forget()
 
     async def bootstrap(self) -> None:
         """Make sure the configured bootstrap admin key exists (and is not revoked)."""
         if self.settings.bootstrap_admin_key:
             await asyncio.to_thread(self.keys.ensure, self.settings.bootstrap_admin_key)
+            self.verified.forget()
 
     async def evaluation(self, evaluation_id: str, who: KeyRecord | None) -> Evaluation:
         """The evaluation, or NotFound — also when it is someone else's."""

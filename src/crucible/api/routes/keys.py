@@ -43,7 +43,7 @@ async def create_key(
     record, secret = await asyncio.to_thread(keys.create, body.name, body.role)
     quotas = body.model_dump(include=set(QUOTA_FIELDS))
     if any(v is not None for v in quotas.values()):
-        record = await asyncio.to_thread(keys.set_quotas, record.id, quotas)
+        record = await service.access.set_quotas(record.id, quotas)
     request.state.audit_target = record.id
     return KeyCreated(**key_public(record).model_dump(), key=secret)
 
@@ -55,10 +55,10 @@ async def update_key_quotas(
     """Override the key's quotas; fields sent as null return to the server's defaults,
     fields left out are unchanged (admins only)."""
     values = body.model_dump(exclude_unset=True)
-    return key_public(await asyncio.to_thread(service.access.keys.set_quotas, key_id, values))
+    return key_public(await service.access.set_quotas(key_id, values))
 
 
 @router.delete("/{key_id}", responses=responses(401, 403, 404))
 async def revoke_key(key_id: KeyId, service: ServiceDep, _admin: AdminDep) -> KeyPublic:
     """Revoke the key: it stops working at once; its record and its work remain."""
-    return key_public(await asyncio.to_thread(service.access.keys.revoke, key_id))
+    return key_public(await service.access.revoke(key_id))
