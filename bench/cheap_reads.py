@@ -28,19 +28,26 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from _server import AUTH, percentile, serve, server_cpu_s
 from crucible.core.lifecycle import Priority, Status
 from crucible.store import EvaluationFilter, NewEvaluation, Store
+from crucible.store.tables import Evaluation
 
 BATCH = "bt_bench"
 
 
-def populate(store: Store, items: int, rows: int, request: dict[str, Any] | None = None) -> None:
+def populate(
+    store: Store,
+    items: int,
+    rows: int,
+    request: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+) -> None:
     """A finished batch of ``items`` (completed passed/failed, timeouts, cancelled,
     errors) among ``rows`` evaluations, labelled and owned by four keys; counters
-    backfilled as migration 0011 does."""
+    backfilled as migration 0011 does. ``result``: every completed one's."""
 
     def new(i: int) -> NewEvaluation:
         return NewEvaluation(
@@ -61,6 +68,10 @@ def populate(store: Store, items: int, rows: int, request: dict[str, Any] | None
                            WHEN seq % 2 = 0 THEN 'passed' ELSE 'failed' END,
             owner_key_id = 'key' || CAST(seq % 4 AS VARCHAR(4))""")
         )
+        if result is not None:
+            s.execute(
+                update(Evaluation).where(Evaluation.status == "completed").values(result=result)
+            )
     backfill(store)
 
 
@@ -158,10 +169,11 @@ def start_server(stack: contextlib.ExitStack, items: int, rows: int, src: str | 
     url = stack.enter_context(serve(**env))
     data_dir = Path(Path(f"/proc/{_pid(url)}/cmdline").read_text().split("\0")[-2])
     store = Store(f"sqlite:///{data_dir / 'crucible.db'}")
-    # Rows the API can render: the normalised request of a real submission.
+    # Rows the API can render: the normalised request and the result of a real run.
     one = httpx.post(f"{url}/api/v1/evaluations", params={"wait": 30}, headers=AUTH,
                      json={"code": "print(1)"}, timeout=60).json()  # fmt: skip
-    populate(store, items, rows, store.get(one["id"]).request)
+    real = store.get(one["id"])
+    populate(store, items, rows, real.request, real.result)
     store.dispose()
     return url
 

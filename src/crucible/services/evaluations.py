@@ -52,6 +52,7 @@ from crucible.services.ports import Dispatcher, Maintainer
 from crucible.services.records import (
     batch_public,
     dead_letter_public,
+    evaluation_list,
     evaluation_public,
     worker_public,
 )
@@ -225,11 +226,10 @@ class Service:
         return await self.get(evaluation_id)
 
     async def list(self, where: EvaluationFilter, page: PageRequest) -> EvaluationList:
-        rows, nxt = await asyncio.to_thread(
-            self.store.list_evaluations, where, cursor=page.cursor, limit=page.limit
+        rows, labels, nxt = await asyncio.to_thread(
+            self.store.list_records, where, cursor=page.cursor, limit=page.limit
         )
-        labels = await asyncio.to_thread(self.store.labels_of, [r.seq for r in rows])
-        return EvaluationList.of([evaluation_public(r, labels.get(r.seq, {})) for r in rows], nxt)
+        return evaluation_list(rows, labels, nxt)
 
     async def cancel(self, evaluation_id: str, who: KeyRecord | None = None) -> CancelPublic:
         """queued → cancelled; running → killed (within a second); final → Conflict."""

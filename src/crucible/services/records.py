@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row
+
 from crucible.core.lifecycle import TERMINAL, Status, Verdict
 from crucible.domain.evaluations import (
     AttemptPublic,
     BatchPublic,
     DeadLetterPublic,
+    EvaluationList,
     EvaluationPublic,
-    EvaluationRequest,
-    ResultPublic,
     WorkerPublic,
 )
 from crucible.services.scan import decode
@@ -17,26 +21,44 @@ from crucible.store import BatchCounts
 from crucible.store.tables import Batch, DeadLetter, Evaluation, Worker
 
 
-def evaluation_public(row: Evaluation, labels: dict[str, str]) -> EvaluationPublic:
-    request = EvaluationRequest.model_validate({**row.request, "labels": labels})
+def evaluation_fields(row: Evaluation | Row[Any], labels: dict[str, str]) -> dict[str, Any]:
+    """An EvaluationPublic's fields, not yet validated, from a stored row (the ORM's or
+    a plain row of ``crucible.store.evaluations.RECORD_COLUMNS``)."""
     wait = None
     if row.started_at is not None:
         wait = int((row.started_at - row.created_at).total_seconds() * 1000)
-    return EvaluationPublic(
-        id=row.id,
-        status=Status(row.status),
-        batch_id=row.batch_id,
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        queue_wait_ms=wait,
-        attempts=row.attempts,
-        error=row.error,
-        worker_id=row.worker_id,
-        request=request,
-        result=ResultPublic.model_validate(row.result) if row.result else None,
-        owner_key_id=row.owner_key_id,
-        flags=decode(row.flags),
+    return {
+        "id": row.id,
+        "status": row.status,
+        "batch_id": row.batch_id,
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "queue_wait_ms": wait,
+        "attempts": row.attempts,
+        "error": row.error,
+        "worker_id": row.worker_id,
+        "request": {**row.request, "labels": labels},
+        "result": row.result or None,
+        "owner_key_id": row.owner_key_id,
+        "flags": decode(row.flags),
+    }
+
+
+def evaluation_public(row: Evaluation | Row[Any], labels: dict[str, str]) -> EvaluationPublic:
+    return EvaluationPublic.model_validate(evaluation_fields(row, labels))
+
+
+def evaluation_list(
+    rows: Sequence[Row[Any]], labels: dict[int, dict[str, str]], next_cursor: int | None
+) -> EvaluationList:
+    """A page, validated in one call: pydantic builds the 50 records, their requests
+    and results in its core, not one Python-level model call each."""
+    return EvaluationList.model_validate(
+        {
+            "items": [evaluation_fields(r, labels.get(r.seq, {})) for r in rows],
+            "next_cursor": None if next_cursor is None else str(next_cursor),
+        }
     )
 
 

@@ -12,15 +12,34 @@ from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Row, Select, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from crucible.core.errors import Conflict, NotFound
 from crucible.core.lifecycle import Priority, Status
 from crucible.store.db import Database, now
-from crucible.store.paging import keyset_page
+from crucible.store.paging import keyset_page, keyset_rows
 from crucible.store.tables import Evaluation, Label
+
+# What a public record is made of (crucible.services.records): the list reads these
+# columns only, as plain rows.
+RECORD_COLUMNS = (
+    Evaluation.seq,
+    Evaluation.id,
+    Evaluation.status,
+    Evaluation.batch_id,
+    Evaluation.created_at,
+    Evaluation.started_at,
+    Evaluation.finished_at,
+    Evaluation.attempts,
+    Evaluation.error,
+    Evaluation.worker_id,
+    Evaluation.request,
+    Evaluation.result,
+    Evaluation.owner_key_id,
+    Evaluation.flags,
+)
 
 
 @dataclass
@@ -180,29 +199,27 @@ class Evaluations(Database):
         self, where: EvaluationFilter, *, cursor: int | None, limit: int
     ) -> tuple[list[Evaluation], int | None]:
         """Newest first; returns (page, cursor of the next page or None)."""
-        q = select(Evaluation)
-        if where.status is not None:
-            q = q.where(Evaluation.status == where.status.value)
-        if where.language is not None:
-            q = q.where(Evaluation.language == where.language)
-        if where.verdict is not None:
-            q = q.where(Evaluation.verdict == where.verdict)
-        if where.termination is not None:
-            q = q.where(Evaluation.termination == where.termination)
-        if where.batch_id is not None:
-            q = q.where(Evaluation.batch_id == where.batch_id)
-        if where.owner_key_id is not None:
-            q = q.where(Evaluation.owner_key_id == where.owner_key_id)
-        if where.flag is not None:
-            q = q.where(Evaluation.flags.contains(f",{where.flag},", autoescape=True))
-        if where.label is not None:
-            key, value = where.label
-            # IN, not a correlated EXISTS: the planner can start from the label's
-            # index range instead of probing it for every evaluation, newest first.
-            labelled = select(Label.evaluation_seq).where(Label.key == key, Label.value == value)
-            q = q.where(Evaluation.seq.in_(labelled))
         with self.reading() as s:
-            return keyset_page(s, q, Evaluation.seq, cursor=cursor, limit=limit)
+            return keyset_page(
+                s, _filtered(select(Evaluation), where), Evaluation.seq, cursor=cursor, limit=limit
+            )
+
+    def list_records(
+        self, where: EvaluationFilter, *, cursor: int | None, limit: int
+    ) -> tuple[list[Row[Any]], dict[int, dict[str, str]], int | None]:
+        """A page as the API renders it: rows of RECORD_COLUMNS, newest first, their
+        labels by seq and the next page's cursor, in one read (plain rows, no ORM
+        objects: the list's largest cost was loading them)."""
+        q = _filtered(select(*RECORD_COLUMNS), where)
+        labels: dict[int, dict[str, str]] = collections.defaultdict(dict)
+        with self.reading() as s:
+            rows, nxt = keyset_rows(s, q, Evaluation.seq, cursor=cursor, limit=limit)
+            if rows:
+                seqs = [r.seq for r in rows]
+                got = select(Label.evaluation_seq, Label.key, Label.value)
+                for seq, key, value in s.execute(got.where(Label.evaluation_seq.in_(seqs))):
+                    labels[seq][key] = value
+        return rows, labels, nxt
 
     def cancel_requested(self, evaluation_id: str) -> bool:
         with self.reading() as s:
@@ -216,3 +233,27 @@ class Evaluations(Database):
                 Evaluation.status, Evaluation.termination, Evaluation.language, func.count()
             ).group_by(Evaluation.status, Evaluation.termination, Evaluation.language)
             return {(st, te, la): int(n) for st, te, la, n in s.execute(q)}
+
+
+def _filtered(q: Select[Any], where: EvaluationFilter) -> Select[Any]:
+    if where.status is not None:
+        q = q.where(Evaluation.status == where.status.value)
+    if where.language is not None:
+        q = q.where(Evaluation.language == where.language)
+    if where.verdict is not None:
+        q = q.where(Evaluation.verdict == where.verdict)
+    if where.termination is not None:
+        q = q.where(Evaluation.termination == where.termination)
+    if where.batch_id is not None:
+        q = q.where(Evaluation.batch_id == where.batch_id)
+    if where.owner_key_id is not None:
+        q = q.where(Evaluation.owner_key_id == where.owner_key_id)
+    if where.flag is not None:
+        q = q.where(Evaluation.flags.contains(f",{where.flag},", autoescape=True))
+    if where.label is not None:
+        key, value = where.label
+        # IN, not a correlated EXISTS: the planner can start from the label's
+        # index range instead of probing it for every evaluation, newest first.
+        labelled = select(Label.evaluation_seq).where(Label.key == key, Label.value == value)
+        q = q.where(Evaluation.seq.in_(labelled))
+    return q

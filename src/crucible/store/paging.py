@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from sqlalchemy import Select
+from sqlalchemy import Row, Select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 R = TypeVar("R")
@@ -41,6 +41,28 @@ def keyset_page(
         if cursor is not None:
             query = query.where(key > cursor)
     rows = list(session.scalars(query.limit(limit + 1)))
+    return _cut(rows, key, limit)
+
+
+def keyset_rows(
+    session: Session,
+    query: Select[Any],
+    key: InstrumentedAttribute[int],
+    *,
+    cursor: int | None,
+    limit: int,
+) -> tuple[list[Row[Any]], int | None]:
+    """:func:`keyset_page` (newest first) of a select of columns (``key`` among them):
+    plain rows, not ORM objects, for reads that only render."""
+    query = query.order_by(key.desc())
+    if cursor is not None:
+        query = query.where(key < cursor)
+    return _cut(list(session.execute(query.limit(limit + 1))), key, limit)
+
+
+def _cut(
+    rows: list[Any], key: InstrumentedAttribute[int], limit: int
+) -> tuple[list[Any], int | None]:
     if len(rows) <= limit:
         return rows, None
     last: Any = rows[limit - 1]
