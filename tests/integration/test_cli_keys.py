@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support.polling import eventually
 from support.servers import CRUCIBLE, ServerProcess
 
 
@@ -75,6 +76,15 @@ def test_keys_commands_and_api_key_option(
     assert keys["ci"]["role"] == "researcher" and key not in listed.stdout
     key_id = keys["ci"]["id"]
     assert cli("keys", "revoke", key_id, "--data-dir", data).returncode == 0
+    # Revoked in the database, by another process: the server, which verified the key
+    # for the list above, refuses it once its key_cache_s (1 s) has passed since then.
+    # Bound: that second, and scheduling on a loaded machine.
+    auth = {"Authorization": f"Bearer {key}"}
+    eventually(
+        lambda: httpx.get(f"{server.url}/api/v1/evaluations", headers=auth).status_code == 401,
+        within=10,
+        reason="the revoked key to be refused",
+    )
     revoked = cli("--api-key", key, "list", env=env)
     assert revoked.returncode == 2 and "401" in revoked.stderr
     assert cli("keys", "create", "--name", "x", "--role", "root", "--data-dir", data).returncode

@@ -457,7 +457,9 @@ export interface paths {
         post?: never;
         /**
          * Revoke Key
-         * @description Revoke the key: it stops working at once; its record and its work remain.
+         * @description Revoke the key: this API instance refuses it from the next request; other
+         *     instances, and a revoke by `crucible keys revoke`, within `CRUCIBLE_KEY_CACHE_S`
+         *     (1 s). Its record and its work remain.
          */
         delete: operations["revoke_key_api_v1_keys__key_id__delete"];
         options?: never;

@@ -60,5 +60,7 @@ async def update_key_quotas(
 
 @router.delete("/{key_id}", responses=responses(401, 403, 404))
 async def revoke_key(key_id: KeyId, service: ServiceDep, _admin: AdminDep) -> KeyPublic:
-    """Revoke the key: it stops working at once; its record and its work remain."""
+    """Revoke the key: this API instance refuses it from the next request; other
+    instances, and a revoke by `crucible keys revoke`, within `CRUCIBLE_KEY_CACHE_S`
+    (1 s). Its record and its work remain."""
     return key_public(await service.access.revoke(key_id))
