@@ -3,11 +3,12 @@ PostgreSQL database per session), settings pointing at temporary directories."""
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,30 @@ HEAVIEST_FIRST = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {module: i for i, module in enumerate(HEAVIEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
+
+
+def _leaks_knowingly(marks: Iterable[pytest.Mark]) -> bool:
+    return any(
+        m.name == "filterwarnings" and "PytestUnraisableExceptionWarning" in str(m.args)
+        for m in marks
+    )
+
+
+# Tests marked to ignore unraisable warnings (Inspect's own unclosed anyio streams) get
+# their garbage collected at their own teardown, under their own marks: left to the
+# collector, such a stream's __del__ warned in whatever test ran next on that process,
+# which then failed (test_bad_names_are_refused, in a loaded run). The fixtures are
+# autouse, so set up first in their scope and torn down last: after what they collect.
+@pytest.fixture(autouse=True)
+def _collect_a_known_leak(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if _leaks_knowingly(request.node.iter_markers()):
+        gc.collect()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_a_modules_known_leak(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    marks = getattr(request.module, "pytestmark", [])
+    if _leaks_knowingly(marks if isinstance(marks, list) else [marks]):
+        gc.collect()
