@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
 from support.polling import eventually
 from support.servers import CRUCIBLE, ServerProcess
@@ -47,11 +46,6 @@ def test_first_start_prints_one_admin_key_once(
     server.stop()
 
 
-# Eleven CLI processes (each ~0.7 s of CPU importing) and a server start: 25 s on a
-# quiet machine, 75 s at load average 10, and past the suite's 120 s default once
-# with a busy loop on each core beside the suite. Each call keeps its own 60 s bound
-# against a hang.
-@pytest.mark.timeout(300)
 def test_keys_commands_and_api_key_option(
     make_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
