@@ -16,9 +16,9 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Table, bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from crucible.core.errors import (
@@ -28,6 +28,7 @@ from crucible.core.errors import (
     QuotaExceeded,
     SandboxLost,
     SandboxStopped,
+    Unauthenticated,
 )
 from crucible.core.lifecycle import SandboxStatus, StopReason
 from crucible.store.paging import keyset_page
@@ -100,6 +101,34 @@ class ExecOutcome:
     stderr_preview_truncated: bool
     stdout_blob: str | None
     stderr_blob: str | None
+
+
+_SANDBOXES = cast(Table, Sandbox.__table__)
+_EXECS = cast(Table, SandboxExec.__table__)
+_EXEC_COLUMNS = tuple(c.key for c in _EXECS.c)
+
+
+_KEY_STATE = select(ApiKey.role, ApiKey.revoked_at).where(ApiKey.id == bindparam("b_key"))
+_NUMBER_WHERE = (_SANDBOXES.c.id == bindparam("b_id"), _SANDBOXES.c.status == RUNNING)
+_NUMBER = (
+    update(_SANDBOXES)
+    .where(*_NUMBER_WHERE)
+    .values(exec_count=_SANDBOXES.c.exec_count + 1, last_activity_at=bindparam("b_t"))
+    .returning(_SANDBOXES.c.exec_count)
+)
+_NUMBER_OWN = _NUMBER.where(_SANDBOXES.c.owner_key_id == bindparam("b_owner"))
+_INSERT_EXEC = insert(_EXECS)
+# SET what the parameters name (finished_at, error, the outcome's fields).
+_FINISH_EXEC = (
+    update(_EXECS)
+    .where(_EXECS.c.sandbox_id == bindparam("b_id"), _EXECS.c.seq == bindparam("b_seq"))
+    .returning(*_EXECS.c)
+)
+_ACTIVITY = update(_SANDBOXES).where(*_NUMBER_WHERE)  # SET last_activity_at (and usage)
+
+
+def _columns(row: SandboxExec) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in _EXEC_COLUMNS}
 
 
 class SandboxStore:
@@ -339,45 +368,58 @@ class SandboxStore:
         cwd: str | None,
         user: str | None,
         idempotency_key: str | None = None,
+        *,
+        caller: str | None = None,
     ) -> SandboxExec:
         """Number and record an exec about to start; SandboxStopped (SandboxLost)
         unless running. With ``idempotency_key``: ExecExists when an exec of the
         sandbox already has that key (the same command; another: Conflict). The check
-        runs under the sandbox's row lock (PostgreSQL; SQLite serialises writers), and
-        the unique constraint on (sandbox_id, idempotency_key) backs it."""
+        runs under the sandbox's row lock (the UPDATE takes it on PostgreSQL; SQLite
+        serialises writers), and the unique constraint on (sandbox_id,
+        idempotency_key) backs it. ``caller``: the id of the key asking, checked here
+        in the same transaction: Unauthenticated when it is revoked or gone, NotFound
+        when the sandbox is not its own and it is no admin's (None: the platform).
+
+        Three statements when it runs (the key, the numbering UPDATE … RETURNING, the
+        INSERT), plus the key's exec when there is an idempotency key; the reads that
+        tell why it cannot run come only when it cannot."""
         t = now()
         with self.store.transaction() as s:
-            q = select(Sandbox).where(Sandbox.id == sandbox_id)
-            if self.store.dialect == "postgresql":
-                q = q.with_for_update()
-            box = s.scalars(q).one_or_none()
-            if box is None:
-                raise NotFound(f"no sandbox {sandbox_id!r}")
-            if idempotency_key is not None:
-                first = s.scalars(
-                    select(SandboxExec).where(
-                        SandboxExec.sandbox_id == sandbox_id,
-                        SandboxExec.idempotency_key == idempotency_key,
-                    )
-                ).one_or_none()
-                if first is not None:
-                    if first.cmd != list(cmd):
-                        raise Conflict(
-                            f"Idempotency-Key {idempotency_key!r} was used for exec"
-                            f" {first.seq} of another command"
-                        )
-                    raise ExecExists(first.seq)
-            if box.status != RUNNING:
+            owner = None
+            conn = s.connection()
+            if caller is not None:
+                key = conn.execute(_KEY_STATE, {"b_key": caller}).one_or_none()
+                if key is None or key.revoked_at is not None:
+                    raise Unauthenticated("the API key is not valid (unknown or revoked)")
+                owner = None if key.role == "admin" else caller
+            # Statements built once with bound parameters (here and in finish_exec):
+            # building one per call, its values coerced each time, cost more than
+            # running it, and so does the ORM's unit of work.
+            params = {"b_id": sandbox_id, "b_t": t}
+            if owner is None:
+                seq = conn.execute(_NUMBER, params).scalar()
+            else:
+                seq = conn.execute(_NUMBER_OWN, {**params, "b_owner": owner}).scalar()
+            if idempotency_key is not None and seq is not None:
+                self._check_key(s, sandbox_id, idempotency_key, cmd)
+            if seq is None:  # why not: missing, another's, or no longer running
+                box = s.scalars(select(Sandbox).where(Sandbox.id == sandbox_id)).one_or_none()
+                if box is None or (owner is not None and box.owner_key_id != owner):
+                    raise NotFound(f"no sandbox {sandbox_id!r}")
+                if idempotency_key is not None:
+                    self._check_key(s, sandbox_id, idempotency_key, cmd)
                 raise stopped_error(box)
-            box.exec_count += 1
-            box.last_activity_at = t
             row = SandboxExec(
                 sandbox_id=sandbox_id,
-                seq=box.exec_count,
+                seq=seq,
                 cmd=list(cmd),
                 cwd=cwd,
                 user=user,
                 started_at=t,
+                finished_at=None,
+                returncode=None,
+                duration_ms=None,
+                error=None,
                 timed_out=False,
                 memory_limit=False,
                 stdout_preview=b"",
@@ -386,10 +428,28 @@ class SandboxStore:
                 stderr_truncated=False,
                 stdout_preview_truncated=False,
                 stderr_preview_truncated=False,
+                stdout_blob=None,
+                stderr_blob=None,
                 idempotency_key=idempotency_key,
             )
-            s.add(row)
+            conn.execute(_INSERT_EXEC, _columns(row))
         return row
+
+    @staticmethod
+    def _check_key(s: Session, sandbox_id: str, key: str, cmd: Sequence[str]) -> None:
+        """ExecExists (same command) or Conflict (another) when ``key`` was used."""
+        first = s.execute(
+            select(SandboxExec.seq, SandboxExec.cmd).where(
+                SandboxExec.sandbox_id == sandbox_id, SandboxExec.idempotency_key == key
+            )
+        ).one_or_none()
+        if first is None:
+            return
+        if first.cmd != list(cmd):
+            raise Conflict(
+                f"Idempotency-Key {key!r} was used for exec {first.seq} of another command"
+            )
+        raise ExecExists(first.seq)
 
     def finish_exec(
         self,
@@ -399,25 +459,20 @@ class SandboxStore:
         usage: tuple[int, int] | None = None,
     ) -> SandboxExec:
         """Record what the exec did; its end is the sandbox's latest activity. ``usage``
-        (cpu_ms, peak_memory_bytes) of the sandbox so far, in the same transaction."""
+        (cpu_ms, peak_memory_bytes) of the sandbox so far, in the same transaction.
+        Two UPDATEs (the exec's RETURNING its row)."""
         t = now()
         with self.store.transaction() as s:
-            row = s.get(SandboxExec, (sandbox_id, seq))
-            if row is None:
+            conn = s.connection()
+            values = {"b_id": sandbox_id, "b_seq": seq, "finished_at": t, "error": None}
+            found = conn.execute(_FINISH_EXEC, {**values, **vars(outcome)}).one_or_none()
+            if found is None:
                 raise NotFound(f"no exec {seq} in sandbox {sandbox_id!r}")
-            row.finished_at = t
-            row.error = None
-            for name, value in vars(outcome).items():
-                setattr(row, name, value)
-            values: dict[str, object] = {"last_activity_at": t}
+            activity: dict[str, object] = {"b_id": sandbox_id, "last_activity_at": t}
             if usage is not None:
-                values.update(cpu_ms=usage[0], peak_memory_bytes=usage[1])
-            s.execute(
-                update(Sandbox)
-                .where(Sandbox.id == sandbox_id, Sandbox.status == RUNNING)
-                .values(**values)
-            )
-        return row
+                activity.update(cpu_ms=usage[0], peak_memory_bytes=usage[1])
+            conn.execute(_ACTIVITY, activity)
+        return SandboxExec(**found._asdict())
 
     def fail_exec(self, sandbox_id: str, seq: int, error: str) -> None:
         """The exec ended without a result (the sandbox stopped under it)."""
