@@ -66,20 +66,20 @@ def create_app(
     # Every /api/v1 route needs a key; /healthz, /readyz, /metrics and the UI do not.
     # Documented once for all: any route can answer these (401 from authenticate, 413
     # from the body limit, 400/422 from parsing, always in the ErrorPublic shape).
-    api = APIRouter(
-        prefix=API_PREFIX,
-        dependencies=[Depends(authenticate)],
-        responses=errors.responses(400, 401, 413, 422),
-    )
+    # The sandboxes' routes each name their principal (PrincipalDep, or for exec a
+    # ClaimDep checked in its own transaction), so that router gets no router-wide
+    # authenticate: it would look the key up again (test_api_routes_authenticate).
+    api = APIRouter(prefix=API_PREFIX, responses=errors.responses(400, 401, 413, 422))
+    auth = [Depends(authenticate)]
     admin = [Depends(require_admin)]
-    api.include_router(evaluations.router)
-    api.include_router(batches.router)
+    api.include_router(evaluations.router, dependencies=auth)
+    api.include_router(batches.router, dependencies=auth)
     api.include_router(sandboxes.router)
-    api.include_router(environments.router)
-    api.include_router(system.router)
+    api.include_router(environments.router, dependencies=auth)
+    api.include_router(system.router, dependencies=auth)
     api.include_router(cluster.router, dependencies=admin, responses=errors.responses(403))
-    api.include_router(keys.router)
-    api.include_router(audit.router)
+    api.include_router(keys.router, dependencies=auth)
+    api.include_router(audit.router, dependencies=auth)
     app.include_router(api)
     app.include_router(system.probes)
     # Last: the UI's catch-all must not shadow any API route.

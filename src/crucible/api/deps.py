@@ -3,6 +3,10 @@
 Every /api/v1 route depends on :func:`authenticate` (set on the router in app.py):
 ``Authorization: Bearer crk_…`` → the caller's :class:`KeyRecord`, kept on
 ``request.state.principal`` for the audit middleware. ``AdminDep`` adds the role check.
+The exception is the agent's hot path, POST …/exec: it takes a :class:`Claim`
+(``ClaimDep``), the key as this process last verified it, without a read, and the
+service checks the key again in the transaction that records the exec (see
+``crucible.services.access.Claim``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from crucible.core.errors import Forbidden, InvalidSubmission, Unauthenticated
+from crucible.services.access import Claim
 from crucible.services.evaluations import Service
 from crucible.store.keys import KeyRecord
 
@@ -49,7 +54,27 @@ async def authenticate(
     return key
 
 
+async def claim(
+    request: Request,
+    service: ServiceDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Claim:
+    """The caller's key as verified before (no read), else :func:`authenticate`'s;
+    whatever takes it checks it again (Claim). 401 when missing, unknown or revoked."""
+    if credentials is None:
+        raise Unauthenticated("an API key is required: send Authorization: Bearer <key>")
+    found = service.access.claim(credentials.credentials)
+    if found is None:
+        key = await service.access.authenticate(credentials.credentials)
+        if key is None:
+            raise Unauthenticated("the API key is not valid (unknown or revoked)")
+        found = Claim(key)
+    request.state.principal = found.key
+    return found
+
+
 PrincipalDep = Annotated[KeyRecord, Depends(authenticate)]
+ClaimDep = Annotated[Claim, Depends(claim)]
 
 
 async def require_admin(key: PrincipalDep) -> KeyRecord:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from crucible.core.config import Settings
-from crucible.core.errors import Forbidden, NotFound, QuotaExceeded
+from crucible.core.errors import Forbidden, NotFound, QuotaExceeded, Unauthenticated
 from crucible.store import Store
 from crucible.store.audit import AuditLog
 from crucible.store.keys import KEY_PREFIX, KeyRecord, KeyStore, hash_key
@@ -31,6 +31,22 @@ from crucible.store.tables import Batch, Evaluation, Sandbox
 QUOTAS = ("max_running", "max_queued", "per_hour", "max_sandboxes")
 # last_used_at is written at most this often per key (not one write per request).
 TOUCH_EVERY_S = 60.0
+# How long a verified key is remembered for claims (see Claim): not a revocation
+# window, a claim is checked again where it is used.
+CLAIM_TTL_S = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A key the caller presented that this process verified earlier (within
+    CLAIM_TTL_S): who it was, without reading the database again. Not checked against
+    revocation: whatever takes a Claim checks the key where it does its own work, in
+    the same transaction (``SandboxStore.begin_exec``'s ``caller``), or calls
+    :meth:`Access.verify` first. So a key revoked by any process, the CLI included, is
+    refused by the next request that reaches the database, as with a lookup per
+    request. The record's ``role`` and quotas may be stale; the checks read them again."""
+
+    key: KeyRecord
 
 
 def visible(owner: str | None, who: KeyRecord | None) -> bool:
@@ -60,6 +76,10 @@ def apply_ceilings(
         limits[name] = type(limits[name])(ceiling)
 
 
+def _touch_due(key: KeyRecord) -> bool:
+    return key.last_used_at is None or (now() - key.last_used_at).total_seconds() > TOUCH_EVERY_S
+
+
 class VerifiedKeys:
     """Active keys read from the database in the last ``ttl_s`` seconds, by the SHA-256
     of their secret (the secret itself is not kept): a request whose key is here is
@@ -83,7 +103,7 @@ class VerifiedKeys:
         self.keys = keys
         self.ttl_s = ttl_s
         self.clock = clock
-        self._seen: dict[str, tuple[float, KeyRecord]] = {}
+        self._seen: dict[str, tuple[float, KeyRecord]] = {}  # digest → (verified at, key)
         self._generation = 0  # bumped by forget(): reads begun before it are not kept
 
     async def authenticate(self, secret: str) -> KeyRecord | None:
@@ -94,33 +114,43 @@ class VerifiedKeys:
         digest = hash_key(secret)
         started, generation = self.clock(), self._generation
         seen = self._seen.get(digest)
-        if seen is not None and started < seen[0]:
-            expires, key = seen
+        if seen is not None and started < seen[0] + self.ttl_s:
+            verified, key = seen
         else:
             found = await asyncio.to_thread(self.keys.authenticate, secret)
             if found is None:
                 self._seen.pop(digest, None)
                 return None
-            # From before the read, so never later than ttl_s after it.
-            expires, key = started + self.ttl_s, found
-            self._remember(digest, expires, key, generation)
-        if key.last_used_at is None or (now() - key.last_used_at).total_seconds() > TOUCH_EVERY_S:
+            # From before the read, so it never expires later than ttl_s after it.
+            verified, key = started, found
+            self._remember(digest, verified, key, generation)
+        if _touch_due(key):
             await asyncio.to_thread(self.keys.touch, key.id)
-            # The remembered record says so too (same expiry), or every request until
+            # The remembered record says so too (same time), or every request until
             # it expires would write again.
             key = dataclasses.replace(key, last_used_at=now())
-            self._remember(digest, expires, key, generation)
+            self._remember(digest, verified, key, generation)
         return key
 
-    def _remember(self, digest: str, expires: float, key: KeyRecord, generation: int) -> None:
+    def claim(self, secret: str) -> Claim | None:
+        """The key this secret was verified as within CLAIM_TTL_S, without a read (see
+        Claim); None when not remembered, or when its last_used_at is due a write
+        (then :meth:`authenticate`, which writes it)."""
+        seen = self._seen.get(hash_key(secret))
+        if seen is None or self.clock() > seen[0] + CLAIM_TTL_S or _touch_due(seen[1]):
+            return None
+        return Claim(seen[1])
+
+    def _remember(self, digest: str, verified: float, key: KeyRecord, generation: int) -> None:
         if self.ttl_s <= 0 or generation != self._generation:
             return
         if len(self._seen) >= self.MAX_ENTRIES:
             at = self.clock()
-            self._seen = {d: e for d, e in self._seen.items() if e[0] > at}
+            keep = max(self.ttl_s, CLAIM_TTL_S)
+            self._seen = {d: e for d, e in self._seen.items() if e[0] + keep > at}
             if len(self._seen) >= self.MAX_ENTRIES:
                 self._seen.clear()
-        self._seen[digest] = (expires, key)
+        self._seen[digest] = (verified, key)
 
     def forget(self) -> None:
         """Drop every remembered key (after a key was revoked or changed)."""
@@ -143,6 +173,23 @@ class Access:
     async def authenticate(self, secret: str) -> KeyRecord | None:
         """The active key with this secret, or None (unknown or revoked)."""
         return await self.verified.authenticate(secret)
+
+    def claim(self, secret: str) -> Claim | None:
+        """The key this secret was verified as earlier, without a read (see Claim)."""
+        return self.verified.claim(secret)
+
+    async def verify(self, who: KeyRecord | Claim | None) -> KeyRecord | None:
+        """The key of a Claim read again (Unauthenticated when revoked or gone); a
+        KeyRecord or None as given."""
+        if not isinstance(who, Claim):
+            return who
+        try:
+            key = await asyncio.to_thread(self.keys.get, who.key.id)
+        except NotFound:
+            key = None
+        if key is None or key.revoked_at is not None:
+            raise Unauthenticated("the API key is not valid (unknown or revoked)")
+        return key
 
     async def revoke(self, key_id: str) -> KeyRecord:
         """Revoke the key; its next request here is refused. Raises NotFound."""

@@ -137,36 +137,49 @@ def preview(data: bytes, cap: int) -> bytes:
     return head.decode("utf-8", "ignore").encode("utf-8")
 
 
-class LiveOutput:
-    """Publishes an exec's output chunks in order as ``output`` events.
+class ExecEvents:
+    """One exec's events on the bus, published in order by one task: what
+    :meth:`publish` was given (``exec_started``, ``exec_finished``) and the output
+    chunks as ``output`` events, the task's when it is called as the engine's output
+    callback. The exec does not wait for the bus (a Redis round trip each) until
+    :meth:`finish`, before its answer.
 
     The engine's callback is synchronous and may run on any thread, so chunks are
-    handed to the loop with ``call_soon_threadsafe`` and published by one task. Text
-    is decoded incrementally (a character split between chunks is kept whole); the
-    exact bytes are in the finished exec.
+    handed to the loop with ``call_soon_threadsafe``. Text is decoded incrementally (a
+    character split between chunks is kept whole); the exact bytes are in the
+    finished exec.
     """
 
     def __init__(self, bus: EventBus, stream: str, seq: int) -> None:
         self.bus, self.stream, self.seq = bus, stream, seq
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue()
         self.decoders = {
             name: codecs.getincrementaldecoder("utf-8")("replace") for name in ("stdout", "stderr")
         }
         self.task = asyncio.create_task(self._publish())
 
+    def publish(self, type: str, data: dict[str, Any]) -> None:
+        """Publish ``type`` after everything given before (from the loop's thread)."""
+        self.queue.put_nowait((type, data))
+
     def __call__(self, stream: str, chunk: bytes) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (stream, chunk))
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, ("output", (stream, chunk)))
 
     async def _publish(self) -> None:
         while (item := await self.queue.get()) is not None:
-            name, chunk = item
-            text = self.decoders[name].decode(chunk)
-            if text:
+            type_, data = item
+            if type_ == "output":
+                name, chunk = data
+                text = self.decoders[name].decode(chunk)
+                if not text:
+                    continue
                 data = {"seq": self.seq, "stream": name, "data": text}
-                await self.bus.publish(self.stream, "output", data)
+            await self.bus.publish(self.stream, type_, data)
 
     async def finish(self) -> None:
-        # call_soon keeps FIFO order behind chunks scheduled from other threads.
-        self.loop.call_soon(self.queue.put_nowait, None)
+        """Wait until all is published (once; again: at once)."""
+        if not self.task.done():
+            # call_soon keeps FIFO order behind chunks scheduled from other threads.
+            self.loop.call_soon(self.queue.put_nowait, None)
         await self.task

@@ -43,7 +43,7 @@ from crucible.core.errors import (
 from crucible.core.lifecycle import SandboxStatus
 from crucible.domain.models import ExecCreate, ExecPublic, SandboxCreate, SandboxPublic
 from crucible.engine.caps import MAX_FILE_BYTES
-from crucible.services.access import Access
+from crucible.services.access import Access, Claim
 from crucible.services.environments import EnvironmentService
 from crucible.services.events import EventBus
 from crucible.services.host_client import HostClient, HostUnreachable
@@ -259,16 +259,17 @@ class RoutedSandboxes(SandboxRecords):
         self,
         sandbox_id: str,
         body: ExecCreate,
-        who: KeyRecord | None = None,
+        who: KeyRecord | Claim | None = None,
         *,
         idempotency_key: str | None = None,
     ) -> ExecPublic:
-        """Forward to the host. A finished exec of ``idempotency_key`` is answered
+        """Forward to the host (a Claim is verified first: one read, as the lookup
+        it replaces). A finished exec of ``idempotency_key`` is answered
         from the database, even when its host is gone since. The host not answering:
         SandboxLost once the database says so (the command ran at most once, its
         transcript is kept), else the HostUnreachable (503; retry with the same key)."""
         timeout = exec_timeout(self.settings, body)
-        row = await self.access.sandbox(sandbox_id, who)
+        row = await self.access.sandbox(sandbox_id, await self.access.verify(who))
         if idempotency_key is not None and row.status != SandboxStatus.running:
             # The host is gone or has stopped it: a finished exec of the key is
             # answered from the transcript. While it runs, the host replays (and

@@ -41,7 +41,7 @@ from crucible.core.errors import (
 )
 from crucible.environments.store import HOST
 from crucible.services import identity
-from crucible.services.access import Access, apply_ceilings
+from crucible.services.access import Access, Claim, apply_ceilings
 from crucible.services.events import Event, EventBus, follow
 
 if TYPE_CHECKING:
@@ -62,8 +62,8 @@ from crucible.engine.caps import MAX_EXEC_OUTPUT, MAX_FILE_BYTES
 from crucible.engine.models import ExecResult, SessionSpec
 from crucible.engine.output import OutputCallback
 from crucible.services.sandbox_records import (
+    ExecEvents,
     HostedCreate,
-    LiveOutput,
     exec_public,
     preview,
     recorded_exec,
@@ -417,20 +417,22 @@ class SandboxService(SandboxRecords):
         self,
         sandbox_id: str,
         body: ExecCreate,
-        who: KeyRecord | None = None,
+        who: KeyRecord | Claim | None = None,
         *,
         idempotency_key: str | None = None,
     ) -> ExecPublic:
         """Run one command; the answer has its whole output. Raises SandboxStopped
         (409) when the sandbox has stopped, SandboxLost (410) when its host died,
-        InvalidSubmission for a timeout out of bounds. With ``idempotency_key`` the
-        command runs at most once: a retry gets the first exec's answer (waiting for
-        it while it runs); the same key with another command is a Conflict."""
+        InvalidSubmission for a timeout out of bounds, Unauthenticated when ``who``'s
+        key has been revoked. With ``idempotency_key`` the command runs at most once:
+        a retry gets the first exec's answer (waiting for it while it runs); the same
+        key with another command is a Conflict."""
         request = body.request()
         timeout = exec_timeout(self.settings, request)
-        session = self.engine.get(sandbox_id) if who is None else None
+        session = self.engine.get(sandbox_id)
         if session is None or not session.alive:
-            row = await self.access.sandbox(sandbox_id, who)
+            key = await self.access.verify(who)
+            row = await self.access.sandbox(sandbox_id, key)
             if idempotency_key is not None:
                 done = await replay(
                     self.store, self.blobs, sandbox_id, idempotency_key, request.argv
@@ -438,13 +440,15 @@ class SandboxService(SandboxRecords):
                 if done is not None:
                     return done
             session = await self._session(row)
-        # else: no principal to check (the call of an API instance that has checked it,
-        # or a server without keys) and the sandbox runs here. begin_exec reads the row
-        # under its lock and refuses a stopped or lost one, a key reused for another
-        # command, and answers a retried key (ExecExists): two reads fewer per exec.
+        # else the sandbox runs here: begin_exec checks the caller's key (revoked or
+        # gone: 401; not its sandbox and no admin's: 404) and reads the row under its
+        # lock, refusing a stopped or lost one and a key reused for another command,
+        # and answering a retried key (ExecExists), all in the transaction that
+        # records the exec: no read before it.
+        caller = who.key.id if isinstance(who, Claim) else who.id if who else None
         self._busy[sandbox_id] += 1  # before the row: the reaper must not see it idle
         try:
-            return await self._exec(session, sandbox_id, request, timeout, idempotency_key)
+            return await self._exec(session, sandbox_id, request, timeout, idempotency_key, caller)
         finally:
             self._busy[sandbox_id] -= 1
             if self._busy[sandbox_id] <= 0:
@@ -457,10 +461,17 @@ class SandboxService(SandboxRecords):
         request: ExecRequest,
         timeout: float,
         key: str | None,
+        caller: str | None,
     ) -> ExecPublic:
         try:
             started = await asyncio.to_thread(
-                self.store.begin_exec, sandbox_id, request.argv, request.cwd, request.user, key
+                self.store.begin_exec,
+                sandbox_id,
+                request.argv,
+                request.cwd,
+                request.user,
+                key,
+                caller=caller,
             )
         except ExecExists as exists:
             assert key is not None
@@ -506,9 +517,10 @@ class SandboxService(SandboxRecords):
         timeout: float,
         started: SandboxExec,
     ) -> ExecPublic:
-        stream = stream_of(sandbox_id)
-        await self.bus.publish(stream, "exec_started", exec_public(started).model_dump(mode="json"))
-        live = LiveOutput(self.bus, stream, started.seq)
+        # One ordered publisher for the exec's events (exec_started, the output,
+        # exec_finished): the exec waits for none of them until its answer.
+        events = ExecEvents(self.bus, stream_of(sandbox_id), started.seq)
+        events.publish("exec_started", exec_public(started).model_dump(mode="json"))
         try:
             result = await session.exec(
                 request.argv,
@@ -517,27 +529,39 @@ class SandboxService(SandboxRecords):
                 env=request.env,
                 user=request.user,
                 timeout_s=timeout,
-                on_output=live,
+                on_output=events,
                 detach=request.detach,
             )
         except Exception as exc:  # no result: the transcript says why
-            await live.finish()
+            await events.finish()
             error = str(exc) or type(exc).__name__
             await asyncio.to_thread(self.store.fail_exec, sandbox_id, started.seq, error)
             raise
-        finally:
-            if not live.task.done():
-                await live.finish()
-        usage = None
-        with contextlib.suppress(Exception):  # counters are best effort
-            usage = usage_pair(session.usage())
-        row = await asyncio.to_thread(
-            self.store.finish_exec, sandbox_id, started.seq, await self._outcome(result), usage
-        )
-        await self.bus.publish(stream, "exec_finished", exec_public(row).model_dump(mode="json"))
-        return exec_public(row, result)
+        except BaseException:
+            await events.finish()
+            raise
 
-    async def _outcome(self, result: ExecResult) -> ExecOutcome:
+        def record() -> SandboxExec:
+            # One thread hop: the blobs of long output, the counters, the transaction.
+            usage = None
+            with contextlib.suppress(Exception):  # counters are best effort
+                usage = usage_pair(session.usage())
+            return self.store.finish_exec(sandbox_id, started.seq, self._outcome(result), usage)
+
+        try:
+            row = await asyncio.to_thread(record)
+        except BaseException:
+            await events.finish()
+            raise
+        answer = exec_public(row, result)
+        # Output within the previews: the event's record is the answer itself.
+        cut = row.stdout_preview_truncated or row.stderr_preview_truncated
+        finished = exec_public(row) if cut else answer
+        events.publish("exec_finished", finished.model_dump(mode="json"))
+        await events.finish()
+        return answer
+
+    def _outcome(self, result: ExecResult) -> ExecOutcome:
         cap = self.settings.inline_output_bytes
         previews: dict[str, Any] = {}
         for name in ("stdout", "stderr"):
@@ -545,9 +569,7 @@ class SandboxService(SandboxRecords):
             previews[f"{name}_preview"] = preview(data, cap)
             longer = len(data) > cap
             previews[f"{name}_preview_truncated"] = longer
-            previews[f"{name}_blob"] = (
-                await asyncio.to_thread(self.blobs.put, data) if longer else None
-            )
+            previews[f"{name}_blob"] = self.blobs.put(data) if longer else None
         return ExecOutcome(
             returncode=result.returncode,
             timed_out=result.timed_out,

@@ -7,7 +7,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from crucible.api.deps import CursorDep, IdempotencyKey, LastEventId, PrincipalDep, ServiceDep
+from crucible.api.deps import (
+    ClaimDep,
+    CursorDep,
+    IdempotencyKey,
+    LastEventId,
+    PrincipalDep,
+    ServiceDep,
+)
 from crucible.api.errors import responses
 from crucible.api.schemas import (
     ExecCreate,
@@ -90,7 +97,7 @@ async def exec_in_sandbox(
     sandbox_id: SandboxId,
     body: ExecCreate,
     service: ServiceDep,
-    who: PrincipalDep,
+    who: ClaimDep,
     idempotency_key: IdempotencyKey = None,
 ) -> ExecPublic:
     """Run `cmd` (an argv) and answer when it ends, with its whole output (up to the
