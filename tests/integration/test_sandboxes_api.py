@@ -521,3 +521,48 @@ async def test_numbers_past_the_databases_integers_are_422_not_500(
         ):
             r = await client.get(path)
             assert r.status_code == 422, (path, r.status_code, r.text)
+
+
+async def test_a_claimed_key_revoked_elsewhere_stops_at_the_next_exec(
+    sandbox_api: SandboxApi,
+) -> None:
+    """POST …/exec takes the key as this process last verified it (no read), and
+    begin_exec checks it again: a key revoked where this process cannot see it (the
+    CLI writes the database directly) is refused by the very next exec, 401, and
+    runs nothing; on the slow path (a stopped sandbox) as well."""
+    async with sandbox_api() as (admin, service):
+        key_id, key = await new_key(admin, "carol")
+        async with as_key(admin, key) as carol:
+            sid = (await create(carol))["id"]
+            await run(carol, sid, "true")  # the key is now claimed in this process
+            assert service.access.claim(key) is not None
+            stopped = (await create(carol))["id"]
+            assert (await carol.delete(f"/sandboxes/{stopped}")).status_code == 204
+            await asyncio.to_thread(service.access.keys.revoke, key_id)  # as the CLI does
+            assert service.access.claim(key) is not None  # still cached: checked anyway
+            for target in (sid, stopped):
+                r = await carol.post(f"/sandboxes/{target}/exec", json={"cmd": ["true"]})
+                assert r.status_code == 401, r.text
+            assert (await carol.get(f"/sandboxes/{sid}")).status_code == 401
+        execs = (await admin.get(f"/sandboxes/{sid}/execs")).json()["items"]
+        assert [e["seq"] for e in execs] == [1]  # the refused exec was never recorded
+
+
+async def test_every_api_route_authenticates(sandbox_api: SandboxApi) -> None:
+    """The sandboxes' router has no router-wide authenticate (its routes name their
+    principal, PrincipalDep or ClaimDep): every /api/v1 operation still answers 401
+    without a key."""
+    async with sandbox_api() as (admin, _service):
+        paths = (await admin.get("/openapi.json")).json()["paths"]
+        async with as_key(admin, "") as anon:
+            anon.headers.pop("Authorization")
+            checked = 0
+            for path, operations in paths.items():
+                if not path.startswith("/api/v1/") or path == "/api/v1/openapi.json":
+                    continue
+                url = path.removeprefix("/api/v1").replace("{", "x").replace("}", "")
+                for method in operations:
+                    r = await anon.request(method.upper(), url, json={})
+                    assert r.status_code == 401, (method, path, r.status_code)
+                    checked += 1
+            assert checked > 20

@@ -68,7 +68,7 @@ def create_app(
     # from the body limit, 400/422 from parsing, always in the ErrorPublic shape).
     # The sandboxes' routes each name their principal (PrincipalDep, or for exec a
     # ClaimDep checked in its own transaction), so that router gets no router-wide
-    # authenticate: it would look the key up again (test_api_routes_authenticate).
+    # authenticate: it would look the key up again (test_every_api_route_authenticates).
     api = APIRouter(prefix=API_PREFIX, responses=errors.responses(400, 401, 413, 422))
     auth = [Depends(authenticate)]
     admin = [Depends(require_admin)]
