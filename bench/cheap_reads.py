@@ -141,7 +141,7 @@ def store_part(url: str, name: str, items: int, rows: int, n: int) -> None:
           f"{old[0] / new[0]:.0f}x at p50")  # fmt: skip
 
     def page(f: EvaluationFilter) -> Callable[[], Any]:
-        return lambda: store.list_evaluations(f, cursor=None, limit=50)
+        return lambda: store.list_records(f, cursor=None, limit=50)
 
     after = {k: timed(page(f), n) for k, f in FILTERS.items()}
     swap_indexes(store, to_old=True)

@@ -152,19 +152,17 @@ def test_recover_gives_up_after_max_attempts(store: Store) -> None:
 def test_list_filters_and_cursor(store: Store) -> None:
     for n in range(7):
         store.create_evaluation(new(n, labels={"parity": "even" if n % 2 == 0 else "odd"}))
-    page, cursor = store.list_evaluations(EvaluationFilter(), cursor=None, limit=3)
+    page, _, cursor = store.list_records(EvaluationFilter(), cursor=None, limit=3)
     assert [r.id for r in page] == ["ev_6", "ev_5", "ev_4"] and cursor is not None
     seen = [r.id for r in page]
     while cursor is not None:
-        page, cursor = store.list_evaluations(EvaluationFilter(), cursor=cursor, limit=3)
+        page, _, cursor = store.list_records(EvaluationFilter(), cursor=cursor, limit=3)
         seen += [r.id for r in page]
     assert seen == [f"ev_{n}" for n in range(6, -1, -1)]
-    odd, _ = store.list_evaluations(
-        EvaluationFilter(label=("parity", "odd")), cursor=None, limit=10
-    )
+    odd, *_ = store.list_records(EvaluationFilter(label=("parity", "odd")), cursor=None, limit=10)
     assert [r.id for r in odd] == ["ev_5", "ev_3", "ev_1"]
     store.cancel("ev_0")
-    cancelled, _ = store.list_evaluations(
+    cancelled, *_ = store.list_records(
         EvaluationFilter(status=Status.cancelled), cursor=None, limit=10
     )
     assert [r.id for r in cancelled] == ["ev_0"]

@@ -1,6 +1,6 @@
 """Request dependencies, as ``Annotated`` aliases; authentication lives here.
 
-Every /api/v1 route depends on :func:`authenticate` (set on the router in app.py):
+Every /api/v1 route depends on :func:`authenticate` (set on the routers in app.py):
 ``Authorization: Bearer crk_…`` → the caller's :class:`KeyRecord`, kept on
 ``request.state.principal`` for the audit middleware. ``AdminDep`` adds the role check.
 The exception is the agent's hot path, POST …/exec: it takes a :class:`Claim`
@@ -61,14 +61,9 @@ async def claim(
 ) -> Claim:
     """The caller's key as verified before (no read), else :func:`authenticate`'s;
     whatever takes it checks it again (Claim). 401 when missing, unknown or revoked."""
-    if credentials is None:
-        raise Unauthenticated("an API key is required: send Authorization: Bearer <key>")
-    found = service.access.claim(credentials.credentials)
+    found = None if credentials is None else service.access.claim(credentials.credentials)
     if found is None:
-        key = await service.access.authenticate(credentials.credentials)
-        if key is None:
-            raise Unauthenticated("the API key is not valid (unknown or revoked)")
-        found = Claim(key)
+        return Claim(await authenticate(request, service, credentials))
     request.state.principal = found.key
     return found
 

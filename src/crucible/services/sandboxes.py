@@ -521,27 +521,8 @@ class SandboxService(SandboxRecords):
         # exec_finished): the exec waits for none of them until its answer.
         events = ExecEvents(self.bus, stream_of(sandbox_id), started.seq)
         events.publish("exec_started", exec_public(started).model_dump(mode="json"))
-        try:
-            result = await session.exec(
-                request.argv,
-                input=request.stdin(),
-                cwd=request.cwd,
-                env=request.env,
-                user=request.user,
-                timeout_s=timeout,
-                on_output=events,
-                detach=request.detach,
-            )
-        except Exception as exc:  # no result: the transcript says why
-            await events.finish()
-            error = str(exc) or type(exc).__name__
-            await asyncio.to_thread(self.store.fail_exec, sandbox_id, started.seq, error)
-            raise
-        except BaseException:
-            await events.finish()
-            raise
 
-        def record() -> SandboxExec:
+        def record(result: ExecResult) -> SandboxExec:
             # One thread hop: the blobs of long output, the counters, the transaction.
             usage = None
             with contextlib.suppress(Exception):  # counters are best effort
@@ -549,17 +530,31 @@ class SandboxService(SandboxRecords):
             return self.store.finish_exec(sandbox_id, started.seq, self._outcome(result), usage)
 
         try:
-            row = await asyncio.to_thread(record)
-        except BaseException:
-            await events.finish()
-            raise
-        answer = exec_public(row, result)
-        # Output within the previews: the event's record is the answer itself.
-        cut = row.stdout_preview_truncated or row.stderr_preview_truncated
-        finished = exec_public(row) if cut else answer
-        events.publish("exec_finished", finished.model_dump(mode="json"))
-        await events.finish()
-        return answer
+            try:
+                result = await session.exec(
+                    request.argv,
+                    input=request.stdin(),
+                    cwd=request.cwd,
+                    env=request.env,
+                    user=request.user,
+                    timeout_s=timeout,
+                    on_output=events,
+                    detach=request.detach,
+                )
+            except Exception as exc:  # no result: the transcript says why
+                await events.finish()  # its output before the failure is recorded
+                error = str(exc) or type(exc).__name__
+                await asyncio.to_thread(self.store.fail_exec, sandbox_id, started.seq, error)
+                raise
+            row = await asyncio.to_thread(record, result)
+            answer = exec_public(row, result)
+            # Output within the previews: the event's record is the answer itself.
+            cut = row.stdout_preview_truncated or row.stderr_preview_truncated
+            finished = exec_public(row) if cut else answer
+            events.publish("exec_finished", finished.model_dump(mode="json"))
+            return answer
+        finally:
+            await events.finish()  # once; a second call returns at once
 
     def _outcome(self, result: ExecResult) -> ExecOutcome:
         cap = self.settings.inline_output_bytes

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from crucible.core.errors import Conflict, NotFound
 from crucible.core.lifecycle import Priority, Status
 from crucible.store.db import Database, now
-from crucible.store.paging import keyset_page, keyset_rows
+from crucible.store.paging import keyset_rows
 from crucible.store.tables import Evaluation, Label
 
 # What a public record is made of (crucible.services.records): the list reads these
@@ -183,26 +183,11 @@ class Evaluations(Database):
             row = s.scalars(select(Evaluation).where(Evaluation.id == evaluation_id)).one_or_none()
             if row is None:
                 raise NotFound(f"no evaluation {evaluation_id!r}")
-            labels = s.scalars(select(Label).where(Label.evaluation_seq == row.seq))
-            return row, {label.key: label.value for label in labels}
+            return row, _labels(s, [row.seq]).get(row.seq, {})
 
     def labels_of(self, seqs: Sequence[int]) -> dict[int, dict[str, str]]:
-        out: dict[int, dict[str, str]] = collections.defaultdict(dict)
-        if not seqs:
-            return out
         with self.reading() as s:
-            for label in s.scalars(select(Label).where(Label.evaluation_seq.in_(seqs))):
-                out[label.evaluation_seq][label.key] = label.value
-        return out
-
-    def list_evaluations(
-        self, where: EvaluationFilter, *, cursor: int | None, limit: int
-    ) -> tuple[list[Evaluation], int | None]:
-        """Newest first; returns (page, cursor of the next page or None)."""
-        with self.reading() as s:
-            return keyset_page(
-                s, _filtered(select(Evaluation), where), Evaluation.seq, cursor=cursor, limit=limit
-            )
+            return _labels(s, seqs)
 
     def list_records(
         self, where: EvaluationFilter, *, cursor: int | None, limit: int
@@ -211,15 +196,9 @@ class Evaluations(Database):
         labels by seq and the next page's cursor, in one read (plain rows, no ORM
         objects: the list's largest cost was loading them)."""
         q = _filtered(select(*RECORD_COLUMNS), where)
-        labels: dict[int, dict[str, str]] = collections.defaultdict(dict)
         with self.reading() as s:
             rows, nxt = keyset_rows(s, q, Evaluation.seq, cursor=cursor, limit=limit)
-            if rows:
-                seqs = [r.seq for r in rows]
-                got = select(Label.evaluation_seq, Label.key, Label.value)
-                for seq, key, value in s.execute(got.where(Label.evaluation_seq.in_(seqs))):
-                    labels[seq][key] = value
-        return rows, labels, nxt
+            return rows, _labels(s, [r.seq for r in rows]), nxt
 
     def cancel_requested(self, evaluation_id: str) -> bool:
         with self.reading() as s:
@@ -233,6 +212,16 @@ class Evaluations(Database):
                 Evaluation.status, Evaluation.termination, Evaluation.language, func.count()
             ).group_by(Evaluation.status, Evaluation.termination, Evaluation.language)
             return {(st, te, la): int(n) for st, te, la, n in s.execute(q)}
+
+
+def _labels(s: Session, seqs: Sequence[int]) -> dict[int, dict[str, str]]:
+    """The labels of these evaluations, by seq."""
+    out: dict[int, dict[str, str]] = collections.defaultdict(dict)
+    if seqs:
+        got = select(Label.evaluation_seq, Label.key, Label.value)
+        for seq, key, value in s.execute(got.where(Label.evaluation_seq.in_(seqs))):
+            out[seq][key] = value
+    return out
 
 
 def _filtered(q: Select[Any], where: EvaluationFilter) -> Select[Any]:

@@ -32,15 +32,7 @@ def keyset_page(
     ascending, the rows above it. One row more than the page is read, to know
     whether another page follows without a second query.
     """
-    if newest_first:
-        query = query.order_by(key.desc())
-        if cursor is not None:
-            query = query.where(key < cursor)
-    else:
-        query = query.order_by(key.asc())
-        if cursor is not None:
-            query = query.where(key > cursor)
-    rows = list(session.scalars(query.limit(limit + 1)))
+    rows = list(session.scalars(_window(query, key, cursor, limit, newest_first)))
     return _cut(rows, key, limit)
 
 
@@ -54,10 +46,26 @@ def keyset_rows(
 ) -> tuple[list[Row[Any]], int | None]:
     """:func:`keyset_page` (newest first) of a select of columns (``key`` among them):
     plain rows, not ORM objects, for reads that only render."""
-    query = query.order_by(key.desc())
-    if cursor is not None:
-        query = query.where(key < cursor)
-    return _cut(list(session.execute(query.limit(limit + 1))), key, limit)
+    return _cut(list(session.execute(_window(query, key, cursor, limit, True))), key, limit)
+
+
+def _window(
+    query: Select[Any],
+    key: InstrumentedAttribute[int],
+    cursor: int | None,
+    limit: int,
+    newest_first: bool,
+) -> Select[Any]:
+    """The page's rows past ``cursor``, and one more, to know whether another follows."""
+    if newest_first:
+        query = query.order_by(key.desc())
+        if cursor is not None:
+            query = query.where(key < cursor)
+    else:
+        query = query.order_by(key.asc())
+        if cursor is not None:
+            query = query.where(key > cursor)
+    return query.limit(limit + 1)
 
 
 def _cut(
