@@ -12,4 +12,5 @@ bench/ puts tests/ on ``sys.path`` for the same imports).
 * ``oci_images``, ``registry_fixtures``: OCI images from the host's files, registries.
 * ``sandbox_fixtures``, ``env_fixtures``, ``registry_fixtures``: pytest plugins (``-p``).
 * ``local_cluster``, ``distributed``: the distributed deployment on this machine.
+* ``cpu_log``: where the suite's CPU goes, per module (``CRUCIBLE_TEST_CPU_LOG``).
 """
