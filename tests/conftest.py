@@ -89,7 +89,7 @@ def settings(tmp_path: Path, state_dir: Path) -> Settings:
 
 
 # The heaviest modules first, by worker-seconds in a fresh-clone run (pytest's
-# --junitxml times summed per module): `make pytest` hands modules to its two processes
+# --junitxml times summed per module): `make pytest` hands modules to its processes
 # in collection order (`--dist loadscope --no-loadscope-reorder`), so a heavy module
 # started last no longer runs alone while the other process idles. A module not listed
 # runs after these, in collection order; refresh the list when one grows past them.
