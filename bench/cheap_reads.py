@@ -194,6 +194,26 @@ def measure(http: httpx.Client, url: str, path: str, n: int) -> tuple[float, flo
     return percentile(ms, 50), percentile(ms, 99), cpu
 
 
+def walk(http: httpx.Client, url: str, n: int) -> tuple[float, float, float]:
+    """Like :func:`measure`, for ``n`` pages of the list each read once, following
+    ``next_cursor`` from the newest: first reads, which no server has rendered yet."""
+    cpu0, _ = server_cpu_s(url)
+    ms, cursor = [], None
+    for _ in range(n):
+        t = time.perf_counter()
+        page = {"limit": 50, **({"cursor": cursor} if cursor else {})}
+        r = http.get(url + "/api/v1/evaluations", params=page)
+        ms.append((time.perf_counter() - t) * 1000)
+        assert r.status_code == 200, r.text
+        cursor = r.json()["next_cursor"]
+        assert cursor is not None, "fewer rows than pages to read"
+    cpu = (server_cpu_s(url)[0] - cpu0) / n * 1000
+    return percentile(ms, 50), percentile(ms, 99), cpu
+
+
+WALK = "GET /evaluations?limit=50, first reads"
+
+
 def server_part(items: int, rows: int, n: int, before: str | None, rounds: int) -> None:
     """Each server at rest, measured in turn ``rounds`` times (before, after, before, …
     with ``before``), so both see the same machine; medians over the rounds."""
@@ -201,6 +221,8 @@ def server_part(items: int, rows: int, n: int, before: str | None, rounds: int) 
     with contextlib.ExitStack() as stack, httpx.Client(headers=AUTH, timeout=30) as http:
         urls = {name: start_server(stack, items, rows, src) for name, src in servers.items()}
         runs: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        for name, url in urls.items():  # once: a page is a first read only once
+            runs[(name, WALK)] = [walk(http, url, min(n, rows // 50 - 1))]
         for _ in range(rounds):
             for label, path in PATHS.items():
                 for name, url in urls.items():
@@ -208,7 +230,7 @@ def server_part(items: int, rows: int, n: int, before: str | None, rounds: int) 
     print(f"\nserver at rest ({rows} rows, {items}-item batch), {rounds} round(s) of {n}:"
           " round trip p50 / p99 ms, server CPU ms/request"
           " (median of rounds; each round's)")  # fmt: skip
-    for label in PATHS:
+    for label in [*PATHS, WALK]:
         for name in servers:
             got = runs[(name, label)]
             p50, p99, cpu = (statistics.median(x[i] for x in got) for i in range(3))

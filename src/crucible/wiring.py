@@ -46,6 +46,7 @@ from crucible.services.events import EventBus, InProcessBus, RedisBus
 from crucible.services.executor import Executor
 from crucible.services.host_client import HostClient
 from crucible.services.ports import Dispatcher, Maintainer
+from crucible.services.records import RecordCache
 from crucible.services.sandbox_router import RoutedSandboxes
 from crucible.services.sandboxes import SandboxService, SessionEngine, lose_dead_hosts
 from crucible.store import BlobStore, Cluster, Store, WorkerInfo
@@ -79,6 +80,7 @@ def _runner(
     info: WorkerInfo,
     concurrency: int,
     cancel_poll_s: float = 0.25,
+    records: RecordCache | None = None,
 ) -> tuple[Sandbox, Executor, Claimer]:
     """What runs evaluations in this process: the engine (and its warm pool), the one
     execution path, and the claim loop that feeds it ``concurrency`` at a time."""
@@ -91,6 +93,7 @@ def _runner(
         settings=settings,
         cancel_poll_s=cancel_poll_s,
         worker_id=info.id,
+        records=records,
     )
     claimer = Claimer(executor, store, concurrency=concurrency, poll_s=settings.claim_poll_s)
     return sandbox, executor, claimer
@@ -140,6 +143,7 @@ def build_service(
     cluster = Cluster(store)
     blobs = BlobStore(settings.data_dir / "blobs")
     environments = _environments(settings, store, access)
+    records = RecordCache(settings.record_cache_mb << 20)
     dispatcher: Dispatcher
     maintenance: Maintainer
     sandbox: Sandbox | None = None
@@ -178,6 +182,7 @@ def build_service(
             bus=bus,
             info=info,
             concurrency=settings.max_concurrency,
+            records=records,  # each finished record rendered where the API will read it
         )
         dispatcher = embedded
         local = _hosted(
@@ -201,6 +206,7 @@ def build_service(
         )
     return Service(
         settings,
+        records=records,
         store=store,
         access=access,
         cluster=cluster,

@@ -207,6 +207,26 @@ async def test_list_filters_and_pagination(api: httpx.AsyncClient) -> None:
     assert (await api.get("/evaluations?status=bogus")).status_code == 422
 
 
+async def test_finished_records_are_served_as_first_rendered(make_api: ApiFactory) -> None:
+    """The run renders its final record into the server's cache; reads serve it from
+    there, the same as a server that keeps nothing renders it from the database."""
+    body = {**HELLO, "labels": {"k": "v"}, "expected_output": "hello"}
+    async with make_api() as (api, service):
+        done = (await api.post("/evaluations?wait=30", json=body)).json()
+        queued = (await api.post("/evaluations", json={**HELLO, "stdin": "x"})).json()
+        assert service.records.get(done["id"]) is not None  # put there by the executor
+        got = (await api.get(f"/evaluations/{done['id']}")).json()
+        listed = (await api.get("/evaluations?limit=5")).json()["items"]
+        assert got == done and done in listed
+        assert {e["id"] for e in listed} >= {done["id"], queued["id"]}
+    async with make_api(record_cache_mb=0) as (bare, off):
+        again = (await bare.post("/evaluations?wait=30", json=body)).json()
+        fresh = (await bare.get(f"/evaluations/{again['id']}")).json()
+        assert off.records.size == (0, 0)
+        assert fresh == again and fresh["result"]["verdict"] == "passed"
+        assert set(fresh) == set(got) and set(fresh["result"]) == set(got["result"])
+
+
 async def test_full_output_beyond_the_inline_preview(make_api: ApiFactory) -> None:
     async with make_api(inline_output_bytes=1000) as (api, _):
         code = "import sys\nsys.stdout.write('é' * 5000)\nsys.stderr.write('err')\n"

@@ -152,20 +152,40 @@ def test_recover_gives_up_after_max_attempts(store: Store) -> None:
 def test_list_filters_and_cursor(store: Store) -> None:
     for n in range(7):
         store.create_evaluation(new(n, labels={"parity": "even" if n % 2 == 0 else "odd"}))
-    page, _, cursor = store.list_records(EvaluationFilter(), cursor=None, limit=3)
-    assert [r.id for r in page] == ["ev_6", "ev_5", "ev_4"] and cursor is not None
-    seen = [r.id for r in page]
-    while cursor is not None:
-        page, _, cursor = store.list_records(EvaluationFilter(), cursor=cursor, limit=3)
-        seen += [r.id for r in page]
+    page = store.list_records(EvaluationFilter(), cursor=None, limit=3)
+    assert page.ids == ["ev_6", "ev_5", "ev_4"] and page.next_cursor is not None
+    assert sorted(page.rows) == sorted(page.ids)
+    seen = list(page.ids)
+    while page.next_cursor is not None:
+        page = store.list_records(EvaluationFilter(), cursor=page.next_cursor, limit=3)
+        seen += page.ids
     assert seen == [f"ev_{n}" for n in range(6, -1, -1)]
-    odd, *_ = store.list_records(EvaluationFilter(label=("parity", "odd")), cursor=None, limit=10)
-    assert [r.id for r in odd] == ["ev_5", "ev_3", "ev_1"]
+    odd = store.list_records(EvaluationFilter(label=("parity", "odd")), cursor=None, limit=10)
+    assert odd.ids == ["ev_5", "ev_3", "ev_1"]
+    assert {odd.rows[i].seq: odd.labels[odd.rows[i].seq] for i in odd.ids} == {
+        odd.rows[i].seq: {"parity": "odd"} for i in odd.ids
+    }
     store.cancel("ev_0")
-    cancelled, *_ = store.list_records(
-        EvaluationFilter(status=Status.cancelled), cursor=None, limit=10
-    )
-    assert [r.id for r in cancelled] == ["ev_0"]
+    cancelled = store.list_records(EvaluationFilter(status=Status.cancelled), cursor=None, limit=10)
+    assert cancelled.ids == ["ev_0"]
+
+
+def test_list_loads_only_the_records_the_caller_does_not_hold(store: Store) -> None:
+    for n in range(5):
+        store.create_evaluation(new(n, labels={"n": str(n)}))
+    asked: list[str] = []
+
+    def known(evaluation_id: str) -> bool:
+        asked.append(evaluation_id)
+        return evaluation_id in {"ev_4", "ev_2"}
+
+    page = store.list_records(EvaluationFilter(), cursor=None, limit=4, known=known)
+    assert page.ids == ["ev_4", "ev_3", "ev_2", "ev_1"] and page.next_cursor is not None
+    assert asked == page.ids  # the page's own, not the row read to find the next cursor
+    assert sorted(page.rows) == ["ev_1", "ev_3"]
+    assert sorted(page.labels.values(), key=str) == [{"n": "1"}, {"n": "3"}]
+    everything = store.list_records(EvaluationFilter(), cursor=None, limit=4, known=lambda _: True)
+    assert everything.ids == page.ids and everything.rows == {} and everything.labels == {}
 
 
 def test_a_batch_replayed_under_its_idempotency_key_is_the_original(store: Store) -> None:

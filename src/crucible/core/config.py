@@ -162,6 +162,8 @@ class Settings(BaseSettings):
     # How long the executor keeps retrying a database call that lost its connection.
     db_retry_s: float = 120.0
     inline_output_bytes: int = 64 << 10  # preview kept in the record; the rest is a blob
+    # Finished records kept rendered for reads, per process (services/records.py); 0: off.
+    record_cache_mb: int = Field(64, ge=0)
     max_batch_items: int = 10_000
 
     # Access control. The server makes sure this exact key exists as an admin key

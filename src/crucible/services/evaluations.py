@@ -34,7 +34,6 @@ from crucible.domain.evaluations import (
     CancelPublic,
     DeadLetterList,
     EvaluationCreate,
-    EvaluationList,
     EvaluationPublic,
     QueuePublic,
     WorkerList,
@@ -50,9 +49,10 @@ from crucible.services.events import Event, EventBus, RedisBus, follow
 from crucible.services.executor import Executor, stream_of
 from crucible.services.ports import Dispatcher, Maintainer
 from crucible.services.records import (
+    RecordCache,
     batch_public,
     dead_letter_public,
-    evaluation_list,
+    evaluation_list_json,
     evaluation_public,
     worker_public,
 )
@@ -104,12 +104,14 @@ class Service:
         sandbox: Sandbox | None = None,
         executor: Executor | None = None,
         dispatch: bool = True,
+        records: RecordCache | None = None,
     ) -> None:
         """Built by :func:`crucible.wiring.build_service`. ``sandbox`` and ``executor``
         are this process's own (embedded mode; None when distributed);
         ``sandboxes``: the long-lived sandboxes, hosted here over ``sandbox``'s
         engine (embedded) or placed on and routed to the sandbox hosts (distributed);
-        ``dispatch=False`` leaves the dispatcher stopped (tests start it)."""
+        ``dispatch=False`` leaves the dispatcher stopped (tests start it); ``records``:
+        the finished records rendered for reads (shared with ``executor``)."""
         self.settings = settings
         self.store = store
         self.access = access  # keys, audit, quotas, scoping
@@ -124,6 +126,7 @@ class Service:
         self.sandbox = sandbox
         self.executor = executor
         self.sandboxes = sandboxes
+        self.records = records or RecordCache(settings.record_cache_mb << 20)
         self._dispatch = dispatch
 
     async def start(self) -> None:
@@ -210,6 +213,13 @@ class Service:
     async def get(self, evaluation_id: str, who: KeyRecord | None = None) -> EvaluationPublic:
         return await self._public(await self.access.evaluation(evaluation_id, who))
 
+    async def get_json(self, evaluation_id: str, who: KeyRecord | None = None) -> bytes:
+        """:meth:`get` as the API's JSON: a finished record as first rendered."""
+        row = await self.access.evaluation(evaluation_id, who)
+        if Status(row.status) in TERMINAL and (data := self.records.get(row.id)) is not None:
+            return data
+        return self.records.render(await self._public(row))
+
     async def wait(self, evaluation_id: str, timeout_s: float) -> EvaluationPublic:
         """The record once final, or as it is after ``timeout_s``."""
         try:
@@ -225,11 +235,22 @@ class Service:
             pass
         return await self.get(evaluation_id)
 
-    async def list(self, where: EvaluationFilter, page: PageRequest) -> EvaluationList:
-        rows, labels, nxt = await asyncio.to_thread(
-            self.store.list_records, where, cursor=page.cursor, limit=page.limit
+    async def list_json(self, where: EvaluationFilter, page: PageRequest) -> bytes:
+        """A page of evaluations (an EvaluationList) as the API's JSON; finished records
+        this process rendered before are not read again (``RecordCache``)."""
+        held: dict[str, bytes] = {}
+
+        def known(evaluation_id: str) -> bool:
+            # Taken while the page is read, so an eviction meanwhile loses nothing.
+            data = self.records.get(evaluation_id)
+            if data is not None:
+                held[evaluation_id] = data
+            return data is not None
+
+        found = await asyncio.to_thread(
+            self.store.list_records, where, cursor=page.cursor, limit=page.limit, known=known
         )
-        return evaluation_list(rows, labels, nxt)
+        return evaluation_list_json(found, held, self.records)
 
     async def cancel(self, evaluation_id: str, who: KeyRecord | None = None) -> CancelPublic:
         """queued → cancelled; running → killed (within a second); final → Conflict."""

@@ -40,7 +40,7 @@ from crucible.engine import Result, Sandbox, Termination
 from crucible.environments.store import HOST, EnvironmentStore
 from crucible.services import metrics
 from crucible.services.events import EventBus
-from crucible.services.records import evaluation_public
+from crucible.services.records import RecordCache, evaluation_public
 from crucible.services.submissions import pinned_root, run_request, verdict
 from crucible.store import BlobStore, Claim, Store
 
@@ -69,6 +69,7 @@ class Executor:
     worker calls it on a cancel broadcast) or, as the fallback, the
     ``cancel_requested`` flag in the database, polled every ``cancel_poll_s``.
     ``worker_id`` is recorded on every claim (the process's identity for recovery).
+    ``records``: where each final record is rendered for this process's API to serve.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class Executor:
         settings: Settings,
         cancel_poll_s: float = 0.25,
         worker_id: str | None = None,
+        records: RecordCache | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -89,6 +91,7 @@ class Executor:
         self.settings = settings
         self.cancel_poll_s = cancel_poll_s
         self.worker_id = worker_id
+        self.records = records
         self._cancels: dict[str, asyncio.Event] = {}
         self._scratch = settings.data_dir / "tmp"
         # This process's own view of the environments (a worker's settings name the
@@ -293,6 +296,8 @@ class Executor:
             return
         row, labels = await self._db(self.store.get_with_labels, claim.id)
         public = evaluation_public(row, labels)
+        if self.records is not None:
+            self.records.render(public)
         stream = stream_of(claim.id)
         await self.bus.publish(stream, "status", {"status": status.value})
         await self.bus.publish(stream, "result", public.model_dump(mode="json"))

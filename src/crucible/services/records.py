@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from sqlalchemy import Row
@@ -12,12 +14,11 @@ from crucible.domain.evaluations import (
     AttemptPublic,
     BatchPublic,
     DeadLetterPublic,
-    EvaluationList,
     EvaluationPublic,
     WorkerPublic,
 )
 from crucible.services.scan import decode
-from crucible.store import BatchCounts
+from crucible.store import BatchCounts, RecordPage
 from crucible.store.tables import Batch, DeadLetter, Evaluation, Worker
 
 
@@ -49,17 +50,62 @@ def evaluation_public(row: Evaluation | Row[Any], labels: dict[str, str]) -> Eva
     return EvaluationPublic.model_validate(evaluation_fields(row, labels))
 
 
-def evaluation_list(
-    rows: Sequence[Row[Any]], labels: dict[int, dict[str, str]], next_cursor: int | None
-) -> EvaluationList:
-    """A page, validated in one call: pydantic builds the 50 records, their requests
-    and results in its core, not one Python-level model call each."""
-    return EvaluationList.model_validate(
-        {
-            "items": [evaluation_fields(r, labels.get(r.seq, {})) for r in rows],
-            "next_cursor": None if next_cursor is None else str(next_cursor),
-        }
-    )
+class RecordCache:
+    """Finished evaluations' records as JSON, by id; the least recently used go first.
+
+    A finished record never changes (no status leads out of completed, cancelled or
+    error, and labels and flags are fixed at submission), so it can be served again as
+    it was first rendered: a page of finished evaluations, which the UI and scripts
+    read over and over, costs one index read instead of loading, validating and
+    serializing fifty records. Bounded by ``max_bytes`` (0: nothing is kept); each
+    process has its own. Thread-safe: the store's reads consult it from worker threads.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, evaluation_id: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(evaluation_id)
+            if data is not None:
+                self._items.move_to_end(evaluation_id)
+            return data
+
+    def render(self, public: EvaluationPublic) -> bytes:
+        """``public`` as the API's JSON; kept when it is final (and fits)."""
+        data = public.__pydantic_serializer__.to_json(public)
+        if public.status in TERMINAL and len(data) <= self.max_bytes // 16:
+            with self._lock:
+                old = self._items.pop(public.id, None)
+                self._bytes += len(data) - (len(old) if old is not None else 0)
+                self._items[public.id] = data
+                while self._bytes > self.max_bytes:
+                    self._bytes -= len(self._items.popitem(last=False)[1])
+        return data
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(records, bytes) held."""
+        return len(self._items), self._bytes
+
+
+def evaluation_list_json(page: RecordPage, held: dict[str, bytes], cache: RecordCache) -> bytes:
+    """An EvaluationList as JSON: the records ``held`` (taken from ``cache`` when the
+    page was read) as they are, the others rendered (and cached when final)."""
+    parts = []
+    for evaluation_id in page.ids:
+        data = held.get(evaluation_id)
+        if data is None:
+            row = page.rows.get(evaluation_id)
+            if row is None:  # deleted between the page's two reads
+                continue
+            data = cache.render(evaluation_public(row, page.labels.get(row.seq, {})))
+        parts.append(data)
+    cursor = None if page.next_cursor is None else str(page.next_cursor)
+    return b'{"items":[%s],"next_cursor":%s}' % (b",".join(parts), json.dumps(cursor).encode())
 
 
 def batch_public(batch: Batch, counts: BatchCounts) -> BatchPublic:

@@ -2,7 +2,14 @@
 
 from crucible.store.blobs import BlobStore
 from crucible.store.cluster import Cluster, WorkerInfo
-from crucible.store.repo import BatchCounts, Claim, EvaluationFilter, NewEvaluation, Store
+from crucible.store.repo import (
+    BatchCounts,
+    Claim,
+    EvaluationFilter,
+    NewEvaluation,
+    RecordPage,
+    Store,
+)
 
 __all__ = [
     "BatchCounts",
@@ -11,6 +18,7 @@ __all__ = [
     "Cluster",
     "EvaluationFilter",
     "NewEvaluation",
+    "RecordPage",
     "Store",
     "WorkerInfo",
 ]

@@ -7,10 +7,10 @@ synchronous and records come back detached.
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Row, Select, func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -40,6 +40,17 @@ RECORD_COLUMNS = (
     Evaluation.owner_key_id,
     Evaluation.flags,
 )
+# What finds a page of them (each filter's index ends in seq).
+PAGE_KEYS: tuple[Any, ...] = (Evaluation.seq, Evaluation.id)
+
+
+class RecordPage(NamedTuple):
+    """A page of evaluations, newest first (see ``Evaluations.list_records``)."""
+
+    ids: list[str]
+    rows: dict[str, Row[Any]]  # by id: those loaded
+    labels: dict[int, dict[str, str]]  # by seq, of the rows loaded
+    next_cursor: int | None
 
 
 @dataclass
@@ -190,15 +201,36 @@ class Evaluations(Database):
             return _labels(s, seqs)
 
     def list_records(
-        self, where: EvaluationFilter, *, cursor: int | None, limit: int
-    ) -> tuple[list[Row[Any]], dict[int, dict[str, str]], int | None]:
-        """A page as the API renders it: rows of RECORD_COLUMNS, newest first, their
-        labels by seq and the next page's cursor, in one read (plain rows, no ORM
-        objects: the list's largest cost was loading them)."""
-        q = _filtered(select(*RECORD_COLUMNS), where)
+        self,
+        where: EvaluationFilter,
+        *,
+        cursor: int | None,
+        limit: int,
+        known: Callable[[str], bool] | None = None,
+    ) -> RecordPage:
+        """A page as the API renders it, newest first, in one read: its ids, the rows
+        of RECORD_COLUMNS and labels of those the caller does not already hold
+        (``known(id)``: a finished record it rendered before), and the next cursor.
+
+        Plain rows, no ORM objects (loading them was the list's largest cost). With
+        ``known``, the page is found by its ids alone first, and only the others'
+        records are loaded: a page of known records is one index read.
+        """
         with self.reading() as s:
-            rows, nxt = keyset_rows(s, q, Evaluation.seq, cursor=cursor, limit=limit)
-            return rows, _labels(s, [r.seq for r in rows]), nxt
+            if known is None:
+                q = _filtered(select(*RECORD_COLUMNS), where)
+                rows, nxt = keyset_rows(s, q, Evaluation.seq, cursor=cursor, limit=limit)
+                ids = [r.id for r in rows]
+            else:
+                q = _filtered(select(*PAGE_KEYS), where)
+                head, nxt = keyset_rows(s, q, Evaluation.seq, cursor=cursor, limit=limit)
+                ids = [r.id for r in head]
+                missing = [r.seq for r in head if not known(r.id)]
+                rows = []
+                if missing:
+                    got = select(*RECORD_COLUMNS).where(Evaluation.seq.in_(missing))
+                    rows = list(s.execute(got))
+            return RecordPage(ids, {r.id: r for r in rows}, _labels(s, [r.seq for r in rows]), nxt)
 
     def cancel_requested(self, evaluation_id: str) -> bool:
         with self.reading() as s:

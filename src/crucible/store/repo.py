@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from crucible.store.batches import BatchCounts, Batches
 from crucible.store.db import Database, now
-from crucible.store.evaluations import EvaluationFilter, Evaluations, NewEvaluation
+from crucible.store.evaluations import EvaluationFilter, Evaluations, NewEvaluation, RecordPage
 from crucible.store.queue import Claim, Queue, dead_letter, end_attempt
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Database",
     "EvaluationFilter",
     "NewEvaluation",
+    "RecordPage",
     "Store",
     "dead_letter",
     "end_attempt",

@@ -71,7 +71,7 @@ def _label(value: str | None) -> tuple[str, str] | None:
     return key, val
 
 
-@router.get("", responses=responses(422))
+@router.get("", response_model=EvaluationList, responses=responses(422))
 async def list_evaluations(
     service: ServiceDep,
     who: PrincipalDep,
@@ -85,7 +85,7 @@ async def list_evaluations(
     flag: Annotated[ScanFlag | None, Query(description="only those the scan flagged so")] = None,
     owner_key_id: Annotated[str | None, Query(description="admins: one key's")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> EvaluationList:
+) -> Response:
     """Evaluations, newest first, filtered; pages follow `next_cursor`.
 
     A researcher sees only their own evaluations; an admin sees everyone's.
@@ -100,15 +100,19 @@ async def list_evaluations(
         owner_key_id=owner_key_id if who.admin else who.id,
         flag=flag,
     )
-    return await service.list(where, PageRequest(cursor=cursor, limit=limit))
+    # Rendered by the service (finished records once, then as stored): no response
+    # model to validate and serialize again.
+    page = await service.list_json(where, PageRequest(cursor=cursor, limit=limit))
+    return Response(page, media_type="application/json")
 
 
-@router.get("/{evaluation_id}", responses=responses(404))
+@router.get("/{evaluation_id}", response_model=EvaluationPublic, responses=responses(404))
 async def get_evaluation(
     evaluation_id: EvaluationId, service: ServiceDep, who: PrincipalDep
-) -> EvaluationPublic:
+) -> Response:
     """The evaluation: status, timings, the request and, once finished, the result."""
-    return await service.get(evaluation_id, who)
+    record = await service.get_json(evaluation_id, who)
+    return Response(record, media_type="application/json")
 
 
 @router.post("/{evaluation_id}/cancel", responses=responses(404, 409))
