@@ -96,6 +96,7 @@ class Sandbox:
         self._gvisor_preload: tuple[Path, Path] | None = None
         # crun 1.8 refuses a hybrid host; it runs with these cgroup2 mounts hidden.
         self._hidden_cgroup2 = accounting.hybrid_cgroup2_mounts()
+        self._runtimes: dict[RuntimeName, Runtime] = {}
         self._prepare_lock = asyncio.Lock()
         # Every language's host mounts in every container: one shape fits all
         # languages, so a warm sandbox does not depend on the language it will run.
@@ -144,6 +145,14 @@ class Sandbox:
     # -- set-up ---------------------------------------------------------------
 
     def get_runtime(self, name: RuntimeName) -> Runtime:
+        """The runtime ``name`` (resolved on PATH once: every run asks, twice);
+        raises SandboxUnavailable when it is not installed."""
+        rt = self._runtimes.get(name)
+        if rt is None:
+            rt = self._runtimes[name] = self._resolve_runtime(name)
+        return rt
+
+    def _resolve_runtime(self, name: RuntimeName) -> Runtime:
         s = self.settings
         binary = {"runc": s.runc_path, "crun": s.crun_path, "gvisor": s.runsc_path}[name]
         wrapper: tuple[str, ...] = ()
@@ -475,6 +484,7 @@ class Sandbox:
                 self._view()
                 self._view = None
             self._rootfs = self._init = self._seccomp = self._gvisor_preload = None
+            self._runtimes.clear()
 
     # -- supervising one step -------------------------------------------------
 
