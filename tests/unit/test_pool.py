@@ -55,6 +55,20 @@ async def test_each_item_is_handed_out_once_and_replaced() -> None:
     await pool.close()
 
 
+async def test_a_take_without_refill_leaves_the_replacement_to_the_caller() -> None:
+    items = Items()
+    pool = items.pool(size=2)
+    pool.fill("a", 1)
+    await settle()
+    assert pool.take("a", refill=False) is not None
+    await settle()
+    assert pool.idle() == {"a": []} and not pool.busy  # nothing asked for yet
+    pool.fill("a", 1)  # the caller's, once its run is done
+    await settle()
+    assert len(pool.idle()["a"]) == 1
+    await pool.close()
+
+
 async def test_the_pool_never_holds_more_than_its_size() -> None:
     items = Items()
     pool = items.pool(size=3)

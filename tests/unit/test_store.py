@@ -67,14 +67,23 @@ def test_claim_order_priority_then_submission(store: Store) -> None:
     assert order == ["ev_3", "ev_2", "ev_4", "ev_1"]
 
 
-def test_a_claim_carries_the_request_and_the_final_read_its_labels(store: Store) -> None:
-    """The executor needs neither a read after the claim nor two after the finish."""
-    store.create_evaluation(new(1))
+def test_a_claim_carries_the_request_and_the_finish_reads_the_record(store: Store) -> None:
+    """The executor reads nothing after the claim, nor after the finish: the finishing
+    transaction returns the record and its labels (and a stale claim nothing)."""
+    store.create_evaluation(new(1, labels={"suite": "a"}))
     claim = store.claim_next()
     assert claim is not None and claim.request == store.get("ev_1").request
-    assert store.finish(claim, Status.completed, result={"ok": True})
-    row, labels = store.get_with_labels("ev_1")
-    assert (row.status, labels) == ("completed", store.labels_of([row.seq]).get(row.seq, {}))
+    done = store.finish_and_read(claim, Status.completed, result={"ok": True}, verdict="passed")
+    assert done is not None
+    row, labels = done
+    assert (row.status, row.result, row.verdict, labels) == (
+        "completed", {"ok": True}, "passed", {"suite": "a"},
+    )  # fmt: skip
+    assert (row.finished_at, labels) == (
+        store.get("ev_1").finished_at, store.get_with_labels("ev_1")[1],
+    )  # fmt: skip
+    assert store.finish_and_read(claim, Status.error, error="again") is None  # fenced
+    assert store.get("ev_1").status == "completed"
 
 
 def test_claim_is_fenced(store: Store) -> None:

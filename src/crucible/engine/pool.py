@@ -62,8 +62,9 @@ class WarmPool(Generic[T]):
         self.hits = 0  # requests served warm
         self.misses = 0  # requests that found no warm item of their shape
 
-    def take(self, shape: Hashable) -> T | None:
-        """A warm item of ``shape``, removed from the pool, or None; asks for a refill."""
+    def take(self, shape: Hashable, *, refill: bool = True) -> T | None:
+        """A warm item of ``shape``, removed from the pool, or None; asks for a refill
+        (``refill=False``: the caller will, with ``fill(shape, 1)``, when it suits it)."""
         if self.size <= 0 or self._closed:
             return None
         shelf = self._shelves.get(shape)
@@ -81,7 +82,8 @@ class WarmPool(Generic[T]):
                 found = item
             else:
                 self._spawn(self._discard(item))
-        self.fill(shape, 1)
+        if refill:
+            self.fill(shape, 1)
         if found is None:
             self.misses += 1
         else:
@@ -90,6 +92,8 @@ class WarmPool(Generic[T]):
 
     def fill(self, shape: Hashable, count: int) -> None:
         """Start making up to ``count`` more items of ``shape`` (bounded by ``size``)."""
+        if self.size <= 0 or self._closed:
+            return
         shelf = self._shelves.setdefault(shape, _Shelf())
         for _ in range(count):
             if self._closed or len(shelf.idle) + shelf.making >= self.size:

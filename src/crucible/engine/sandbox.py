@@ -54,6 +54,9 @@ from crucible.engine.session import Sessions
 from crucible.engine.sweep import drop_view, mount_view, owner_token, sweep_leftovers, sweep_views
 
 log = logging.getLogger(__name__)
+# After a run, before its warm sandbox's replacement is asked for: the service's
+# store-and-answer path takes a few milliseconds (see _refill_later).
+_REFILL_DELAY_S = 0.03
 
 _POLL_S = 0.05  # how often CPU time, the deadline and cancellation are checked
 _DRAIN_S = 1.0  # after the init's exit, how long to wait for the pipes' EOF
@@ -286,7 +289,7 @@ class Sandbox:
                 rt.name, limits.memory_mb, limits.pids, limits.cpus, limits.disk_mb,
                 environment.path if environment else None,
             )  # fmt: skip
-            box = self._pool.take(shape) or await self._make(shape)
+            box = self._pool.take(shape, refill=False) or await self._make(shape)
             try:
                 workspace.write_files(box.ws, files)
                 entry = request.entrypoint or lang.file_name
@@ -309,8 +312,18 @@ class Sandbox:
                     )
                 return _result(_verdict(rt, phase, limits), phase, produced, info, limits)
             finally:
+                self._background(self._refill_later(shape))
                 # The next run need not wait for this one's tear-down.
                 self._background(self._discard(box))
+
+    async def _refill_later(self, shape: _Shape) -> None:
+        """Ask for the replacement of a warm sandbox a run took, once the service has
+        likely stored and answered its result: made while the program ran (as the pool
+        did), the runtime's start competed with the program and its supervisor for the
+        CPU. One ?wait request at a time, interleaved with the earlier code: p50
+        32.4 → 28.0 ms, p90 39.9 → 34.4 ms (bench/README)."""
+        await asyncio.sleep(_REFILL_DELAY_S)
+        self._pool.fill(shape, 1)
 
     async def _compile(
         self,

@@ -221,10 +221,10 @@ class Service:
         return self.records.render(await self._public(row))
 
     async def wait(self, evaluation_id: str, timeout_s: float) -> EvaluationPublic:
-        """The record once final, or as it is after ``timeout_s``."""
+        """The record (just submitted) once final, or as it is after ``timeout_s``."""
         try:
             async with asyncio.timeout(timeout_s):
-                async for event in self.events(evaluation_id):
+                async for event in self._follow(evaluation_id):
                     if event.final:
                         # The final event carries the finished record: no need to read
                         # it back (two queries on every ?wait).
@@ -276,6 +276,11 @@ class Service:
         is numbered above (see ``crucible.services.events``).
         """
         await asyncio.to_thread(self.store.get, evaluation_id)  # NotFound
+        async for event in self._follow(evaluation_id, after):
+            yield event
+
+    async def _follow(self, evaluation_id: str, after: int = 0) -> AsyncIterator[Event]:
+        """:meth:`events` of an evaluation known to exist."""
 
         async def snapshot() -> tuple[str, dict[str, Any]]:
             row = await asyncio.to_thread(self.store.get, evaluation_id)

@@ -290,12 +290,12 @@ class Executor:
 
     async def _end(self, claim: Claim, status: Status, **fields: Any) -> None:
         """Store the final state (fenced) and publish the final record."""
-        stored = await self._db(self.store.finish, claim, status, **fields)
-        if not stored:
+        # Stored and read back in one transaction: the final record to publish.
+        stored = await self._db(self.store.finish_and_read, claim, status, **fields)
+        if stored is None:
             log.warning("evaluation %s attempt %d: claim was stale", claim.id, claim.attempt)
             return
-        row, labels = await self._db(self.store.get_with_labels, claim.id)
-        public = evaluation_public(row, labels)
+        public = evaluation_public(*stored)
         if self.records is not None:
             self.records.render(public)
         stream = stream_of(claim.id)

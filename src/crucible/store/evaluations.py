@@ -191,10 +191,7 @@ class Evaluations(Database):
     def get_with_labels(self, evaluation_id: str) -> tuple[Evaluation, dict[str, str]]:
         """The evaluation and its labels, in one read; raises NotFound."""
         with self.reading() as s:
-            row = s.scalars(select(Evaluation).where(Evaluation.id == evaluation_id)).one_or_none()
-            if row is None:
-                raise NotFound(f"no evaluation {evaluation_id!r}")
-            return row, _labels(s, [row.seq]).get(row.seq, {})
+            return with_labels(s, evaluation_id)
 
     def labels_of(self, seqs: Sequence[int]) -> dict[int, dict[str, str]]:
         with self.reading() as s:
@@ -244,6 +241,14 @@ class Evaluations(Database):
                 Evaluation.status, Evaluation.termination, Evaluation.language, func.count()
             ).group_by(Evaluation.status, Evaluation.termination, Evaluation.language)
             return {(st, te, la): int(n) for st, te, la, n in s.execute(q)}
+
+
+def with_labels(s: Session, evaluation_id: str) -> tuple[Evaluation, dict[str, str]]:
+    """The evaluation and its labels, read in ``s``; raises NotFound."""
+    row = s.scalars(select(Evaluation).where(Evaluation.id == evaluation_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"no evaluation {evaluation_id!r}")
+    return row, _labels(s, [row.seq]).get(row.seq, {})
 
 
 def _labels(s: Session, seqs: Sequence[int]) -> dict[int, dict[str, str]]:

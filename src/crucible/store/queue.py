@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from crucible.core.errors import NotFound
 from crucible.core.lifecycle import TERMINAL, Priority, Status, check_transition
 from crucible.store.db import Database, now
+from crucible.store.evaluations import with_labels
 from crucible.store.tables import ApiKey, Attempt, DeadLetter, Evaluation, OwnerTurn
 from crucible.store.tallies import tally
 
@@ -299,6 +300,25 @@ class Queue(Database):
         error: str | None = None,
     ) -> bool:
         """Record the end of ``claim``'s run; False when the claim is stale (fenced out)."""
+        done = self.finish_and_read(
+            claim, status, result=result, termination=termination, verdict=verdict,
+            blobs=blobs, error=error,
+        )  # fmt: skip
+        return done is not None
+
+    def finish_and_read(
+        self,
+        claim: Claim,
+        status: Status,
+        *,
+        result: dict[str, Any] | None = None,
+        termination: str | None = None,
+        verdict: str | None = None,
+        blobs: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> tuple[Evaluation, dict[str, str]] | None:
+        """:meth:`finish`, and the finished evaluation with its labels read in the same
+        transaction (the executor publishes it); None when the claim is stale."""
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a final status")
         values = {
@@ -311,11 +331,11 @@ class Queue(Database):
         }
         with self.transaction() as s:
             if not self._move(s, claim.id, Status.running, status, values, attempt=claim.attempt):
-                return False
+                return None
             end_attempt(s, claim, status.value, error)
             if status is Status.error:
                 dead_letter(s, claim.id, error or "error")
-            return True
+            return with_labels(s, claim.id)
 
     def requeue(self, claim: Claim, error: str, *, delay_s: float = 0.0) -> bool:
         """Put ``claim``'s evaluation back in the queue after a platform fault; it is
