@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     # container limits); None: max_concurrency; 0 turns the pool off.
     pool_size: int | None = None
     pool_shapes: int = 2
+    # How many programs one warm sandbox runs, one after another, each with namespaces
+    # and a cgroup of its own (engine/sandbox.py, Sandbox._job); 1: a fresh container
+    # for every program. Under runc and crun, on the host's root, without a compile step.
+    sandbox_reuse: int = 100
 
     # Environments (crucible.environments.store): the store, by default <data_dir>/environments
     # (shared by every worker, like the blobs), and the largest image accepted, as an

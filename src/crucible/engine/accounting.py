@@ -188,3 +188,95 @@ def remove_cgroup(cgroups_path: str, *, root: Path = CGROUP_ROOT) -> None:
     for d in dirs:
         with contextlib.suppress(OSError):
             os.rmdir(d)
+
+
+# What a reused sandbox's own cgroup holds beyond its job's limits: its init and exec
+# agent, and the page cache earlier jobs left charged to it (which it reclaims
+# first). The job's cgroup has the run's exact limits, so it meets them before its
+# parent does.
+JOB_MEMORY_HEADROOM = 16 << 20
+JOB_PIDS_HEADROOM = 8
+
+
+class JobCgroups:
+    """The cgroups of a reused one-shot sandbox's jobs (sandbox.py): one child of the
+    sandbox's cgroup per job, made with the run's limits before it starts and removed
+    after it, so each job's counters (CPU, peak memory, OOM kills, limit hits) are its
+    own, read by :class:`CgroupCounters` as a fresh container's would be.
+
+    On cgroup v2 a cgroup with processes cannot give controllers to children: the
+    sandbox's init moves to a leaf of its own (``init``) first.
+    """
+
+    def __init__(self, cgroups_path: str, *, root: Path = CGROUP_ROOT) -> None:
+        self.path = cgroups_path.rstrip("/")
+        self.root = root
+        rel = self.path.lstrip("/")
+        self.v2 = cgroup_v2_unified(root)
+        if self.v2:
+            self._top = {"unified": root / rel}
+        else:
+            self._top = {c: root / c / rel for c in ("memory", "cpuacct", "pids")}
+
+    def adopt(self, init_pid: int) -> None:
+        """Once, before the first job: on v2, the init into its leaf and the memory
+        and pids controllers given to the children."""
+        if not self.v2:
+            return
+        top = self._top["unified"]
+        (top / "init").mkdir(exist_ok=True)
+        write_text(top / "init" / "cgroup.procs", str(init_pid))
+        write_text(top / "cgroup.subtree_control", "+memory +pids")
+
+    def start(self, name: str, memory_bytes: int, pids: int) -> CgroupCounters:
+        """Make job ``name``'s cgroup with these limits; its counters."""
+        for controller, top in self._top.items():
+            job = top / name
+            job.mkdir()
+            if controller in ("memory", "unified"):
+                if self.v2:
+                    write_text(job / "memory.max", str(memory_bytes))
+                    with contextlib.suppress(OSError):  # no swap accounting: no swap to cap
+                        write_text(job / "memory.swap.max", "0")
+                else:
+                    write_text(job / "memory.limit_in_bytes", str(memory_bytes))
+                    with contextlib.suppress(FileNotFoundError):
+                        write_text(job / "memory.memsw.limit_in_bytes", str(memory_bytes))
+            if controller in ("pids", "unified"):
+                write_text(job / "pids.max", str(pids))
+        return CgroupCounters(f"{self.path}/{name}", root=self.root)
+
+    def enter(self, name: str, init_pid: int) -> int:
+        """Move the job's init (the one process beside the sandbox's init, cloned and
+        waiting for its release) into job ``name``'s cgroup in every hierarchy; its
+        host pid."""
+        base = self._top["unified"] / "init" if self.v2 else self._top["memory"]
+        procs = [int(p) for p in _read(base / "cgroup.procs").split()]
+        others = [p for p in procs if p != init_pid]
+        if len(others) != 1:
+            raise OSError(f"expected the job's init beside the sandbox's, found {others}")
+        for top in self._top.values():
+            write_text(top / name / "cgroup.procs", str(others[0]))
+        return others[0]
+
+    def remove(self, name: str) -> bool:
+        """Remove job ``name``'s cgroup (once its processes are gone); False if some
+        hierarchy would not let go of it."""
+        removed = True
+        for top in self._top.values():
+            try:
+                (top / name).rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                removed = False
+        return removed
+
+
+def write_text(path: Path, text: str) -> None:
+    """One write of ``text`` to a kernel file (a cgroup's, a process's id map)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)

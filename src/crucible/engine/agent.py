@@ -21,14 +21,16 @@ import itertools
 import signal
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from crucible.core.errors import SandboxStopped
 
 _REQUEST = struct.Struct("=IIQ")  # kind, payload length, exec id (init.c's struct request)
 _REPLY = struct.Struct("=IiQqqqq")  # kind, code, id, wall, user, sys (µs), maxrss (KiB)
 _EXEC, _SIGNAL = 1, 2
-_EXITED = 1
+_EXITED, _STARTED = 1, 2
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,25 @@ def exec_payload(user: str, cwd: str, flags: str, argv: list[str], env: dict[str
     return b"".join(f.encode("utf-8", "surrogateescape") + b"\0" for f in fields)
 
 
+def job_payload(
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    nonce: str,
+    fsize: int,
+    tmpfs: str,
+    jobdir: str,
+    masked: list[str],
+    readonly: list[str],
+) -> bytes:
+    """The payload of a reused one-shot sandbox's job (init.c's flag 'j', run_job):
+    the exec's fields, then the job's own."""
+    fields = [nonce, str(fsize), tmpfs, jobdir, str(len(masked)), *masked]
+    fields += [str(len(readonly)), *readonly]
+    rest = b"".join(f.encode("utf-8", "surrogateescape") + b"\0" for f in fields)
+    return exec_payload("", "/", "j", argv, env) + rest
+
+
 class Agent:
     """The channel of one sandbox. Use from the event loop it was made on; ``close``
     when the sandbox goes. Requests raise ``SandboxStopped`` once the init's end is
@@ -59,6 +80,7 @@ class Agent:
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[AgentExit]] = {}
+        self._starting: dict[int, asyncio.Future[None]] = {}  # jobs: until forked
         self._send_lock = asyncio.Lock()  # one frame at a time on the stream
         self._buffer = bytearray()
         self.closed = False
@@ -78,9 +100,18 @@ class Agent:
         while len(self._buffer) >= _REPLY.size:
             kind, code, exec_id, wall, user, sys_, rss = _REPLY.unpack_from(self._buffer)
             del self._buffer[: _REPLY.size]
+            if kind == _STARTED:
+                started = self._starting.pop(exec_id, None)
+                if started is not None and not started.done():
+                    started.set_result(None)
+                continue
             future = self._pending.pop(exec_id, None)
             if kind == _EXITED and future is not None and not future.done():
                 future.set_result(AgentExit(code, wall, user + sys_, rss))
+            started = self._starting.pop(exec_id, None)
+            if started is not None and not started.done():  # ended before it started
+                started.set_exception(SandboxStopped("the job ended before it started"))
+                started.exception()
 
     async def _send(self, frame: bytes, fds: list[int]) -> None:
         if self.closed:
@@ -118,17 +149,21 @@ class Agent:
             self._loop.remove_writer(fd)
 
     async def start(self, payload: bytes, stdio: tuple[int, int, int]) -> AgentExec:
-        """Send one exec (``exec_payload``) with its stdin, stdout and stderr. The
-        caller closes its copies of ``stdio`` afterwards: the agent has its own."""
+        """Send one exec (``exec_payload`` or ``job_payload``) with its stdin, stdout
+        and stderr. The caller closes its copies of ``stdio`` afterwards: the agent
+        has its own. A job's ``started`` resolves once its wrapper is forked."""
         exec_id = next(self._ids)
         future: asyncio.Future[AgentExit] = self._loop.create_future()
+        started: asyncio.Future[None] = self._loop.create_future()
         self._pending[exec_id] = future
+        self._starting[exec_id] = started
         try:
             await self._send(_REQUEST.pack(_EXEC, len(payload), exec_id) + payload, list(stdio))
         except BaseException:
             self._pending.pop(exec_id, None)
+            self._starting.pop(exec_id, None)
             raise
-        return AgentExec(self, exec_id, future)
+        return AgentExec(self, exec_id, future, started)
 
     async def signal(self, exec_id: int, signum: signal.Signals) -> None:
         """SIGUSR1: the wrapper kills the exec's process tree; SIGKILL: the wrapper."""
@@ -145,20 +180,29 @@ class Agent:
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
-        for future in self._pending.values():
+        futures: list[asyncio.Future[Any]] = [*self._pending.values(), *self._starting.values()]
+        for future in futures:
             if not future.done():
                 future.set_exception(SandboxStopped("the sandbox's init ended during the exec"))
                 future.exception()  # retrieved: a caller may be gone
         self._pending.clear()
+        self._starting.clear()
 
 
 class AgentExec:
     """One exec started through the agent."""
 
-    def __init__(self, agent: Agent, exec_id: int, future: asyncio.Future[AgentExit]) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        exec_id: int,
+        future: asyncio.Future[AgentExit],
+        started: asyncio.Future[None],
+    ) -> None:
         self._agent = agent
         self.id = exec_id
         self._future = future
+        self._started = started
 
     @property
     def exit(self) -> AgentExit | None:
@@ -173,6 +217,15 @@ class AgentExec:
     async def wait(self) -> AgentExit:
         """Until it ends. Raises ``SandboxStopped`` if the sandbox's init ended first."""
         return await asyncio.shield(self._future)
+
+    async def started(self) -> None:
+        """Until a job's wrapper is forked (only jobs are told: see ``start``).
+        Raises ``SandboxStopped`` if it ended, or the sandbox's init did, first."""
+        await asyncio.shield(self._started)
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once it has ended (or the sandbox's init has)."""
+        self._future.add_done_callback(lambda _: callback())
 
     async def signal(self, signum: signal.Signals) -> None:
         await self._agent.signal(self.id, signum)

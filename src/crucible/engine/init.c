@@ -219,6 +219,71 @@ static char **read_job(void) {
 }
 
 
+/* Runs program under the seccomp filter, reaps everything until it ends, writes the
+ * status trailer framed by nonce on stderr (see the top of this file) and returns
+ * its status the shell's way (code, or 128+signal). This process is the reaper of
+ * the program's namespace: its exit ends whatever the program left behind. */
+static int run_program(char **program, const char *nonce) {
+    int instructions = read_filter();
+    if (instructions < 0) {
+        fprintf(stderr, "crucible-init: no seccomp filter at %s; refusing to run\n", SECCOMP_PATH);
+        return 125;
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pid_t child = fork();
+    if (child < 0) {
+        perror("crucible-init: fork");
+        return 125;
+    }
+    if (child == 0) {
+        struct sock_fprog prog = {.len = (unsigned short)instructions, .filter = filter};
+        /* no_new_privs is already set by the runtime (noNewPrivileges), as required. */
+        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) {
+            fprintf(stderr, "crucible-init: cannot install seccomp filter: %s\n", strerror(errno));
+            _exit(126);
+        }
+        execvp(program[0], program);
+        fprintf(stderr, "crucible-init: cannot execute %s: %s\n", program[0], strerror(errno));
+        _exit(127);
+    }
+
+    int status = 0;
+    for (;;) {
+        int st;
+        pid_t pid = wait(&st);
+        if (pid == child) {
+            status = st;
+            break;
+        }
+        if (pid < 0 && errno != EINTR) {
+            break;
+        }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long long wall_us = (long long)(t1.tv_sec - t0.tv_sec) * 1000000LL +
+                        (t1.tv_nsec - t0.tv_nsec) / 1000;
+    char trailer[256];
+    int n;
+    if (WIFSIGNALED(status)) {
+        n = snprintf(trailer, sizeof trailer, "\x1e" "crucible-status:%s:signal:%d:%lld\n", nonce,
+                     WTERMSIG(status), wall_us);
+    } else {
+        n = snprintf(trailer, sizeof trailer, "\x1e" "crucible-status:%s:exit:%d:%lld\n", nonce,
+                     WEXITSTATUS(status), wall_us);
+    }
+    /* One write below PIPE_BUF is atomic: the trailer never interleaves. */
+    ssize_t ignored = write(STDERR_FILENO, trailer, (size_t)n);
+    (void)ignored;
+    /* Also exit with the shell's encoding (code, or 128+signal), so a bundle run by
+     * hand with `runc run` reports something sensible; Crucible reads the trailer. */
+    if (WIFSIGNALED(status)) {
+        return 128 + WTERMSIG(status);
+    }
+    return WEXITSTATUS(status);
+}
+
+
 /* ---- long-lived sandboxes ------------------------------------------------------- */
 
 enum { FILE_OK = 0, FILE_OTHER = 1, FILE_NOT_FOUND = 2, FILE_PERMISSION = 3, FILE_IS_DIR = 4,
@@ -621,6 +686,156 @@ static int session_mode(void) {
     return 0;
 }
 
+/* ---- the jobs of a reused one-shot sandbox (the agent's flag 'j') ------------------
+ *
+ * A one-shot sandbox can run many programs one after another (sandbox.py), each as
+ * a job with namespaces of its own, so nothing one program leaves (processes, files,
+ * SysV IPC, sockets, the pid counter) is there for the next. The container's PID 1,
+ * its agent and the jobs' inits run no untrusted code; the container has no masked
+ * /proc paths for that reason, and each job masks its own /proc as the runtime would.
+ *
+ * The agent clones the job's init into a new user namespace with new mount, pid,
+ * IPC, UTS and network namespaces owned by it (it is PID 1 there) and tells the
+ * engine (AGENT_STARTED). The engine, root on the host, moves it into the job's own
+ * cgroup and writes its uid and gid maps (0 and 65534, each to itself: files keep
+ * their owners), then releases it with one byte on its stdin. The job's init mounts
+ * a fresh /proc with the masks, fresh tmpfs at /tmp and /dev/shm, binds the job's
+ * directory (made by the engine under the workspace) over /workspace, brings the
+ * loopback up, empties its bounding set, and runs the program as job mode does
+ * (run_program: seccomp, the status trailer). The program execs as uid 65534, so it
+ * keeps no capability even in its own namespace, and no_new_privs and nosuid mounts
+ * give it none; the seccomp profile refuses it new namespaces. The job ends with its
+ * init: the kernel kills what is left in its pid namespace, the mounts go with it.
+ *
+ * Fields after the exec's env: NONCE, RLIMIT_FSIZE, TMPFS (mount options of /tmp and
+ * /dev/shm), JOBDIR, then a count and the masked paths, then a count and the
+ * read-only paths. Any step that fails ends the job with 125 before the program runs
+ * (fail closed: the engine then discards the sandbox). */
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+
+#define JOB_NAMESPACES \
+    (CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET)
+
+static int job_fail(const char *what, const char *path) {
+    fprintf(stderr, "crucible-init: job set-up: %s %s: %s\n", what, path, strerror(errno));
+    return 125;
+}
+
+/* The mounts of the job's init, PID 1 of its namespaces. */
+static int job_mounts(const char *tmpfs, const char *jobdir, char **masked, long nmasked,
+                      char **readonly, long nreadonly) {
+    const unsigned long proc_flags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
+        return job_fail("cannot make private", "/");
+    }
+    if (mount("proc", "/proc", "proc", proc_flags, NULL) != 0) {
+        return job_fail("cannot mount", "/proc");
+    }
+    for (long i = 0; i < nmasked; i++) {
+        struct stat st;
+        if (stat(masked[i], &st) != 0) {
+            continue; /* as the runtimes do: a path this kernel lacks needs no mask */
+        }
+        int r = S_ISDIR(st.st_mode)
+                    ? mount("tmpfs", masked[i], "tmpfs", MS_RDONLY | proc_flags, "size=0")
+                    : mount("/dev/null", masked[i], NULL, MS_BIND, NULL);
+        if (r != 0) {
+            return job_fail("cannot mask", masked[i]);
+        }
+    }
+    for (long i = 0; i < nreadonly; i++) {
+        struct stat st;
+        if (stat(readonly[i], &st) != 0) {
+            continue;
+        }
+        if (mount(readonly[i], readonly[i], NULL, MS_BIND | MS_REC, NULL) != 0 ||
+            mount(NULL, readonly[i], NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | proc_flags,
+                  NULL) != 0) {
+            return job_fail("cannot make read-only", readonly[i]);
+        }
+    }
+    if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs) != 0) {
+        return job_fail("cannot mount", "/tmp");
+    }
+    if (mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, tmpfs) != 0) {
+        return job_fail("cannot mount", "/dev/shm");
+    }
+    struct stat st;
+    if (lstat(jobdir, &st) != 0 || !S_ISDIR(st.st_mode) ||
+        mount(jobdir, "/workspace", NULL, MS_BIND, NULL) != 0 ||
+        mount(NULL, "/workspace", NULL, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV, NULL) != 0) {
+        return job_fail("cannot bind", jobdir);
+    }
+    return 0;
+}
+
+/* The job's init (cloned by the agent, stdio already the job's): released by the
+ * engine, its mounts, its loopback, then the program. */
+static int job_main(char **program, char *payload, size_t len, size_t pos) {
+    char *nonce = next_field(payload, len, &pos), *fsize = next_field(payload, len, &pos);
+    char *tmpfs = next_field(payload, len, &pos), *jobdir = next_field(payload, len, &pos);
+    char *f = next_field(payload, len, &pos);
+    long nmasked = 0, nreadonly = 0;
+    char *masked[64], *readonly[64];
+    if (f == NULL || parse_count(f, 64, &nmasked) != 0) {
+        return 125;
+    }
+    for (long i = 0; i < nmasked; i++) {
+        if ((masked[i] = next_field(payload, len, &pos)) == NULL) {
+            return 125;
+        }
+    }
+    f = next_field(payload, len, &pos);
+    if (f == NULL || parse_count(f, 64, &nreadonly) != 0) {
+        return 125;
+    }
+    for (long i = 0; i < nreadonly; i++) {
+        if ((readonly[i] = next_field(payload, len, &pos)) == NULL) {
+            return 125;
+        }
+    }
+    if (nonce == NULL || fsize == NULL || tmpfs == NULL || jobdir == NULL) {
+        return 125;
+    }
+    /* Released by one byte on stdin once the engine has moved this process into the
+     * job's cgroup and written its maps: nothing of the job runs before. */
+    char go;
+    if (read_full(STDIN_FILENO, &go, 1) != 0 || go != 'g') {
+        return 125;
+    }
+    lower_limit(RLIMIT_FSIZE, fsize);
+    int failed = job_mounts(tmpfs, jobdir, masked, nmasked, readonly, nreadonly);
+    if (failed != 0) {
+        return failed;
+    }
+    if (chdir("/workspace") != 0) {
+        return job_fail("cannot change directory to", "/workspace");
+    }
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct ifreq ifr = {0};
+    strcpy(ifr.ifr_name, "lo");
+    if (sock < 0 || ioctl(sock, SIOCGIFFLAGS, &ifr) != 0) {
+        return job_fail("cannot read the flags of", "lo");
+    }
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(sock, SIOCSIFFLAGS, &ifr) != 0) {
+        return job_fail("cannot bring up", "lo");
+    }
+    close(sock);
+    /* The new user namespace gave this process a full bounding set: empty it, as the
+     * runtime left the container's (the program keeps no capability either way). */
+    for (int cap = 0; prctl(PR_CAPBSET_READ, cap, 0, 0, 0) >= 0; cap++) {
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
+            return job_fail("cannot drop from the bounding set", "a capability");
+        }
+    }
+    return run_program(program, nonce);
+}
+
+
 /* ---- the exec agent (--session --agent) ------------------------------------------
  *
  * PID 1 of a long-lived sandbox started with a unix socket (SOCK_STREAM) as its
@@ -642,7 +857,8 @@ static int session_mode(void) {
  *   AGENT_SIGNAL  payload: an int, SIGUSR1 (tree kill) or SIGKILL (the wrapper).
  * Replies (agent -> engine): struct reply, one per exec, when its wrapper has been
  * reaped: its status (code, or 128+signal), wall time, and the CPU time and peak
- * RSS of the wrapper and every descendant it reaped (wait4's rusage).
+ * RSS of the wrapper and every descendant it reaped (wait4's rusage). A job (flag
+ * 'j', see above) also gets AGENT_STARTED when its wrapper has been forked.
  *
  * Everything that reads the sandbox's file system (/etc/passwd, the filter, the
  * directory) happens in the forked wrapper, never here: a FIFO the program planted
@@ -652,7 +868,7 @@ static int session_mode(void) {
 #include <sys/socket.h>
 #include <sys/syscall.h>
 
-enum { AGENT_EXEC = 1, AGENT_SIGNAL = 2, AGENT_EXITED = 1 };
+enum { AGENT_EXEC = 1, AGENT_SIGNAL = 2, AGENT_EXITED = 1, AGENT_STARTED = 2 };
 struct request {
     uint32_t kind;
     uint32_t length;
@@ -670,6 +886,7 @@ struct reply {
 static struct {
     uint64_t id;
     pid_t pid;
+    int job; /* a job's init: SIGUSR1 is SIGKILL, its pid namespace goes with it */
     struct timespec t0;
 } execs[MAX_EXECS];
 static int nexecs;
@@ -738,7 +955,11 @@ static void start_exec(uint64_t id, char *payload, size_t len, int fds[3], const
     }
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    pid_t pid = ok ? fork() : -1;
+    int job = flags != NULL && strchr(flags, 'j') != NULL;
+    /* A job's init is cloned straight into its namespaces (see above); clone with no
+     * stack returns in the child as fork does. */
+    pid_t pid = !ok ? -1 : job ? (pid_t)syscall(SYS_clone, JOB_NAMESPACES | SIGCHLD, 0, 0, 0, 0)
+                               : fork();
     if (pid == 0) {
         /* The wrapper: the exec's stdio first (fd 0 was the channel), nothing else. */
         sigprocmask(SIG_SETMASK, old, NULL);
@@ -748,7 +969,7 @@ static void start_exec(uint64_t id, char *payload, size_t len, int fds[3], const
         close_from(3);
         setsid(); /* kill(0, ...) in the exec reaches its own tree, not the agent's group */
         environ = env;
-        _exit(run_wrapper(user, cwd, flags, argv));
+        _exit(job ? job_main(argv, payload, len, pos) : run_wrapper(user, cwd, flags, argv));
     }
     if (pid < 0) {
         const char *why = ok ? strerror(errno) : "malformed request";
@@ -756,7 +977,12 @@ static void start_exec(uint64_t id, char *payload, size_t len, int fds[3], const
         struct reply r = {.kind = AGENT_EXITED, .code = 125, .id = id};
         send_reply(&r);
     } else {
+        if (job) { /* the engine moves it into the job's cgroup and maps its ids now */
+            struct reply r = {.kind = AGENT_STARTED, .id = id};
+            send_reply(&r);
+        }
         execs[nexecs].id = id;
+        execs[nexecs].job = job;
         execs[nexecs].pid = pid;
         execs[nexecs].t0 = t0;
         nexecs++;
@@ -771,7 +997,7 @@ static void signal_exec(uint64_t id, int sig) {
     }
     for (int i = 0; i < nexecs; i++) {
         if (execs[i].id == id) { /* still unreaped: the pid cannot have been reused */
-            kill(execs[i].pid, sig);
+            kill(execs[i].pid, execs[i].job ? SIGKILL : sig);
         }
     }
 }
@@ -930,61 +1156,5 @@ int main(int argc, char **argv) {
         }
     }
 
-    int instructions = read_filter();
-    if (instructions < 0) {
-        fprintf(stderr, "crucible-init: no seccomp filter at %s; refusing to run\n", SECCOMP_PATH);
-        return 125;
-    }
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    pid_t child = fork();
-    if (child < 0) {
-        perror("crucible-init: fork");
-        return 125;
-    }
-    if (child == 0) {
-        struct sock_fprog prog = {.len = (unsigned short)instructions, .filter = filter};
-        /* no_new_privs is already set by the runtime (noNewPrivileges), as required. */
-        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) {
-            fprintf(stderr, "crucible-init: cannot install seccomp filter: %s\n", strerror(errno));
-            _exit(126);
-        }
-        execvp(program[0], program);
-        fprintf(stderr, "crucible-init: cannot execute %s: %s\n", program[0], strerror(errno));
-        _exit(127);
-    }
-
-    int status = 0;
-    for (;;) {
-        int st;
-        pid_t pid = wait(&st);
-        if (pid == child) {
-            status = st;
-            break;
-        }
-        if (pid < 0 && errno != EINTR) {
-            break;
-        }
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    long long wall_us = (long long)(t1.tv_sec - t0.tv_sec) * 1000000LL +
-                        (t1.tv_nsec - t0.tv_nsec) / 1000;
-    char trailer[256];
-    int n;
-    if (WIFSIGNALED(status)) {
-        n = snprintf(trailer, sizeof trailer, "\x1e" "crucible-status:%s:signal:%d:%lld\n", nonce,
-                     WTERMSIG(status), wall_us);
-    } else {
-        n = snprintf(trailer, sizeof trailer, "\x1e" "crucible-status:%s:exit:%d:%lld\n", nonce,
-                     WEXITSTATUS(status), wall_us);
-    }
-    /* One write below PIPE_BUF is atomic: the trailer never interleaves. */
-    ssize_t ignored = write(STDERR_FILENO, trailer, (size_t)n);
-    (void)ignored;
-    /* Also exit with the shell's encoding (code, or 128+signal), so a bundle run by
-     * hand with `runc run` reports something sensible; Crucible reads the trailer. */
-    if (WIFSIGNALED(status)) {
-        return 128 + WTERMSIG(status);
-    }
-    return WEXITSTATUS(status);
+    return run_program(program, nonce);
 }

@@ -1,17 +1,20 @@
-"""Warm one-shot sandboxes: containers created ahead of requests, each used once.
+"""Warm one-shot sandboxes: containers created ahead of requests.
 
 Creating a container (namespaces, cgroup, mounts, the runtime's own start-up) is most
 of a short program's cost. The pool takes it off the critical path: it keeps
 containers whose init is up and waiting for its job (``container.py``), so a request
-only writes its files and releases the init. A warm sandbox is handed out **once**
-(``take`` removes it) and deleted after its run like any other; it is never given to
-a second program.
+only writes its files and releases the init. A warm sandbox is handed to one program
+at a time (``take`` removes it) and, like any other, deleted after its run.
 
 Sandboxes are kept per *shape*: the runtime and the limits fixed at creation (memory,
 pids, CPU quota, disk). Every request, served warm or not, asks for one replacement
 of its shape, up to ``size`` idle or being made, so the pool follows the demand: a
 single run costs one spare, a batch at concurrency C keeps about C warm. At most
 ``shapes`` shapes are kept; a new one evicts the least recently used.
+
+A sandbox that runs its programs one after another, each in namespaces and a cgroup
+of its own (``Sandbox._job``), is handed back after a clean run (``give_back``) in
+place of a replacement; it is still handed to one program at a time.
 """
 
 from __future__ import annotations
@@ -89,6 +92,16 @@ class WarmPool(Generic[T]):
         else:
             self.hits += 1
         return found
+
+    def give_back(self, shape: Hashable, item: T) -> bool:
+        """Keep ``item`` (taken, used, and made as good as new by its owner) for the
+        next ``take`` of ``shape``; False when the pool has no room for it (closed,
+        the shape evicted, or full), and the caller destroys it."""
+        shelf = self._shelves.get(shape)
+        if self._closed or shelf is None or len(shelf.idle) + shelf.making >= self.size:
+            return False
+        shelf.idle.append(item)
+        return True
 
     def fill(self, shape: Hashable, count: int) -> None:
         """Start making up to ``count`` more items of ``shape`` (bounded by ``size``)."""

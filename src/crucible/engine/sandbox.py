@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import secrets
@@ -31,8 +32,8 @@ from typing import Any
 from crucible.core.config import Settings, get_settings
 from crucible.core.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
 from crucible.core.files import write_atomic
-from crucible.engine import accounting, overlay, reaper, runtime, spec, workspace
-from crucible.engine.container import Container, job_header
+from crucible.engine import accounting, agent, overlay, reaper, runtime, spec, workspace
+from crucible.engine.container import Container, WritePipeState, job_header
 from crucible.engine.languages import LANGUAGE_PROGRAMS, LANGUAGES, Language, get_language
 from crucible.engine.models import (
     EnvironmentRoot,
@@ -60,6 +61,8 @@ _REFILL_DELAY_S = 0.03
 
 _POLL_S = 0.05  # how often CPU time, the deadline and cancellation are checked
 _DRAIN_S = 1.0  # after the init's exit, how long to wait for the pipes' EOF
+_KILL_GRACE_S = 2.0  # after a job's kill, how long before its sandbox is killed
+_CLEAR_MAX = 64  # names a job may leave in its directory and its sandbox still be reused
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Sandbox:
         # crun 1.8 refuses a hybrid host; it runs with these cgroup2 mounts hidden.
         self._hidden_cgroup2 = accounting.hybrid_cgroup2_mounts()
         self._runtimes: dict[RuntimeName, Runtime] = {}
+        self._jobs_work: bool | None = None  # jobs can make their namespaces here
         self._prepare_lock = asyncio.Lock()
         # Every language's host mounts in every container: one shape fits all
         # languages, so a warm sandbox does not depend on the language it will run.
@@ -110,7 +114,7 @@ class Sandbox:
             shapes=self.settings.pool_shapes,
             make=self._make,
             discard=self._discard,
-            usable=lambda box: box.container is not None and not box.container.exited.is_set(),
+            usable=_usable,
         )
         self._tasks: set[asyncio.Task[None]] = set()  # tear-downs in flight
         self._sessions: Sessions | None = None
@@ -288,33 +292,63 @@ class Sandbox:
             shape = _Shape(
                 rt.name, limits.memory_mb, limits.pids, limits.cpus, limits.disk_mb,
                 environment.path if environment else None,
+                reuse=self._reusable(rt.name, environment, compiled=lang.compile is not None),
             )  # fmt: skip
             box = self._pool.take(shape, refill=False) or await self._make(shape)
+            recycle = False
             try:
-                workspace.write_files(box.ws, files)
+                ws = box.ws if box.channel is None else box.next_job()
+                workspace.write_files(ws, files)
                 entry = request.entrypoint or lang.file_name
                 env = {**_base_env(environment), **lang.env}
                 if lang.compile is not None:
                     failed = await self._compile(box, lang, entry, env, limits, info, cancel)
                     if failed is not None:
                         return failed
-                listed = workspace.list_files(box.ws, exclude=set(), max_files=10_000).files
+                listed = workspace.list_files(ws, exclude=set(), max_files=10_000).files
                 argv = [a.replace("{entrypoint}", entry) for a in lang.run] + list(request.args)
                 step = _Step(argv, env, request.stdin.encode("utf-8", "surrogateescape"), limits)
                 assert box.container is not None
-                phase = await self._step(box.container, box.nonce, step, on_output, cancel)
+                if box.channel is None:
+                    phase = await self._step(box.container, box.nonce, step, on_output, cancel)
+                else:
+                    phase = await self._job(box, step, on_output, cancel)
                 produced = workspace.list_files(
-                    box.ws, exclude={f.path for f in listed}, max_files=self.settings.max_files
+                    ws, exclude={f.path for f in listed}, max_files=self.settings.max_files
                 )
                 if files_dir is not None:
                     workspace.copy_files(
-                        produced, box.ws, files_dir, max_bytes=self.settings.max_file_bytes
+                        produced, ws, files_dir, max_bytes=self.settings.max_file_bytes
                     )
-                return _result(_verdict(rt, phase, limits), phase, produced, info, limits)
+                verdict = _verdict(rt, phase, limits)
+                recycle = _ended_cleanly(box, phase, verdict, limits, self.settings.sandbox_reuse)
+                return _result(verdict, phase, produced, info, limits)
             finally:
-                self._background(self._refill_later(shape))
-                # The next run need not wait for this one's tear-down.
-                self._background(self._discard(box))
+                if not (recycle and self._recycle(box, shape)):
+                    self._background(self._refill_later(shape))
+                    # The next run need not wait for this one's tear-down.
+                    self._background(self._discard(box))
+
+    def _reusable(
+        self, runtime_name: RuntimeName, environment: EnvironmentRoot | None, *, compiled: bool
+    ) -> bool:
+        """Whether runs of this kind take a sandbox that runs one job after another
+        (see ``_job``): under runc and crun, on the host's skeleton (an environment's
+        root is writable), for languages run without a compile step (a container of
+        its own), and while the host lets the jobs make their namespaces."""
+        return (
+            self.settings.sandbox_reuse > 1
+            and self._jobs_work is not False
+            and runtime_name != "gvisor"
+            and environment is None
+            and not compiled
+        )
+
+    def _recycle(self, box: _Box, shape: _Shape) -> bool:
+        """Clear what the job left on the host and put the sandbox back for the next
+        run of its shape; False if something of the job would not go, or the pool has
+        no room for it (the caller discards it)."""
+        return _clear_job(box) and _usable(box) and self._pool.give_back(shape, box)
 
     async def _refill_later(self, shape: _Shape) -> None:
         """Ask for the replacement of a warm sandbox a run took, once the service has
@@ -381,13 +415,82 @@ class Sandbox:
             workspace.mount_tmpfs(box.ws, shape.disk_mb)
             if shape.root is not None:
                 box.rootfs = overlay.mount_run_root(bundle, shape.root, shape.disk_mb)
-            box.container, box.nonce = await self._create(
-                box, "r", _shape_limits(shape), shape.runtime
-            )
+            if shape.reuse:
+                await self._create_reusable(box, shape)
+            if shape.reuse and not await self._jobs_supported(box, shape):
+                await self._discard(box)
+                return await self._make(dataclasses.replace(shape, reuse=False))
+            if not shape.reuse:
+                box.container, box.nonce = await self._create(
+                    box, "r", _shape_limits(shape), shape.runtime
+                )
         except BaseException:
             await self._discard(box)
             raise
         return box
+
+    async def _jobs_supported(self, box: _Box, shape: _Shape) -> bool:
+        """Whether this host lets a job make its namespaces (a kernel, or a security
+        module such as AppArmor's userns restriction, may refuse an unprivileged user
+        namespace): asked once per engine, with ``true`` as a sandbox's first job.
+        Where it is refused, one-shot sandboxes are used once, as before."""
+        if self._jobs_work is None:
+            limits = _shape_limits(shape).model_copy(
+                update={"timeout_s": 30, "cpu_s": 30, "output_bytes": 4096}
+            )
+            box.next_job()
+            phase = await self._job(box, _Step(["true"], {"PATH": spec.PATH}, b"", limits),
+                                    None, asyncio.Event())  # fmt: skip
+            status = phase.collector.status
+            works = status is not None and status.exit_code == 0
+            if not works:
+                why = bytes(phase.collector.stderr).decode("utf-8", "replace").strip()
+                log.warning("one-shot sandboxes are used once each on this host: %s", why)
+            self._jobs_work = works and _clear_job(box)
+        return self._jobs_work
+
+    async def _create_reusable(self, box: _Box, shape: _Shape) -> None:
+        """The run container of a reused sandbox: its init is the exec agent, each run
+        a job (``_job``). It has the jobs' limits plus the headroom of its own
+        processes (``accounting.JOB_*_HEADROOM``), and no masked /proc paths: only
+        the init and the jobs' wrappers see its /proc, and each job masks its own."""
+        await self.prepare()
+        assert self._rootfs is not None and self._init is not None and self._seccomp is not None
+        limits = _shape_limits(shape)
+        outer = limits.model_copy(
+            update={
+                "memory_mb": limits.memory_mb + (accounting.JOB_MEMORY_HEADROOM >> 20),
+                "pids": limits.pids + accounting.JOB_PIDS_HEADROOM,
+            }
+        )
+        cid = f"{box.run_id}-r"
+        cgroups_path = f"/{self.settings.prefix}/{cid}"
+        config = spec.build_config(
+            args=["--session", "--agent"],
+            env={"PATH": spec.PATH},
+            limits=outer,
+            rootfs=self._rootfs,
+            workspace=box.ws,
+            init_binary=self._init,
+            seccomp_bpf=self._seccomp,
+            cgroups_path=cgroups_path,
+            extra_mounts=self._host_mounts,
+        )
+        config["linux"]["maskedPaths"] = []
+        config["linux"]["readonlyPaths"] = []
+        container = Container(self.get_runtime(shape.runtime), cid, box.bundle / cid, cgroups_path)
+        box.container = container
+        ours, theirs = agent.socketpair()
+        try:
+            await container.create(config, stdin=theirs)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            os.close(theirs)  # the init's end is the init's alone
+        box.channel = agent.Agent(ours)
+        box.jobs = accounting.JobCgroups(cgroups_path)
+        box.jobs.adopt(container.pid)
 
     async def _create(
         self, box: _Box, step: str, limits: Limits, runtime_name: RuntimeName
@@ -422,6 +525,8 @@ class Sandbox:
         return container, nonce
 
     async def _discard(self, box: _Box) -> None:
+        if box.channel is not None:
+            box.channel.close()
         try:
             if box.container is not None:
                 await box.container.delete()
@@ -448,7 +553,10 @@ class Sandbox:
         (default: the pool's size); returns at once, they are made in the background."""
         await self.prepare()
         self.get_runtime(runtime_name)  # raises SandboxUnavailable when not installed
-        shape = _Shape(runtime_name, limits.memory_mb, limits.pids, limits.cpus, limits.disk_mb)
+        shape = _Shape(
+            runtime_name, limits.memory_mb, limits.pids, limits.cpus, limits.disk_mb,
+            reuse=self._reusable(runtime_name, None, compiled=False),
+        )  # fmt: skip
         self._pool.fill(shape, self._pool.size if count is None else count)
 
     @property
@@ -516,55 +624,117 @@ class Sandbox:
             step.argv, step.env, fsize=limits.disk_mb << 20, nproc=limits.pids if gvisor else 0
         )
         collector = OutputCollector(cap=limits.output_bytes, nonce=nonce, on_output=on_output)
-        chunk = self.settings.output_chunk_bytes
-        out_r, err_r = container.take_output()
-        pumps = [
-            asyncio.create_task(pump(out_r, "stdout", collector.feed, chunk)),
-            asyncio.create_task(pump(err_r, "stderr", collector.feed, chunk)),
-        ]
+        pumps = self._pumps(collector, *container.take_output())
         try:
             # The cgroup already holds the runtime's own start-up (runc's init is Go):
             # only what is used from here on is the program's CPU time.
             cpu_base = container.counters.cpu_ns()
             await container.start(job, step.stdin)
             started = time.monotonic()
-            reason = await self._supervise(limits, started, container, collector, cancel, cpu_base)
+            reason = await self._supervise(
+                limits, started, container.exited, container.counters, collector, cancel, cpu_base
+            )
             if reason is not None:
                 await container.kill()
             wall_ms = int((time.monotonic() - started) * 1000)
             container.discard_stdin()
-            # The pipes reach EOF once every process holding them is gone.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*pumps), _DRAIN_S)
-            collector.finish()
-            if collector.status is not None and collector.status.wall_us is not None:
-                wall_ms = collector.status.wall_us // 1000  # the init's own measure
-            usage = container.account()
-            usage = dataclasses.replace(usage, cpu_ns=max(0, usage.cpu_ns - cpu_base))
-            cpu_over = usage.cpu_ns > limits.cpu_s * 1e9
-            if reason is None and cpu_over and collector.status is None:
-                reason = Termination.timeout
-            if reason is None and collector.exceeded.is_set():
-                reason = Termination.output_limit
-            return _Phase(collector, reason, wall_ms, usage)
+            return await _conclude(
+                collector, pumps, reason, wall_ms, container.counters, cpu_base, limits
+            )
         finally:
             for task in pumps:
                 task.cancel()
+
+    async def _job(
+        self,
+        box: _Box,
+        step: _Step,
+        on_output: OutputCallback | None,
+        cancel: asyncio.Event,
+    ) -> _Phase:
+        """Run ``step`` as the next job of the reused sandbox ``box``: in a cgroup of
+        its own (made here with the run's limits, so its counters are the job's
+        alone) and namespaces of its own (made by the wrapper the agent forks, see
+        init.c's run_job), over its own directory of the workspace."""
+        assert box.container is not None and box.channel is not None and box.jobs is not None
+        limits = step.limits
+        name = box.job_name
+        counters = box.jobs.start(name, limits.memory_mb << 20, limits.pids)
+        nonce = secrets.token_hex(16)
+        payload = agent.job_payload(
+            step.argv, step.env, nonce=nonce, fsize=limits.disk_mb << 20,
+            tmpfs=f"mode=1777,uid=0,gid=0,size={limits.disk_mb}m",
+            jobdir=f"{spec.WORKSPACE}/{name}",
+            masked=spec.MASKED_PATHS, readonly=spec.READONLY_PATHS,
+        )  # fmt: skip
+        collector = OutputCollector(cap=limits.output_bytes, nonce=nonce, on_output=on_output)
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        pumps = self._pumps(collector, out_r, err_r)
+        feeder: asyncio.WriteTransport | None = None
+        fed = WritePipeState()
+        try:
+            try:
+                run = await box.channel.start(payload, (in_r, out_w, err_w))
+            finally:
+                for fd in (in_r, out_w, err_w):
+                    os.close(fd)
+            ended = asyncio.Event()
+            run.on_end(ended.set)
+            async with asyncio.timeout(self.settings.runtime_timeout_s):
+                await run.started()
+            _map_ids(box.jobs.enter(name, box.container.pid))
+            loop = asyncio.get_running_loop()
+            pipe = os.fdopen(in_w, "wb", buffering=0)
+            in_w = -1
+            feeder, fed = await loop.connect_write_pipe(WritePipeState, pipe)
+            feeder.write(b"g" + step.stdin)  # the release (see run_job), then stdin
+            feeder.close()
+            started = time.monotonic()
+            reason = await self._supervise(limits, started, ended, counters, collector, cancel, 0)
+            if reason is not None:
+                await run.signal(signals.SIGUSR1)  # its init killed: the job's pid namespace
+                try:
+                    async with asyncio.timeout(_KILL_GRACE_S):
+                        await ended.wait()
+                except TimeoutError:
+                    await box.container.kill()  # the sandbox is not usable; _ended_cleanly
+            wall_ms = int((time.monotonic() - started) * 1000)
+            if not fed.lost:
+                feeder.abort()  # the program did not read all of its stdin
+            return await _conclude(collector, pumps, reason, wall_ms, counters, 0, limits)
+        finally:
+            if in_w != -1:
+                os.close(in_w)
+            for task in pumps:
+                task.cancel()
+
+    def _pumps(
+        self, collector: OutputCollector, out_r: int, err_r: int
+    ) -> list[asyncio.Task[None]]:
+        chunk = self.settings.output_chunk_bytes
+        return [
+            asyncio.create_task(pump(out_r, "stdout", collector.feed, chunk)),
+            asyncio.create_task(pump(err_r, "stderr", collector.feed, chunk)),
+        ]
 
     async def _supervise(
         self,
         limits: Limits,
         started: float,
-        container: Container,
+        ended: asyncio.Event,
+        counters: accounting.CgroupCounters,
         collector: OutputCollector,
         cancel: asyncio.Event,
         cpu_base: int,
     ) -> Termination | None:
-        """Wait for the container's end, enforcing the limits; say why it was stopped."""
+        """Wait for the program's end (``ended``), enforcing the limits; say why it
+        was stopped."""
         deadline = started + limits.timeout_s
         cpu_ns_limit = cpu_base + limits.cpu_s * 1e9
         waiters = [
-            asyncio.ensure_future(container.exited.wait()),
+            asyncio.ensure_future(ended.wait()),
             asyncio.ensure_future(collector.exceeded.wait()),
             asyncio.ensure_future(cancel.wait()),
         ]
@@ -578,15 +748,101 @@ class Sandbox:
                 )
                 if cancel.is_set():
                     return Termination.cancelled
-                if container.exited.is_set():
+                if ended.is_set():
                     return None
                 if collector.exceeded.is_set():
                     return Termination.output_limit
-                if time.monotonic() >= deadline or container.counters.cpu_ns() > cpu_ns_limit:
+                if time.monotonic() >= deadline or counters.cpu_ns() > cpu_ns_limit:
                     return Termination.timeout
         finally:
             for w in waiters:
                 w.cancel()
+
+
+async def _conclude(
+    collector: OutputCollector,
+    pumps: list[asyncio.Task[None]],
+    reason: Termination | None,
+    wall_ms: int,
+    counters: accounting.CgroupCounters,
+    cpu_base: int,
+    limits: Limits,
+) -> _Phase:
+    """What a step observed, once it has ended: the rest of its output (the pipes
+    reach EOF once every process holding them is gone), its own wall time, its
+    counters from ``cpu_base`` on, and why it was stopped."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*pumps), _DRAIN_S)
+    collector.finish()
+    if collector.status is not None and collector.status.wall_us is not None:
+        wall_ms = collector.status.wall_us // 1000  # the init's own measure
+    usage = counters.read()
+    usage = dataclasses.replace(usage, cpu_ns=max(0, usage.cpu_ns - cpu_base))
+    cpu_over = usage.cpu_ns > limits.cpu_s * 1e9
+    if reason is None and cpu_over and collector.status is None:
+        reason = Termination.timeout
+    if reason is None and collector.exceeded.is_set():
+        reason = Termination.output_limit
+    return _Phase(collector, reason, wall_ms, usage)
+
+
+# A job's user namespace (init.c's job_main): root and the sandbox user, each itself,
+# so files keep their owners; the program runs as the sandbox user with no capability.
+_JOB_ID_MAP = f"0 0 1\n{spec.SANDBOX_UID} {spec.SANDBOX_UID} 1\n"
+_JOB_GID_MAP = f"0 0 1\n{spec.SANDBOX_GID} {spec.SANDBOX_GID} 1\n"
+
+
+def _map_ids(pid: int) -> None:
+    """Write the id maps of the job's init ``pid`` (host pid): only a writer with
+    CAP_SETUID over the parent namespace, the engine, may map more than its own id."""
+    accounting.write_text(Path(f"/proc/{pid}/uid_map"), _JOB_ID_MAP)
+    accounting.write_text(Path(f"/proc/{pid}/gid_map"), _JOB_GID_MAP)
+
+
+def _clear_job(box: _Box) -> bool:
+    """Remove what the job just run left on the host (its directory, its cgroup) and
+    count it; False if something would not go. Only a flat directory of a few names
+    is cleared here (each unlinked by name: nothing is followed); a job that left a
+    tree costs its sandbox, whose tmpfs goes at once with it."""
+    assert box.jobs is not None
+    name = box.job_name
+    box.uses += 1
+    path = box.ws / name
+    try:
+        with os.scandir(path) as it:
+            entries = list(itertools.islice(it, _CLEAR_MAX + 1))
+        if len(entries) > _CLEAR_MAX or any(e.is_dir(follow_symlinks=False) for e in entries):
+            return False
+        for entry in entries:
+            os.unlink(entry.path)
+        path.rmdir()
+        return box.jobs.remove(name)
+    except OSError as exc:
+        log.warning("cannot clear job %s of %s: %s", name, box.run_id, exc)
+        return False
+
+
+def _usable(box: _Box) -> bool:
+    """A warm sandbox can still be handed out: its init lives (and so its agent)."""
+    if box.container is None or box.container.exited.is_set():
+        return False
+    return box.channel is None or not box.channel.closed
+
+
+def _ended_cleanly(
+    box: _Box, phase: _Phase, verdict: Termination, limits: Limits, reuse: int
+) -> bool:
+    """A reused sandbox may take another job: this one ran to its own end (not
+    stopped, no memory verdict, its status reported) and the sandbox has jobs left."""
+    return (
+        box.channel is not None
+        and box.uses + 1 < reuse
+        and phase.reason is None
+        and verdict is Termination.exited
+        and phase.collector.status is not None
+        and not accounting.at_memory_limit(phase.usage, limits.memory_mb << 20)
+        and _usable(box)
+    )
 
 
 @dataclass(frozen=True)
@@ -599,6 +855,7 @@ class _Shape:
     cpus: float
     disk_mb: int
     root: Path | None = None  # an environment's root (the lower layer); None: the host's
+    reuse: bool = False  # one job after another (Sandbox._job), not one program
 
 
 def _shape_limits(shape: _Shape) -> Limits:
@@ -619,6 +876,22 @@ class _Box:
     container: Container | None = None
     nonce: str = ""
     rootfs: Path | None = None  # the run's own overlay root in an environment
+    # A reused sandbox (Sandbox._job): the channel to its init, its jobs' cgroups, and
+    # how many jobs it has run (the current one's directory and cgroup are named so).
+    channel: agent.Agent | None = None
+    jobs: accounting.JobCgroups | None = None
+    uses: int = 0
+
+    @property
+    def job_name(self) -> str:
+        return f"job{self.uses}"
+
+    def next_job(self) -> Path:
+        """The host directory of the next job, made empty, owned by the sandbox user."""
+        path = self.ws / self.job_name
+        path.mkdir(mode=0o700)
+        os.chown(path, spec.SANDBOX_UID, spec.SANDBOX_GID)
+        return path
 
 
 @dataclass(frozen=True)
