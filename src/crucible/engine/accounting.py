@@ -133,6 +133,7 @@ class CgroupCounters:
     """Counters of the cgroup at ``cgroups_path`` (the bundle's ``linux.cgroupsPath``)."""
 
     def __init__(self, cgroups_path: str, *, root: Path = CGROUP_ROOT) -> None:
+        self.path = cgroups_path
         rel = cgroups_path.lstrip("/")
         self.v2 = cgroup_v2_unified(root)
         if self.v2:

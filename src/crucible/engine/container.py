@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from crucible.core.errors import RuntimeFailure
-from crucible.engine import accounting, reaper, runtime
+from crucible.engine import accounting, agent, reaper, runtime
 from crucible.engine.runtime import Runtime
 
 _KILL_GRACE_S = 2.0  # after `kill`, how long before the host pid is killed directly
@@ -75,6 +75,7 @@ class Container:
         self._created = False
         self._helpers: list[int] = []  # runsc's sandbox and gofer processes
         self._deleted = False
+        self.channel: agent.Agent | None = None  # the exec agent's (create_with_agent)
 
     # -- create ---------------------------------------------------------------
 
@@ -125,6 +126,21 @@ class Container:
         else:
             # A pidfd works on a zombie too (it is our child: subreaper).
             asyncio.get_running_loop().add_reader(self._pidfd, self._on_exit)
+
+    async def create_with_agent(self, config: dict[str, Any]) -> agent.Agent:
+        """``create`` with the init's stdin one end of a socketpair, for an init that
+        is the exec agent (init.c's ``--session --agent``); the engine's end as
+        ``channel``, closed by ``delete``."""
+        ours, theirs = agent.socketpair()
+        try:
+            await self.create(config, stdin=theirs)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            os.close(theirs)  # the init's end is the init's alone
+        self.channel = agent.Agent(ours)
+        return self.channel
 
     def _runtime_error(self, err_w: int) -> str:
         """What the runtime wrote on the container's stderr before failing."""
@@ -233,6 +249,8 @@ class Container:
         if self._deleted:
             return
         self._deleted = True
+        if self.channel is not None:
+            self.channel.close()
         self.discard_stdin()
         loop = asyncio.get_running_loop()
         if self._pidfd != -1:

@@ -452,10 +452,7 @@ class Sandbox:
     async def _create_reusable(self, box: _Box, shape: _Shape) -> None:
         """The run container of a reused sandbox: its init is the exec agent, each run
         a job (``_job``). It has the jobs' limits plus the headroom of its own
-        processes (``accounting.JOB_*_HEADROOM``), and no masked /proc paths: only
-        the init and the jobs' wrappers see its /proc, and each job masks its own."""
-        await self.prepare()
-        assert self._rootfs is not None and self._init is not None and self._seccomp is not None
+        processes (``accounting.JOB_*_HEADROOM``)."""
         limits = _shape_limits(shape)
         outer = limits.model_copy(
             update={
@@ -463,47 +460,33 @@ class Sandbox:
                 "pids": limits.pids + accounting.JOB_PIDS_HEADROOM,
             }
         )
-        cid = f"{box.run_id}-r"
-        cgroups_path = f"/{self.settings.prefix}/{cid}"
-        config = spec.build_config(
-            args=["--session", "--agent"],
-            env={"PATH": spec.PATH},
-            limits=outer,
-            rootfs=self._rootfs,
-            workspace=box.ws,
-            init_binary=self._init,
-            seccomp_bpf=self._seccomp,
-            cgroups_path=cgroups_path,
-            extra_mounts=self._host_mounts,
-        )
-        config["linux"]["maskedPaths"] = []
-        config["linux"]["readonlyPaths"] = []
-        container = Container(self.get_runtime(shape.runtime), cid, box.bundle / cid, cgroups_path)
-        box.container = container
-        ours, theirs = agent.socketpair()
-        try:
-            await container.create(config, stdin=theirs)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            os.close(theirs)  # the init's end is the init's alone
-        box.channel = agent.Agent(ours)
-        box.jobs = accounting.JobCgroups(cgroups_path)
-        box.jobs.adopt(container.pid)
+        box.container, _ = await self._create(box, "r", outer, shape.runtime, jobs=True)
+        box.channel = box.container.channel
+        box.jobs = accounting.JobCgroups(box.container.counters.path)
+        box.jobs.adopt(box.container.pid)
 
     async def _create(
-        self, box: _Box, step: str, limits: Limits, runtime_name: RuntimeName
+        self,
+        box: _Box,
+        step: str,
+        limits: Limits,
+        runtime_name: RuntimeName,
+        *,
+        jobs: bool = False,
     ) -> tuple[Container, str]:
-        """Create container ``<run id>-<step>`` over ``box``'s workspace, init waiting."""
+        """Create container ``<run id>-<step>`` over ``box``'s workspace, init waiting
+        for its job on stdin (init.c's job mode), or with ``jobs`` for job after job
+        through its exec agent (``_job``): then the container masks no /proc paths,
+        since only the init, its agent and the jobs' inits see its /proc, and each
+        job masks its own."""
         await self.prepare()  # again: close() may have dropped the assets' view since
         assert self._rootfs is not None and self._init is not None and self._seccomp is not None
         rt = self.get_runtime(runtime_name)
         cid = f"{box.run_id}-{step}"
-        nonce = secrets.token_hex(16)
+        nonce = "" if jobs else secrets.token_hex(16)  # a job's comes with the job
         cgroups_path = f"/{self.settings.prefix}/{cid}"
         config = spec.build_config(
-            args=[],  # job mode: the program comes on stdin (init.c)
+            args=["--session", "--agent"] if jobs else [],
             env={"PATH": spec.PATH, "CRUCIBLE_STATUS_NONCE": nonce},
             limits=limits,
             rootfs=box.rootfs or self._rootfs,
@@ -516,17 +499,17 @@ class Sandbox:
             host_toolchain=box.rootfs is None,
             gvisor_preload=self._gvisor_preload,
         )
+        if jobs:
+            config["linux"]["maskedPaths"] = config["linux"]["readonlyPaths"] = []
         container = Container(rt, cid, box.bundle / cid, cgroups_path)
         try:
-            await container.create(config)
+            await (container.create_with_agent(config) if jobs else container.create(config))
         except BaseException:
             await container.delete()
             raise
         return container, nonce
 
     async def _discard(self, box: _Box) -> None:
-        if box.channel is not None:
-            box.channel.close()
         try:
             if box.container is not None:
                 await box.container.delete()

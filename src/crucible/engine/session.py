@@ -751,15 +751,7 @@ class Sessions:
                 config["hostname"] = spec_.network.hostname
             container = Container(rt, cid, bundle / cid, cgroups_path)
             if use_agent:
-                ours, theirs = agent.socketpair()
-                try:
-                    await container.create(config, stdin=theirs)
-                except BaseException:
-                    ours.close()
-                    raise
-                finally:
-                    os.close(theirs)  # the init's end is the init's alone
-                channel = agent.Agent(ours)
+                channel = await container.create_with_agent(config)
             else:
                 await container.create(config)
             if namespaced:
