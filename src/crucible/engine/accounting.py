@@ -83,7 +83,7 @@ class Usage:
     memory_limit_hits: int = 0
 
 
-def _read(path: Path) -> str:
+def _read(path: str | Path) -> str:
     # os.open/os.read: a cgroup file is one small read, and Path.read_text's
     # TextIOWrapper costs more than the read (five files per reading, three
     # readings per exec).
@@ -94,14 +94,14 @@ def _read(path: Path) -> str:
         os.close(fd)
 
 
-def _read_int(path: Path) -> int | None:
+def _read_int(path: str | Path) -> int | None:
     try:
         return int(_read(path).split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
 
-def _read_keyed(path: Path) -> dict[str, int]:
+def _read_keyed(path: str | Path) -> dict[str, int]:
     values: dict[str, int] = {}
     try:
         text = _read(path)
@@ -130,55 +130,53 @@ def at_memory_limit(usage: Usage, limit_bytes: int) -> bool:
 
 
 class CgroupCounters:
-    """Counters of the cgroup at ``cgroups_path`` (the bundle's ``linux.cgroupsPath``)."""
+    """Counters of the cgroup at ``cgroups_path`` (the bundle's ``linux.cgroupsPath``).
+    The files' paths are strings made once: pathlib's joins cost more than the reads
+    (several readings per run)."""
 
     def __init__(self, cgroups_path: str, *, root: Path = CGROUP_ROOT) -> None:
         self.path = cgroups_path
         rel = cgroups_path.lstrip("/")
         self.v2 = cgroup_v2_unified(root)
         if self.v2:
-            self._dir = root / rel
+            top = f"{root}/{rel}"
+            cpu = mem = pids = top
+            self._cpu = f"{top}/cpu.stat"
+            self._current = f"{top}/memory.current"
+            self._peak = f"{top}/memory.peak"
+            self._oom = self._events = f"{top}/memory.events"
         else:
-            self._cpu = root / "cpuacct" / rel
-            self._mem = root / "memory" / rel
-            self._pids = root / "pids" / rel
+            cpu, mem, pids = (f"{root}/{c}/{rel}" for c in ("cpuacct", "memory", "pids"))
+            self._cpu = f"{cpu}/cpuacct.usage"
+            self._current = f"{mem}/memory.usage_in_bytes"
+            self._peak = f"{mem}/memory.max_usage_in_bytes"
+            self._oom = f"{mem}/memory.oom_control"
+            self._events = f"{mem}/memory.failcnt"
+        self._pids = f"{pids}/pids.current"
+        self._pid_events = f"{pids}/pids.events"
 
     def cpu_ns(self) -> int:
         """CPU time used by every process of the run so far (0 if unreadable)."""
         if self.v2:
-            usec = _read_keyed(self._dir / "cpu.stat").get("usage_usec", 0)
-            return usec * 1000
-        return _read_int(self._cpu / "cpuacct.usage") or 0
+            return _read_keyed(self._cpu).get("usage_usec", 0) * 1000
+        return _read_int(self._cpu) or 0
 
     def memory_bytes(self) -> int:
         """Memory charged to the cgroup now (0 if unreadable)."""
-        if self.v2:
-            return _read_int(self._dir / "memory.current") or 0
-        return _read_int(self._mem / "memory.usage_in_bytes") or 0
+        return _read_int(self._current) or 0
 
     def pids(self) -> int:
         """Processes and threads in the cgroup now (0 if unreadable)."""
-        base = self._dir if self.v2 else self._pids
-        return _read_int(base / "pids.current") or 0
+        return _read_int(self._pids) or 0
 
     def read(self) -> Usage:
-        if self.v2:
-            peak = _read_int(self._dir / "memory.peak")
-            if peak is None:  # kernels before 5.19 have no memory.peak
-                peak = _read_int(self._dir / "memory.current") or 0
-            events = _read_keyed(self._dir / "memory.events")
-            pid_events = _read_keyed(self._dir / "pids.events")
-            return Usage(
-                self.cpu_ns(),
-                peak,
-                events.get("oom_kill", 0),
-                pid_events.get("max", 0),
-                events.get("max", 0),
-            )
-        peak = _read_int(self._mem / "memory.max_usage_in_bytes") or 0
-        oom = _read_keyed(self._mem / "memory.oom_control").get("oom_kill", 0)
-        pids_max = _read_keyed(self._pids / "pids.events").get("max", 0)
-        hits = _read_int(self._mem / "memory.failcnt") or 0
+        peak = _read_int(self._peak)
+        if peak is None:  # v2 kernels before 5.19 have no memory.peak
+            peak = self.memory_bytes()
+        oom = _read_keyed(self._oom).get("oom_kill", 0)
+        pids_max = _read_keyed(self._pid_events).get("max", 0)
+        events = self._events
+        hits = _read_keyed(events).get("max", 0) if self.v2 else (_read_int(events) or 0)
         return Usage(self.cpu_ns(), peak, oom, pids_max, hits)
 
 
@@ -214,59 +212,63 @@ class JobCgroups:
         self.root = root
         rel = self.path.lstrip("/")
         self.v2 = cgroup_v2_unified(root)
+        # (hierarchy, sets memory limits, sets pids limits); strings, as CgroupCounters
         if self.v2:
-            self._top = {"unified": root / rel}
+            self._tops = [(f"{root}/{rel}", True, True)]
+            self._procs = f"{root}/{rel}/init/cgroup.procs"  # where the init moves
         else:
-            self._top = {c: root / c / rel for c in ("memory", "cpuacct", "pids")}
+            self._tops = [
+                (f"{root}/memory/{rel}", True, False),
+                (f"{root}/cpuacct/{rel}", False, False),
+                (f"{root}/pids/{rel}", False, True),
+            ]
+            self._procs = f"{root}/memory/{rel}/cgroup.procs"
 
     def adopt(self, init_pid: int) -> None:
         """Once, before the first job: on v2, the init into its leaf and the memory
         and pids controllers given to the children."""
         if not self.v2:
             return
-        top = self._top["unified"]
-        (top / "init").mkdir(exist_ok=True)
-        write_text(top / "init" / "cgroup.procs", str(init_pid))
-        write_text(top / "cgroup.subtree_control", "+memory +pids")
+        top = self._tops[0][0]
+        os.mkdir(f"{top}/init")
+        write_text(self._procs, str(init_pid))
+        write_text(f"{top}/cgroup.subtree_control", "+memory +pids")
 
     def start(self, name: str, memory_bytes: int, pids: int) -> CgroupCounters:
         """Make job ``name``'s cgroup with these limits; its counters."""
-        for controller, top in self._top.items():
-            job = top / name
-            job.mkdir()
-            if controller in ("memory", "unified"):
-                if self.v2:
-                    write_text(job / "memory.max", str(memory_bytes))
-                    with contextlib.suppress(OSError):  # no swap accounting: no swap to cap
-                        write_text(job / "memory.swap.max", "0")
-                else:
-                    write_text(job / "memory.limit_in_bytes", str(memory_bytes))
-                    with contextlib.suppress(FileNotFoundError):
-                        write_text(job / "memory.memsw.limit_in_bytes", str(memory_bytes))
-            if controller in ("pids", "unified"):
-                write_text(job / "pids.max", str(pids))
+        for top, memory, tasks in self._tops:
+            job = f"{top}/{name}"
+            os.mkdir(job)
+            if memory and self.v2:
+                write_text(f"{job}/memory.max", str(memory_bytes))
+                with contextlib.suppress(OSError):  # no swap accounting: no swap to cap
+                    write_text(f"{job}/memory.swap.max", "0")
+            elif memory:
+                write_text(f"{job}/memory.limit_in_bytes", str(memory_bytes))
+                with contextlib.suppress(FileNotFoundError):
+                    write_text(f"{job}/memory.memsw.limit_in_bytes", str(memory_bytes))
+            if tasks:
+                write_text(f"{job}/pids.max", str(pids))
         return CgroupCounters(f"{self.path}/{name}", root=self.root)
 
     def enter(self, name: str, init_pid: int) -> int:
         """Move the job's init (the one process beside the sandbox's init, cloned and
         waiting for its release) into job ``name``'s cgroup in every hierarchy; its
         host pid."""
-        base = self._top["unified"] / "init" if self.v2 else self._top["memory"]
-        procs = [int(p) for p in _read(base / "cgroup.procs").split()]
-        others = [p for p in procs if p != init_pid]
+        others = [p for p in map(int, _read(self._procs).split()) if p != init_pid]
         if len(others) != 1:
             raise OSError(f"expected the job's init beside the sandbox's, found {others}")
-        for top in self._top.values():
-            write_text(top / name / "cgroup.procs", str(others[0]))
+        for top, _, _ in self._tops:
+            write_text(f"{top}/{name}/cgroup.procs", str(others[0]))
         return others[0]
 
     def remove(self, name: str) -> bool:
         """Remove job ``name``'s cgroup (once its processes are gone); False if some
         hierarchy would not let go of it."""
         removed = True
-        for top in self._top.values():
+        for top, _, _ in self._tops:
             try:
-                (top / name).rmdir()
+                os.rmdir(f"{top}/{name}")
             except FileNotFoundError:
                 pass
             except OSError:
@@ -274,7 +276,7 @@ class JobCgroups:
         return removed
 
 
-def write_text(path: Path, text: str) -> None:
+def write_text(path: str | Path, text: str) -> None:
     """One write of ``text`` to a kernel file (a cgroup's, a process's id map)."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:

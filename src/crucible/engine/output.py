@@ -19,6 +19,10 @@ class ExitStatus:
     wall_us: int | None = None  # the program's own run time, measured by the init
 
 
+# What follows a trailer's "\x1ecrucible-status:<nonce>:" (see init.c).
+_TRAILER_FIELDS = re.compile(rb"(exit|signal):(\d+):(\d+)\n")
+
+
 @dataclass
 class OutputCollector:
     """Keeps up to ``cap`` bytes of stdout+stderr; sets ``exceeded`` past it.
@@ -40,7 +44,18 @@ class OutputCollector:
 
     def __post_init__(self) -> None:
         self._marker = b"\x1ecrucible-status:" + self.nonce.encode() + b":"
-        self._trailer = re.compile(re.escape(self._marker) + rb"(exit|signal):(\d+):(\d+)\n")
+
+    def _find_trailer(self, data: bytes) -> tuple[int, int, re.Match[bytes]] | None:
+        """The status trailer framed by our nonce in ``data``: where it starts and ends,
+        and its fields. (One pattern for every run: a pattern per nonce was compiled
+        per run, more CPU than the rest of the output handling.)"""
+        start = data.find(self._marker)
+        while start != -1:
+            fields = _TRAILER_FIELDS.match(data, start + len(self._marker))
+            if fields:
+                return start, fields.end(), fields
+            start = data.find(self._marker, start + 1)
+        return None
 
     @property
     def total(self) -> int:
@@ -66,15 +81,16 @@ class OutputCollector:
             return
         data = self._carry + data
         self._carry = b""
-        match = self._trailer.search(data)
-        if match:
+        found = self._find_trailer(data)
+        if found:
+            begin, end, match = found
             kind, number = match.group(1), int(match.group(2))
             self.status = ExitStatus(
                 exit_code=number if kind == b"exit" else None,
                 signal=number if kind == b"signal" else None,
                 wall_us=int(match.group(3)),
             )
-            data = data[: match.start()] + data[match.end() :]
+            data = data[:begin] + data[end:]
         else:
             # Hold back a possible partial trailer at the end of this read.
             start = data.rfind(b"\x1e")

@@ -778,8 +778,8 @@ _JOB_GID_MAP = f"0 0 1\n{spec.SANDBOX_GID} {spec.SANDBOX_GID} 1\n"
 def _map_ids(pid: int) -> None:
     """Write the id maps of the job's init ``pid`` (host pid): only a writer with
     CAP_SETUID over the parent namespace, the engine, may map more than its own id."""
-    accounting.write_text(Path(f"/proc/{pid}/uid_map"), _JOB_ID_MAP)
-    accounting.write_text(Path(f"/proc/{pid}/gid_map"), _JOB_GID_MAP)
+    accounting.write_text(f"/proc/{pid}/uid_map", _JOB_ID_MAP)
+    accounting.write_text(f"/proc/{pid}/gid_map", _JOB_GID_MAP)
 
 
 def _clear_job(box: _Box) -> bool:

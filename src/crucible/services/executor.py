@@ -212,8 +212,7 @@ class Executor:
 
         publisher = asyncio.create_task(publish_output())
         watcher = asyncio.create_task(watch_cancel())
-        await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
-        try:
+        try:  # scratch: made by the engine if the program leaves files (copy_files)
             result = await self.sandbox.run(
                 run_request(request, root),
                 on_output=lambda name, data: chunks.put_nowait((name, data)),
@@ -221,7 +220,9 @@ class Executor:
                 files_dir=scratch,
             )
             metrics.observe_run(request.language, result.termination.value, result.wall_ms / 1000)
-            files = await asyncio.to_thread(self._store_files, scratch, result)
+            files = (
+                await asyncio.to_thread(self._store_files, scratch, result) if result.files else {}
+            )
         finally:
             watcher.cancel()
             chunks.put_nowait(None)
