@@ -8,7 +8,11 @@ one more job), so none of them passes by falling back to fresh containers.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,9 +103,12 @@ async def test_the_next_program_in_a_reused_sandbox_sees_nothing_of_the_last(
         a = await _run_in(engine, runtime, LEAVE)
         assert (a.termination, a.exit_code) == ("exited", 0), a.stderr
         assert await _idle_box(engine, runtime) is box and box.uses == uses + 1
-        # Nothing of the first program is left in the container: its cgroup holds its
-        # init alone (the daemon died with the job's pid namespace).
-        assert box.container.counters.pids() == 1
+        # Nothing of the first program is left in the container (the daemon died with
+        # the job's pid namespace): its cgroup holds its init and the next job's, made
+        # while the first ran and waiting for its program.
+        await aeventually(lambda: box.next is not None and box.next.done(), within=10,
+                          reason="the next job made")  # fmt: skip
+        assert box.container.counters.pids() == 2
         b = await _run_in(engine, runtime, LOOK)
         assert await _idle_box(engine, runtime) is box and box.uses == uses + 2
         assert (b.termination, b.exit_code) == ("exited", 0), b.stderr
@@ -158,6 +165,30 @@ async def test_a_stopped_job_costs_its_sandbox(runtime: str, sandbox: Sandbox) -
         after = await _run_in(engine, runtime, "print('next')")
         assert after.stdout == "next\n"
         assert await _idle_box(engine, runtime) is not box
+    finally:
+        assert await settled_leftovers(engine) == []
+
+
+async def test_a_next_job_that_died_waiting_is_never_given_a_program(sandbox: Sandbox) -> None:
+    """The next job's init, made ahead and killed from the host while it waits: the
+    next run notices, discards that sandbox and runs in another."""
+    engine = Sandbox(sandbox.settings.model_copy(update={"pool_size": 1}))
+    try:
+        await _run_in(engine, "crun", "pass")
+        box = await _idle_box(engine, "crun")
+        await aeventually(lambda: box.next is not None and box.next.done(), within=10,
+                          reason="the next job made")  # fmt: skip
+        job = box.next.result()
+        for hierarchy in ("memory/", ""):  # cgroup v1, v2
+            procs = Path(f"/sys/fs/cgroup/{hierarchy}{box.jobs.path}/{job.name}/cgroup.procs")
+            if procs.exists():
+                break
+        (pid,) = map(int, procs.read_text().split())
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.wait_for(job.ended.wait(), 10)
+        r = await _run_in(engine, "crun", "print('elsewhere')")
+        assert (r.termination, r.stdout) == ("exited", "elsewhere\n"), r
+        assert await _idle_box(engine, "crun") is not box
     finally:
         assert await settled_leftovers(engine) == []
 

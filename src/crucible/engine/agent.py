@@ -51,22 +51,13 @@ def exec_payload(user: str, cwd: str, flags: str, argv: list[str], env: dict[str
 
 
 def job_payload(
-    argv: list[str],
-    env: dict[str, str],
-    *,
-    nonce: str,
-    fsize: int,
-    tmpfs: str,
-    jobdir: str,
-    masked: list[str],
-    readonly: list[str],
+    *, nonce: str, tmpfs: str, jobdir: str, masked: list[str], readonly: list[str]
 ) -> bytes:
-    """The payload of a reused one-shot sandbox's job (init.c's flag 'j', run_job):
-    the exec's fields, then the job's own."""
-    fields = [nonce, str(fsize), tmpfs, jobdir, str(len(masked)), *masked]
-    fields += [str(len(readonly)), *readonly]
+    """The payload of a reused one-shot sandbox's job (init.c's flag 'j', job_main): an
+    exec's fields (its program comes later, on the job's stdin), then the job's own."""
+    fields = [nonce, tmpfs, jobdir, str(len(masked)), *masked, str(len(readonly)), *readonly]
     rest = b"".join(f.encode("utf-8", "surrogateescape") + b"\0" for f in fields)
-    return exec_payload("", "/", "j", argv, env) + rest
+    return exec_payload("", "/", "j", ["job"], {}) + rest
 
 
 class Agent:

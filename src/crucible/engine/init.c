@@ -701,16 +701,19 @@ static int session_mode(void) {
  * their owners), then releases it with one byte on its stdin. The job's init mounts
  * a fresh /proc with the masks, fresh tmpfs at /tmp and /dev/shm, binds the job's
  * directory (made by the engine under the workspace) over /workspace, brings the
- * loopback up, empties its bounding set, and runs the program as job mode does
- * (run_program: seccomp, the status trailer). The program execs as uid 65534, so it
+ * loopback up, empties its bounding set, and waits: all this is done while the
+ * sandbox's previous job runs. The run then sends the program on the same stdin, as
+ * job mode takes it (read_job), and it runs as in job mode (run_program: seccomp, the
+ * status trailer). The program execs as uid 65534, so it
  * keeps no capability even in its own namespace, and no_new_privs and nosuid mounts
  * give it none; the seccomp profile refuses it new namespaces. The job ends with its
  * init: the kernel kills what is left in its pid namespace, the mounts go with it.
  *
- * Fields after the exec's env: NONCE, RLIMIT_FSIZE, TMPFS (mount options of /tmp and
- * /dev/shm), JOBDIR, then a count and the masked paths, then a count and the
- * read-only paths. Any step that fails ends the job with 125 before the program runs
- * (fail closed: the engine then discards the sandbox). */
+ * Fields after the exec's env (argv and env are unused: the program comes later, on
+ * stdin, as in job mode): NONCE, TMPFS (mount options of /tmp and /dev/shm), JOBDIR,
+ * then a count and the masked paths, then a count and the read-only paths. Any step
+ * that fails ends the job with 125 before the program runs (fail closed: the engine
+ * then discards the sandbox). */
 #include <net/if.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -773,11 +776,13 @@ static int job_mounts(const char *tmpfs, const char *jobdir, char **masked, long
 }
 
 /* The job's init (cloned by the agent, stdio already the job's): released by the
- * engine, its mounts, its loopback, then the program. */
-static int job_main(char **program, char *payload, size_t len, size_t pos) {
-    char *nonce = next_field(payload, len, &pos), *fsize = next_field(payload, len, &pos);
-    char *tmpfs = next_field(payload, len, &pos), *jobdir = next_field(payload, len, &pos);
-    char *f = next_field(payload, len, &pos);
+ * engine, its mounts, its loopback; then it waits for its program. It is made ahead
+ * of the run (while the sandbox's previous job runs): a process's move into a cgroup
+ * waits for an RCU grace period, 10-15 ms on an idle host, which must not be paid by
+ * the run. */
+static int job_main(char *payload, size_t len, size_t pos) {
+    char *nonce = next_field(payload, len, &pos), *tmpfs = next_field(payload, len, &pos);
+    char *jobdir = next_field(payload, len, &pos), *f = next_field(payload, len, &pos);
     long nmasked = 0, nreadonly = 0;
     char *masked[64], *readonly[64];
     if (f == NULL || parse_count(f, 64, &nmasked) != 0) {
@@ -797,7 +802,7 @@ static int job_main(char **program, char *payload, size_t len, size_t pos) {
             return 125;
         }
     }
-    if (nonce == NULL || fsize == NULL || tmpfs == NULL || jobdir == NULL) {
+    if (nonce == NULL || tmpfs == NULL || jobdir == NULL) {
         return 125;
     }
     /* Released by one byte on stdin once the engine has moved this process into the
@@ -806,7 +811,6 @@ static int job_main(char **program, char *payload, size_t len, size_t pos) {
     if (read_full(STDIN_FILENO, &go, 1) != 0 || go != 'g') {
         return 125;
     }
-    lower_limit(RLIMIT_FSIZE, fsize);
     int failed = job_mounts(tmpfs, jobdir, masked, nmasked, readonly, nreadonly);
     if (failed != 0) {
         return failed;
@@ -831,6 +835,12 @@ static int job_main(char **program, char *payload, size_t len, size_t pos) {
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0) {
             return job_fail("cannot drop from the bounding set", "a capability");
         }
+    }
+    /* The program comes as in job mode (read_job: argv, env, rlimits), then its stdin;
+     * EOF first: the sandbox was discarded with this job unused. */
+    char **program = read_job();
+    if (program == NULL) {
+        return 0;
     }
     return run_program(program, nonce);
 }
@@ -969,7 +979,7 @@ static void start_exec(uint64_t id, char *payload, size_t len, int fds[3], const
         close_from(3);
         setsid(); /* kill(0, ...) in the exec reaches its own tree, not the agent's group */
         environ = env;
-        _exit(job ? job_main(argv, payload, len, pos) : run_wrapper(user, cwd, flags, argv));
+        _exit(job ? job_main(payload, len, pos) : run_wrapper(user, cwd, flags, argv));
     }
     if (pid < 0) {
         const char *why = ok ? strerror(errno) : "malformed request";

@@ -30,7 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from crucible.core.config import Settings, get_settings
-from crucible.core.errors import InvalidSubmission, RuntimeFailure, SandboxUnavailable
+from crucible.core.errors import (
+    InvalidSubmission,
+    RuntimeFailure,
+    SandboxStopped,
+    SandboxUnavailable,
+)
 from crucible.core.files import write_atomic
 from crucible.engine import accounting, agent, overlay, reaper, runtime, spec, workspace
 from crucible.engine.container import Container, WritePipeState, job_header
@@ -294,10 +299,10 @@ class Sandbox:
                 environment.path if environment else None,
                 reuse=self._reusable(rt.name, environment, compiled=lang.compile is not None),
             )  # fmt: skip
-            box = self._pool.take(shape, refill=False) or await self._make(shape)
+            box, job = await self._take(shape)
             recycle = False
             try:
-                ws = box.ws if box.channel is None else box.next_job()
+                ws = box.ws if job is None else box.ws / job.name
                 workspace.write_files(ws, files)
                 entry = request.entrypoint or lang.file_name
                 env = {**_base_env(environment), **lang.env}
@@ -309,10 +314,10 @@ class Sandbox:
                 argv = [a.replace("{entrypoint}", entry) for a in lang.run] + list(request.args)
                 step = _Step(argv, env, request.stdin.encode("utf-8", "surrogateescape"), limits)
                 assert box.container is not None
-                if box.channel is None:
+                if job is None:
                     phase = await self._step(box.container, box.nonce, step, on_output, cancel)
                 else:
-                    phase = await self._job(box, step, on_output, cancel)
+                    phase = await self._job(box, job, step, on_output, cancel)
                 produced = workspace.list_files(
                     ws, exclude={f.path for f in listed}, max_files=self.settings.max_files
                 )
@@ -321,13 +326,35 @@ class Sandbox:
                         produced, ws, files_dir, max_bytes=self.settings.max_file_bytes
                     )
                 verdict = _verdict(rt, phase, limits)
-                recycle = _ended_cleanly(box, phase, verdict, limits, self.settings.sandbox_reuse)
+                recycle = job is not None and _ended_cleanly(
+                    box, phase, verdict, limits, self.settings.sandbox_reuse
+                )
                 return _result(verdict, phase, produced, info, limits)
             finally:
-                if not (recycle and self._recycle(box, shape)):
+                if not (recycle and job is not None and self._recycle(box, job, shape)):
                     self._background(self._refill_later(shape))
                     # The next run need not wait for this one's tear-down.
                     self._background(self._discard(box))
+
+    async def _take(self, shape: _Shape) -> tuple[_Box, _Job | None]:
+        """A ready sandbox of ``shape``, warm from the pool or made now, and its next
+        job when it runs jobs. A sandbox whose next job could not be made (its init
+        died, or the host refused) is discarded for another; after three, a sandbox
+        used once."""
+        for _ in range(3):
+            box = self._pool.take(shape, refill=False) or await self._make(shape)
+            if box.channel is None:
+                return box, None
+            try:
+                job = await box.take_job()
+                if not job.ended.is_set():
+                    return box, job
+                job.close()
+                log.warning("the next job of sandbox %s ended before its run", box.run_id)
+            except (OSError, SandboxStopped, TimeoutError) as exc:
+                log.warning("sandbox %s cannot make its next job: %s", box.run_id, exc)
+            self._background(self._discard(box))
+        return await self._make(dataclasses.replace(shape, reuse=False)), None
 
     def _reusable(
         self, runtime_name: RuntimeName, environment: EnvironmentRoot | None, *, compiled: bool
@@ -344,11 +371,12 @@ class Sandbox:
             and not compiled
         )
 
-    def _recycle(self, box: _Box, shape: _Shape) -> bool:
-        """Clear what the job left on the host and put the sandbox back for the next
-        run of its shape; False if something of the job would not go, or the pool has
-        no room for it (the caller discards it)."""
-        return _clear_job(box) and _usable(box) and self._pool.give_back(shape, box)
+    def _recycle(self, box: _Box, job: _Job, shape: _Shape) -> bool:
+        """Clear what ``job`` left on the host and put the sandbox back for the next run
+        of its shape (its next job is being made already, see ``_job``); False if
+        something of the job would not go, or the pool has no room for it (the caller
+        discards it)."""
+        return _clear_job(box, job) and _usable(box) and self._pool.give_back(shape, box)
 
     async def _refill_later(self, shape: _Shape) -> None:
         """Ask for the replacement of a warm sandbox a run took, once the service has
@@ -438,15 +466,20 @@ class Sandbox:
             limits = _shape_limits(shape).model_copy(
                 update={"timeout_s": 30, "cpu_s": 30, "output_bytes": 4096}
             )
-            box.next_job()
-            phase = await self._job(box, _Step(["true"], {"PATH": spec.PATH}, b"", limits),
-                                    None, asyncio.Event())  # fmt: skip
+            step = _Step(["true"], {"PATH": spec.PATH}, b"", limits)
+            try:
+                job = await box.take_job()
+                phase = await self._job(box, job, step, None, asyncio.Event())
+            except (OSError, SandboxStopped, TimeoutError) as exc:
+                log.warning("one-shot sandboxes are used once each on this host: %s", exc)
+                self._jobs_work = False
+                return False
             status = phase.collector.status
             works = status is not None and status.exit_code == 0
             if not works:
                 why = bytes(phase.collector.stderr).decode("utf-8", "replace").strip()
                 log.warning("one-shot sandboxes are used once each on this host: %s", why)
-            self._jobs_work = works and _clear_job(box)
+            self._jobs_work = works and _clear_job(box, job)
         return self._jobs_work
 
     async def _create_reusable(self, box: _Box, shape: _Shape) -> None:
@@ -464,6 +497,7 @@ class Sandbox:
         box.channel = box.container.channel
         box.jobs = accounting.JobCgroups(box.container.counters.path)
         box.jobs.adopt(box.container.pid)
+        box.prepare_next(limits, self.settings.runtime_timeout_s)
 
     async def _create(
         self,
@@ -510,6 +544,7 @@ class Sandbox:
         return container, nonce
 
     async def _discard(self, box: _Box) -> None:
+        box.drop_job()
         try:
             if box.container is not None:
                 await box.container.delete()
@@ -631,65 +666,47 @@ class Sandbox:
     async def _job(
         self,
         box: _Box,
+        job: _Job,
         step: _Step,
         on_output: OutputCallback | None,
         cancel: asyncio.Event,
     ) -> _Phase:
-        """Run ``step`` as the next job of the reused sandbox ``box``: in a cgroup of
-        its own (made here with the run's limits, so its counters are the job's
-        alone) and namespaces of its own (made by the wrapper the agent forks, see
-        init.c's run_job), over its own directory of the workspace."""
-        assert box.container is not None and box.channel is not None and box.jobs is not None
+        """Run ``step`` as ``job`` of the reused sandbox ``box``: the job's init was made
+        ahead (``_Box.prepare_next``), in a cgroup of its own with the run's limits and
+        namespaces of its own (init.c's job_main), over its own directory of the
+        workspace; it is sent the program (argv, env, rlimits, then stdin) and
+        supervised. The sandbox's next job is made while this one runs."""
+        assert box.container is not None
         limits = step.limits
-        name = box.job_name
-        counters = box.jobs.start(name, limits.memory_mb << 20, limits.pids)
-        nonce = secrets.token_hex(16)
-        payload = agent.job_payload(
-            step.argv, step.env, nonce=nonce, fsize=limits.disk_mb << 20,
-            tmpfs=f"mode=1777,uid=0,gid=0,size={limits.disk_mb}m",
-            jobdir=f"{spec.WORKSPACE}/{name}",
-            masked=spec.MASKED_PATHS, readonly=spec.READONLY_PATHS,
-        )  # fmt: skip
-        collector = OutputCollector(cap=limits.output_bytes, nonce=nonce, on_output=on_output)
-        in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        pumps = self._pumps(collector, out_r, err_r)
-        feeder: asyncio.WriteTransport | None = None
-        fed = WritePipeState()
+        header = job_header(step.argv, step.env, fsize=limits.disk_mb << 20)
+        collector = OutputCollector(cap=limits.output_bytes, nonce=job.nonce, on_output=on_output)
+        pumps = self._pumps(collector, job.out_r, job.err_r)
+        job.out_r = job.err_r = -1
+        loop = asyncio.get_running_loop()
+        pipe = os.fdopen(job.stdin, "wb", buffering=0)
+        job.stdin = -1
+        feeder, fed = await loop.connect_write_pipe(WritePipeState, pipe)
         try:
-            try:
-                run = await box.channel.start(payload, (in_r, out_w, err_w))
-            finally:
-                for fd in (in_r, out_w, err_w):
-                    os.close(fd)
-            ended = asyncio.Event()
-            run.on_end(ended.set)
-            async with asyncio.timeout(self.settings.runtime_timeout_s):
-                await run.started()
-            _map_ids(box.jobs.enter(name, box.container.pid))
-            loop = asyncio.get_running_loop()
-            pipe = os.fdopen(in_w, "wb", buffering=0)
-            in_w = -1
-            feeder, fed = await loop.connect_write_pipe(WritePipeState, pipe)
-            feeder.write(b"g" + step.stdin)  # the release (see run_job), then stdin
-            feeder.close()
+            feeder.write(header + step.stdin)
+            feeder.close()  # EOF once flushed
             started = time.monotonic()
-            reason = await self._supervise(limits, started, ended, counters, collector, cancel, 0)
+            if box.made < self.settings.sandbox_reuse:  # else the sandbox goes after this
+                box.prepare_next(limits, self.settings.runtime_timeout_s)
+            reason = await self._supervise(
+                limits, started, job.ended, job.counters, collector, cancel, 0
+            )
             if reason is not None:
-                await run.signal(signals.SIGUSR1)  # its init killed: the job's pid namespace
+                await job.run.signal(signals.SIGUSR1)  # its init killed: its pid namespace
                 try:
                     async with asyncio.timeout(_KILL_GRACE_S):
-                        await ended.wait()
+                        await job.ended.wait()
                 except TimeoutError:
                     await box.container.kill()  # the sandbox is not usable; _ended_cleanly
             wall_ms = int((time.monotonic() - started) * 1000)
             if not fed.lost:
                 feeder.abort()  # the program did not read all of its stdin
-            return await _conclude(collector, pumps, reason, wall_ms, counters, 0, limits)
+            return await _conclude(collector, pumps, reason, wall_ms, job.counters, 0, limits)
         finally:
-            if in_w != -1:
-                os.close(in_w)
             for task in pumps:
                 task.cancel()
 
@@ -782,15 +799,14 @@ def _map_ids(pid: int) -> None:
     accounting.write_text(f"/proc/{pid}/gid_map", _JOB_GID_MAP)
 
 
-def _clear_job(box: _Box) -> bool:
-    """Remove what the job just run left on the host (its directory, its cgroup) and
-    count it; False if something would not go. Only a flat directory of a few names
-    is cleared here (each unlinked by name: nothing is followed); a job that left a
-    tree costs its sandbox, whose tmpfs goes at once with it."""
+def _clear_job(box: _Box, job: _Job) -> bool:
+    """Remove what ``job`` left on the host (its directory, its cgroup) and count it;
+    False if something would not go. Only a flat directory of a few names is cleared
+    here (each unlinked by name: nothing is followed); a job that left a tree costs
+    its sandbox, whose tmpfs goes at once with it."""
     assert box.jobs is not None
-    name = box.job_name
     box.uses += 1
-    path = box.ws / name
+    path = box.ws / job.name
     try:
         with os.scandir(path) as it:
             entries = list(itertools.islice(it, _CLEAR_MAX + 1))
@@ -799,9 +815,9 @@ def _clear_job(box: _Box) -> bool:
         for entry in entries:
             os.unlink(entry.path)
         path.rmdir()
-        return box.jobs.remove(name)
+        return box.jobs.remove(job.name)
     except OSError as exc:
-        log.warning("cannot clear job %s of %s: %s", name, box.run_id, exc)
+        log.warning("cannot clear %s of %s: %s", job.name, box.run_id, exc)
         return False
 
 
@@ -859,22 +875,103 @@ class _Box:
     container: Container | None = None
     nonce: str = ""
     rootfs: Path | None = None  # the run's own overlay root in an environment
-    # A reused sandbox (Sandbox._job): the channel to its init, its jobs' cgroups, and
-    # how many jobs it has run (the current one's directory and cgroup are named so).
+    # A reused sandbox (Sandbox._job): the channel to its init, its jobs' cgroups, how
+    # many jobs it has run and made, and its next job (being made, or made).
     channel: agent.Agent | None = None
     jobs: accounting.JobCgroups | None = None
     uses: int = 0
+    made: int = 0
+    next: asyncio.Task[_Job] | None = None
 
-    @property
-    def job_name(self) -> str:
-        return f"job{self.uses}"
+    def prepare_next(self, limits: Limits, timeout_s: float) -> None:
+        """Start making the next job's init (``_make_job``) in the background."""
+        self.next = asyncio.ensure_future(_make_job(self, limits, timeout_s))
 
-    def next_job(self) -> Path:
-        """The host directory of the next job, made empty, owned by the sandbox user."""
-        path = self.ws / self.job_name
-        path.mkdir(mode=0o700)
-        os.chown(path, spec.SANDBOX_UID, spec.SANDBOX_GID)
-        return path
+    async def take_job(self) -> _Job:
+        """The next job, once made; raises what its making raised (the sandbox is then
+        unusable: the caller discards it)."""
+        assert self.next is not None
+        task, self.next = self.next, None
+        return await task
+
+    def drop_job(self) -> None:
+        """Forget a next job never taken (the sandbox is being discarded)."""
+        task, self.next = self.next, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        elif not task.cancelled() and task.exception() is None:
+            task.result().close()
+
+
+@dataclass
+class _Job:
+    """A job's init made ahead of its run, waiting for its program: its name (of its
+    directory and cgroup), counters, status nonce, agent exec, and the engine's ends
+    of its stdio."""
+
+    name: str
+    counters: accounting.CgroupCounters
+    nonce: str
+    run: agent.AgentExec
+    ended: asyncio.Event
+    stdin: int
+    out_r: int
+    err_r: int
+
+    def close(self) -> None:
+        for fd in (self.stdin, self.out_r, self.err_r):
+            if fd != -1:
+                os.close(fd)
+        self.stdin = self.out_r = self.err_r = -1
+
+
+async def _make_job(box: _Box, limits: Limits, timeout_s: float) -> _Job:
+    """The next job of ``box``: its directory and its cgroup (the shape's limits), its
+    init cloned by the agent into namespaces of its own, moved into the cgroup (in a
+    thread: the move waits for an RCU grace period, 10-15 ms on an idle host), its ids
+    mapped, released to make its mounts; it then waits for its program."""
+    assert box.channel is not None and box.jobs is not None and box.container is not None
+    name = f"job{box.made}"
+    box.made += 1
+    path = box.ws / name
+    path.mkdir(mode=0o700)
+    os.chown(path, spec.SANDBOX_UID, spec.SANDBOX_GID)
+    counters = box.jobs.start(name, limits.memory_mb << 20, limits.pids)
+    nonce = secrets.token_hex(16)
+    payload = agent.job_payload(
+        nonce=nonce,
+        tmpfs=f"mode=1777,uid=0,gid=0,size={limits.disk_mb}m",
+        jobdir=f"{spec.WORKSPACE}/{name}",
+        masked=spec.MASKED_PATHS,
+        readonly=spec.READONLY_PATHS,
+    )
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        run = await box.channel.start(payload, (in_r, out_w, err_w))
+    except BaseException:
+        for fd in (in_w, out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+    ended = asyncio.Event()
+    run.on_end(ended.set)
+    job = _Job(name, counters, nonce, run, ended, in_w, out_r, err_r)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await run.started()
+        pid = await asyncio.to_thread(box.jobs.enter, name, box.container.pid)
+        _map_ids(pid)
+        os.write(job.stdin, b"g")  # the release (see job_main)
+    except BaseException:
+        job.close()
+        raise
+    return job
 
 
 @dataclass(frozen=True)
