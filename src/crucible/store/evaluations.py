@@ -87,17 +87,15 @@ class Evaluations(Database):
     # -- submission -------------------------------------------------------------
 
     def queued_count(self) -> int:
-        with self.reading() as s:
-            q = select(func.count()).where(Evaluation.status == Status.queued)
-            return int(s.scalar(q) or 0)
+        """How many evaluations are queued (admission control, at every submission:
+        a prebuilt statement on a bare connection)."""
+        with self.engine.connect() as c:
+            return int(c.execute(_QUEUED).scalar() or 0)
 
     def owner_queued(self, owner_key_id: str) -> int:
         """How many of this key's evaluations are queued (the max_queued quota)."""
-        with self.reading() as s:
-            q = select(func.count()).where(
-                Evaluation.owner_key_id == owner_key_id, Evaluation.status == Status.queued
-            )
-            return int(s.scalar(q) or 0)
+        with self.engine.connect() as c:
+            return int(c.execute(_OWNER_QUEUED, {"owner": owner_key_id}).scalar() or 0)
 
     def environment_in_use(self, environment: str) -> int:
         """How many evaluations naming ``environment`` are queued or running."""
@@ -243,6 +241,11 @@ class Evaluations(Database):
             return {(st, te, la): int(n) for st, te, la, n in s.execute(q)}
 
 
+_EVALUATIONS = Evaluation.__table__.c
+_QUEUED = select(func.count()).where(_EVALUATIONS.status == Status.queued.value)
+_OWNER_QUEUED = select(func.count()).where(
+    _EVALUATIONS.owner_key_id == bindparam("owner"), _EVALUATIONS.status == Status.queued.value
+)
 _EVALUATION_BY_ID = select(Evaluation.__table__).where(Evaluation.__table__.c.id == bindparam("id"))
 _LABELS_OF_ONE = select(Label.__table__.c.key, Label.__table__.c.value).where(
     Label.__table__.c.evaluation_seq == bindparam("seq")
