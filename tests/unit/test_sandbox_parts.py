@@ -107,6 +107,63 @@ class TestAccounting:
         assert accounting.CgroupCounters("/gone", root=tmp_path).read() == accounting.Usage()
 
 
+class TestJobCgroups:
+    """The files a reused sandbox's job cgroups are made of, on both layouts (the
+    kernel's side: tests/security/test_reuse.py, on this host's layout). A plain
+    directory has none of the files the kernel makes in a cgroup: writes create them."""
+
+    @pytest.fixture(autouse=True)
+    def _plain_files(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(
+            accounting, "write_text", lambda path, text: Path(path).write_text(text)
+        )
+
+    def test_v1_limits_in_each_hierarchy_and_the_wrapper_moved(self, tmp_path: Path) -> None:
+        for c in ("memory", "cpuacct", "pids"):
+            (tmp_path / c / "p" / "box").mkdir(parents=True)
+        (tmp_path / "memory" / "p" / "box" / "cgroup.procs").write_text("10\n42\n")
+        jobs = accounting.JobCgroups("/p/box", root=tmp_path)
+        jobs.adopt(10)  # nothing to do on v1
+        counters = jobs.start("job0", 64 << 20, 32)
+        job = {c: tmp_path / c / "p" / "box" / "job0" for c in ("memory", "cpuacct", "pids")}
+        assert (job["memory"] / "memory.limit_in_bytes").read_text() == str(64 << 20)
+        assert (job["pids"] / "pids.max").read_text() == "32"
+        assert not (job["cpuacct"] / "pids.max").exists()
+        assert counters.path == "/p/box/job0"
+        assert jobs.enter("job0", 10) == 42
+        assert all((d / "cgroup.procs").read_text() == "42" for d in job.values())
+        for d in job.values():
+            for f in d.iterdir():
+                f.unlink()
+        assert jobs.remove("job0") and not any(d.exists() for d in job.values())
+
+    def test_v2_init_in_a_leaf_controllers_to_children(self, tmp_path: Path) -> None:
+        (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+        box = tmp_path / "p" / "box"
+        box.mkdir(parents=True)
+        jobs = accounting.JobCgroups("/p/box", root=tmp_path)
+        jobs.adopt(10)
+        assert (box / "init" / "cgroup.procs").read_text() == "10"
+        assert (box / "cgroup.subtree_control").read_text() == "+memory +pids"
+        jobs.start("job0", 1 << 20, 8)
+        assert (box / "job0" / "memory.max").read_text() == str(1 << 20)
+        assert (box / "job0" / "memory.swap.max").read_text() == "0"
+        assert (box / "job0" / "pids.max").read_text() == "8"
+        (box / "init" / "cgroup.procs").write_text("10\n77\n")
+        assert jobs.enter("job0", 10) == 77
+
+    def test_entering_refuses_anything_but_one_process(self, tmp_path: Path) -> None:
+        (tmp_path / "cgroup.controllers").write_text("memory pids\n")
+        (tmp_path / "b").mkdir()
+        jobs = accounting.JobCgroups("/b", root=tmp_path)
+        jobs.adopt(1)
+        jobs.start("job0", 1 << 20, 8)
+        for procs in ("1\n", "1\n5\n6\n"):
+            (tmp_path / "b" / "init" / "cgroup.procs").write_text(procs)
+            with pytest.raises(OSError, match="expected the job's init"):
+                jobs.enter("job0", 1)
+
+
 class TestSpec:
     def config(self, tmp_path: Path, gvisor: bool = False) -> dict:  # type: ignore[type-arg]
         limits = resolve_limits({"memory_mb": 128, "pids": 32, "cpus": 1.5}, Settings())
