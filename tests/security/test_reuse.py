@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from crucible.engine import Result, Sandbox
+from crucible.engine import sandbox as sandbox_module
 from support.polling import aeventually
 from support.sandbox_fixtures import run_code, settled_leftovers
 
@@ -217,6 +218,28 @@ async def test_reuse_off_gives_every_program_a_fresh_container(sandbox: Sandbox)
             assert r.stdout == "cold\n"
         box = await _idle_box(engine, "crun")
         assert box.channel is None and box.uses == 0
+    finally:
+        assert await settled_leftovers(engine) == []
+
+
+async def test_a_host_that_refuses_the_jobs_gets_a_container_per_program(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the jobs cannot be made (here: their id maps refused, as a host that forbids
+    unprivileged user namespaces would), the engine learns it from its first job, a
+    `true`, and runs every program in a container of its own; none fails."""
+
+    def refuse(pid: int) -> None:
+        raise PermissionError(1, "Operation not permitted", f"/proc/{pid}/uid_map")
+
+    monkeypatch.setattr(sandbox_module, "_map_ids", refuse)
+    engine = Sandbox(sandbox.settings.model_copy(update={"pool_size": 1}))
+    try:
+        for _ in range(2):
+            r = await _run_in(engine, "crun", "print('fresh')")
+            assert (r.termination, r.stdout) == ("exited", "fresh\n"), r
+        box = await _idle_box(engine, "crun")
+        assert box.channel is None
     finally:
         assert await settled_leftovers(engine) == []
 
