@@ -235,11 +235,14 @@ async def test_a_host_that_refuses_the_jobs_gets_a_container_per_program(
     monkeypatch.setattr(sandbox_module, "_map_ids", refuse)
     engine = Sandbox(sandbox.settings.model_copy(update={"pool_size": 1}))
     try:
-        for _ in range(2):
+        for _ in range(3):
             r = await _run_in(engine, "crun", "print('fresh')")
             assert (r.termination, r.stdout) == ("exited", "fresh\n"), r
-        box = await _idle_box(engine, "crun")
-        assert box.channel is None
+        await aeventually(lambda: engine.quiet, within=10, reason="the refills made")
+        idle = [b for k, v in engine.pool.idle().items() if k.runtime == "crun" for b in v]  # type: ignore[attr-defined]
+        assert idle and all(b.channel is None for b in idle), idle
+        kept = {k: v for k, v in engine.pool.idle().items() if v}
+        assert all(not k.reuse for k in kept), kept  # type: ignore[attr-defined]
     finally:
         assert await settled_leftovers(engine) == []
 

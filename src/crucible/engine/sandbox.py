@@ -385,6 +385,10 @@ class Sandbox:
         CPU. One ?wait request at a time, interleaved with the earlier code: p50
         32.4 → 28.0 ms, p90 39.9 → 34.4 ms (bench/README)."""
         await asyncio.sleep(_REFILL_DELAY_S)
+        if shape.reuse and self._jobs_work is False:
+            # The run was shaped before this engine learnt that the host refuses the
+            # jobs: refill the shape its next request will ask for, not a stale one.
+            shape = dataclasses.replace(shape, reuse=False)
         self._pool.fill(shape, 1)
 
     async def _compile(
