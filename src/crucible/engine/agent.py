@@ -71,7 +71,7 @@ class Agent:
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[AgentExit]] = {}
-        self._starting: dict[int, asyncio.Future[None]] = {}  # jobs: until forked
+        self._starting: dict[int, asyncio.Future[None]] = {}  # jobs: until cloned
         self._send_lock = asyncio.Lock()  # one frame at a time on the stream
         self._buffer = bytearray()
         self.closed = False
@@ -142,7 +142,7 @@ class Agent:
     async def start(self, payload: bytes, stdio: tuple[int, int, int]) -> AgentExec:
         """Send one exec (``exec_payload`` or ``job_payload``) with its stdin, stdout
         and stderr. The caller closes its copies of ``stdio`` afterwards: the agent
-        has its own. A job's ``started`` resolves once its wrapper is forked."""
+        has its own. A job's ``started`` resolves once its init is cloned."""
         exec_id = next(self._ids)
         future: asyncio.Future[AgentExit] = self._loop.create_future()
         started: asyncio.Future[None] = self._loop.create_future()
@@ -210,7 +210,7 @@ class AgentExec:
         return await asyncio.shield(self._future)
 
     async def started(self) -> None:
-        """Until a job's wrapper is forked (only jobs are told: see ``start``).
+        """Until a job's init is cloned (only jobs are told: see ``start``).
         Raises ``SandboxStopped`` if it ended, or the sandbox's init did, first."""
         await asyncio.shield(self._started)
 

@@ -447,15 +447,15 @@ class Sandbox:
             workspace.mount_tmpfs(box.ws, shape.disk_mb)
             if shape.root is not None:
                 box.rootfs = overlay.mount_run_root(bundle, shape.root, shape.disk_mb)
-            if shape.reuse:
-                await self._create_reusable(box, shape)
-            if shape.reuse and not await self._jobs_supported(box, shape):
-                await self._discard(box)
-                return await self._make(dataclasses.replace(shape, reuse=False))
             if not shape.reuse:
                 box.container, box.nonce = await self._create(
                     box, "r", _shape_limits(shape), shape.runtime
                 )
+            else:
+                await self._create_reusable(box, shape)
+                if not await self._jobs_supported(box, shape):
+                    await self._discard(box)
+                    return await self._make(dataclasses.replace(shape, reuse=False))
         except BaseException:
             await self._discard(box)
             raise
@@ -835,16 +835,14 @@ def _usable(box: _Box) -> bool:
 def _ended_cleanly(
     box: _Box, phase: _Phase, verdict: Termination, limits: Limits, reuse: int
 ) -> bool:
-    """A reused sandbox may take another job: this one ran to its own end (not
-    stopped, no memory verdict, its status reported) and the sandbox has jobs left."""
+    """A reused sandbox may take another job: this one ran to its own end (``exited``:
+    not stopped, its status reported), nowhere near its memory limit, and the sandbox
+    has jobs left (``_recycle`` checks that it is still alive)."""
     return (
         box.channel is not None
         and box.uses + 1 < reuse
-        and phase.reason is None
         and verdict is Termination.exited
-        and phase.collector.status is not None
         and not accounting.at_memory_limit(phase.usage, limits.memory_mb << 20)
-        and _usable(box)
     )
 
 
