@@ -324,3 +324,17 @@ def test_the_counters_migration_backfills_from_the_rows(store: Store) -> None:
     with store.transaction() as s:  # and a drifted row is caught by the comparison
         s.execute(update(Batch).where(Batch.id == "bt_b").values(n_queued=0))
     assert store.batch_counts("bt_b") != truth
+
+
+def test_the_migrations_build_the_schema_the_models_declare(store: Store) -> None:
+    """Every table, column and index of ``crucible.store.tables`` is what the
+    migrations made (a model changed without its migration would pass every other
+    test on a fresh database and fail on an upgraded one)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from crucible.store.tables import Base
+
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []

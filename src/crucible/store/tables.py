@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -299,8 +300,9 @@ class Sandbox(Base):
     owner_key_id: Mapped[str | None] = mapped_column(String(32))
     runtime: Mapped[str] = mapped_column(String(16))
     limits: Mapped[dict[str, Any]] = mapped_column(JSON)
-    ttl_s: Mapped[float]
-    idle_timeout_s: Mapped[float]
+    # Float, as migration 0005 made them (a bare Mapped[float] is a Double).
+    ttl_s: Mapped[float] = mapped_column(Float)
+    idle_timeout_s: Mapped[float] = mapped_column(Float)
     labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16))  # running | stopped | lost
     # deleted | ttl | idle_timeout | crashed | lost | shutdown
