@@ -261,8 +261,12 @@ def with_labels(s: Session, evaluation_id: str) -> tuple[Evaluation, dict[str, s
     row = c.execute(_EVALUATION_BY_ID, {"id": evaluation_id}).one_or_none()
     if row is None:
         raise NotFound(f"no evaluation {evaluation_id!r}")
-    labels = {key: value for key, value in c.execute(_LABELS_OF_ONE, {"seq": row.seq})}
-    return Evaluation(**row._mapping), labels
+    return Evaluation(**row._mapping), labels_of(s, row.seq)
+
+
+def labels_of(s: Session, seq: int) -> dict[str, str]:
+    """One evaluation's labels (by its ``seq``), read in ``s``'s transaction."""
+    return {key: value for key, value in s.connection().execute(_LABELS_OF_ONE, {"seq": seq})}
 
 
 def _labels(s: Session, seqs: Sequence[int]) -> dict[int, dict[str, str]]:

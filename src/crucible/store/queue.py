@@ -11,18 +11,19 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import String, bindparam, cast, func, insert, null, or_, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session, aliased
 
 from crucible.core.errors import NotFound
 from crucible.core.lifecycle import TERMINAL, Priority, Status, check_transition
 from crucible.store.db import Database, now
-from crucible.store.evaluations import with_labels
+from crucible.store.evaluations import RECORD_COLUMNS, labels_of
 from crucible.store.tables import ApiKey, Attempt, DeadLetter, Evaluation, OwnerTurn
 from crucible.store.tallies import tally
 
@@ -32,10 +33,29 @@ def _owner(key_id: Any) -> Any:
     return func.coalesce(key_id, "")
 
 
-def _due(at: Any = None) -> Any:
+def _due(at: Any = None, of: Any = Evaluation) -> Any:
     """Not waiting out a retry's back-off (at ``at``, a bound parameter or now)."""
-    return or_(
-        Evaluation.not_before.is_(None), Evaluation.not_before <= (now() if at is None else at)
+    return or_(of.not_before.is_(None), of.not_before <= (now() if at is None else at))
+
+
+def _oldest(keyless: bool) -> Any:
+    """The oldest due queued evaluation of one owner (``c_owner``; ``keyless``: of
+    those without a key) at one priority (``c_priority``), for a claim's UPDATE."""
+    owner = Evaluation.owner_key_id
+    return (
+        select(Evaluation.seq)
+        .where(
+            Evaluation.status == Status.queued,
+            owner.is_(None) if keyless else owner == bindparam("c_owner"),
+            Evaluation.priority == bindparam("c_priority"),
+            _due(bindparam("c_now")),
+        )
+        .order_by(Evaluation.seq)
+        .limit(1)
+        # PostgreSQL: concurrent claimers skip each other's row instead of queueing
+        # behind it. SQLite serialises writers (BEGIN IMMEDIATE).
+        .with_for_update(skip_locked=True, of=Evaluation)
+        .scalar_subquery()
     )
 
 
@@ -62,6 +82,10 @@ _END_ATTEMPT = (
     )
 )
 
+
+# What the finishing UPDATE returns: the public record's columns (the executor
+# publishes it) and the verdict; returned, not read again by a SELECT.
+_FINISHED_COLUMNS = (*RECORD_COLUMNS, Evaluation.verdict)
 
 _OPEN_ATTEMPT = insert(Attempt).values(
     evaluation_id=bindparam("a_id"),
@@ -143,16 +167,48 @@ class Queue(Database):
         then the owner served least recently (with one slot freed at a time every
         owner has 0 running, and the oldest batch would otherwise win every turn),
         then oldest. An owner at its max_running quota (per key, else
-        ``default_max_running``; 0 is unlimited) is skipped."""
-        return self._claim(self._claim_stmt("next"), worker_id, {})
+        ``default_max_running``; 0 is unlimited) is skipped.
+
+        In two steps, each a few index probes per owner with queued work, whatever
+        the queue's length: pick the owner and priority (:meth:`_pick_stmt`), then
+        take that owner's oldest at that priority, skipping rows other claimers hold
+        locked (PostgreSQL). When they hold all of them, the pick is tried again,
+        then the whole queue is ordered in one statement (:meth:`_next`), which sorts
+        every queued row but cannot miss a runnable one."""
+        check_transition(Status.queued, Status.running)
+        with self.transaction() as s:
+            conn = s.connection()  # SQLite: BEGIN IMMEDIATE; the clock is read after it
+            started = now()
+            params = {"c_now": started, "c_worker": worker_id}
+            row = None
+            for _ in range(2):
+                pick = conn.execute(self._pick_stmt(), params).one_or_none()
+                if pick is None:
+                    return None
+                owner, priority = pick
+                take = self._claim_stmt("keyless" if owner is None else "owner")
+                got = {**params, "c_owner": owner, "c_priority": priority}
+                row = conn.execute(take, got).one_or_none()
+                if row is not None:
+                    break
+            else:
+                row = conn.execute(self._claim_stmt("next"), params).one_or_none()
+            return self._claimed(s, row, worker_id, started)
 
     def _claim_stmt(self, which: str) -> Any:
-        """The claim's UPDATE … RETURNING, of one evaluation (``c_id``) or of the fair
-        next one; built once per ``default_max_running`` (tests change it)."""
+        """The claim's UPDATE … RETURNING of one evaluation: by id (``c_id``), the
+        oldest of an owner (``c_owner``, or ``keyless``) at a priority
+        (``c_priority``), or the fair next one of the whole queue (``next``); built
+        once per ``default_max_running`` (tests change it)."""
         key = (which, self.default_max_running)
         cache: dict[Any, Any] = self.__dict__.setdefault("_claim_cache", {})
         if key not in cache:
-            picked = Evaluation.id == bindparam("c_id") if which == "id" else self._next()
+            if which == "id":
+                picked = Evaluation.id == bindparam("c_id")
+            elif which == "next":
+                picked = self._next()
+            else:
+                picked = Evaluation.seq == _oldest(which == "keyless")
             cache[key] = (
                 update(Evaluation)
                 .where(picked, Evaluation.status == Status.queued, _due(bindparam("c_now")))
@@ -173,6 +229,81 @@ class Queue(Database):
             )
         return cache[key]
 
+    def _pick_stmt(self) -> Any:
+        """(owner, priority) of the fair next evaluation, or no row; built once per
+        ``default_max_running``.
+
+        The owners with queued work are found by skipping along the queue's index
+        (status, owner, priority, seq): a recursive CTE asks for the smallest owner
+        above the last one found, an index probe each, instead of reading every
+        queued row (evaluations without a key, whose owner is NULL, are one more
+        candidate). Each owner's head (lowest priority rank, then seq, among its due
+        queued rows) and running count are probes too; the candidates are ordered as
+        :meth:`claim_next` says."""
+        key = ("pick", self.default_max_running)
+        cache: dict[Any, Any] = self.__dict__.setdefault("_claim_cache", {})
+        if key in cache:
+            return cache[key]
+        skip = aliased(Evaluation, name="skip")
+        owners = (
+            select(func.min(Evaluation.owner_key_id).label("o"))
+            .where(Evaluation.status == Status.queued)
+            .cte("owners", recursive=True)
+        )
+        found = owners.alias("found")
+        after = (
+            select(func.min(skip.owner_key_id))
+            .where(skip.status == Status.queued, skip.owner_key_id > found.c.o)
+            .scalar_subquery()
+        )
+        owners = owners.union_all(select(after).where(found.c.o.is_not(None)))
+
+        def head(of: Any, match: Any) -> Any:
+            return (
+                select(of.seq)
+                .where(of.status == Status.queued, match, _due(bindparam("c_now"), of))
+                .order_by(of.priority, of.seq)
+                .limit(1)
+                .scalar_subquery()
+            )
+
+        def running(of: Any, match: Any) -> Any:
+            return (
+                select(func.count())
+                .select_from(of)
+                .where(of.status == Status.running, match)
+                .scalar_subquery()
+            )
+
+        h, r = aliased(Evaluation, name="h"), aliased(Evaluation, name="r")
+        named = select(
+            owners.c.o.label("owner"),
+            head(h, h.owner_key_id == owners.c.o).label("head"),
+            running(r, r.owner_key_id == owners.c.o).label("n"),
+        ).where(owners.c.o.is_not(None))
+        keyless = select(
+            cast(null(), String(32)).label("owner"),
+            head(h, h.owner_key_id.is_(None)).label("head"),
+            running(r, r.owner_key_id.is_(None)).label("n"),
+        )
+        cand = union_all(named, keyless).subquery("candidates")
+        cap = func.coalesce(ApiKey.max_running, self.default_max_running)
+        cache[key] = (
+            select(cand.c.owner, Evaluation.priority)
+            .join_from(cand, Evaluation, Evaluation.seq == cand.c.head)
+            .outerjoin(ApiKey, ApiKey.id == cand.c.owner)
+            .outerjoin(OwnerTurn, OwnerTurn.owner == _owner(cand.c.owner))
+            .where(or_(cap <= 0, cand.c.n < cap))
+            .order_by(
+                cand.c.n,
+                Evaluation.priority,
+                OwnerTurn.served_at.asc().nulls_first(),
+                Evaluation.seq,
+            )
+            .limit(1)
+        )
+        return cache[key]
+
     def _next(self) -> Any:
         running = (
             select(Evaluation.owner_key_id.label("owner"), func.count().label("n"))
@@ -184,7 +315,7 @@ class Queue(Database):
         cap = func.coalesce(ApiKey.max_running, self.default_max_running)
         nxt = (
             select(Evaluation.seq)
-            .outerjoin(running, running.c.owner == Evaluation.owner_key_id)
+            .outerjoin(running, running.c.owner.is_not_distinct_from(Evaluation.owner_key_id))
             .outerjoin(ApiKey, ApiKey.id == Evaluation.owner_key_id)
             .outerjoin(OwnerTurn, OwnerTurn.owner == _owner(Evaluation.owner_key_id))
             .where(
@@ -219,14 +350,22 @@ class Queue(Database):
             row = conn.execute(
                 stmt, {**params, "c_now": started, "c_worker": worker_id}
             ).one_or_none()
-            if row is None:
-                return None
-            tally(s, row[4], source=Status.queued, target=Status.running)
-            conn.execute(
-                _OPEN_ATTEMPT,
-                {"a_id": row[0], "a_attempt": row[1], "a_worker": worker_id, "a_at": started},
-            )
-            conn.execute(self._turn_stmt(), {"t_owner": row[3] or "", "t_at": started})
+            return self._claimed(s, row, worker_id, started)
+
+    def _claimed(
+        self, s: Session, row: Any, worker_id: str | None, started: datetime
+    ) -> Claim | None:
+        """The claim of ``row`` (what the claim's UPDATE returned), with its attempt
+        opened, its batch's counters and its owner's turn; None without a row."""
+        if row is None:
+            return None
+        tally(s, row[4], source=Status.queued, target=Status.running)
+        conn = s.connection()
+        conn.execute(
+            _OPEN_ATTEMPT,
+            {"a_id": row[0], "a_attempt": row[1], "a_worker": worker_id, "a_at": started},
+        )
+        conn.execute(self._turn_stmt(), {"t_owner": row[3] or "", "t_at": started})
         return Claim(row[0], row[1], row[2])
 
     def _turn_stmt(self) -> Any:
@@ -257,8 +396,23 @@ class Queue(Database):
 
         With ``attempt``, only for that claim (the fence). Returns whether it moved.
         """
+        return self._moved(s, evaluation_id, source, target, values, attempt=attempt) is not None
+
+    def _moved(
+        self,
+        s: Session,
+        evaluation_id: str,
+        source: Status,
+        target: Status,
+        values: dict[str, Any],
+        *,
+        attempt: int | None = None,
+        returning: tuple[Any, ...] = (),
+    ) -> Row[Any] | None:
+        """:meth:`_move`, returning the moved row's ``batch_id`` and ``returning``
+        columns (None when nothing moved)."""
         check_transition(source, target)
-        key = (source, target, tuple(values), attempt is not None)
+        key = (source, target, tuple(values), attempt is not None, returning)
         cache: dict[Any, Any] = self.__dict__.setdefault("_move_cache", {})
         stmt = cache.get(key)
         if stmt is None:
@@ -266,7 +420,7 @@ class Queue(Database):
                 update(Evaluation)
                 .where(Evaluation.id == bindparam("m_id"), Evaluation.status == source.value)
                 .values(status=target.value, **{k: bindparam(f"m_{k}") for k in values})
-                .returning(Evaluation.batch_id)
+                .returning(Evaluation.batch_id, *returning)
             )
             if attempt is not None:
                 stmt = stmt.where(Evaluation.attempts == bindparam("m_attempt"))
@@ -277,7 +431,7 @@ class Queue(Database):
             params["m_attempt"] = attempt
         moved = s.connection().execute(stmt, params).one_or_none()
         if moved is None:
-            return False
+            return None
         tally(
             s,
             moved[0],
@@ -286,7 +440,7 @@ class Queue(Database):
             termination=values.get("termination"),
             verdict=values.get("verdict"),
         )
-        return True
+        return moved
 
     def finish(
         self,
@@ -316,8 +470,9 @@ class Queue(Database):
         verdict: str | None = None,
         blobs: dict[str, Any] | None = None,
         error: str | None = None,
-    ) -> tuple[Evaluation, dict[str, str]] | None:
-        """:meth:`finish`, and the finished evaluation with its labels read in the same
+    ) -> tuple[Row[Any], dict[str, str]] | None:
+        """:meth:`finish`, and the finished evaluation (its RECORD_COLUMNS and verdict,
+        returned by the finishing UPDATE itself) with its labels, read in the same
         transaction (the executor publishes it); None when the claim is stale."""
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a final status")
@@ -330,12 +485,16 @@ class Queue(Database):
             "error": error,
         }
         with self.transaction() as s:
-            if not self._move(s, claim.id, Status.running, status, values, attempt=claim.attempt):
+            row = self._moved(
+                s, claim.id, Status.running, status, values,
+                attempt=claim.attempt, returning=_FINISHED_COLUMNS,
+            )  # fmt: skip
+            if row is None:
                 return None
             end_attempt(s, claim, status.value, error)
             if status is Status.error:
                 dead_letter(s, claim.id, error or "error")
-            return with_labels(s, claim.id)
+            return row, labels_of(s, row.seq)
 
     def requeue(self, claim: Claim, error: str, *, delay_s: float = 0.0) -> bool:
         """Put ``claim``'s evaluation back in the queue after a platform fault; it is

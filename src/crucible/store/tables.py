@@ -87,8 +87,10 @@ class Batch(Base):
 class Evaluation(Base):
     __tablename__ = "evaluations"
     __table_args__ = (
-        # The queue: next to claim is the lowest (priority, seq) among queued.
-        Index("ix_evaluations_queue", "status", "priority", "seq"),
+        # The queue: each owner's next to claim is its lowest (priority, seq) among
+        # queued, and the owners with queued work are found by skipping along it
+        # (crucible.store.queue: a claim costs a few index probes per owner).
+        Index("ix_evaluations_owner_queue", "status", "owner_key_id", "priority", "seq"),
         # The list, newest first, by each filter: an equality on the column, then
         # ``seq`` descending, is a range of the index read backwards (LIMIT 51 rows),
         # on both backends; a lone-column index would make PostgreSQL sort every match.
