@@ -169,23 +169,27 @@ class Queue(Database):
         then oldest. An owner at its max_running quota (per key, else
         ``default_max_running``; 0 is unlimited) is skipped.
 
-        In two steps, each a few index probes per owner with queued work, whatever
-        the queue's length: pick the owner and priority (:meth:`_pick_stmt`), then
-        take that owner's oldest at that priority, skipping rows other claimers hold
-        locked (PostgreSQL). When they hold all of them, the pick is tried again,
-        then the whole queue is ordered in one statement (:meth:`_next`), which sorts
-        every queued row but cannot miss a runnable one."""
+        A few index probes per owner with queued work, whatever the queue's length
+        (:meth:`_pick_stmt`). SQLite, one writer at a time, takes the head it picks
+        in the same UPDATE. PostgreSQL picks the owner and priority, then takes that
+        owner's oldest at that priority, skipping rows other claimers hold locked;
+        when they hold all of them, it picks again, then orders the whole queue in
+        one statement (:meth:`_next`), which sorts every queued row but cannot miss
+        a runnable one."""
         check_transition(Status.queued, Status.running)
         with self.transaction() as s:
             conn = s.connection()  # SQLite: BEGIN IMMEDIATE; the clock is read after it
             started = now()
             params = {"c_now": started, "c_worker": worker_id}
+            if self.dialect == "sqlite":  # one writer at a time: the head picked is free
+                row = conn.execute(self._claim_stmt("pick"), params).one_or_none()
+                return self._claimed(s, row, worker_id, started)
             row = None
             for _ in range(2):
                 pick = conn.execute(self._pick_stmt(), params).one_or_none()
                 if pick is None:
                     return None
-                owner, priority = pick
+                owner, priority, _seq = pick
                 take = self._claim_stmt("keyless" if owner is None else "owner")
                 got = {**params, "c_owner": owner, "c_priority": priority}
                 row = conn.execute(take, got).one_or_none()
@@ -197,9 +201,10 @@ class Queue(Database):
 
     def _claim_stmt(self, which: str) -> Any:
         """The claim's UPDATE … RETURNING of one evaluation: by id (``c_id``), the
-        oldest of an owner (``c_owner``, or ``keyless``) at a priority
-        (``c_priority``), or the fair next one of the whole queue (``next``); built
-        once per ``default_max_running`` (tests change it)."""
+        head :meth:`_pick_stmt` picks (``pick``), the oldest of an owner
+        (``c_owner``, or ``keyless``) at a priority (``c_priority``), or the fair next
+        one by ordering the whole queue (``next``); built once per
+        ``default_max_running`` (tests change it)."""
         key = (which, self.default_max_running)
         cache: dict[Any, Any] = self.__dict__.setdefault("_claim_cache", {})
         if key not in cache:
@@ -207,6 +212,9 @@ class Queue(Database):
                 picked = Evaluation.id == bindparam("c_id")
             elif which == "next":
                 picked = self._next()
+            elif which == "pick":
+                head = self._pick_stmt().subquery("pick")
+                picked = Evaluation.seq == select(head.c.seq).scalar_subquery()
             else:
                 picked = Evaluation.seq == _oldest(which == "keyless")
             cache[key] = (
@@ -230,8 +238,8 @@ class Queue(Database):
         return cache[key]
 
     def _pick_stmt(self) -> Any:
-        """(owner, priority) of the fair next evaluation, or no row; built once per
-        ``default_max_running``.
+        """(owner, priority, seq) of the fair next evaluation, or no row; built once
+        per ``default_max_running``.
 
         The owners with queued work are found by skipping along the queue's index
         (status, owner, priority, seq): a recursive CTE asks for the smallest owner
@@ -288,17 +296,18 @@ class Queue(Database):
         )
         cand = union_all(named, keyless).subquery("candidates")
         cap = func.coalesce(ApiKey.max_running, self.default_max_running)
+        picked = aliased(Evaluation, name="picked")
         cache[key] = (
-            select(cand.c.owner, Evaluation.priority)
-            .join_from(cand, Evaluation, Evaluation.seq == cand.c.head)
+            select(cand.c.owner, picked.priority, picked.seq)
+            .join_from(cand, picked, picked.seq == cand.c.head)
             .outerjoin(ApiKey, ApiKey.id == cand.c.owner)
             .outerjoin(OwnerTurn, OwnerTurn.owner == _owner(cand.c.owner))
             .where(or_(cap <= 0, cand.c.n < cap))
             .order_by(
                 cand.c.n,
-                Evaluation.priority,
+                picked.priority,
                 OwnerTurn.served_at.asc().nulls_first(),
-                Evaluation.seq,
+                picked.seq,
             )
             .limit(1)
         )
