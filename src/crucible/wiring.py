@@ -200,7 +200,7 @@ def build_service(
             settings,
             info=info,
             running=lambda: embedded.running,
-            on_recovered=embedded.notify,
+            on_recovered=embedded.look,
             duties=(lambda: lose_dead_hosts(local.store, local.bus),),
             sandboxes=local.hosted,
         )
@@ -266,7 +266,7 @@ def compose_worker(
         settings,
         info=info,
         running=lambda: executor.running,
-        on_recovered=claimer.notify,
+        on_recovered=claimer.look,
         duties=(lambda: lose_dead_hosts(records, bus),),
         sandboxes=hosted.hosted if hosted is not None else lambda: 0,
         on_epoch=on_epoch,

@@ -107,3 +107,80 @@ async def test_a_high_evaluation_starts_at_the_next_free_slot_ahead_of_any_backl
                 gate.set()
         for c in claimers:
             await c.stop(grace_s=5)
+
+
+class CountingStore:
+    """The real store, with its claims counted (a claim is a write transaction)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.claims = 0
+        self.empty = 0
+
+    def claim_next(self, *, worker_id: str | None = None) -> Claim | None:
+        self.claims += 1
+        claim = self.store.claim_next(worker_id=worker_id)
+        self.empty += claim is None
+        return claim
+
+
+async def test_an_empty_queue_costs_one_look_per_run_not_three(store: Store) -> None:
+    """After the queue was found empty, a submission of one here is claimed without a
+    second look, and the finished run looks once (it may free an owner's quota): two
+    claims per evaluation, one of them empty (four before, three empty). No poll
+    helps: it is a minute away."""
+    started: list[str] = []
+    executor = GatedExecutor(store, "w1", started)
+    counting = CountingStore(store)
+    claimer = Claimer(executor, counting, concurrency=SLOTS, poll_s=60)  # type: ignore[arg-type]
+    claimer.start()
+    try:
+        await aeventually(lambda: counting.empty == 1, reason="the first look finds nothing")
+        for n in range(3):
+            before = counting.claims
+            store.create_evaluation(new(n, Priority.normal))
+            claimer.notify(1)
+            await aeventually(lambda n=n: f"ev_{n}" in started, reason="the run to start")
+            executor.release[f"ev_{n}"].set()
+            await aeventually(
+                lambda: counting.claims - before == 2, reason="the look after the run"
+            )
+            await asyncio.sleep(0.05)  # a third look would have come by now
+            assert counting.claims - before == 2
+    finally:
+        executor.closing.set()
+        for gate in executor.release.values():
+            gate.set()
+        await claimer.stop(grace_s=5)
+
+
+async def test_a_wakeup_from_elsewhere_and_a_freed_quota_are_looked_at_at_once(
+    store: Store,
+) -> None:
+    """A wake-up of unknown count (another process queued work, orphans recovered)
+    looks although the last look found nothing; and an owner at its quota gets its
+    next evaluation when its run ends, not at the next poll."""
+    started: list[str] = []
+    executor = GatedExecutor(store, "w1", started)
+    claimer = Claimer(executor, store, concurrency=SLOTS, poll_s=60)
+    claimer.start()
+    try:
+        await asyncio.sleep(0.05)  # the first look: nothing
+        store.create_evaluation(new(1, Priority.normal))  # queued by someone else
+        claimer.look()
+        await aeventually(lambda: "ev_1" in started, reason="the wake-up to be looked at")
+        store.default_max_running = 1
+        for n in (2, 3):
+            store.create_evaluation(new(n, Priority.normal))
+        claimer.notify(2)
+        executor.release["ev_1"].set()
+        await aeventually(lambda: "ev_2" in started, reason="the owner's next")
+        await asyncio.sleep(0.05)
+        assert "ev_3" not in started  # the quota: one at a time
+        executor.release["ev_2"].set()
+        await aeventually(lambda: "ev_3" in started, reason="the quota freed by the run")
+    finally:
+        executor.closing.set()
+        for gate in executor.release.values():
+            gate.set()
+        await claimer.stop(grace_s=5)

@@ -120,7 +120,7 @@ class WorkerRuntime:
     def wake(self) -> None:
         """The Celery task's body: look for runnable work now (from a task thread)."""
         if self.parts is not None:
-            self.loop.call_soon_threadsafe(self.parts.claimer.notify)
+            self.loop.call_soon_threadsafe(self.parts.claimer.look)
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):

@@ -331,8 +331,13 @@ class Sandbox:
                 )
                 return _result(verdict, phase, produced, info, limits)
             finally:
-                if not (recycle and job is not None and self._recycle(box, job, shape)):
-                    self._background(self._refill_later(shape))
+                clean = recycle and job is not None and _clear_job(box, job) and _usable(box)
+                if not (clean and self._pool.give_back(shape, box)):
+                    if not clean:
+                        # Not when the pool refused a clean one: it is full, and a
+                        # replacement is one sandbox too many, refused in turn by the
+                        # next give_back (18% of a batch's sandboxes were made so).
+                        self._background(self._refill_later(shape))
                     # The next run need not wait for this one's tear-down.
                     self._background(self._discard(box))
 
@@ -370,13 +375,6 @@ class Sandbox:
             and environment is None
             and not compiled
         )
-
-    def _recycle(self, box: _Box, job: _Job, shape: _Shape) -> bool:
-        """Clear what ``job`` left on the host and put the sandbox back for the next run
-        of its shape (its next job is being made already, see ``_job``); False if
-        something of the job would not go, or the pool has no room for it (the caller
-        discards it)."""
-        return _clear_job(box, job) and _usable(box) and self._pool.give_back(shape, box)
 
     async def _refill_later(self, shape: _Shape) -> None:
         """Ask for the replacement of a warm sandbox a run took, once the service has
@@ -837,7 +835,7 @@ def _ended_cleanly(
 ) -> bool:
     """A reused sandbox may take another job: this one ran to its own end (``exited``:
     not stopped, its status reported), nowhere near its memory limit, and the sandbox
-    has jobs left (``_recycle`` checks that it is still alive)."""
+    has jobs left (``run`` then checks that it is still alive)."""
     return (
         box.channel is not None
         and box.uses + 1 < reuse

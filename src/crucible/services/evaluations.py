@@ -207,7 +207,7 @@ class Service:
         await self.bus.publish(stream_of(new.id), "status", {"status": Status.queued.value})
         row, created = await asyncio.to_thread(self.store.create_evaluation, new)
         if created:
-            self.dispatcher.notify()
+            self.dispatcher.notify(1)
         return await self._public(row), created
 
     async def get(self, evaluation_id: str, who: KeyRecord | None = None) -> EvaluationPublic:
@@ -434,7 +434,7 @@ class Service:
         await self._admit(1)
         row = await asyncio.to_thread(self.cluster.retry_dead_letter, dead_letter_id, new_id("ev"))
         await self.bus.publish(stream_of(row.id), "status", {"status": Status.queued.value})
-        self.dispatcher.notify()
+        self.dispatcher.notify(1)
         return await self._public(row)
 
     async def ready(self) -> None:
