@@ -222,6 +222,40 @@ async def test_reuse_off_gives_every_program_a_fresh_container(sandbox: Sandbox)
         assert await settled_leftovers(engine) == []
 
 
+async def test_a_full_pool_is_not_refilled_behind_its_back(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs at a time, sandboxes of three jobs each, a pool of two: containers are
+    made for sandboxes that reached their last job, and no more. A clean sandbox the
+    full pool refused used to be replaced anyway, one sandbox too many, refused in
+    turn: a container made and one destroyed for runs that needed none."""
+    engine = Sandbox(sandbox.settings.model_copy(update={"sandbox_reuse": 3, "pool_size": 2}))
+    made = 0
+    make = engine._make
+
+    async def counted(shape: Any) -> Any:
+        nonlocal made
+        made += 1
+        return await make(shape)
+
+    monkeypatch.setattr(engine, "_make", counted)
+    monkeypatch.setattr(engine._pool, "_make", counted)  # its refills
+    try:
+
+        async def one_after_another() -> None:  # runs longer than the refill's delay
+            for _ in range(12):
+                r = await _run_in(engine, "crun", "import time; time.sleep(0.05); print(1)")
+                assert r.stdout == "1\n", r
+
+        await asyncio.gather(one_after_another(), one_after_another())  # 24 runs
+        await aeventually(lambda: engine.quiet, within=10, reason="the refills made")
+        # Each sandbox runs 2 programs: 12 for the 24, 13 with the jobs' probe, and the
+        # pool's spare (11 here; 18 when refused sandboxes were replaced).
+        assert made <= 15, made
+    finally:
+        assert await settled_leftovers(engine) == []
+
+
 async def test_a_host_that_refuses_the_jobs_gets_a_container_per_program(
     sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
