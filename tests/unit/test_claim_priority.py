@@ -143,7 +143,7 @@ async def test_an_empty_queue_costs_one_look_per_run_not_three(store: Store) -> 
             await aeventually(lambda n=n: f"ev_{n}" in started, reason="the run to start")
             executor.release[f"ev_{n}"].set()
             await aeventually(
-                lambda: counting.claims - before == 2, reason="the look after the run"
+                lambda b=before: counting.claims - b == 2, reason="the look after the run"
             )
             await asyncio.sleep(0.05)  # a third look would have come by now
             assert counting.claims - before == 2
