@@ -13,6 +13,7 @@ the real executor's database round trips do.
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,41 @@ async def test_a_wakeup_from_elsewhere_and_a_freed_quota_are_looked_at_at_once(
         executor.release["ev_2"].set()
         await aeventually(lambda: "ev_3" in started, reason="the quota freed by the run")
     finally:
+        executor.closing.set()
+        for gate in executor.release.values():
+            gate.set()
+        await claimer.stop(grace_s=5)
+
+
+async def test_a_wakeup_during_an_empty_look_is_not_lost(store: Store) -> None:
+    """A look that finds nothing while a wake-up lands (it read before the submission
+    committed) must not mark the queue empty: the wake-up is looked at at once, not
+    at the next poll (a minute away)."""
+    started: list[str] = []
+    executor = GatedExecutor(store, "w1", started)
+    looking, answer = threading.Event(), threading.Event()
+
+    class SlowEmptyLook:
+        calls = 0
+
+        def claim_next(self, *, worker_id: str | None = None) -> Claim | None:
+            self.calls += 1
+            if self.calls == 1:  # read before the submission: nothing
+                looking.set()
+                answer.wait(10)
+                return None
+            return store.claim_next(worker_id=worker_id)
+
+    claimer = Claimer(executor, SlowEmptyLook(), concurrency=SLOTS, poll_s=60)  # type: ignore[arg-type]
+    claimer.start()
+    try:
+        await asyncio.to_thread(looking.wait, 10)
+        store.create_evaluation(new(1, Priority.normal))
+        claimer.notify(1)
+        answer.set()
+        await aeventually(lambda: "ev_1" in started, reason="the wake-up to be looked at")
+    finally:
+        answer.set()
         executor.closing.set()
         for gate in executor.release.values():
             gate.set()

@@ -51,9 +51,12 @@ class Claimer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: set[object] = set()  # one token per claim whose sandbox still runs
         self._loop_task: asyncio.Task[None] | None = None
-        # The queue was empty at the last look, and ``_fresh`` were queued here since.
+        # The queue was empty at the last look, and ``_fresh`` were queued here since;
+        # ``_news`` counts what may have changed that (a look in flight when one
+        # lands cannot tell the queue was empty).
         self._empty = False
         self._fresh = 0
+        self._news = 0
 
     @property
     def running(self) -> int:
@@ -63,12 +66,14 @@ class Claimer:
         """``n`` evaluations were queued in this process: look now rather than at the
         next poll."""
         self._fresh += n
+        self._news += 1
         self._wake.set()
 
     def look(self) -> None:
         """Work may be runnable, how much is not known (a wake-up from another
         process): look now, until the queue is found empty."""
         self._empty = False
+        self._news += 1
         self._wake.set()
 
     async def cancel(self, evaluation_id: str) -> None:
@@ -99,6 +104,7 @@ class Claimer:
         while True:
             self._wake.clear()
             while len(self._active) < self.concurrency and not (self._empty and self._fresh <= 0):
+                news = self._news
                 try:
                     claim = await asyncio.to_thread(
                         self.store.claim_next, worker_id=self.executor.worker_id
@@ -108,7 +114,8 @@ class Claimer:
                     self._empty = False
                     break
                 if claim is None:
-                    self._empty, self._fresh = True, 0
+                    if news == self._news:  # else: queued while it looked, maybe unseen
+                        self._empty, self._fresh = True, 0
                     break
                 self._fresh = max(0, self._fresh - 1)
                 task = self._start(claim)
@@ -143,4 +150,5 @@ class Claimer:
         if not task.cancelled() and task.exception() is not None:
             log.error("executor crashed", exc_info=task.exception())
         self._empty = False  # its end is stored: its owner may be under its quota again
+        self._news += 1
         self._wake.set()  # a slot is free
