@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -48,9 +49,13 @@ def create_app(
         service = build_service(settings, dispatch=dispatch, sessions=sessions)
         await service.start()
         app.state.service = service
+        # What start-up made lives as long as the server: out of the collector's sight,
+        # a full collection no longer walks it (133 ms each, every few hundred runs).
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             await service.stop()
 
     app = FastAPI(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import shutil
 import threading
@@ -148,6 +149,7 @@ class WorkerRuntime:
         parts.maintenance.start()
         parts.claimer.start()
         self._tasks.append(asyncio.create_task(self._listen_cancels(parts)))
+        gc.freeze()  # start-up's objects out of the collector's sight, as the server's
 
     def _hosting_address(self) -> tuple[str, str]:
         """The cluster token and listening address of this host's endpoint. Refuses
@@ -201,6 +203,7 @@ class WorkerRuntime:
             await self.endpoint.stop()
         if (parts := self.parts) is None:
             return
+        gc.unfreeze()
         await parts.claimer.stop(grace_s=self.settings.shutdown_grace_s)
         if parts.sandboxes is not None:
             await parts.sandboxes.stop()  # reason shutdown, before the row says stopped
