@@ -338,3 +338,26 @@ def test_the_migrations_build_the_schema_the_models_declare(store: Store) -> Non
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_a_submission_is_admitted_in_its_own_transaction(store: Store) -> None:
+    """``admit`` sees the queue's length inside the inserting transaction; when it
+    refuses, nothing is inserted. The record comes from the insert itself."""
+    seen: list[int] = []
+
+    def admit(queued: int) -> None:
+        seen.append(queued)
+        if queued >= 2:
+            raise Conflict("full")
+
+    for n in range(2):
+        row, created = store.create_evaluation(new(n, labels={"k": "v"}), admit=admit)
+        assert created and (row.id, row.status, row.request) == (
+            f"ev_{n}", "queued", {"code": f"print({n})"},
+        )  # fmt: skip
+        assert row.created_at == store.get(f"ev_{n}").created_at
+    with pytest.raises(Conflict):
+        store.create_evaluation(new(2), admit=admit)
+    assert seen == [0, 1, 2] and store.queued_count() == 2
+    with pytest.raises(NotFound):
+        store.get("ev_2")

@@ -171,7 +171,10 @@ class Service:
         return evaluation_public(row, labels.get(row.seq, {}))
 
     async def _admit(self, n: int) -> None:
-        queued = await asyncio.to_thread(self.store.queued_count)
+        self._check_admission(await asyncio.to_thread(self.store.queued_count), n)
+
+    def _check_admission(self, queued: int, n: int) -> None:
+        """Overloaded when ``n`` more would put the queue (``queued`` now) over max_queue."""
         if queued + n > self.settings.max_queue:
             raise Overloaded(
                 f"the queue holds {queued} evaluations (max {self.settings.max_queue})",
@@ -200,15 +203,21 @@ class Service:
         new.owner_key_id = who.id if who else None
         new.flags = scan_request(new.request)
         await self.access.check_quotas(who, 1)
-        await self._admit(1)
         # Published before the row exists: a worker may claim it the moment it is
         # committed and publish "running" before this process got to "queued". (An
-        # idempotent replay leaves this event on a stream no evaluation has.)
+        # idempotent replay, or a submission the full queue refuses, leaves this event
+        # on a stream no evaluation has.)
         await self.bus.publish(stream_of(new.id), "status", {"status": Status.queued.value})
-        row, created = await asyncio.to_thread(self.store.create_evaluation, new)
-        if created:
-            self.dispatcher.notify(1)
-        return await self._public(row), created
+        # Admitted in the inserting transaction, and the record as the insert returned
+        # it: one thread hop and one transaction per submission, where a count, the
+        # insert, a read of the row and one of its labels took four.
+        row, created = await asyncio.to_thread(
+            self.store.create_evaluation, new, admit=lambda queued: self._check_admission(queued, 1)
+        )
+        if not created:
+            return await self._public(row), False
+        self.dispatcher.notify(1)
+        return evaluation_public(row, dict(new.labels)), True
 
     async def get(self, evaluation_id: str, who: KeyRecord | None = None) -> EvaluationPublic:
         return await self._public(await self.access.evaluation(evaluation_id, who))

@@ -120,15 +120,29 @@ class Evaluations(Database):
         age = (now() - oldest).total_seconds() if oldest is not None else None
         return int(count or 0), age
 
-    def create_evaluation(self, new: NewEvaluation) -> tuple[Evaluation, bool]:
-        """Insert ``new``; returns (record, created).
+    def create_evaluation(
+        self, new: NewEvaluation, *, admit: Callable[[int], None] | None = None
+    ) -> tuple[Any, bool]:
+        """Insert ``new``; returns (record, created): its RECORD_COLUMNS as the insert
+        returned them (nothing is read back).
 
-        With an idempotency key already used for the same request, returns the
-        original (created False); for a different request raises Conflict.
+        ``admit(queued)``, if given, is called in the inserting transaction with how
+        many evaluations are queued, and may raise (admission control): nothing is
+        inserted then. With an idempotency key already used for the same request,
+        returns the original (created False); for a different request raises Conflict.
         """
         try:
             with self.transaction() as s:
-                self._insert(s, [new], batch_id=None)
+                if admit is not None:
+                    admit(int(s.connection().execute(_QUEUED).scalar() or 0))
+                created = now()
+                row = s.connection().execute(_INSERT_ONE, _row_of(new, None, created)).one()
+                if new.labels:
+                    labels = [
+                        {"evaluation_seq": row.seq, "key": k, "value": v}
+                        for k, v in new.labels.items()
+                    ]
+                    s.execute(insert(Label), labels)
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
@@ -142,30 +156,11 @@ class Evaluations(Database):
                     "Idempotency-Key already used for a different request body"
                 ) from None
             return original, False
-        return self.get(new.id), True
+        return row, True
 
     def _insert(self, s: Session, items: Sequence[NewEvaluation], batch_id: str | None) -> None:
         created = now()
-        rows = [
-            {
-                "id": n.id,
-                "batch_id": batch_id,
-                "status": Status.queued.value,
-                "priority": n.priority.rank,
-                "language": n.language,
-                "request": n.request,
-                "idempotency_key": n.idempotency_key,
-                "request_hash": n.request_hash,
-                "owner_key_id": n.owner_key_id,
-                "flags": n.flags,
-                "environment": n.environment,
-                "created_at": created,
-                "attempts": 0,
-                "cancel_requested": False,
-                "blobs": {},
-            }
-            for n in items
-        ]
+        rows = [_row_of(n, batch_id, created) for n in items]
         stmt = insert(Evaluation).returning(Evaluation.seq, sort_by_parameter_order=True)
         seqs = list(s.scalars(stmt, rows))
         labels = [
@@ -246,6 +241,30 @@ _QUEUED = select(func.count()).where(_EVALUATIONS.status == Status.queued.value)
 _OWNER_QUEUED = select(func.count()).where(
     _EVALUATIONS.owner_key_id == bindparam("owner"), _EVALUATIONS.status == Status.queued.value
 )
+_INSERT_ONE = insert(Evaluation).returning(*RECORD_COLUMNS)
+
+
+def _row_of(n: NewEvaluation, batch_id: str | None, created: Any) -> dict[str, Any]:
+    """The evaluations row of a new evaluation."""
+    return {
+        "id": n.id,
+        "batch_id": batch_id,
+        "status": Status.queued.value,
+        "priority": n.priority.rank,
+        "language": n.language,
+        "request": n.request,
+        "idempotency_key": n.idempotency_key,
+        "request_hash": n.request_hash,
+        "owner_key_id": n.owner_key_id,
+        "flags": n.flags,
+        "environment": n.environment,
+        "created_at": created,
+        "attempts": 0,
+        "cancel_requested": False,
+        "blobs": {},
+    }
+
+
 _EVALUATION_BY_ID = select(Evaluation.__table__).where(Evaluation.__table__.c.id == bindparam("id"))
 _LABELS_OF_ONE = select(Label.__table__.c.key, Label.__table__.c.value).where(
     Label.__table__.c.evaluation_seq == bindparam("seq")
