@@ -202,8 +202,10 @@ def test_a_claim_costs_the_same_behind_a_long_queue(store: Store) -> None:
         steps[0] += 1
         return 0  # go on
 
-    store.engine.dispose()
-    event.listen(store.engine, "connect", lambda conn, _rec: conn.set_progress_handler(count, 1))
+    store.write_engine.dispose()  # the claims write
+    event.listen(
+        store.write_engine, "connect", lambda conn, _rec: conn.set_progress_handler(count, 1)
+    )
 
     def instructions_of_a_claim() -> int:
         steps[0] = 0

@@ -361,3 +361,36 @@ def test_a_submission_is_admitted_in_its_own_transaction(store: Store) -> None:
     assert seen == [0, 1, 2] and store.queued_count() == 2
     with pytest.raises(NotFound):
         store.get("ev_2")
+
+
+def test_sqlite_writers_take_the_write_lock_when_they_begin(store: Store) -> None:
+    """A write transaction holds SQLite's write lock from its BEGIN (a deferred one
+    could fail to upgrade without waiting), a read does not; and neither engine has
+    an execution event listener (one makes SQLAlchemy dispatch events around every
+    statement)."""
+    if store.dialect != "sqlite":
+        pytest.skip("SQLite's locking")
+    import sqlite3
+
+    path = store.engine.url.database
+    assert path is not None
+
+    def lock_is_free() -> bool:
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            other.close()
+
+    with store.transaction() as s:
+        s.connection()
+        assert not lock_is_free()
+    with store.reading() as s:
+        s.connection()
+        assert lock_is_free()
+    assert lock_is_free()
+    assert not store.engine._has_events and not store.write_engine._has_events
