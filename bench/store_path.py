@@ -14,6 +14,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from crucible.core.lifecycle import Priority, Status
 from crucible.store import NewEvaluation, Store
@@ -28,21 +29,22 @@ RESULT = {
 }
 
 
+def hello(i: int, **fields: Any) -> NewEvaluation:
+    return NewEvaluation(
+        id=f"ev_{i}",
+        priority=Priority.normal,
+        language="python",
+        request={"code": "print('hello')", "language": "python"},
+        request_hash=f"h{i}",
+        **fields,
+    )
+
+
 def one_round(n: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         store = Store(f"sqlite:///{Path(d) / 'db.sqlite'}")
         store.migrate()
-        items = [
-            NewEvaluation(
-                id=f"ev_{i}",
-                priority=Priority.normal,
-                language="python",
-                request={"code": "print('hello')", "language": "python"},
-                request_hash=f"h{i}",
-                labels={"run": "bench"},
-            )
-            for i in range(n)
-        ]
+        items = [hello(i, labels={"run": "bench"}) for i in range(n)]
         store.create_batch("b_1", items, {"run": "bench"})
         finish = getattr(store, "finish_and_read", None)
         start = time.process_time()
@@ -63,17 +65,7 @@ def behind(depth: int, claims: int = 50) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as d:
         store = Store(f"sqlite:///{Path(d) / 'db.sqlite'}")
         store.migrate()
-        items = [
-            NewEvaluation(
-                id=f"ev_{i}",
-                priority=Priority.normal,
-                language="python",
-                request={"code": "print('hello')", "language": "python"},
-                request_hash=f"h{i}",
-                owner_key_id=f"key_{i % 3}",
-            )
-            for i in range(depth)
-        ]
+        items = [hello(i, owner_key_id=f"key_{i % 3}") for i in range(depth)]
         store.create_batch("b_1", items, {})
         start = time.process_time()
         taken = [store.claim_next(worker_id="w") for _ in range(claims)]

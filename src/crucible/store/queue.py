@@ -399,27 +399,14 @@ class Queue(Database):
         values: dict[str, Any],
         *,
         attempt: int | None = None,
-    ) -> bool:
+        returning: tuple[Any, ...] = (),
+    ) -> Row[Any] | None:
         """``source`` → ``target`` if the evaluation is (still) in ``source``, and its
         batch's counters with it (``termination`` and ``verdict`` in ``values`` too).
 
-        With ``attempt``, only for that claim (the fence). Returns whether it moved.
+        With ``attempt``, only for that claim (the fence). Returns the moved row's
+        ``batch_id`` and ``returning`` columns, or None when nothing moved.
         """
-        return self._moved(s, evaluation_id, source, target, values, attempt=attempt) is not None
-
-    def _moved(
-        self,
-        s: Session,
-        evaluation_id: str,
-        source: Status,
-        target: Status,
-        values: dict[str, Any],
-        *,
-        attempt: int | None = None,
-        returning: tuple[Any, ...] = (),
-    ) -> Row[Any] | None:
-        """:meth:`_move`, returning the moved row's ``batch_id`` and ``returning``
-        columns (None when nothing moved)."""
         check_transition(source, target)
         key = (source, target, tuple(values), attempt is not None, returning)
         cache: dict[Any, Any] = self.__dict__.setdefault("_move_cache", {})
@@ -494,7 +481,7 @@ class Queue(Database):
             "error": error,
         }
         with self.transaction() as s:
-            row = self._moved(
+            row = self._move(
                 s, claim.id, Status.running, status, values,
                 attempt=claim.attempt, returning=_FINISHED_COLUMNS,
             )  # fmt: skip
@@ -521,17 +508,17 @@ class Queue(Database):
         moved = self._move(
             s, claim.id, Status.running, Status.queued, values, attempt=claim.attempt
         )
-        if moved:
+        if moved is not None:
             end_attempt(s, claim, "requeued", error)
-        return moved
+        return moved is not None
 
     def _fail(self, s: Session, claim: Claim, error: str) -> bool:
         values = {"finished_at": now(), "error": error, "result": None, "blobs": {}}
         moved = self._move(s, claim.id, Status.running, Status.error, values, attempt=claim.attempt)
-        if moved:
+        if moved is not None:
             end_attempt(s, claim, Status.error.value, error)
             dead_letter(s, claim.id, error)
-        return moved
+        return moved is not None
 
     def recover_claims(
         self,
@@ -558,7 +545,7 @@ class Queue(Database):
         """
         with self.transaction() as s:
             done = {"finished_at": now(), "cancel_requested": True}
-            if self._move(s, evaluation_id, Status.queued, Status.cancelled, done):
+            if self._move(s, evaluation_id, Status.queued, Status.cancelled, done) is not None:
                 return Status.cancelled
             current = s.scalar(select(Evaluation.status).where(Evaluation.id == evaluation_id))
             if current is None:
