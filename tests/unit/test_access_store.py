@@ -278,3 +278,20 @@ def test_scan() -> None:
     assert decode(encode({"network", "ffi"})) == ["ffi", "network"] and encode(set()) == ""
     request = {"language": "python", "code": "print(1)", "test_code": "import socket"}
     assert scan_request(request) == ",network,"
+
+
+def test_the_finish_claims_the_successor_after_freeing_the_quota(store: Store) -> None:
+    """finish_and_claim stores the run's end and claims the fair next in one
+    transaction, after the finish: an owner at its max_running gets its next at once.
+    A stale claim stores nothing and still claims."""
+    store.default_max_running = 1
+    for n in range(3):
+        store.create_evaluation(new(n, owner_key_id="key_a"))
+    first = store.claim_next()
+    assert first is not None and store.claim_next() is None  # at its quota
+    stored, successor = store.finish_and_claim(first, Status.completed, result={"ok": 1})
+    assert stored is not None and stored[0].status == "completed"
+    assert successor is not None and successor.id == "ev_1"
+    stale, after = store.finish_and_claim(first, Status.completed, result={})
+    assert stale is None and after is None  # ev_1 runs: key_a is at its quota again
+    assert store.get("ev_0").result == {"ok": 1}

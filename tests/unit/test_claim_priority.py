@@ -39,17 +39,27 @@ class GatedExecutor:
         self.release: dict[str, asyncio.Event] = {}
         self.closing = asyncio.Event()  # the test is over: every run ends at once
 
-    async def execute(self, evaluation_id: str, *, claim: Claim, on_ran=None) -> None:  # type: ignore[no-untyped-def]
+    async def execute(self, evaluation_id: str, *, claim: Claim, on_ran=None, then=None) -> None:  # type: ignore[no-untyped-def]
         gate = self.release.setdefault(evaluation_id, asyncio.Event())
         if self.closing.is_set():
             gate.set()
         async with self.sandbox:
             self.started.append(evaluation_id)
             await gate.wait()
-        if on_ran is not None:
-            on_ran()
+        successor = on_ran is not None and on_ran() and then is not None
         await asyncio.sleep(0.01)  # storing the result
-        await asyncio.to_thread(self.store.finish, claim, Status.completed, result={})
+        if not successor:
+            await asyncio.to_thread(self.store.finish, claim, Status.completed, result={})
+            return
+        claimed, looked = None, False
+        try:  # the finish claims the next for this slot, as the executor's does
+            _, claimed = await asyncio.to_thread(
+                self.store.finish_and_claim, claim, Status.completed,
+                worker_id=self.worker_id, result={},
+            )  # fmt: skip
+            looked = True
+        finally:
+            then(claimed, looked)
 
 
 def new(n: int, priority: Priority) -> NewEvaluation:

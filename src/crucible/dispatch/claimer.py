@@ -21,9 +21,12 @@ them empty; it costs two.
 
 A process claims only for a free sandbox slot, never ahead: what runs next is decided
 when a slot frees, so a ``high`` evaluation submitted behind a backlog starts at the
-next free slot on any worker. A slot frees when the run's sandbox is done, before its
-result is stored (the executor's ``on_ran``), so storing one result overlaps the next
-run and sandboxes do not idle.
+next free slot on any worker. While there is queued work, the run whose sandbox is done
+claims its successor in the transaction that stores its result
+(``Store.finish_and_claim``: one commit and one thread hop per evaluation, where a
+claim of its own cost both), and the successor starts in its slot; otherwise (the
+queue was found empty, the claimer is stopping) the slot frees when the sandbox is done
+(the executor's ``on_ran``) for the loop's next look.
 """
 
 from __future__ import annotations
@@ -118,9 +121,7 @@ class Claimer:
                         self._empty, self._fresh = True, 0
                     break
                 self._fresh = max(0, self._fresh - 1)
-                task = self._start(claim)
-                self._tasks.add(task)
-                task.add_done_callback(self._finished)
+                self._start(claim)
             # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
             # cancel that lands as the wake-up does, and stop() then awaited this loop
             # for ever (a test's shutdown outlived its 120 s limit; the task dump said so).
@@ -130,20 +131,49 @@ class Claimer:
             except TimeoutError:
                 self._empty = False  # the poll looks whatever the last look found
 
-    def _start(self, claim: Claim) -> asyncio.Task[None]:
+    def _start(self, claim: Claim) -> None:
         # A token per claim, not the evaluation's id: a retry of the same evaluation
         # may be claimed again before this run's executor has returned.
         slot = object()
         self._active.add(slot)
+        news = 0
 
-        def free() -> None:  # the sandbox is done: its slot is free for the next claim
+        def free() -> None:
             if slot in self._active:
                 self._active.discard(slot)
                 self._wake.set()
 
-        task = asyncio.create_task(self.executor.execute(claim.id, claim=claim, on_ran=free))
+        def ran() -> bool:
+            """The sandbox is done. True: the run's finish is to claim the next for its
+            slot (``then``); False: the slot is free for the loop's next claim."""
+            nonlocal news
+            running = slot in self._active and self._loop_task is not None
+            if running and not (self._empty and self._fresh <= 0):
+                news = self._news
+                return True
+            free()
+            return False
+
+        def then(successor: Claim | None, looked: bool) -> None:
+            """What the finish claimed for this slot: ``successor`` runs in it; None
+            frees it (``looked``: the claim found nothing runnable)."""
+            if slot not in self._active:
+                return
+            self._active.discard(slot)
+            if successor is not None:
+                self._fresh = max(0, self._fresh - 1)
+                self._start(successor)
+                return
+            if looked and news == self._news:
+                self._empty, self._fresh = True, 0
+            self._wake.set()
+
+        task = asyncio.create_task(
+            self.executor.execute(claim.id, claim=claim, on_ran=ran, then=then)
+        )
         task.add_done_callback(lambda _: free())
-        return task
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

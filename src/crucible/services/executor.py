@@ -131,7 +131,8 @@ class Executor:
         evaluation_id: str,
         *,
         claim: Claim | None = None,
-        on_ran: Callable[[], None] | None = None,
+        on_ran: Callable[[], bool | None] | None = None,
+        then: Callable[[Claim | None, bool], None] | None = None,
     ) -> None:
         """Run ``evaluation_id`` once, claiming it first unless ``claim`` is given.
 
@@ -139,7 +140,10 @@ class Executor:
         Platform failures end up in the record, never raised; asyncio cancellation
         (server shutdown) leaves it ``running`` for the start-up recovery.
         ``on_ran`` is called once the sandbox is done with it, before the outcome is
-        stored (the claimer frees the slot then).
+        stored (the claimer frees the slot then); when it returns True, the finish
+        also claims the next evaluation and hands it to ``then(claim, looked)``
+        (None: nothing claimed; ``looked``: nothing was runnable), which is always
+        called once then.
         """
         logs.evaluation_id.set(evaluation_id)  # on this task's log lines
         if claim is None:
@@ -147,6 +151,8 @@ class Executor:
             if claim is None:
                 return
         stream = stream_of(evaluation_id)
+        successor = None  # the run's own finish claims the next (see on_ran)
+        outcome = None
         cancel = self._cancels[evaluation_id] = asyncio.Event()
         scratch = self._scratch / f"{evaluation_id}-{claim.attempt}"
         try:
@@ -174,10 +180,13 @@ class Executor:
             return
         finally:
             self._cancels.pop(evaluation_id, None)
-            if on_ran is not None:
-                on_ran()
+            if on_ran is not None and on_ran() and then is not None:
+                successor = then
+                if outcome is None:  # a failure, already stored: nothing claimed
+                    then(None, False)
             shutil.rmtree(scratch, ignore_errors=True)
-        await self._complete(claim, request, outcome)
+        assert outcome is not None  # every other way out returned above
+        await self._complete(claim, request, outcome, successor)
 
     async def _run(
         self, evaluation_id: str, request: EvaluationRequest, cancel: asyncio.Event, scratch: Path
@@ -246,6 +255,7 @@ class Executor:
         claim: Claim,
         request: EvaluationRequest,
         outcome: tuple[Result, dict[str, str]],
+        successor: Callable[[Claim | None, bool], None] | None = None,
     ) -> None:
         result, files = outcome
         record: dict[str, Any] = result.model_dump(mode="json")
@@ -269,6 +279,7 @@ class Executor:
             termination=result.termination.value,
             verdict=record["verdict"],
             blobs=blobs,
+            successor=successor,
         )
 
     async def _platform_failure(self, claim: Claim, exc: SandboxError) -> None:
@@ -289,10 +300,29 @@ class Executor:
         else:
             await self._end(claim, Status.error, error=message)
 
-    async def _end(self, claim: Claim, status: Status, **fields: Any) -> None:
-        """Store the final state (fenced) and publish the final record."""
+    async def _end(
+        self,
+        claim: Claim,
+        status: Status,
+        *,
+        successor: Callable[[Claim | None, bool], None] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Store the final state (fenced) and publish the final record; with
+        ``successor``, claim the next evaluation in the same transaction and hand it
+        over (always, once: None if the transaction failed)."""
         # Stored and read back in one transaction: the final record to publish.
-        stored = await self._db(self.store.finish_and_read, claim, status, **fields)
+        if successor is None:
+            stored = await self._db(self.store.finish_and_read, claim, status, **fields)
+        else:
+            claimed, looked = None, False
+            try:
+                stored, claimed = await self._db(
+                    self.store.finish_and_claim, claim, status, worker_id=self.worker_id, **fields
+                )
+                looked = True
+            finally:
+                successor(claimed, looked)
         if stored is None:
             log.warning("evaluation %s attempt %d: claim was stale", claim.id, claim.attempt)
             return

@@ -176,28 +176,32 @@ class Queue(Database):
         when they hold all of them, it picks again, then orders the whole queue in
         one statement (:meth:`_next`), which sorts every queued row but cannot miss
         a runnable one."""
-        check_transition(Status.queued, Status.running)
         with self.transaction() as s:
-            conn = s.connection()  # SQLite: BEGIN IMMEDIATE; the clock is read after it
-            started = now()
-            params = {"c_now": started, "c_worker": worker_id}
-            if self.dialect == "sqlite":  # one writer at a time: the head picked is free
-                row = conn.execute(self._claim_stmt("pick"), params).one_or_none()
-                return self._claimed(s, row, worker_id, started)
-            row = None
-            for _ in range(2):
-                pick = conn.execute(self._pick_stmt(), params).one_or_none()
-                if pick is None:
-                    return None
-                owner, priority, _seq = pick
-                take = self._claim_stmt("keyless" if owner is None else "owner")
-                got = {**params, "c_owner": owner, "c_priority": priority}
-                row = conn.execute(take, got).one_or_none()
-                if row is not None:
-                    break
-            else:
-                row = conn.execute(self._claim_stmt("next"), params).one_or_none()
+            return self._claim_next_in(s, worker_id)
+
+    def _claim_next_in(self, s: Session, worker_id: str | None) -> Claim | None:
+        """:meth:`claim_next` in ``s``'s transaction."""
+        check_transition(Status.queued, Status.running)
+        conn = s.connection()  # SQLite: BEGIN IMMEDIATE; the clock is read after it
+        started = now()
+        params = {"c_now": started, "c_worker": worker_id}
+        if self.dialect == "sqlite":  # one writer at a time: the head picked is free
+            row = conn.execute(self._claim_stmt("pick"), params).one_or_none()
             return self._claimed(s, row, worker_id, started)
+        row = None
+        for _ in range(2):
+            pick = conn.execute(self._pick_stmt(), params).one_or_none()
+            if pick is None:
+                return None
+            owner, priority, _seq = pick
+            take = self._claim_stmt("keyless" if owner is None else "owner")
+            got = {**params, "c_owner": owner, "c_priority": priority}
+            row = conn.execute(take, got).one_or_none()
+            if row is not None:
+                break
+        else:
+            row = conn.execute(self._claim_stmt("next"), params).one_or_none()
+        return self._claimed(s, row, worker_id, started)
 
     def _claim_stmt(self, which: str) -> Any:
         """The claim's UPDATE … RETURNING of one evaluation: by id (``c_id``), the
@@ -470,6 +474,36 @@ class Queue(Database):
         """:meth:`finish`, and the finished evaluation (its RECORD_COLUMNS and verdict,
         returned by the finishing UPDATE itself) with its labels, read in the same
         transaction (the executor publishes it); None when the claim is stale."""
+        with self.transaction() as s:
+            return self._finish_in(
+                s, claim, status, result=result, termination=termination, verdict=verdict,
+                blobs=blobs, error=error,
+            )  # fmt: skip
+
+    def finish_and_claim(
+        self, claim: Claim, status: Status, *, worker_id: str | None = None, **fields: Any
+    ) -> tuple[tuple[Row[Any], dict[str, str]] | None, Claim | None]:
+        """:meth:`finish_and_read` and :meth:`claim_next` in one transaction: the run
+        that ends hands its sandbox slot to the next (one commit and one thread hop
+        fewer per evaluation in a batch). The claim comes after the finish, so it sees
+        the owner's quota the finish freed."""
+        with self.transaction() as s:
+            stored = self._finish_in(s, claim, status, **fields)
+            return stored, self._claim_next_in(s, worker_id)
+
+    def _finish_in(
+        self,
+        s: Session,
+        claim: Claim,
+        status: Status,
+        *,
+        result: dict[str, Any] | None = None,
+        termination: str | None = None,
+        verdict: str | None = None,
+        blobs: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> tuple[Row[Any], dict[str, str]] | None:
+        """:meth:`finish_and_read` in ``s``'s transaction."""
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a final status")
         values = {
@@ -480,17 +514,16 @@ class Queue(Database):
             "blobs": blobs or {},
             "error": error,
         }
-        with self.transaction() as s:
-            row = self._move(
-                s, claim.id, Status.running, status, values,
-                attempt=claim.attempt, returning=_FINISHED_COLUMNS,
-            )  # fmt: skip
-            if row is None:
-                return None
-            end_attempt(s, claim, status.value, error)
-            if status is Status.error:
-                dead_letter(s, claim.id, error or "error")
-            return row, labels_of(s, row.seq)
+        row = self._move(
+            s, claim.id, Status.running, status, values,
+            attempt=claim.attempt, returning=_FINISHED_COLUMNS,
+        )  # fmt: skip
+        if row is None:
+            return None
+        end_attempt(s, claim, status.value, error)
+        if status is Status.error:
+            dead_letter(s, claim.id, error or "error")
+        return row, labels_of(s, row.seq)
 
     def requeue(self, claim: Claim, error: str, *, delay_s: float = 0.0) -> bool:
         """Put ``claim``'s evaluation back in the queue after a platform fault; it is
