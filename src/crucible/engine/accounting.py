@@ -249,6 +249,10 @@ class JobCgroups:
                     write_text(f"{job}/memory.memsw.limit_in_bytes", str(memory_bytes))
             if tasks:
                 write_text(f"{job}/pids.max", str(pids))
+        return self.counters(name)
+
+    def counters(self, name: str) -> CgroupCounters:
+        """Job ``name``'s counters (its cgroup made or not yet)."""
         return CgroupCounters(f"{self.path}/{name}", root=self.root)
 
     def enter(self, name: str, init_pid: int) -> int:

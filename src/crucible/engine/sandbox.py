@@ -24,7 +24,7 @@ import signal as signals
 import time
 import weakref
 from collections.abc import Awaitable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -802,8 +802,9 @@ def _map_ids(pid: int) -> None:
 
 
 def _clear_job(box: _Box, job: _Job) -> bool:
-    """Remove what ``job`` left on the host (its directory, its cgroup) and count it;
-    False if something would not go. Only a flat directory of a few names is cleared
+    """Remove what ``job`` left on the host (its directory; its cgroup is removed in
+    ``_enter_job``, off the event loop) and count it; False if something would not go.
+    Only a flat directory of a few names is cleared
     here (each unlinked by name: nothing is followed); a job that left a tree costs
     its sandbox, whose tmpfs goes at once with it."""
     assert box.jobs is not None
@@ -817,7 +818,8 @@ def _clear_job(box: _Box, job: _Job) -> bool:
         for entry in entries:
             os.unlink(entry.path)
         path.rmdir()
-        return box.jobs.remove(job.name)
+        box.stale.append(job.name)  # its cgroup goes as the next job is made
+        return True
     except OSError as exc:
         log.warning("cannot clear %s of %s: %s", job.name, box.run_id, exc)
         return False
@@ -882,6 +884,7 @@ class _Box:
     uses: int = 0
     made: int = 0
     next: asyncio.Task[_Job] | None = None
+    stale: list[str] = field(default_factory=list)  # cleared jobs' cgroups, to remove
 
     def prepare_next(self, limits: Limits, timeout_s: float) -> None:
         """Start making the next job's init (``_make_job``) in the background."""
@@ -938,7 +941,7 @@ async def _make_job(box: _Box, limits: Limits, timeout_s: float) -> _Job:
     path = box.ws / name
     path.mkdir(mode=0o700)
     os.chown(path, spec.SANDBOX_UID, spec.SANDBOX_GID)
-    counters = box.jobs.start(name, limits.memory_mb << 20, limits.pids)
+    counters = box.jobs.counters(name)
     nonce = secrets.token_hex(16)
     payload = agent.job_payload(
         nonce=nonce,
@@ -965,13 +968,29 @@ async def _make_job(box: _Box, limits: Limits, timeout_s: float) -> _Job:
     try:
         async with asyncio.timeout(timeout_s):
             await run.started()
-        pid = await asyncio.to_thread(box.jobs.enter, name, box.container.pid)
+        stale, box.stale = box.stale, []
+        pid = await asyncio.to_thread(_enter_job, box, name, limits, stale)
         _map_ids(pid)
         os.write(job.stdin, b"g")  # the release (see job_main)
     except BaseException:
         job.close()
         raise
     return job
+
+
+def _enter_job(box: _Box, name: str, limits: Limits, stale: list[str]) -> int:
+    """In a thread, with every making and removal of a job's cgroup: each takes the
+    kernel's cgroup mutex, which a move into a cgroup (the other sandbox's next job)
+    holds for an RCU grace period, and the event loop waited about 1 ms per run on it.
+    Removes the cgroups of the jobs cleared since (``stale``), makes job ``name``'s
+    with the run's limits, moves its init in; the init's host pid. Raises OSError
+    when a cleared job's cgroup would not go (the sandbox is then discarded)."""
+    assert box.jobs is not None and box.container is not None
+    for old in stale:
+        if not box.jobs.remove(old):
+            raise OSError(f"the cgroup of {old} would not go")
+    box.jobs.start(name, limits.memory_mb << 20, limits.pids)
+    return box.jobs.enter(name, box.container.pid)
 
 
 @dataclass(frozen=True)
