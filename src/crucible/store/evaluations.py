@@ -137,12 +137,7 @@ class Evaluations(Database):
                     admit(int(s.connection().execute(_QUEUED).scalar() or 0))
                 created = now()
                 row = s.connection().execute(_INSERT_ONE, _row_of(new, None, created)).one()
-                if new.labels:
-                    labels = [
-                        {"evaluation_seq": row.seq, "key": k, "value": v}
-                        for k, v in new.labels.items()
-                    ]
-                    s.execute(insert(Label), labels)
+                _insert_labels(s, [row.seq], [new])
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
@@ -162,14 +157,7 @@ class Evaluations(Database):
         created = now()
         rows = [_row_of(n, batch_id, created) for n in items]
         stmt = insert(Evaluation).returning(Evaluation.seq, sort_by_parameter_order=True)
-        seqs = list(s.scalars(stmt, rows))
-        labels = [
-            {"evaluation_seq": seq, "key": k, "value": v}
-            for seq, n in zip(seqs, items, strict=True)
-            for k, v in n.labels.items()
-        ]
-        if labels:
-            s.execute(insert(Label), labels)
+        _insert_labels(s, list(s.scalars(stmt, rows)), items)
 
     # -- reading ----------------------------------------------------------------
 
@@ -263,6 +251,17 @@ def _row_of(n: NewEvaluation, batch_id: str | None, created: Any) -> dict[str, A
         "cancel_requested": False,
         "blobs": {},
     }
+
+
+def _insert_labels(s: Session, seqs: Sequence[int], items: Sequence[NewEvaluation]) -> None:
+    """The labels of new evaluations (``seqs``, in the order of ``items``)."""
+    labels = [
+        {"evaluation_seq": seq, "key": k, "value": v}
+        for seq, n in zip(seqs, items, strict=True)
+        for k, v in n.labels.items()
+    ]
+    if labels:
+        s.execute(insert(Label), labels)
 
 
 _EVALUATION_BY_ID = select(Evaluation.__table__).where(Evaluation.__table__.c.id == bindparam("id"))
